@@ -1,0 +1,382 @@
+"""Image loading: folders and CSV manifests of NIfTI, DICOM, PNG and NPY; sample IDs; patient split."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+from monai.data import NibabelReader, NumpyReader, PILReader, PydicomReader
+
+from core.errors import MemoScopeError
+from core.preprocessing import PreprocessSpec, is_constant, preprocess
+from core.provenance import sha256_array
+
+SliceAxis = Literal["axial", "coronal", "sagittal"]
+Role = Literal["train", "val", "synthetic"]
+
+# Voxel axis of each plane for arrays in NIfTI (RAS-like) order: i = sagittal, k = axial.
+SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".npy")
+_ROLE_NAMES: dict[str, set[str]] = {
+    "train": {"train", "training"},
+    "val": {"val", "validation", "valid"},
+    "synthetic": {"synthetic", "generated", "syn"},
+}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image on disk: a file, or a folder holding one DICOM series."""
+
+    path: Path
+    sample_id: str
+    patient_id: str
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out by ``--skip-bad``, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageSet:
+    """A preprocessed data set.
+
+    Attributes:
+        ids: stable sample IDs (relative paths, plus ``#axial042`` for slices).
+        patient_ids: the patient (subject) of each sample.
+        images: ``(N, 1, *spatial)`` float32 in [-1, 1].
+        spec: the preprocessing that produced ``images``.
+        source: the folder or manifest it came from.
+        skipped: files left out by ``skip_bad``.
+    """
+
+    ids: list[str]
+    patient_ids: list[str]
+    images: np.ndarray
+    spec: PreprocessSpec
+    source: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the IDs and the preprocessed voxels: the input identity of every result."""
+        ids_hash = sha256_array(np.frombuffer("\n".join(self.ids).encode(), dtype=np.uint8))
+        return sha256_array(self.images) + ids_hash[:16]
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        idx = list(indices)
+        return ImageSet(
+            ids=[self.ids[i] for i in idx],
+            patient_ids=[self.patient_ids[i] for i in idx],
+            images=self.images[idx],
+            spec=self.spec,
+            source=self.source,
+            skipped=list(self.skipped),
+        )
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _has_image_suffix(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def _patient_from_relpath(rel: Path) -> str:
+    """Folder layout rule: ``patient/…/file`` gives ``patient``; a top-level file its stem."""
+    return rel.parts[0] if len(rel.parts) > 1 else _strip_suffix(rel.name)
+
+
+def _series_uid(path: Path) -> str:
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception as exc:  # pydicom raises many types for a damaged header
+        raise MemoScopeError(f"{path}: not a readable DICOM file ({type(exc).__name__}).") from exc
+    return str(getattr(header, "SeriesInstanceUID", ""))
+
+
+def _dicom_units(root: Path, directory: Path, files: list[Path]) -> list[tuple[Path, str]]:
+    """Decide whether the .dcm files of one folder are one series or separate images."""
+    rel_dir = directory.relative_to(root).as_posix()
+    if len(files) == 1:
+        return [(files[0], files[0].relative_to(root).as_posix())]
+    uids = [_series_uid(f) for f in files]
+    if len(set(uids)) == 1 and uids[0]:
+        return [(directory, rel_dir if rel_dir != "." else directory.name)]
+    if len(set(uids)) == len(uids):
+        return [(f, f.relative_to(root).as_posix()) for f in files]
+    raise MemoScopeError(
+        f"{directory}: holds {len(set(uids))} DICOM series mixed together; put each series "
+        "in its own folder or list them in a CSV manifest."
+    )
+
+
+def discover_folder(root: Path) -> list[ImageRecord]:
+    """Find every image under ``root`` (recursively), with IDs from relative paths."""
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and _has_image_suffix(p) and not p.name.startswith(".")
+    )
+    dicom_by_dir: dict[Path, list[Path]] = defaultdict(list)
+    units: list[tuple[Path, str]] = []
+    for path in files:
+        if path.name.lower().endswith(".dcm"):
+            dicom_by_dir[path.parent].append(path)
+        else:
+            units.append((path, path.relative_to(root).as_posix()))
+    for directory, dcm_files in sorted(dicom_by_dir.items()):
+        units.extend(_dicom_units(root, directory, dcm_files))
+    units.sort(key=lambda unit: unit[1])
+    return [
+        ImageRecord(path=path, sample_id=sid, patient_id=_patient_from_relpath(Path(sid)))
+        for path, sid in units
+    ]
+
+
+def discover_manifest(manifest: Path) -> list[ImageRecord]:
+    """Read a CSV manifest with columns ``path,patient_id[,split]`` (paths relative to it)."""
+    try:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MemoScopeError(f"{manifest}: cannot read the CSV manifest ({exc}).") from exc
+    missing = {"path", "patient_id"} - set(header)
+    if not rows or missing:
+        raise MemoScopeError(
+            f"{manifest}: a manifest needs a header with columns path,patient_id[,split] and at "
+            f"least one row; missing {sorted(missing) or 'rows'}."
+        )
+    records: list[ImageRecord] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get("path") or "").strip()
+        patient = (row.get("patient_id") or "").strip()
+        if not rel or not patient:
+            raise MemoScopeError(f"{manifest}, line {line}: empty 'path' or 'patient_id'.")
+        if rel in seen:
+            raise MemoScopeError(
+                f"{manifest}, line {line}: duplicate path {rel!r} (first on line {seen[rel]}); "
+                "each image may appear once."
+            )
+        seen[rel] = line
+        split = (row.get("split") or "").strip() or None
+        records.append(ImageRecord(manifest.parent / rel, Path(rel).as_posix(), patient, split))
+    return records
+
+
+def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
+    """List the images of a folder or manifest; a manifest with a ``split`` column is filtered by role."""
+    source = Path(source)
+    if not source.exists():
+        raise MemoScopeError(f"{source}: no such file or folder; check the path.")
+    if source.is_dir():
+        records = discover_folder(source)
+        if not records:
+            raise MemoScopeError(
+                f"{source}: no images found (looked for {', '.join(SUFFIXES)} recursively)."
+            )
+        return records
+    if source.suffix.lower() != ".csv":
+        raise MemoScopeError(f"{source}: expected a folder or a .csv manifest.")
+    records = discover_manifest(source)
+    if role is not None and any(r.split for r in records):
+        names = _ROLE_NAMES[role]
+        records = [r for r in records if (r.split or "").lower() in names]
+        if not records:
+            raise MemoScopeError(
+                f"{source}: no rows with split in {sorted(names)}; fix the 'split' column."
+            )
+    return records
+
+
+def _read_with(reader: object, path: Path) -> np.ndarray:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image_obj = reader.read(str(path))  # type: ignore[attr-defined]
+        array, _ = reader.get_data(image_obj)  # type: ignore[attr-defined]
+    failed = [w for w in caught if "Failed to read" in str(w.message)]
+    if failed:
+        raise MemoScopeError(f"{path}: {len(failed)} DICOM slice(s) could not be read.")
+    return np.asarray(array)
+
+
+def _reader_for(path: Path) -> object:
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".dcm"):
+        return PydicomReader(swap_ij=False)
+    if name.endswith((".nii", ".nii.gz")):
+        return NibabelReader()
+    if name.endswith(".png"):
+        return PILReader(reverse_indexing=False)
+    if name.endswith(".npy"):
+        return NumpyReader(allow_pickle=False)
+    raise MemoScopeError(f"{path}: unsupported file type; use NIfTI, DICOM, PNG or NPY.")
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Read one image or DICOM series with MONAI's readers, keeping its dtype and values.
+
+    Returns:
+        ``(H, W)`` or ``(X, Y, Z)`` array: singleton axes dropped, DICOM rescale applied.
+    """
+    path = Path(path)
+    reader = _reader_for(path)
+    try:
+        array = _read_with(reader, path)
+    except MemoScopeError:
+        raise
+    except Exception as exc:  # readers raise OSError, EOFError, zlib, pydicom and PIL errors
+        raise MemoScopeError(
+            f"{path}: cannot read the image ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or of another format. Replace it, or pass --skip-bad to leave it out."
+        ) from exc
+    if array.ndim == 3 and path.name.lower().endswith(".png") and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise MemoScopeError(f"{path}: a colour PNG; save it as single-channel greyscale.")
+        array = rgb[..., 0]
+    return np.squeeze(array)
+
+
+def _check_values(path: Path, array: np.ndarray) -> None:
+    if not np.issubdtype(array.dtype, np.number):
+        raise MemoScopeError(f"{path}: voxel type {array.dtype} is not numeric.")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise MemoScopeError(f"{path}: {bad} NaN/Inf voxels; fix or remove the image.")
+
+
+def _samples_of(
+    record: ImageRecord, array: np.ndarray, dims: int, slices: SliceAxis | None
+) -> list[tuple[str, np.ndarray]]:
+    """Turn one raw array into (sample_id, spatial array) samples for ``dims``."""
+    path = record.path
+    if array.ndim not in (2, 3):
+        raise MemoScopeError(
+            f"{path}: has {array.ndim} dimensions {array.shape}; MemoScope reads 2D images and "
+            "3D volumes (split 4D series into single volumes first)."
+        )
+    if dims == 3:
+        if array.ndim != 3:
+            raise MemoScopeError(f"{path}: is 2D {array.shape} but --dims 3 expects volumes.")
+        return [(record.sample_id, array)]
+    if array.ndim == 2:
+        return [(record.sample_id, array)]
+    if slices is None:
+        raise MemoScopeError(
+            f"{path}: is a 3D volume {array.shape}; use --dims 3, or --slices "
+            "axial|coronal|sagittal to take its 2D slices."
+        )
+    axis = SLICE_AXES[slices]
+    moved = np.moveaxis(array, axis, 0)
+    return [
+        (f"{record.sample_id}#{slices}{k:03d}", moved[k])
+        for k in range(moved.shape[0])
+        if not is_constant(moved[k])
+    ]
+
+
+def load_records(
+    records: Sequence[ImageRecord],
+    spec: PreprocessSpec,
+    source: str,
+    slices: SliceAxis | None = None,
+    skip_bad: bool = False,
+    read: Callable[[Path], np.ndarray] = read_raw,
+) -> ImageSet:
+    """Read, check and preprocess records into an :class:`ImageSet`.
+
+    Raises:
+        MemoScopeError: a file is unreadable or invalid (unless ``skip_bad``), IDs repeat,
+            or nothing readable is left.
+    """
+    ids: list[str] = []
+    patients: list[str] = []
+    images: list[np.ndarray] = []
+    skipped: list[SkippedFile] = []
+    for record in records:
+        try:
+            array = read(record.path)
+            _check_values(record.path, array)
+            samples = _samples_of(record, array, spec.spatial_dims, slices)
+            prepared = []
+            for sample_id, sample in samples:
+                if spec.intensity == "minmax" and is_constant(sample):
+                    raise MemoScopeError(f"{record.path}: constant image (min == max); remove it.")
+                prepared.append((sample_id, preprocess(sample[None], spec)))
+        except MemoScopeError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(SkippedFile(str(record.path), str(exc)))
+            continue
+        for sample_id, image in prepared:
+            ids.append(sample_id)
+            patients.append(record.patient_id)
+            images.append(image)
+    if not ids:
+        raise MemoScopeError(f"{source}: no readable images ({len(skipped)} skipped).")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if duplicates:
+        raise MemoScopeError(f"{source}: duplicate sample IDs {duplicates[:5]}; rename the files.")
+    return ImageSet(ids, patients, np.stack(images), spec, source, skipped)
+
+
+def load_set(
+    source: str | Path,
+    spec: PreprocessSpec,
+    role: Role | None = None,
+    slices: SliceAxis | None = None,
+    skip_bad: bool = False,
+) -> ImageSet:
+    """Load a folder or manifest into a preprocessed :class:`ImageSet` (see :func:`load_records`)."""
+    records = discover(source, role)
+    return load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad)
+
+
+def check_patient_overlap(train: ImageSet, val: ImageSet) -> None:
+    """Refuse a validation set that shares patients with training: calibration needs unseen patients."""
+    shared = sorted(set(train.patient_ids) & set(val.patient_ids))
+    if shared:
+        raise MemoScopeError(
+            f"{len(shared)} patient(s) appear in both training ({train.source}) and validation "
+            f"({val.source}), e.g. {shared[:3]}; split by patient (python -m core split)."
+        )
+
+
+def split_by_patient(
+    patient_ids: Sequence[str], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split samples into training and validation so that no patient is in both.
+
+    Returns:
+        (train_indices, val_indices), int64 arrays in ascending order.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise MemoScopeError(f"val_fraction {val_fraction} must be between 0 and 1.")
+    patients = sorted(set(patient_ids))
+    if len(patients) < 2:
+        raise MemoScopeError("a patient-level split needs at least 2 patients.")
+    n_val = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    val_patients = {patients[i] for i in order[:n_val]}
+    is_val = np.array([p in val_patients for p in patient_ids])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

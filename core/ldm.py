@@ -1,0 +1,381 @@
+"""LDM checkpoints: the ``ldm.json`` + safetensors folder format, building MONAI networks, imports."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from safetensors.torch import load_file, save_file
+
+from core.errors import MemoScopeError
+from core.provenance import atomic_dir, now_utc, sha256_files, versions
+
+CONFIG_NAME = "ldm.json"
+AE_WEIGHTS = "autoencoder.safetensors"
+UNET_WEIGHTS = "unet.safetensors"
+SchedulerName = Literal["ddpm", "ddim"]
+
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "schedule": "scaled_linear_beta",
+    "beta_start": 0.0015,
+    "beta_end": 0.0195,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
+
+@dataclass
+class LDMConfig:
+    """Everything needed to rebuild an LDM from its folder (diffusers-style config capture).
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        image_size: image size (H, W[, D]) the autoencoder was trained on.
+        autoencoder: keyword arguments of ``monai.networks.nets.AutoencoderKL``.
+        unet: keyword arguments of ``monai.networks.nets.DiffusionModelUNet``.
+        scheduler: DDPM/DDIM schedule keywords (shared by training and sampling).
+        scale_factor: latent scaling (1 / std of training latents).
+        preprocessing: the :class:`core.preprocessing.PreprocessSpec` of the training data.
+        provenance: data, split, epochs, augmentation, seed, versions, time.
+    """
+
+    spatial_dims: int
+    image_size: list[int]
+    autoencoder: dict[str, Any]
+    unet: dict[str, Any]
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
+    scale_factor: float = 1.0
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """``(C, *spatial)`` of the latent the UNet denoises."""
+        factor = 2 ** (len(self.autoencoder["channels"]) - 1)
+        return (int(self.autoencoder["latent_channels"]), *(s // factor for s in self.image_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> LDMConfig:
+        required = {"spatial_dims", "image_size", "autoencoder", "unet"}
+        missing = required - set(data)
+        if missing:
+            raise MemoScopeError(f"{source}: missing fields {sorted(missing)}.")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise MemoScopeError(f"{source}: unknown fields {sorted(unknown)}.")
+        config = cls(**data)
+        if config.spatial_dims not in (2, 3) or len(config.image_size) != config.spatial_dims:
+            raise MemoScopeError(
+                f"{source}: spatial_dims {config.spatial_dims} and image_size {config.image_size} disagree."
+            )
+        for part in ("autoencoder", "unet"):
+            if int(getattr(config, part).get("spatial_dims", config.spatial_dims)) != config.spatial_dims:
+                raise MemoScopeError(f"{source}: {part}.spatial_dims differs from spatial_dims.")
+        return config
+
+
+def default_config(spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
+    """A small LDM that trains on a CPU in minutes (sizes measured in docs/platform notes).
+
+    2D: AE channels (32, 64, 64), latent 3 x H/4 x W/4, UNet (32, 64, 64) with attention on
+    the two lower levels. 3D: AE (16, 32, 32), attention on the lowest UNet level only.
+    """
+    if spatial_dims == 2:
+        ae_channels, attention = [32, 64, 64], [False, True, True]
+    elif spatial_dims == 3:
+        ae_channels, attention = [16, 32, 32], [False, False, True]
+    else:
+        raise MemoScopeError(f"spatial_dims {spatial_dims} must be 2 or 3.")
+    autoencoder = {
+        "spatial_dims": spatial_dims,
+        "in_channels": 1,
+        "out_channels": 1,
+        "channels": ae_channels,
+        "latent_channels": 3,
+        "num_res_blocks": 1,
+        "norm_num_groups": 16,
+        "attention_levels": [False] * len(ae_channels),
+        "with_encoder_nonlocal_attn": False,
+        "with_decoder_nonlocal_attn": False,
+    }
+    unet = {
+        "spatial_dims": spatial_dims,
+        "in_channels": 3,
+        "out_channels": 3,
+        "channels": [32, 64, 64],
+        "attention_levels": attention,
+        "num_res_blocks": 1,
+        "num_head_channels": 32,
+        "norm_num_groups": 16,
+    }
+    return LDMConfig(spatial_dims, list(image_size), autoencoder, unet)
+
+
+def build_autoencoder(config: LDMConfig) -> AutoencoderKL:
+    return AutoencoderKL(**{"spatial_dims": config.spatial_dims, **config.autoencoder})
+
+
+def build_unet(config: LDMConfig) -> DiffusionModelUNet:
+    return DiffusionModelUNet(**{"spatial_dims": config.spatial_dims, **config.unet})
+
+
+def build_scheduler(config: LDMConfig, name: SchedulerName = "ddpm") -> Scheduler:
+    """The training-time DDPM schedule, or a DDIM sampler over the same betas."""
+    kwargs = dict(config.scheduler)
+    if name == "ddpm":
+        return DDPMScheduler(**kwargs)
+    if name == "ddim":
+        return DDIMScheduler(**kwargs)
+    raise MemoScopeError(f"scheduler {name!r} must be 'ddpm' or 'ddim'.")
+
+
+@dataclass
+class LDM:
+    """A loaded checkpoint: config, networks (eval mode) and the folder's content hash."""
+
+    config: LDMConfig
+    autoencoder: AutoencoderKL
+    unet: DiffusionModelUNet
+    checkpoint_hash: str
+    path: Path | None = None
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    """Hash of a checkpoint folder's config and weights."""
+    folder = Path(folder)
+    return sha256_files([folder / CONFIG_NAME, folder / AE_WEIGHTS, folder / UNET_WEIGHTS])
+
+
+def read_config(folder: str | Path) -> LDMConfig:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise MemoScopeError(
+            f"{folder}: not an LDM checkpoint (no {CONFIG_NAME}); import plain weights with "
+            "`python -m core import-checkpoint`."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MemoScopeError(f"{path}: invalid JSON ({exc}).") from exc
+    return LDMConfig.from_dict(data, str(path))
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()
+        raise MemoScopeError(
+            f"{source}: weights do not match the network described by the config "
+            f"({'; '.join(line.strip() for line in detail[1:4])}). Use the config saved with "
+            "these weights."
+        ) from exc
+
+
+def save_ldm(
+    folder: str | Path,
+    config: LDMConfig,
+    autoencoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    overwrite: bool = False,
+) -> str:
+    """Write ``ldm.json`` and both safetensors files atomically; return the checkpoint hash."""
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        save_file({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, tmp / AE_WEIGHTS)
+        save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / UNET_WEIGHTS)
+    return checkpoint_hash(folder)
+
+
+def load_ldm(folder: str | Path, device: str | torch.device = "cpu") -> LDM:
+    """Rebuild an LDM from its folder; weights only through safetensors."""
+    folder = Path(folder)
+    config = read_config(folder)
+    autoencoder, unet = build_autoencoder(config), build_unet(config)
+    for module, name in ((autoencoder, AE_WEIGHTS), (unet, UNET_WEIGHTS)):
+        path = folder / name
+        if not path.is_file():
+            raise MemoScopeError(f"{folder}: {name} is missing.")
+        try:
+            state = load_file(path)
+        except Exception as exc:  # safetensors raises SafetensorError on damaged headers
+            raise MemoScopeError(f"{path}: unreadable safetensors file ({exc}).") from exc
+        _load_into(module, state, str(path))
+    autoencoder.to(device).eval()
+    unet.to(device).eval()
+    return LDM(config, autoencoder, unet, checkpoint_hash(folder), folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import of plain state dicts, including the old monai-generative key layout
+# ---------------------------------------------------------------------------------------------
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "autoencoder", "unet", "diffusion")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from .safetensors, or .pt/.pth with ``torch.load(weights_only=True)``.
+
+    A file that pickles Python objects (a whole model) is refused; nothing in it is executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MemoScopeError(f"{path}: no such file.")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise MemoScopeError(
+            f"{path}: refused: it is a pickled Python object, not a plain state dict ({reason}). "
+            "Nothing in it was executed. In the environment that made it, save "
+            "`model.state_dict()` with torch.save or safetensors and import that."
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise MemoScopeError(f"{path}: unreadable weights file ({exc}).") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrapped = [k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)]
+        if len(wrapped) != 1:
+            raise MemoScopeError(
+                f"{path}: not a state dict of tensors (keys {sorted(map(str, obj))[:6]}); save "
+                "`model.state_dict()` alone."
+            )
+        obj = obj[wrapped[0]]
+    if not isinstance(obj, dict) or not obj:
+        raise MemoScopeError(f"{path}: holds no tensors; save `model.state_dict()`.")
+    return obj
+
+
+@dataclass
+class ConversionReport:
+    """What an import changed: whether the old layout was converted, and how."""
+
+    converted: bool
+    renamed: int = 0
+    filled: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _old_name(key: str) -> str | None:
+    """The monai-generative 0.2.3 name of a MONAI-core key; ``None`` for a projection to fill."""
+    if ".attn.to_" in key:
+        return key.replace(".attn.to_", ".to_")
+    if "transformer_blocks" in key and ".out_proj." in key:
+        return key.replace(".out_proj.", ".to_out.0.")
+    if ".attn.out_proj." in key:
+        # Old attention blocks define proj_attn but their forward never calls it, so the
+        # faithful new projection is the identity.
+        return None
+    if "postconv" in key:
+        return key.replace("postconv", "conv")
+    return key
+
+
+def convert_generative_state_dict(
+    state: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    source: str,
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Rename a monai-generative 0.2.3 state dict to MONAI core's layout, by explicit rules.
+
+    MONAI's own ``load_old_state_dict`` is not used: checked against outputs of the real
+    monai-generative 0.2.3 (tests/fixtures/generative_0_2_3), MONAI 1.6.1's converter turns
+    the never-applied ``proj_attn`` of both networks into an applied ``out_proj`` (1.5.2 does
+    so for the UNet), so converted outputs differ from the originals by up to 0.12.
+
+    Args:
+        state: the old state dict.
+        target: the new network's state dict (names, shapes, dtypes).
+
+    Returns:
+        (new state dict, report); every old tensor is used or listed as ignored.
+    """
+    new_state: dict[str, torch.Tensor] = {}
+    report = ConversionReport(converted=True)
+    used: set[str] = set()
+    for key, reference in target.items():
+        old_key = _old_name(key)
+        if old_key is None:
+            eye = torch.eye(reference.shape[0], dtype=reference.dtype) if reference.ndim == 2 else None
+            new_state[key] = eye if eye is not None else torch.zeros_like(reference)
+            report.filled.append(key)
+            continue
+        if old_key not in state:
+            raise MemoScopeError(
+                f"{source}: no tensor {old_key!r} for {key!r}; the weights match neither the MONAI "
+                "nor the monai-generative layout of the configured network; check its kwargs."
+            )
+        if state[old_key].shape != reference.shape:
+            raise MemoScopeError(
+                f"{source}: {old_key} has shape {tuple(state[old_key].shape)}, the configured "
+                f"network needs {tuple(reference.shape)}; check the network kwargs."
+            )
+        new_state[key] = state[old_key]
+        used.add(old_key)
+        report.renamed += old_key != key
+    leftover = sorted(set(state) - used)
+    report.ignored = [k for k in leftover if ".proj_attn." in k]
+    unexplained = sorted(set(leftover) - set(report.ignored))
+    if unexplained:
+        raise MemoScopeError(
+            f"{source}: {len(unexplained)} tensors have no place in the configured network "
+            f"(e.g. {unexplained[:3]}); the config probably describes another network."
+        )
+    return new_state, report
+
+
+def convert_and_load(
+    module: AutoencoderKL | DiffusionModelUNet, state: dict[str, torch.Tensor], source: str
+) -> ConversionReport:
+    """Load ``state`` into ``module``, converting the monai-generative layout when its keys differ."""
+    target = module.state_dict()
+    if set(state) == set(target) or set(state) <= set(target):
+        _load_into(module, state, source)  # a missing key raises with the config hint
+        return ConversionReport(converted=False)
+    new_state, report = convert_generative_state_dict(state, target, source)
+    _load_into(module, new_state, source)
+    return report
+
+
+def import_checkpoint(
+    autoencoder_path: str | Path,
+    unet_path: str | Path,
+    config_path: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """Turn plain state dicts plus a kwargs JSON into a MemoScope checkpoint folder.
+
+    Returns:
+        (checkpoint hash, import record stored in the config's provenance).
+    """
+    config_path = Path(config_path)
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MemoScopeError(f"{config_path}: cannot read the kwargs JSON ({exc}).") from exc
+    config = LDMConfig.from_dict(data, str(config_path))
+    autoencoder, unet = build_autoencoder(config), build_unet(config)
+    record: dict[str, Any] = {"imported_at": now_utc(), "versions": versions()}
+    for module, path, name in ((autoencoder, autoencoder_path, "autoencoder"), (unet, unet_path, "unet")):
+        report = convert_and_load(module, load_state_dict_file(path), str(path))
+        record[name] = {"source": Path(path).name, "sha256": sha256_files([path]), **asdict(report)}
+    config.provenance = {**config.provenance, "import": record}
+    return save_ldm(out, config, autoencoder, unet, overwrite=overwrite), record
