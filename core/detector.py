@@ -1,0 +1,345 @@
+"""The contrastive copy detector: encoder, augmentation policies, NT-Xent training, embedding cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import resnet18, resnet50
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandAffine,
+    RandAxisFlip,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandRotate,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
+from pytorch_metric_learning.losses import NTXentLoss
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.data import ImageSet
+from core.errors import MemoScopeError
+from core.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
+
+Arch = Literal["resnet18", "resnet50", "convres"]
+AugmentPolicy = Literal["paper", "strong"]
+CONFIG_NAME = "detector.json"
+WEIGHTS_NAME = "detector.safetensors"
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class DetectorConfig:
+    """Detector hyper-parameters (defaults follow Dar et al. where they fit a CPU).
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        image_size: input size (H, W[, D]).
+        arch: ``resnet18``/``resnet50`` (MONAI ResNet, 1 input channel, last layer -> embed_dim;
+            the paper's 2D choice is ResNet-50) or ``convres`` (the paper's 3D encoder: stride-2
+            conv + residual GroupNorm blocks down to a 4-voxel grid, 1x1 conv to 8 channels,
+            Linear -> 128, ReLU, Dropout 0.5, Linear -> embed_dim).
+        embed_dim: embedding size (paper: 128 in 2D, 32 in 3D).
+        augmentation: ``paper`` (rotation +-5 deg and a flip, p = 0.5) or ``strong`` (adds
+            translation, intensity scale/shift, gamma, blur and noise).
+        temperature: NT-Xent temperature (0.07).
+        epochs, batch_size, lr, lr_min: Adam with cosine annealing from lr to lr_min.
+        seed: initialisation, shuffling and augmentation.
+    """
+
+    spatial_dims: int
+    image_size: list[int]
+    arch: Arch = "resnet18"
+    embed_dim: int = 128
+    augmentation: AugmentPolicy = "strong"
+    temperature: float = 0.07
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    lr_min: float = 5e-5
+    seed: int = 0
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_dims(cls, spatial_dims: int, image_size: list[int], **overrides: Any) -> DetectorConfig:
+        """Defaults per dimensionality: 2D ResNet-18 -> 128, 3D the paper's encoder -> 32."""
+        base: dict[str, Any] = {"arch": "resnet18", "embed_dim": 128}
+        if spatial_dims == 3:
+            base = {"arch": "convres", "embed_dim": 32, "batch_size": 8}
+        return cls(spatial_dims=spatial_dims, image_size=list(image_size), **{**base, **overrides})
+
+
+class ConvResEncoder(nn.Module):
+    """The paper's 3D encoder, written once for 2D and 3D with MONAI blocks.
+
+    Input ``(B, 1, *S)`` float32 with S divisible by 4 * 2^levels; output ``(B, embed_dim)``.
+    """
+
+    def __init__(self, spatial_dims: int, image_size: list[int], embed_dim: int) -> None:
+        super().__init__()
+        levels = int(math.log2(min(image_size) // 4))
+        if levels < 1 or any(s != image_size[0] for s in image_size):
+            raise MemoScopeError(f"convres needs a cubic/square image_size of at least 8, got {image_size}.")
+        norm = ("group", {"num_groups": 8})
+        layers: list[nn.Module] = []
+        channels_in = 1
+        for level in range(levels):
+            channels = min(32 * 2**level, 1024)
+            layers.append(Convolution(spatial_dims, channels_in, channels, strides=2, kernel_size=3, norm=norm))
+            layers.append(ResidualUnit(spatial_dims, channels, channels, subunits=2, norm=norm))
+            channels_in = channels
+        layers.append(Convolution(spatial_dims, channels_in, 8, kernel_size=1, conv_only=True))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(8 * 4**spatial_dims, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, embed_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_encoder(config: DetectorConfig) -> nn.Module:
+    if config.arch == "convres":
+        return ConvResEncoder(config.spatial_dims, config.image_size, config.embed_dim)
+    factory = {"resnet18": resnet18, "resnet50": resnet50}.get(config.arch)
+    if factory is None:
+        raise MemoScopeError(f"detector arch {config.arch!r} must be resnet18, resnet50 or convres.")
+    return factory(
+        spatial_dims=config.spatial_dims,
+        n_input_channels=1,
+        num_classes=config.embed_dim,
+        conv1_t_stride=2,
+    )
+
+
+def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
+    """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
+    angle = math.radians(5.0)
+    rotate_ranges = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
+    paper = [
+        RandRotate(**rotate_ranges, prob=0.5, keep_size=True, padding_mode="border"),
+        RandAxisFlip(prob=0.5),
+    ]
+    if policy == "paper":
+        return Compose(paper)
+    if policy != "strong":
+        raise MemoScopeError(f"augmentation {policy!r} must be 'paper' or 'strong'.")
+    shift = [0.04 * s for s in image_size]
+    return Compose(
+        [
+            *paper,
+            RandAffine(prob=0.5, translate_range=shift, padding_mode="border"),
+            RandScaleIntensity(factors=0.1, prob=0.5),
+            RandShiftIntensity(offsets=0.1, prob=0.5),
+            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+            RandGaussianSmooth(sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.3),
+            RandGaussianNoise(prob=0.5, std=0.03),
+        ]
+    )
+
+
+def augment_batch(transform: Compose, batch: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample MONAI transform to ``(B, 1, *S)``; the transform's RNG advances."""
+    return torch.stack([torch.as_tensor(transform(image)).as_subclass(torch.Tensor) for image in batch]).float()
+
+
+def nt_xent(model: nn.Module, batch: torch.Tensor, views: torch.Tensor, loss_fn: NTXentLoss) -> torch.Tensor:
+    """NT-Xent over 2K embeddings: image i and its augmented view are the only positives."""
+    embeddings = model(torch.cat([batch, views]))
+    labels = torch.arange(len(batch)).repeat(2)
+    return loss_fn(embeddings, labels)
+
+
+@dataclass
+class Detector:
+    """A trained detector: config, encoder (eval mode), training history, content hash."""
+
+    config: DetectorConfig
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    provenance: dict[str, Any] = field(default_factory=dict)
+    detector_hash: str = ""
+
+
+def _epoch_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    order: npt.NDArray[np.int64],
+    transform: Compose,
+    loss_fn: NTXentLoss,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer | None,
+) -> float:
+    total, batches = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:  # a single image has no negatives
+            continue
+        batch = images[idx]
+        views = augment_batch(transform, batch)
+        if optimizer is None:
+            with torch.no_grad():
+                loss = nt_xent(model, batch, views, loss_fn)
+        else:
+            loss = nt_xent(model, batch, views, loss_fn)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+def train_detector(
+    train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress | None = None
+) -> Detector:
+    """Train the encoder on ``train``; keep the epoch with the lowest validation NT-Xent loss.
+
+    Steps: 1. seed everything; 2. each epoch, shuffle, embed each batch and its augmented
+    view, minimise NT-Xent; 3. compute the validation loss with a fixed augmentation seed;
+    4. keep a copy of the best weights.
+    """
+    if len(train) < 2 or len(val) < 2:
+        raise MemoScopeError("detector training needs at least 2 training and 2 validation images.")
+    if list(train.images.shape[2:]) != list(config.image_size):
+        raise MemoScopeError(
+            f"training images are {list(train.images.shape[2:])} but the detector expects {config.image_size}."
+        )
+    torch.manual_seed(config.seed)
+    model = build_encoder(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
+    loss_fn = NTXentLoss(temperature=config.temperature)
+    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
+    transform.set_random_state(seed=config.seed)
+    rng = np.random.default_rng(config.seed)
+    x_train, x_val = torch.from_numpy(train.images), torch.from_numpy(val.images)
+    history: list[dict[str, float]] = []
+    best_loss, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), -1
+    for epoch in range(config.epochs):
+        model.train()
+        train_loss = _epoch_loss(model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer)
+        scheduler.step()
+        model.eval()
+        val_transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
+        val_transform.set_random_state(seed=config.seed + 1)
+        val_loss = _epoch_loss(model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss < best_loss:
+            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
+        if progress:
+            progress({"epoch": epoch + 1, "epochs": config.epochs, "train_loss": train_loss, "val_loss": val_loss})
+    model.load_state_dict(best_state)
+    model.eval()
+    provenance = {
+        "trained_at": now_utc(),
+        "train_set": {"source": train.source, "n": len(train), "content_hash": train.content_hash},
+        "val_set": {"source": val.source, "n": len(val), "content_hash": val.content_hash},
+        "versions": versions(),
+    }
+    return Detector(config, model, history, best_epoch, provenance)
+
+
+def save_detector(detector: Detector, folder: str | Path, overwrite: bool = False) -> str:
+    """Write ``detector.json`` and ``detector.safetensors`` atomically; return the hash."""
+    record = {
+        "config": asdict(detector.config),
+        "history": detector.history,
+        "best_epoch": detector.best_epoch,
+        "provenance": detector.provenance,
+    }
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file({k: v.detach().cpu().contiguous() for k, v in detector.model.state_dict().items()}, tmp / WEIGHTS_NAME)
+    detector.detector_hash = detector_hash(folder)
+    return detector.detector_hash
+
+
+def detector_hash(folder: str | Path) -> str:
+    return sha256_files([Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME])
+
+
+def load_detector(folder: str | Path) -> Detector:
+    """Rebuild a detector from its folder (safetensors only)."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise MemoScopeError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    try:
+        record = json.loads(config_path.read_text(encoding="utf-8"))
+        config = DetectorConfig(**record["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MemoScopeError(f"{config_path}: invalid detector config ({exc}).") from exc
+    model = build_encoder(config)
+    try:
+        model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+    except RuntimeError as exc:
+        raise MemoScopeError(
+            f"{folder / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} ({str(exc).splitlines()[0]})."
+        ) from exc
+    model.eval()
+    return Detector(
+        config, model, record.get("history", []), record.get("best_epoch", -1), record.get("provenance", {}), detector_hash(folder)
+    )
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Sample IDs and their ``(N, D)`` float32 embeddings."""
+
+    ids: list[str]
+    vectors: npt.NDArray[np.float32]
+
+
+def embed(model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: str = "cpu") -> npt.NDArray[np.float32]:
+    """Embed ``(N, 1, *S)`` float32 images in [-1, 1] -> ``(N, D)`` float32 (eval, no grad)."""
+    model = model.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+            out.append(model(batch).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MEMOSCOPE_CACHE_DIR", Path.home() / ".cache" / "memoscope")) / "embeddings"
+
+
+def embed_set(detector: Detector, images: ImageSet, cache_dir: str | Path | None = None, batch_size: int = 64) -> tuple[Embeddings, bool]:
+    """Embed an image set, reusing the on-disk cache keyed by detector hash and input content.
+
+    Returns:
+        (embeddings, whether they came from the cache).
+    """
+    if list(images.images.shape[2:]) != list(detector.config.image_size):
+        raise MemoScopeError(
+            f"{images.source}: images are {list(images.images.shape[2:])}, the detector expects "
+            f"{detector.config.image_size}; use the detector's preprocessing spatial size."
+        )
+    key = sha256_json({"detector": detector.detector_hash or id(detector), "images": images.content_hash})
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
+    if detector.detector_hash and path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            return Embeddings(list(cached["ids"]), cached["vectors"]), True
+    vectors = embed(detector.model, images.images, batch_size)
+    if detector.detector_hash:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, ids=np.array(images.ids), vectors=vectors)
+    return Embeddings(list(images.ids), vectors), False

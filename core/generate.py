@@ -1,0 +1,207 @@
+"""Sampling from an LDM checkpoint: per-sample seeds, batched, resumable, written as images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from core.errors import MemoScopeError
+from core.ldm import LDM, SchedulerName, build_scheduler, load_ldm
+from core.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
+
+Precision = Literal["fp32", "fp16", "bf16"]
+ImageFormat = Literal["png16", "npy"]
+MANIFEST = "manifest.csv"
+RECORD = "generation.json"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; ``cuda[:i]``/``mps``/``cpu`` are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise MemoScopeError(f"--device {name!r} is not a device; use auto, cpu, cuda[:i] or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MemoScopeError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto.")
+    return device
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return device.type
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``: a function of (seed, index) only, so batching cannot change it."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def sample(
+    ldm: LDM,
+    seeds: list[int],
+    steps: int,
+    scheduler_name: SchedulerName = "ddim",
+    device: torch.device | str = "cpu",
+    precision: Precision = "fp32",
+) -> npt.NDArray[np.float32]:
+    """Generate one image per seed.
+
+    Each sample draws its initial latent and every DDPM noise term from its own generator,
+    so sample i is the same whichever batch it is computed in.
+
+    Returns:
+        ``(len(seeds), 1, *image_size)`` float32, clipped to [-1, 1].
+    """
+    device = torch.device(device)
+    scheduler = build_scheduler(ldm.config, scheduler_name)
+    scheduler.set_timesteps(num_inference_steps=steps, device=device)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    shape = ldm.config.latent_shape
+    latents = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    with torch.inference_mode(), autocast:
+        for t in scheduler.timesteps:
+            timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
+            noise_pred = ldm.unet(latents, timesteps=timesteps).float()
+            latents = torch.cat(
+                [
+                    scheduler.step(noise_pred[i : i + 1], int(t), latents[i : i + 1], generator=generators[i])[0]
+                    for i in range(len(seeds))
+                ]
+            )
+        images = ldm.autoencoder.decode_stage_2_outputs(latents / ldm.config.scale_factor).float()
+    return images.clamp(-1.0, 1.0).cpu().numpy()
+
+
+def to_uint16(image: npt.NDArray[np.floating]) -> npt.NDArray[np.uint16]:
+    """[-1, 1] float -> full-range uint16."""
+    return np.round((np.clip(image, -1.0, 1.0) + 1.0) * 0.5 * 65535.0).astype(np.uint16)
+
+
+def write_image(image: npt.NDArray[np.float32], path: Path, spatial_dims: int, fmt: ImageFormat) -> None:
+    """Write one ``(1, *S)`` sample atomically: NIfTI for 3D; 16-bit PNG or NPY for 2D."""
+    with atomic_path(path) as tmp:
+        if spatial_dims == 3:
+            nib.save(nib.Nifti1Image(image[0].astype(np.float32), np.eye(4)), str(tmp.with_suffix(".nii.gz")))
+            tmp.with_suffix(".nii.gz").replace(tmp)
+        elif fmt == "png16":
+            buffer = io.BytesIO()
+            Image.fromarray(to_uint16(image[0])).save(buffer, format="PNG")
+            tmp.write_bytes(buffer.getvalue())
+        else:
+            with open(tmp, "wb") as handle:
+                np.save(handle, image[0].astype(np.float32))
+
+
+def sample_filename(index: int, spatial_dims: int, fmt: ImageFormat) -> str:
+    suffix = ".nii.gz" if spatial_dims == 3 else (".png" if fmt == "png16" else ".npy")
+    return f"sample_{index:06d}{suffix}"
+
+
+@dataclass
+class GenerationResult:
+    out: Path
+    n_written: int
+    n_skipped: int
+    seconds: float
+    record: dict[str, Any]
+
+
+def generate(
+    checkpoint: str | Path,
+    out: str | Path,
+    n: int,
+    steps: int = 50,
+    scheduler: SchedulerName = "ddim",
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    precision: Precision = "fp32",
+    fmt: ImageFormat = "png16",
+    progress: Callable[[int, int], None] | None = None,
+    show_bar: bool = True,
+) -> GenerationResult:
+    """Generate ``n`` samples into ``out``; samples already written are kept (resume).
+
+    Writes each image atomically, ``manifest.csv`` (path, patient_id, split, index, seed) and
+    ``generation.json`` (checkpoint hash, settings, versions) after every batch.
+    """
+    if n < 1 or steps < 1 or batch_size < 1:
+        raise MemoScopeError("--n, --steps and --batch-size must be at least 1.")
+    torch_device = resolve_device(device)
+    ldm = load_ldm(checkpoint, torch_device)
+    dims = ldm.config.spatial_dims
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_hash": ldm.checkpoint_hash,
+        "n": n,
+        "steps": steps,
+        "scheduler": scheduler,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": device_description(torch_device),
+        "precision": precision,
+        "format": "nifti" if dims == 3 else fmt,
+        "preprocessing": ldm.config.preprocessing,
+        "versions": versions(),
+        "started_at": now_utc(),
+    }
+    previous = out / RECORD
+    if previous.is_file():
+        import json
+
+        old = json.loads(previous.read_text())
+        if old.get("checkpoint_hash") != ldm.checkpoint_hash or old.get("seed") != seed or old.get("steps") != steps:
+            raise MemoScopeError(
+                f"{out}: holds samples from another checkpoint, seed or step count; choose an empty folder."
+            )
+    todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]
+    start = time.perf_counter()
+    bar = tqdm(total=n, initial=n - len(todo), desc="generate", unit="sample", disable=not show_bar)
+    for b in range(0, len(todo), batch_size):
+        indices = todo[b : b + batch_size]
+        images = sample(ldm, [sample_seed(seed, i) for i in indices], steps, scheduler, torch_device, precision)
+        for i, image in zip(indices, images, strict=True):
+            write_image(image, out / sample_filename(i, dims, fmt), dims, fmt)
+        bar.update(len(indices))
+        if progress:
+            progress(n - len(todo) + b + len(indices), n)
+        _write_manifest(out, n, seed, dims, fmt, record)
+    bar.close()
+    _write_manifest(out, n, seed, dims, fmt, {**record, "finished_at": now_utc()})
+    return GenerationResult(out, len(todo), n - len(todo), time.perf_counter() - start, record)
+
+
+def _write_manifest(out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any]) -> None:
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "patient_id", "split", "index", "seed"])
+    for i in range(n):
+        name = sample_filename(i, dims, fmt)
+        if (out / name).exists():
+            writer.writerow([name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)])
+    atomic_write_text(out / MANIFEST, rows.getvalue())
+    atomic_write_json(out / RECORD, record)

@@ -1,0 +1,233 @@
+"""Calibrated memorization metrics: threshold rules, fractions with intervals, p-values, pixel checks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+from skimage.metrics import structural_similarity
+
+from core.errors import MemoScopeError
+
+ThresholdRule = Literal["paper", "heldout", "fixed"]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A calibrated threshold tau.
+
+    Attributes:
+        rule: ``paper`` (percentile of train->nearest-validation correlations), ``heldout``
+            (percentile of validation->nearest-train), or ``fixed``.
+        percentile: the percentile used (``None`` for fixed).
+        value: tau.
+        null_size: how many null correlations calibrated it (0 for fixed).
+    """
+
+    rule: ThresholdRule
+    percentile: float | None
+    value: float
+    null_size: int
+
+
+def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
+    """Parse ``paper``, ``heldout`` or ``fixed:X`` (X in [-1, 1])."""
+    if text in ("paper", "heldout"):
+        return text, None  # type: ignore[return-value]
+    if text.startswith("fixed:"):
+        try:
+            value = float(text.split(":", 1)[1])
+        except ValueError:
+            value = math.nan
+        if not -1.0 <= value <= 1.0:
+            raise MemoScopeError(f"--threshold-rule {text!r}: fixed:X needs a number X in [-1, 1].")
+        return "fixed", value
+    raise MemoScopeError(f"--threshold-rule {text!r} must be paper, heldout or fixed:X.")
+
+
+def min_null_size(percentile: float) -> int:
+    """Smallest sample whose ``percentile`` leaves at least one value above it."""
+    return math.ceil(100.0 / (100.0 - percentile)) if percentile < 100 else math.inf  # type: ignore[return-value]
+
+
+def calibrate(
+    rule: ThresholdRule,
+    train_to_val: npt.ArrayLike,
+    val_to_train: npt.ArrayLike,
+    percentile: float = 95.0,
+    fixed: float | None = None,
+) -> Threshold:
+    """Compute tau from the null correlations.
+
+    Args:
+        rule: see :class:`Threshold`.
+        train_to_val: ``(N_train,)`` each training sample's best correlation to validation.
+        val_to_train: ``(N_val,)`` each validation sample's best correlation to training.
+        percentile: in (0, 100).
+        fixed: tau for ``rule == "fixed"``.
+    """
+    if rule == "fixed":
+        if fixed is None:
+            raise MemoScopeError("threshold rule 'fixed' needs a value (fixed:X).")
+        return Threshold("fixed", None, float(fixed), 0)
+    if not 0.0 < percentile < 100.0:
+        raise MemoScopeError(f"--percentile {percentile} must be between 0 and 100.")
+    n_val = len(np.asarray(val_to_train))
+    needed = min_null_size(percentile)
+    if n_val < needed:
+        raise MemoScopeError(
+            f"the validation set has {n_val} samples; percentile {percentile:g} needs at least "
+            f"{needed} so that some real held-out samples lie above the threshold. Add "
+            "validation images or lower --percentile."
+        )
+    null = np.asarray(train_to_val if rule == "paper" else val_to_train, dtype=np.float64)
+    return Threshold(rule, percentile, float(np.percentile(null, percentile)), len(null))
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """``count / total`` with a 95 % interval and how it was computed."""
+
+    count: int
+    total: int
+    value: float
+    low: float
+    high: float
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion."""
+    if total == 0:
+        return (math.nan, math.nan)
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = count / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def fraction_with_ci(
+    flags: npt.ArrayLike, seed: int = 0, confidence: float = 0.95, n_resamples: int = 2000
+) -> Fraction:
+    """Share of True flags with a percentile-bootstrap interval over samples.
+
+    When every flag is equal the bootstrap interval collapses to a point, which overstates
+    certainty; the Wilson score interval is reported then, and ``method`` says so.
+    """
+    x = np.asarray(flags, dtype=bool)
+    count, total = int(x.sum()), int(x.size)
+    if total == 0:
+        raise MemoScopeError("no samples to compute a fraction over.")
+    value = count / total
+    if count in (0, total):
+        low, high = wilson_interval(count, total, confidence)
+        return Fraction(count, total, value, low, high, "wilson (all samples agree)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (x.astype(np.float64),),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    ci = result.confidence_interval
+    return Fraction(count, total, value, float(ci.low), float(ci.high), "percentile bootstrap")
+
+
+def empirical_p_values(scores: npt.ArrayLike, null: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """P(null >= score) with the +1 correction: ``(1 + #{null >= s}) / (1 + n)``.
+
+    Args:
+        scores: ``(M,)`` observed best correlations (synthetic -> train).
+        null: ``(n,)`` the same statistic for real held-out samples (validation -> train).
+    """
+    null_sorted = np.sort(np.asarray(null, dtype=np.float64))
+    s = np.asarray(scores, dtype=np.float64)
+    at_least = len(null_sorted) - np.searchsorted(null_sorted, s, side="left")
+    return (1.0 + at_least) / (1.0 + len(null_sorted))
+
+
+@dataclass(frozen=True)
+class MemorizationMetrics:
+    """The paper's two fractions and the false-positive rates the rule implies.
+
+    Attributes:
+        memorized: training samples whose nearest synthetic correlation exceeds tau.
+        copies: synthetic samples whose nearest training correlation exceeds tau.
+        expected_fpr_copy: share of real held-out (validation) samples whose nearest
+            training correlation exceeds tau: how often a novel sample is called a copy.
+        expected_fpr_memorized: share of training samples whose nearest validation
+            correlation exceeds tau (about 1 - percentile/100 under the paper rule).
+    """
+
+    threshold: Threshold
+    memorized: Fraction
+    copies: Fraction
+    expected_fpr_copy: float
+    expected_fpr_memorized: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": asdict(self.threshold),
+            "memorized_training_fraction": self.memorized.to_dict(),
+            "copy_fraction": self.copies.to_dict(),
+            "expected_false_positive_rate": {
+                "copy": self.expected_fpr_copy,
+                "memorized": self.expected_fpr_memorized,
+            },
+        }
+
+
+def memorization_metrics(
+    threshold: Threshold,
+    train_to_synthetic: npt.ArrayLike,
+    synthetic_to_train: npt.ArrayLike,
+    train_to_val: npt.ArrayLike,
+    val_to_train: npt.ArrayLike,
+    seed: int = 0,
+) -> MemorizationMetrics:
+    """Fractions above tau (strictly greater, as in the paper) with intervals and null rates."""
+    tau = threshold.value
+    return MemorizationMetrics(
+        threshold=threshold,
+        memorized=fraction_with_ci(np.asarray(train_to_synthetic) > tau, seed=seed),
+        copies=fraction_with_ci(np.asarray(synthetic_to_train) > tau, seed=seed + 1),
+        expected_fpr_copy=float(np.mean(np.asarray(val_to_train) > tau)),
+        expected_fpr_memorized=float(np.mean(np.asarray(train_to_val) > tau)),
+    )
+
+
+def fraction_above(sorted_values: npt.NDArray[np.floating], thresholds: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Share of ``sorted_values`` strictly above each threshold (O(log n) each; for sliders)."""
+    n = len(sorted_values)
+    above = n - np.searchsorted(sorted_values, np.asarray(thresholds, dtype=np.float64), side="right")
+    return above / max(n, 1)
+
+
+def pixel_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Pearson correlation of two images' voxels (the pixel-space cross-check)."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in size: {np.shape(a)} vs {np.shape(b)}")
+    x, y = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y / denom) if denom > 0 else 0.0
+
+
+def ssim(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Structural similarity of two images in [-1, 1] intensity (data range 2)."""
+    return float(
+        structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=2.0)
+    )

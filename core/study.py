@@ -1,0 +1,92 @@
+"""Study folders: input references, outputs and a SQLite record of every run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.provenance import atomic_write_json, now_utc
+
+DB_NAME = "study.sqlite"
+STUDY_FILE = "study.json"
+DEFAULT_ROOT = Path("studies")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    config_json TEXT NOT NULL,
+    summary_json TEXT,
+    error TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study folder: ``study.json`` (inputs), outputs, and ``study.sqlite`` (runs)."""
+
+    path: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_NAME
+
+    def connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.db_path, timeout=30)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(_SCHEMA)
+        return connection
+
+    def inputs(self) -> dict[str, Any]:
+        path = self.path / STUDY_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def set_inputs(self, inputs: dict[str, Any]) -> None:
+        atomic_write_json(self.path / STUDY_FILE, {**self.inputs(), **inputs, "updated_at": now_utc()})
+
+    @contextlib.contextmanager
+    def run(self, kind: str, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Record a run: 'running' now, then 'done' with the summary put in the yielded dict, or 'failed'."""
+        result: dict[str, Any] = {}
+        with contextlib.closing(self.connect()) as db, db:
+            run_id = db.execute(
+                "INSERT INTO runs (kind, status, started_at, config_json) VALUES (?, 'running', ?, ?)",
+                (kind, now_utc(), json.dumps(config, sort_keys=True, default=str)),
+            ).lastrowid
+        try:
+            yield result
+        except BaseException as exc:
+            self._finish(run_id, "failed", None, f"{type(exc).__name__}: {exc}")
+            raise
+        self._finish(run_id, "done", result, None)
+
+    def _finish(self, run_id: int | None, status: str, summary: dict[str, Any] | None, error: str | None) -> None:
+        with contextlib.closing(self.connect()) as db, db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, summary_json = ?, error = ? WHERE id = ?",
+                (status, now_utc(), json.dumps(summary, sort_keys=True, default=str) if summary is not None else None, error, run_id),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        with contextlib.closing(self.connect()) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
+
+
+def open_study(path: str | Path) -> Study:
+    """Open or create the study folder at ``path``."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    study = Study(folder)
+    with contextlib.closing(study.connect()):
+        pass
+    return study
