@@ -49,12 +49,16 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _checkpoint_of(synthetic_source: str) -> dict[str, Any]:
-    """The generation record beside a synthetic folder, if it was made by ``core generate``."""
-    record = Path(synthetic_source) / "generation.json"
-    if record.is_file():
-        data = json.loads(record.read_text())
-        return {"checkpoint": data.get("checkpoint"), "checkpoint_hash": data.get("checkpoint_hash"), "generation": data}
-    return {"checkpoint": None, "checkpoint_hash": None}
+    """The generation records (``core generate``) found in the synthetic folder, and their checkpoints."""
+    source = Path(synthetic_source)
+    records = sorted(source.rglob("generation.json")) if source.is_dir() else []
+    generations = [json.loads(path.read_text()) for path in records]
+    hashes = sorted({g.get("checkpoint_hash") for g in generations if g.get("checkpoint_hash")})
+    return {
+        "checkpoint": generations[0].get("checkpoint") if len(hashes) == 1 else None,
+        "checkpoint_hash": hashes[0] if len(hashes) == 1 else (hashes or None),
+        "generations": generations,
+    }
 
 
 def pair_rows(

@@ -59,6 +59,12 @@ def _batches(n: int, batch_size: int, seed: int, phase: int, epoch: int) -> list
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _seed_epoch(seed: int, phase: int, epoch: int) -> None:
+    """Seed torch's global RNG per epoch (the autoencoder's latent sampling draws from it), so a
+    resumed run continues exactly as an uninterrupted one."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, phase, epoch]).generate_state(1)[0]))
+
+
 def _maybe_augment(x: torch.Tensor, cfg: TrainLDMConfig, dims: int, size: list[int], phase: int, epoch: int) -> torch.Tensor:
     if not cfg.augment:
         return x
@@ -119,6 +125,7 @@ def train_ldm(
     # 1. autoencoder
     while state["phase"] == 0 and state["epoch"] < cfg.ae_epochs:
         epoch = state["epoch"]
+        _seed_epoch(cfg.seed, 0, epoch)
         ae.train()
         losses = []
         for idx in _batches(len(x_all), cfg.batch_size, cfg.seed, 0, epoch):
@@ -152,6 +159,7 @@ def train_ldm(
     inferer = LatentDiffusionInferer(scheduler, scale_factor=config.scale_factor)
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
+        _seed_epoch(cfg.seed, 1, epoch)
         unet.train()
         losses = []
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)

@@ -1,0 +1,108 @@
+"""Image loading: formats, IDs, manifests, slices, patient split and bad input."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from core.data import discover, load_set, read_raw, split_by_patient
+from core.errors import MemoScopeError
+from core.preprocessing import PreprocessSpec
+
+SPEC2 = PreprocessSpec((32, 32))
+
+
+def test_folder_ids_patients_and_formats(image_folder: Path) -> None:
+    images = load_set(image_folder, SPEC2)
+    assert images.ids == ["p1/a.png", "p1/b.npy", "p2/c.nii.gz"]
+    assert images.patient_ids == ["p1", "p1", "p2"]
+    assert images.images.shape == (3, 1, 32, 32) and images.images.dtype == np.float32
+
+
+def test_png16_keeps_sixteen_bits(image_folder: Path) -> None:
+    raw = read_raw(image_folder / "p1" / "a.png")
+    assert raw.dtype in (np.uint16, np.int32) and raw.max() > 255
+
+
+def test_dicom_file_and_series(tmp_path: Path) -> None:
+    ct = read_raw(get_testdata_file("CT_small.dcm"))
+    assert ct.shape == (128, 128) and ct.min() < 0  # rescale to HU applied
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0, 0, float(k)]
+        ds.save_as(series / f"{k}.dcm")
+    records = discover(tmp_path)
+    assert [r.sample_id for r in records] == ["series"]
+    assert read_raw(series).shape == (128, 128, 3)
+
+
+def test_manifest_with_split_filters_by_role(image_folder: Path) -> None:
+    manifest = image_folder / "m.csv"
+    manifest.write_text("path,patient_id,split\np1/a.png,A,train\np1/b.npy,A,train\np2/c.nii.gz,B,val\n")
+    assert load_set(manifest, SPEC2, role="train").ids == ["p1/a.png", "p1/b.npy"]
+    assert load_set(manifest, SPEC2, role="val").patient_ids == ["B"]
+
+
+def test_duplicate_manifest_row_names_the_line(image_folder: Path) -> None:
+    manifest = image_folder / "m.csv"
+    manifest.write_text("path,patient_id\np1/a.png,A\np1/a.png,A\n")
+    with pytest.raises(MemoScopeError, match="line 3: duplicate path"):
+        load_set(manifest, SPEC2)
+
+
+def test_slices_of_volume_keep_patient_and_index(tmp_path: Path) -> None:
+    vol = np.zeros((20, 20, 6), np.float32)
+    vol[5:15, 5:15, 1:5] = np.arange(4, dtype=np.float32) + 1  # slices 0 and 5 are empty
+    (tmp_path / "s1").mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "s1" / "v.nii.gz"))
+    images = load_set(tmp_path, PreprocessSpec((16, 16)), slices="axial")
+    assert images.ids == [f"s1/v.nii.gz#axial{k:03d}" for k in range(1, 5)]
+    assert set(images.patient_ids) == {"s1"}
+    with pytest.raises(MemoScopeError, match="--slices"):
+        load_set(tmp_path, PreprocessSpec((16, 16)))
+
+
+def test_bad_files_name_the_file_and_skip_bad_lists_them(image_folder: Path) -> None:
+    good = (image_folder / "p2" / "c.nii.gz").read_bytes()
+    (image_folder / "p2" / "truncated.nii.gz").write_bytes(good[: len(good) // 3])
+    nan = np.ones((40, 40), np.float32)
+    nan[3, 3] = np.nan
+    np.save(image_folder / "p2" / "nan.npy", nan)
+    with pytest.raises(MemoScopeError, match="nan.npy: 1 NaN/Inf"):
+        load_set(image_folder, SPEC2)
+    images = load_set(image_folder, SPEC2, skip_bad=True)
+    assert len(images) == 3
+    assert sorted(Path(s.path).name for s in images.skipped) == ["nan.npy", "truncated.nii.gz"]
+    assert gzip  # truncated gzip is the realistic failure
+
+
+def test_wrong_dimensionality_and_empty_folder(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(MemoScopeError, match="is 2D"):
+        load_set(image_folder, PreprocessSpec((8, 8, 8)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MemoScopeError, match="no images found"):
+        load_set(tmp_path / "empty", SPEC2)
+
+
+def test_pickled_npy_is_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(MemoScopeError, match="obj.npy"):
+        read_raw(tmp_path / "obj.npy")
+
+
+def test_split_by_patient_never_shares_a_patient() -> None:
+    patients = [f"p{i // 3}" for i in range(30)]
+    train, val = split_by_patient(patients, 0.3, seed=1)
+    assert not {patients[i] for i in train} & {patients[i] for i in val}
+    assert len(train) + len(val) == 30 and len({patients[i] for i in val}) == 3
+    again = split_by_patient(patients, 0.3, seed=1)
+    assert np.array_equal(again[1], val)

@@ -1,0 +1,83 @@
+"""Threshold rules, fractions with intervals, p-values and pixel checks, against hand values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import MemoScopeError
+from core.metrics import (
+    calibrate,
+    empirical_p_values,
+    fraction_above,
+    fraction_with_ci,
+    memorization_metrics,
+    parse_rule,
+    pixel_correlation,
+    ssim,
+    wilson_interval,
+)
+
+
+def test_paper_rule_is_percentile_of_train_to_val() -> None:
+    train_to_val = np.linspace(0, 1, 101)
+    tau = calibrate("paper", train_to_val, np.zeros(40), 95.0)
+    assert tau.value == pytest.approx(0.95) and tau.null_size == 101
+
+
+def test_heldout_rule_uses_val_to_train() -> None:
+    tau = calibrate("heldout", np.zeros(5), np.linspace(0, 1, 21), 90.0)
+    assert tau.value == pytest.approx(0.9)
+
+
+def test_small_validation_set_is_refused_with_a_hint() -> None:
+    with pytest.raises(MemoScopeError, match="needs at least 20"):
+        calibrate("paper", np.zeros(100), np.zeros(10), 95.0)
+
+
+@pytest.mark.parametrize("text,expected", [("paper", ("paper", None)), ("fixed:0.93", ("fixed", 0.93))])
+def test_parse_rule(text: str, expected: tuple) -> None:
+    assert parse_rule(text) == expected
+
+
+def test_parse_rule_rejects_bad_value() -> None:
+    with pytest.raises(MemoScopeError):
+        parse_rule("fixed:two")
+
+
+def test_fractions_and_false_positive_rates() -> None:
+    tau = calibrate("fixed", [], [], fixed=0.5)
+    m = memorization_metrics(tau, [0.6, 0.4, 0.9, 0.5], [0.7, 0.2], [0.1, 0.55, 0.2, 0.3], [0.6, 0.1, 0.2, 0.3, 0.4])
+    assert (m.memorized.count, m.memorized.total) == (2, 4)  # 0.5 is not above 0.5
+    assert m.copies.value == 0.5
+    assert m.expected_fpr_copy == pytest.approx(0.2) and m.expected_fpr_memorized == pytest.approx(0.25)
+
+
+def test_bootstrap_interval_contains_value_and_is_reproducible() -> None:
+    flags = np.r_[np.ones(30), np.zeros(70)]
+    a, b = fraction_with_ci(flags, seed=3), fraction_with_ci(flags, seed=3)
+    assert a == b and a.low < 0.3 < a.high and a.method == "percentile bootstrap"
+    assert 0.18 < a.low < 0.24 and 0.36 < a.high < 0.42  # binomial SE 0.046
+
+
+def test_degenerate_fraction_uses_wilson() -> None:
+    f = fraction_with_ci(np.zeros(20, bool))
+    assert f.value == 0 and f.low == 0 and f.high == pytest.approx(wilson_interval(0, 20)[1]) and f.high > 0.1
+
+
+def test_empirical_p_values() -> None:
+    null = np.array([0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose(empirical_p_values([0.35, 0.5, 0.0], null), [2 / 5, 1 / 5, 5 / 5])
+
+
+def test_fraction_above_for_sliders() -> None:
+    values = np.sort(np.array([0.1, 0.5, 0.5, 0.9]))
+    np.testing.assert_allclose(fraction_above(values, [0.0, 0.5, 0.95]), [1.0, 0.25, 0.0])
+
+
+def test_pixel_checks() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (16, 16))
+    assert pixel_correlation(a, 0.5 * a + 0.1) == pytest.approx(1.0)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert abs(pixel_correlation(a, rng.uniform(-1, 1, (16, 16)))) < 0.3
