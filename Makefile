@@ -1,0 +1,29 @@
+# MemoScope: `make run` starts the app, `make test` runs the whole suite. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test lint bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false
+
+lint: setup
+	$(PY) -m ruff check core tests benchmarks app.py
+
+test: setup lint
+	$(PY) -m pytest -q
+
+bench: setup
+	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

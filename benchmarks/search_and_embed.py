@@ -1,0 +1,55 @@
+"""Exact search (faiss vs numpy brute force) and embedding throughput, printed as tables.
+
+Timings are printed, never asserted. Usage: PYTHONPATH=. .venv/bin/python benchmarks/search_and_embed.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from core.detector import DetectorConfig, build_encoder, embed
+from core.search import SearchConfig, brute_force, search
+
+
+def _time(fn, repeat: int = 1) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def search_table() -> None:
+    print("exact top-10 search, d = 128 (seconds; same results checked)")
+    print("queries x database | faiss (chunked) | numpy brute force | ratio")
+    rng = np.random.default_rng(0)
+    for n_query, n_db in ((1_000, 1_000), (1_000, 10_000), (5_000, 20_000)):
+        q = rng.normal(size=(n_query, 128)).astype(np.float32)
+        db = rng.normal(size=(n_db, 128)).astype(np.float32)
+        config = SearchConfig(k=10, chunk_size=2048)
+        t_faiss = _time(lambda: search(q, db, config), 2)
+        t_numpy = _time(lambda: brute_force(q, db, 10))
+        assert np.array_equal(search(q, db, config).index[:, 0], brute_force(q, db, 10).index[:, 0])
+        print(f"{n_query} x {n_db} | {t_faiss:.3f} | {t_numpy:.3f} | {t_numpy / t_faiss:.1f}x")
+
+
+def embed_table() -> None:
+    print("\nembedding throughput (images/s, CPU threads = %d)" % torch.get_num_threads())
+    print("encoder | input | images/s")
+    for dims, size, arch, n in ((2, 64, "resnet18", 256), (2, 128, "resnet18", 128), (2, 64, "resnet50", 128), (3, 32, "convres", 64), (3, 64, "convres", 16)):
+        config = DetectorConfig.for_dims(dims, [size] * dims, arch=arch)
+        model = build_encoder(config)
+        images = np.random.default_rng(0).uniform(-1, 1, (n, 1, *[size] * dims)).astype(np.float32)
+        embed(model, images[:8])
+        seconds = _time(lambda: embed(model, images, batch_size=32))
+        print(f"{arch} {dims}D | {'x'.join([str(size)] * dims)} | {n / seconds:.0f}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    search_table()
+    embed_table()
