@@ -31,21 +31,21 @@ def search_table() -> None:
         q = rng.normal(size=(n_query, 128)).astype(np.float32)
         db = rng.normal(size=(n_db, 128)).astype(np.float32)
         config = SearchConfig(k=10, chunk_size=2048)
-        t_faiss = _time(lambda: search(q, db, config), 2)
-        t_numpy = _time(lambda: brute_force(q, db, 10))
+        t_faiss = _time(lambda: search(q, db, config), 2)  # noqa: B023 - called at once
+        t_numpy = _time(lambda: brute_force(q, db, 10))  # noqa: B023
         assert np.array_equal(search(q, db, config).index[:, 0], brute_force(q, db, 10).index[:, 0])
         print(f"{n_query} x {n_db} | {t_faiss:.3f} | {t_numpy:.3f} | {t_numpy / t_faiss:.1f}x")
 
 
 def embed_table() -> None:
-    print("\nembedding throughput (images/s, CPU threads = %d)" % torch.get_num_threads())
+    print(f"\nembedding throughput (images/s, CPU threads = {torch.get_num_threads()})")
     print("encoder | input | images/s")
     for dims, size, arch, n in ((2, 64, "resnet18", 256), (2, 128, "resnet18", 128), (2, 64, "resnet50", 128), (3, 32, "convres", 64), (3, 64, "convres", 16)):
         config = DetectorConfig.for_dims(dims, [size] * dims, arch=arch)
         model = build_encoder(config)
         images = np.random.default_rng(0).uniform(-1, 1, (n, 1, *[size] * dims)).astype(np.float32)
         embed(model, images[:8])
-        seconds = _time(lambda: embed(model, images, batch_size=32))
+        seconds = _time(lambda: embed(model, images, batch_size=32))  # noqa: B023 - called at once
         print(f"{arch} {dims}D | {'x'.join([str(size)] * dims)} | {n / seconds:.0f}")
 
 
