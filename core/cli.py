@@ -38,7 +38,7 @@ def _spec(args: argparse.Namespace):  # noqa: ANN202 - returns PreprocessSpec
 
 def _detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-epochs", type=int, help="detector training epochs (default 100)")
-    parser.add_argument("--augmentation", choices=("paper", "strong"), help="detector augmentation policy (default paper)")
+    parser.add_argument("--augmentation", choices=("paper", "strong"), help="detector augmentation policy (default strong)")
     parser.add_argument("--arch", choices=("resnet18", "resnet50", "convres"), help="detector encoder")
     parser.add_argument("--batch-size", type=int, help="detector batch size")
 

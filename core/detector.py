@@ -65,7 +65,7 @@ class DetectorConfig:
     image_size: list[int]
     arch: Arch = "resnet18"
     embed_dim: int = 128
-    augmentation: AugmentPolicy = "paper"
+    augmentation: AugmentPolicy = "strong"
     temperature: float = 0.07
     epochs: int = 100
     batch_size: int = 32
