@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,7 +334,7 @@ def load_records(
             images.append(image)
     if not ids:
         raise MemoScopeError(f"{source}: no readable images ({len(skipped)} skipped).")
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise MemoScopeError(f"{source}: duplicate sample IDs {duplicates[:5]}; rename the files.")
     return ImageSet(ids, patients, np.stack(images), spec, source, skipped)

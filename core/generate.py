@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,8 +172,6 @@ def generate(
     }
     previous = out / RECORD
     if previous.is_file():
-        import json
-
         old = json.loads(previous.read_text())
         if old.get("checkpoint_hash") != ldm.checkpoint_hash or old.get("seed") != seed or old.get("steps") != steps:
             raise MemoScopeError(

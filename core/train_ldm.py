@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import LatentDiffusionInferer
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from tqdm import tqdm
@@ -23,6 +22,7 @@ from core.ldm import LDMConfig, build_autoencoder, build_scheduler, build_unet, 
 from core.provenance import atomic_path, now_utc, versions
 
 STATE_FILE = "train_state.pt"
+_STATE_PARTS = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")
 
 
 @dataclass
@@ -90,7 +90,7 @@ def train_ldm(
     """Train an LDM on ``images`` and write checkpoint folders under ``out``.
 
     Steps: 1. autoencoder for ``ae_epochs``; 2. scale factor = 1 / std of training latents;
-    3. UNet for ``epochs`` with DDPM noise-prediction loss via ``LatentDiffusionInferer``;
+    3. UNet for ``epochs`` with the DDPM noise-prediction loss on scaled latents;
     4. after every epoch, a resume state (``train_state.pt``, plain tensors only); checkpoints
     ``epoch-XXXX`` every ``save_every`` UNet epochs and ``last`` at the end.
 
@@ -156,7 +156,6 @@ def train_ldm(
 
     # 2-3. diffusion UNet in the frozen autoencoder's latent space
     ae.eval()
-    inferer = LatentDiffusionInferer(scheduler, scale_factor=config.scale_factor)
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         _seed_epoch(cfg.seed, 1, epoch)
@@ -181,7 +180,6 @@ def train_ldm(
             _save_checkpoint(out / f"epoch-{done:04d}", config, ae, unet, images, cfg, done, state)
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
     bar.close()
-    del inferer  # the inferer documents the latent scaling used; sampling lives in core.generate
     last = out / "last"
     _save_checkpoint(last, config, ae, unet, images, cfg, cfg.epochs, state)
     return last
@@ -216,16 +214,14 @@ def _save_checkpoint(folder: Path, config: LDMConfig, ae: torch.nn.Module, unet:
 
 
 def _save_state(path: Path, state: dict[str, Any], *modules: Any) -> None:
-    names = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")
-    payload = {"meta": state, **{n: m.state_dict() for n, m in zip(names, modules, strict=True) if m is not None}}
+    payload = {"meta": state, **{n: m.state_dict() for n, m in zip(_STATE_PARTS, modules, strict=True) if m is not None}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def _load_state(path: Path, *modules: Any) -> dict[str, Any]:
-    names = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    for name, module in zip(names, modules, strict=True):
+    for name, module in zip(_STATE_PARTS, modules, strict=True):
         if module is not None and name in payload:
             module.load_state_dict(payload[name])
     return dict(payload["meta"])
