@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m core demo all --profile full
 
 bench: setup
 	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py

@@ -70,12 +70,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_train_ldm(args: argparse.Namespace) -> None:
     from core.data import load_set
+    from core.ldm import networks_config
     from core.train_ldm import TrainLDMConfig, train_ldm
 
-    images = load_set(args.data, _spec(args), role="train", slices=args.slices, skip_bad=args.skip_bad)
+    spec = _spec(args)
+    networks = networks_config(args.networks, spec.spatial_dims, spec.spatial_size) if args.networks else None
+    images = load_set(args.data, spec, role="train", slices=args.slices, skip_bad=args.skip_bad)
     cfg = TrainLDMConfig(ae_epochs=args.ae_epochs, epochs=args.epochs, batch_size=args.batch_size, ae_lr=args.ae_lr, lr=args.lr,
-                         adversarial=args.adversarial, augment=args.augment, save_every=args.save_every, seed=args.seed)
-    last = train_ldm(images, args.out, cfg)
+                         adversarial=args.adversarial, augment=args.augment, save_every=args.save_every,
+                         save_at=tuple(args.save_at), seed=args.seed, notes=tuple(args.note))
+    last = train_ldm(images, args.out, cfg, networks)
     print(f"checkpoint: {last}")
 
 
@@ -154,6 +158,21 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint_hash": checkpoint_hash(args.checkpoint), "latent_shape": config.latent_shape, **config.to_dict()}, indent=2))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from core import demo
+
+    profile = demo.PROFILES[args.profile]
+    paths = demo.DemoPaths(Path(args.root))
+    if args.action == "build-data":
+        counts = demo.build_data(paths.data)
+        print(f"{sum(c['slices_2d'] for c in counts.values())} slices and {len(counts)} volumes of {len(counts)} subjects -> {paths.data}")
+    elif args.action == "findings":
+        print(f"wrote {demo.write_findings(paths.root, profile)}")
+    else:
+        record = demo.build_all(paths.root, profile, fresh=not args.resume)
+        print(f"demo built in {record['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="MemoScope: find patient-data copies among synthetic images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adversarial", action="store_true", help="add a patch adversarial loss to the autoencoder")
     p.add_argument("--augment", action="store_true", help="rotate/flip training batches")
     p.add_argument("--save-every", type=int, default=0, help="also save a checkpoint every N UNet epochs")
+    p.add_argument("--save-at", type=int, nargs="+", default=[], metavar="EPOCH", help="also save a checkpoint after these UNet epochs")
+    p.add_argument("--networks", help='JSON file overriding network keywords: {"autoencoder": {...}, "unet": {...}}')
+    p.add_argument("--note", action="append", default=[], help="text kept in the checkpoint's provenance (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     _spec_args(p)
     p.set_defaults(func=cmd_train_ldm)
@@ -233,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("demo", help="rebuild the embedded demo (data, checkpoints, studies, docs/FINDINGS.md)")
+    p.add_argument("action", choices=("all", "build-data", "findings"),
+                   help="all: everything from nothing; build-data: data/demo only; findings: docs/FINDINGS.md from the studies")
+    p.add_argument("--profile", choices=("full", "quick"), default="full", help="full: the committed demo; quick: a CI-sized check")
+    p.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/ (default: here)")
+    p.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="show a checkpoint's config and hash")
     p.add_argument("--checkpoint", required=True)

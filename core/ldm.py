@@ -121,6 +121,29 @@ def default_config(spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
     return LDMConfig(spatial_dims, list(image_size), autoencoder, unet)
 
 
+def networks_config(path: str | Path, spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
+    """The default config with network keywords overridden from a JSON file.
+
+    The file holds ``{"autoencoder": {...}, "unet": {...}}`` (either may be left out); each
+    is merged over :func:`default_config`, and the networks are built once to check it.
+    """
+    path = Path(path)
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MemoScopeError(f"{path}: cannot read the networks JSON ({exc}).") from exc
+    if not isinstance(overrides, dict) or set(overrides) - {"autoencoder", "unet"}:
+        raise MemoScopeError(f'{path}: expected {{"autoencoder": {{...}}, "unet": {{...}}}}, got keys {sorted(overrides) if isinstance(overrides, dict) else type(overrides).__name__}.')
+    config = default_config(spatial_dims, image_size)
+    config.autoencoder.update(overrides.get("autoencoder", {}))
+    config.unet.update(overrides.get("unet", {}))
+    try:
+        build_autoencoder(config), build_unet(config)
+    except (TypeError, ValueError) as exc:
+        raise MemoScopeError(f"{path}: these network keywords do not build ({exc}).") from exc
+    return config
+
+
 def build_autoencoder(config: LDMConfig) -> AutoencoderKL:
     return AutoencoderKL(**{"spatial_dims": config.spatial_dims, **config.autoencoder})
 

@@ -19,7 +19,7 @@ from core.data import ImageSet
 from core.detector import augment_batch, augmentation
 from core.errors import MemoScopeError
 from core.ldm import LDMConfig, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
-from core.provenance import atomic_path, now_utc, versions
+from core.provenance import atomic_path, now_utc, sha256_json, versions
 
 STATE_FILE = "train_state.pt"
 _STATE_PARTS = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")
@@ -38,7 +38,9 @@ class TrainLDMConfig:
             that augmentation reduces memorization).
         save_every: also save a full checkpoint every N UNet epochs (0 = only the last), so
             memorization can be compared across training length.
+        save_at: also save a checkpoint after each of these UNet epochs.
         seed: initialisation, shuffling, noise and augmentation.
+        notes: free text kept in each checkpoint's provenance (e.g. a known limitation).
     """
 
     ae_epochs: int = 50
@@ -51,7 +53,14 @@ class TrainLDMConfig:
     adv_weight: float = 0.01
     augment: bool = False
     save_every: int = 0
+    save_at: tuple[int, ...] = ()
     seed: int = 0
+    notes: tuple[str, ...] = ()
+
+    def saves_after(self, done: int) -> bool:
+        """Whether a snapshot checkpoint is written after UNet epoch ``done`` (the last is always)."""
+        periodic = bool(self.save_every) and done % self.save_every == 0
+        return done < self.epochs and (periodic or done in self.save_at)
 
 
 def _batches(n: int, batch_size: int, seed: int, phase: int, epoch: int) -> list[np.ndarray]:
@@ -176,7 +185,7 @@ def train_ldm(
             losses.append(float(loss.detach()))
         _end_epoch(state, "unet", epoch, float(np.mean(losses)), bar, progress)
         done = state["epoch"]
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.epochs:
+        if cfg.saves_after(done):
             _save_checkpoint(out / f"epoch-{done:04d}", config, ae, unet, images, cfg, done, state)
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
     bar.close()
@@ -205,7 +214,11 @@ def _save_checkpoint(folder: Path, config: LDMConfig, ae: torch.nn.Module, unet:
     config.preprocessing = images.spec.to_dict()
     config.provenance = {
         "data": {"source": images.source, "n_images": len(images), "n_patients": len(set(images.patient_ids)), "content_hash": images.content_hash},
-        "training": {**asdict(cfg), "unet_epochs_done": epoch},
+        # The split, without patient identifiers: which rows were used and a hash of the patient set.
+        "split": {"role": "train", "patients_hash": sha256_json(sorted(set(images.patient_ids))),
+                  "ids_hash": sha256_json(list(images.ids))},
+        "training": {**{k: v for k, v in asdict(cfg).items() if k != "notes"}, "unet_epochs_done": epoch},
+        "notes": list(cfg.notes),
         "history": list(state["history"]),
         "versions": versions(),
         "saved_at": now_utc(),

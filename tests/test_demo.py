@@ -1,0 +1,108 @@
+"""The embedded demo: the data rebuild, the CI-sized recipe, and the committed demo's consistency."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from core import demo
+from core.ldm import checkpoint_hash, load_ldm
+from core.provenance import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = (REPO / "docs" / "FINDINGS.md").is_file()
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    counts = demo.build_data(a)
+    demo.build_data(b)
+    assert _tree_hashes(a) == _tree_hashes(b)
+    assert set(counts) == set(demo.TRAIN_SUBJECTS) | set(demo.VAL_SUBJECTS)
+    for dims in (2, 3):
+        with open(a / f"{dims}d" / "manifest.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        splits: dict[str, set[str]] = {}
+        for row in rows:
+            splits.setdefault(row["patient_id"], set()).add(row["split"])
+            assert (a / f"{dims}d" / row["path"]).is_file()
+        assert all(len(s) == 1 for s in splits.values()), "a subject is in both splits"
+        assert {p for p, s in splits.items() if s == {"train"}} == set(demo.TRAIN_SUBJECTS)
+    sources = (a / "SOURCES.md").read_text()
+    for volume in demo._volumes(demo.TRAIN_SUBJECTS + demo.VAL_SUBJECTS):
+        assert volume.subject in sources and volume.licence in sources and volume.relative_path in sources
+
+
+def test_compare_respects_intervals() -> None:
+    low = {"value": 0.1, "low": 0.05, "high": 0.15}
+    high = {"value": 0.5, "low": 0.4, "high": 0.6}
+    near = {"value": 0.12, "low": 0.07, "high": 0.2}
+    assert demo.compare(low, high).startswith("clearly higher")
+    assert demo.compare(high, low).startswith("clearly lower")
+    assert demo.compare(low, near).startswith("higher, within overlapping")
+    assert demo.compare(near, low).startswith("lower, within overlapping")
+    assert demo.compare(low, dict(low)) == "the same as"
+
+
+@pytest.mark.slow
+def test_quick_profile_builds_everything(tmp_path: Path) -> None:
+    """The CI-sized recipe: same commands as `make demo`, a few epochs and samples."""
+    profile = demo.PROFILES["quick"]
+    record = demo.build_all(tmp_path, profile, log=lambda _: None)
+    paths = demo.DemoPaths(tmp_path)
+    assert set(record["seconds"]) == {"data", "ldm_training", "detector_training", "generate_and_scan"}
+    for model in demo.demo_models(profile):
+        folder = paths.checkpoints / model.checkpoint
+        config = json.loads((folder / "ldm.json").read_text())
+        provenance = config["provenance"]
+        assert provenance["training"]["unet_epochs_done"] == model.epoch
+        assert provenance["training"]["augment"] == (model.variant == "aug")
+        assert provenance["split"]["role"] == "train" and provenance["data"]["n_patients"] == len(demo.TRAIN_SUBJECTS)
+        assert provenance["versions"]["torch"]
+        summary = json.loads((paths.studies / model.study / "summary.json").read_text())
+        assert summary["checkpoint_hash"] == checkpoint_hash(folder)
+        assert summary["counts"]["synthetic"] == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
+    assert "expected to memorize" in " ".join(json.loads((paths.checkpoints / "demo-3d-e0002" / "ldm.json").read_text())["provenance"]["notes"])
+    # the two early snapshots differ only by augmentation: their weights must differ
+    assert checkpoint_hash(paths.checkpoints / "demo-2d-noaug-e0001") != checkpoint_hash(paths.checkpoints / "demo-2d-aug-e0001")
+    assert paths.findings.read_text() == demo.findings_markdown(tmp_path, profile)
+    assert (paths.studies / "demo-2d" / "synthetic" / "generation.json").is_file()
+
+
+@pytest.mark.skipif(not COMMITTED, reason="the committed demo is not built yet (make demo)")
+class TestCommittedDemo:
+    """The committed demo must be what the recipe and the studies say it is."""
+
+    profile = demo.PROFILES["full"]
+    paths = demo.DemoPaths(REPO)
+
+    def test_findings_match_the_committed_studies(self) -> None:
+        assert self.paths.findings.read_text() == demo.findings_markdown(REPO, self.profile), (
+            "docs/FINDINGS.md is stale: run `python -m core demo findings`"
+        )
+
+    def test_data_rebuilds_byte_for_byte(self, tmp_path: Path) -> None:
+        demo.build_data(tmp_path / "demo")
+        assert _tree_hashes(tmp_path / "demo") == _tree_hashes(self.paths.data)
+        record = json.loads(self.paths.record.read_text())
+        assert record["data_manifests"]["2d"] == sha256_file(self.paths.manifest(2))
+
+    def test_checkpoints_are_small_load_and_match_their_studies(self) -> None:
+        folders = [self.paths.checkpoints / m.checkpoint for m in demo.demo_models(self.profile)]
+        folders += [self.paths.checkpoints / f"demo-{d}d-detector" for d in (2, 3)]
+        size = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
+        assert size < 40 * 2**20, f"demo checkpoints take {size / 2**20:.1f} MiB"
+        for model in demo.demo_models(self.profile):
+            folder = self.paths.checkpoints / model.checkpoint
+            load_ldm(folder)
+            summary = json.loads((self.paths.studies / model.study / "summary.json").read_text())
+            assert summary["checkpoint_hash"] == checkpoint_hash(folder)
+            assert not Path(summary["inputs"]["train"]["source"]).is_absolute(), "committed studies must not hold machine paths"
