@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench demo clean
+.PHONY: setup run test lint bench demo screenshots clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +13,18 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
+# Browser tests drive Debian's Chromium (never `playwright install`, which downloads a browser).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 run: setup
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false
 
 lint: setup
-	$(PY) -m ruff check core tests benchmarks app.py
+	$(PY) -m ruff check core tests benchmarks app.py pages
 
-test: setup lint
+test: setup lint $(CHROMIUM)
 	$(PY) -m pytest -q
 
 demo: setup
@@ -27,6 +32,9 @@ demo: setup
 
 bench: setup
 	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py
+
+screenshots: setup $(CHROMIUM)
+	$(PY) -m pytest -q tests/e2e && mkdir -p docs/screenshots && cp artifacts/screenshots/[!d]*.png docs/screenshots/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -173,6 +173,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"demo built in {record['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
 
 
+def cmd_run_job(args: argparse.Namespace) -> None:
+    from core.jobs import run_job
+
+    job = run_job(args.job)
+    if job.status != "done":
+        raise MemoScopeError(f"job {job.id} failed: {job.error}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="MemoScope: find patient-data copies among synthetic images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/ (default: here)")
     p.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run-job", help="run a background job recorded by the app (jobs/<id>.json in a study)")
+    p.add_argument("job", help="the job's JSON file")
+    p.set_defaults(func=cmd_run_job)
 
     p = sub.add_parser("info", help="show a checkpoint's config and hash")
     p.add_argument("--checkpoint", required=True)

@@ -1,0 +1,115 @@
+"""Display arithmetic for the review viewer: window/level, comparison overlays, orthogonal planes.
+
+Pure functions over arrays (no Streamlit): images stay float until the very last step, which
+maps a window to uint8 for a PNG; 16-bit or HU data are never down-cast before windowing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+# OHIF's CT presets in Hounsfield units: (width, level).
+CT_PRESETS: dict[str, tuple[float, float]] = {
+    "soft tissue": (400.0, 40.0),
+    "lung": (1500.0, -600.0),
+    "bone": (2500.0, 480.0),
+    "brain": (80.0, 40.0),
+    "liver": (150.0, 90.0),
+}
+# MR and X-ray have no calibrated units: windows from percentiles of the images shown.
+PERCENTILE_PRESETS: dict[str, tuple[float, float]] = {
+    "full range": (0.0, 100.0),
+    "1-99 %": (1.0, 99.0),
+    "5-95 %": (5.0, 95.0),
+    "0.5-99.5 %": (0.5, 99.5),
+}
+PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A display window: values in ``[level - width / 2, level + width / 2]`` map to black..white."""
+
+    width: float
+    level: float
+
+    @property
+    def low(self) -> float:
+        return self.level - self.width / 2
+
+    @property
+    def high(self) -> float:
+        return self.level + self.width / 2
+
+
+def percentile_window(images: list[npt.NDArray[np.floating]] | npt.NDArray[np.floating], low: float, high: float) -> Window:
+    """One window for all ``images`` together (so that both sides of a pair are shown alike)."""
+    values = np.concatenate([np.asarray(i, dtype=np.float64).ravel() for i in images]) if isinstance(images, list) else np.asarray(images, np.float64).ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if hi <= lo:
+        hi = lo + 1e-6
+    return Window(hi - lo, (hi + lo) / 2)
+
+
+def apply_window(image: npt.ArrayLike, window: Window) -> npt.NDArray[np.uint8]:
+    """Map ``image`` through ``window`` to uint8 (computed in float64; the last step only)."""
+    x = (np.asarray(image, dtype=np.float64) - window.low) / max(window.width, 1e-12)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def difference(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """Signed difference ``a - b`` shown with mid-grey at zero, scaled to its largest magnitude."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    scale = float(np.abs(d).max()) or 1.0
+    return np.round((d / scale * 0.5 + 0.5) * 255.0).astype(np.uint8)
+
+
+def checkerboard(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], tiles: int = 8) -> npt.NDArray[np.uint8]:
+    """Alternate tiles of two equally sized displayed images (3D Slicer's Compare Volumes overlay)."""
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    rows = (np.arange(a.shape[0]) * tiles // a.shape[0])[:, None]
+    cols = (np.arange(a.shape[1]) * tiles // a.shape[1])[None, :]
+    return np.where((rows + cols) % 2 == 0, a, b)
+
+
+def orthogonal_slice(volume: npt.NDArray[np.floating], plane: str, index: int) -> npt.NDArray[np.floating]:
+    """One plane of a ``(X, Y, Z)`` volume, rotated for display (anterior/superior up)."""
+    if plane == "axial":
+        cut = volume[:, :, index]
+    elif plane == "coronal":
+        cut = volume[:, index, :]
+    elif plane == "sagittal":
+        cut = volume[index, :, :]
+    else:
+        raise ValueError(f"plane {plane!r} must be one of {PLANES}")
+    return np.rot90(cut)
+
+
+def plane_size(shape: tuple[int, ...], plane: str) -> int:
+    """Number of slices along ``plane``'s normal."""
+    return shape[{"sagittal": 0, "coronal": 1, "axial": 2}[plane]]
+
+
+def png_bytes(image: npt.NDArray[np.uint8], scale: int = 1) -> bytes:
+    """Lossless PNG of a uint8 image, optionally enlarged by pixel repetition (no smoothing)."""
+    if scale > 1:
+        image = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def flicker_gif(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], scale: int = 1, ms: int = 600) -> bytes:
+    """A two-frame looping GIF alternating the two windowed images (8-bit grey: no loss after windowing)."""
+    if scale > 1:
+        a, b = (np.kron(x, np.ones((scale, scale), dtype=np.uint8)) for x in (a, b))
+    frames = [Image.fromarray(x, mode="L") for x in (a, b)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+    return buffer.getvalue()

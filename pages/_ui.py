@@ -1,0 +1,115 @@
+"""Shared page helpers: the open study, cached reads of its files, job progress. UI only; all work is in ``core``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core import jobs, review
+from core.errors import MemoScopeError
+from core.study import open_study
+
+STUDIES = Path("studies")
+CHECKPOINTS = Path("checkpoints")
+
+
+def current_study() -> Path | None:
+    """The study chosen in the sidebar (``app.py`` keeps it in the session)."""
+    value = st.session_state.get("study")
+    return Path(value) if value else None
+
+
+def require_study() -> Path:
+    study = current_study()
+    if study is None:
+        st.info("Open or create a study in the sidebar first.")
+        st.stop()
+    return study
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _summary(study: str, mtime: float) -> dict[str, Any]:
+    return review.read_summary(study)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _calibration(study: str, mtime: float) -> review.Calibration:
+    return review.read_calibration(study)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pairs(study: str, mtime: float) -> list[review.Pair]:
+    return review.read_pairs(study)
+
+
+def summary(study: Path) -> dict[str, Any] | None:
+    """The study's scan summary, or ``None`` before the first scan (cached until the file changes)."""
+    path = study / "summary.json"
+    return _summary(str(study), _mtime(path)) if path.is_file() else None
+
+
+def calibration(study: Path) -> review.Calibration:
+    return _calibration(str(study), _mtime(study / "neighbors.npz"))
+
+
+def pairs(study: Path) -> list[review.Pair]:
+    return _pairs(str(study), _mtime(study / "pairs.csv"))
+
+
+def inputs(study: Path) -> dict[str, Any]:
+    return open_study(study).inputs()
+
+
+def threshold_key(study: Path) -> str:
+    return f"tau::{study}"
+
+
+def current_threshold(study: Path, default: float) -> float:
+    """The threshold chosen on the Calibrate page for this study (the scan's until moved)."""
+    return float(st.session_state.get(threshold_key(study), default))
+
+
+def start(study: Path, kind: str, params: dict[str, Any]) -> None:
+    try:
+        jobs.start_job(study, kind, params)
+    except MemoScopeError as exc:
+        st.error(str(exc))
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 3600 else time.strftime("%M:%S", time.gmtime(seconds))
+
+
+def job_panel(study: Path, kind: str) -> jobs.Job | None:
+    """Progress of the study's latest ``kind`` job, polled every second while it runs.
+
+    The job lives on disk, so the bar survives widget clicks, page changes and reloads.
+    """
+    @st.fragment(run_every=1.0)
+    def _panel() -> None:
+        latest = next((j for j in jobs.list_jobs(study) if j.kind == kind), None)
+        if latest is None:
+            return
+        if latest.active:
+            st.progress(latest.fraction, text=f"{latest.kind}: {latest.message or 'starting'} · ETA {fmt_seconds(latest.eta_seconds())}")
+        elif latest.status == "done":
+            st.success(f"{latest.kind} finished at {latest.finished_at}: {latest.message}")
+            if st.session_state.get(f"seen::{latest.id}") is None:
+                st.session_state[f"seen::{latest.id}"] = True
+                st.rerun(scope="app")  # refresh the page's results once
+        else:
+            st.error(f"{latest.kind} failed: {latest.error}")
+        with st.expander("job log"):
+            st.code("\n".join(latest.log[-20:]) or "(empty)")
+
+    _panel()
+    return next((j for j in jobs.list_jobs(study) if j.kind == kind), None)

@@ -1,0 +1,73 @@
+"""Calibrate: the null and synthetic correlation distributions, the threshold rule, live counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.errors import MemoScopeError
+from core.review import live_metrics, threshold_curve
+from pages import _ui
+
+study = _ui.require_study()
+summary = _ui.summary(study)
+st.title("Calibrate the threshold")
+if summary is None:
+    st.info("Scan the study first (Detector page: Embed and scan).")
+    st.page_link("pages/detector.py", label="Go to Detector")
+    st.stop()
+cal = _ui.calibration(study)
+key = _ui.threshold_key(study)
+
+
+@st.fragment
+def controls() -> None:
+    cols = st.columns([1, 2])
+    rule = cols[0].radio("Rule", ("paper", "heldout", "fixed"), horizontal=True, key=f"rule::{study}",
+                         index=("paper", "heldout", "fixed").index(summary["rule"]),
+                         help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; fixed: your value")
+    if rule == "fixed":
+        tau = cols[1].slider("Threshold", -1.0, 1.0, float(st.session_state.get(key, summary["threshold"])), 0.001, key=f"fixed::{study}")
+        note = "fixed by hand"
+    else:
+        percentile = cols[1].slider("Percentile", 50.0, 99.9, float(summary.get("percentile") or 95.0), 0.1, key=f"pct::{study}")
+        try:
+            tau = cal.threshold(rule, percentile).value
+        except MemoScopeError as exc:
+            st.error(str(exc))
+            return
+        note = f"{rule} rule at the {percentile:g}th percentile"
+    st.session_state[key] = tau
+    m = live_metrics(cal, tau)
+    (ml, mh), (cl, ch) = m.memorized_interval, m.copy_interval
+    cols = st.columns(4)
+    cols[0].metric("Threshold", f"{tau:.3f}", help=note)
+    cols[1].metric("Memorized training", f"{m.memorized}/{m.n_train} = {m.memorized_fraction:.1%}", help=f"95 % Wilson CI {ml:.1%} to {mh:.1%}")
+    cols[2].metric("Copies among samples", f"{m.copies}/{m.n_synthetic} = {m.copy_fraction:.1%}", help=f"95 % Wilson CI {cl:.1%} to {ch:.1%}")
+    cols[3].metric("Expected FPR (copy)", f"{m.fpr_copy:.1%}", help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}")
+    st.caption(f"95 % Wilson intervals: memorized {ml:.1%} to {mh:.1%}, copies {cl:.1%} to {ch:.1%}. The scan's summary "
+               f"(tau {summary['threshold']:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
+
+    fig = go.Figure()
+    for values, name in ((cal.train_to_val, "training -> validation (paper null)"), (cal.val_to_train, "validation -> training (held-out null)"),
+                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
+        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
+    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
+    fig.update_layout(barmode="overlay", xaxis_title="best Pearson correlation of embeddings", yaxis_title="share",
+                      height=380, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(fig, key="histograms")
+
+    curve = threshold_curve(cal)
+    fig2 = go.Figure()
+    fig2.add_scatter(x=curve["tau"], y=curve["copy_fraction"], name="copy fraction")
+    fig2.add_scatter(x=curve["tau"], y=curve["memorized_fraction"], name="memorized fraction")
+    fig2.add_scatter(x=curve["tau"], y=curve["expected_fpr_copy"], name="expected FPR (copy)", line=dict(dash="dot"))
+    fig2.add_vline(x=tau, line_color="red")
+    fig2.update_layout(xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=320, margin=dict(t=30, b=40))
+    st.plotly_chart(fig2, key="curve")
+    st.caption(f"Null sizes: {len(cal.train_to_val)} training and {len(cal.val_to_train)} validation samples; "
+               f"median synthetic->training {float(np.median(cal.synthetic_to_train)):.3f}.")
+
+
+controls()

@@ -1,0 +1,74 @@
+"""Generate: sample an LDM checkpoint as a background job, then preview the samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core.data import read_raw
+from core.errors import MemoScopeError
+from core.generate import device_description, resolve_device
+from core.ldm import read_config
+from core.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
+from pages import _ui
+
+study = _ui.require_study()
+inputs = _ui.inputs(study)
+st.title("Generate samples")
+
+checkpoints = sorted(str(p.parent) for p in _ui.CHECKPOINTS.glob("*/ldm.json"))
+choice = st.selectbox("Checkpoint", [*checkpoints, "other path..."],
+                      index=checkpoints.index(inputs["checkpoint"]) if inputs.get("checkpoint") in checkpoints else 0)
+path = st.text_input("Checkpoint folder", value=inputs.get("checkpoint") or "") if choice == "other path..." else choice
+config = None
+if path:
+    try:
+        config = read_config(path)
+    except MemoScopeError as exc:
+        st.error(str(exc))
+if config is not None:
+    training = config.provenance.get("training", {})
+    st.caption(f"{config.spatial_dims}D, image {config.image_size}, latent {list(config.latent_shape)}, "
+               f"UNet epochs {training.get('unet_epochs_done', '?')}, augmentation {training.get('augment', '?')}, seed {training.get('seed', '?')}")
+    for note in config.provenance.get("notes", []):
+        st.warning(note)
+    with st.expander("ldm.json"):
+        st.json(json.loads(Path(path, "ldm.json").read_text()), expanded=False)
+
+device = resolve_device("auto")
+st.caption(f"Device: {device_description(device)}")
+with st.form("generate"):
+    cols = st.columns(5)
+    n = cols[0].number_input("Samples", 1, 100_000, 16)
+    steps = cols[1].number_input("Steps", 1, 1000, 50)
+    scheduler = cols[2].selectbox("Scheduler", ("ddim", "ddpm"))
+    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
+    batch = cols[4].number_input("Batch size", 1, 512, 8)
+    out = st.text_input("Output folder", value=str(study / "synthetic"),
+                        help="A rerun with the same checkpoint and seed resumes; another checkpoint needs an empty folder.")
+    submitted = st.form_submit_button("Start generation", disabled=config is None)
+if submitted and config is not None:
+    _ui.start(study, "generate", {"checkpoint": path, "out": out, "n": int(n), "steps": int(steps), "scheduler": scheduler,
+                                  "seed": int(seed), "batch_size": int(batch), "device": "auto"})
+    from core.study import open_study
+
+    open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
+
+_ui.job_panel(study, "generate")
+
+st.subheader("Gallery")
+folder = Path(inputs.get("synthetic") or study / "synthetic")
+files = sorted(p for p in folder.glob("*") if p.suffix in (".png", ".npy", ".gz")) if folder.is_dir() else []
+if not files:
+    st.caption("No samples yet.")
+else:
+    st.caption(f"{len(files)} samples in `{folder}` (first 24; each windowed 1-99 %)")
+    cols = st.columns(8)
+    for i, file in enumerate(files[:24]):
+        image = np.squeeze(read_raw(file)).astype(np.float64)
+        if image.ndim == 3:
+            image = orthogonal_slice(image, PLANES[0], image.shape[2] // 2)
+        cols[i % 8].image(png_bytes(apply_window(image, percentile_window(image, 1, 99))), caption=file.name, width="stretch")

@@ -1,0 +1,171 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against `streamlit run`.
+
+Runs on a copy of the demo studies (the generation job writes into it), with the committed
+checkpoints and data linked in. Screenshots of each state go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "artifacts" / "screenshots"
+STUDIES = Path(os.environ.get("MEMOSCOPE_E2E_STUDIES", REPO / "studies"))  # another demo build, for debugging
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium missing: `make test` installs it with apt"),
+    pytest.mark.skipif(not (STUDIES / "demo-2d" / "summary.json").is_file(), reason="demo not built (make demo)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("app")
+    for name in ("demo-2d", "demo-3d"):
+        shutil.copytree(STUDIES / name, root / "studies" / name, ignore=shutil.ignore_patterns("jobs"))
+    for name in ("checkpoints", "data"):
+        (root / name).symlink_to(STUDIES.parent / name)
+    port = _free_port()
+    log = open(root / "streamlit.log", "wb")  # a file, not a pipe: a full pipe blocks the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--server.fileWatcherType", "none"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.terminate()
+        raise RuntimeError(f"streamlit did not start: {(root / 'streamlit.log').read_text()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: str):  # noqa: ANN201 - playwright Page
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def _metric(page, label: str) -> str:  # noqa: ANN001
+    block = page.get_by_test_id("stMetric").filter(has_text=label).first
+    return block.get_by_test_id("stMetricValue").inner_text()
+
+
+def _go(page, name: str) -> None:  # noqa: ANN001
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+
+
+def _show_all_if_no_copies(page) -> None:  # noqa: ANN001
+    none = page.get_by_text("No samples above the threshold")
+    none.or_(page.get_by_text(re.compile(r"^1 / \d+"))).first.wait_for()
+    if none.count():
+        page.get_by_text("Only copies").first.click()
+
+
+def test_opens_the_demo(page) -> None:  # noqa: ANN001
+    page.get_by_text("Study: demo-2d").wait_for()
+    assert re.fullmatch(r"\d+\.\d%", _metric(page, "Synthetic copies"))
+    page.screenshot(path=SHOTS / "overview.png", full_page=True)
+
+
+def test_threshold_slider_changes_the_counts(page) -> None:  # noqa: ANN001
+    _go(page, "Calibrate")
+    page.get_by_text("Copies among samples").wait_for()
+    before = {label: _metric(page, label) for label in ("Threshold", "Memorized training", "Copies among samples")}
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(300):  # percentile 95 -> 65 in 0.1 steps
+        slider.press("ArrowLeft")
+    page.wait_for_function("b => ![...document.querySelectorAll('[data-testid=stMetricValue]')].some(e => e.innerText === b)",
+                           arg=before["Threshold"])
+    after = {label: _metric(page, label) for label in before}
+    assert float(after["Threshold"]) < float(before["Threshold"])
+    counts = [(int(before[k].split("/")[0]), int(after[k].split("/")[0])) for k in ("Memorized training", "Copies among samples")]
+    assert all(a >= b for b, a in counts) and any(a > b for b, a in counts), (before, after)
+    page.screenshot(path=SHOTS / "calibrate.png", full_page=True)
+
+
+def test_review_select_a_pair_and_change_the_window(page) -> None:  # noqa: ANN001
+    _go(page, "Review")
+    _show_all_if_no_copies(page)
+    page.get_by_text(re.compile(r"^1 / \d+")).first.wait_for()
+    grid = page.get_by_test_id("stDataFrame").first
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 * 2 + 17)  # the third data row's selection box
+    page.get_by_text(re.compile(r"^3 / \d+")).first.wait_for()
+    page.get_by_test_id("stSelectbox").filter(has_text="Window").click()
+    page.get_by_role("option", name="percentile full range").click()
+    page.get_by_text(re.compile(r"Window width .* applied to both images")).wait_for()
+    page.get_by_test_id("stImage").nth(2).wait_for()  # synthetic | training | difference
+    page.screenshot(path=SHOTS / "review-2d.png", full_page=True)
+
+
+def test_3d_slice_moves(page) -> None:  # noqa: ANN001
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="demo-3d").click()
+    _go(page, "Review")
+    _show_all_if_no_copies(page)
+    slider = page.locator(".st-key-slice_axial").get_by_role("slider")
+    try:
+        slider.wait_for()
+    except Exception:
+        page.screenshot(path=SHOTS / "debug-3d.png", full_page=True)
+        raise
+    start = int(slider.get_attribute("aria-valuetext") or slider.get_attribute("aria-valuenow") or 0)
+    slider.focus()
+    slider.press("ArrowRight")
+    slider.press("ArrowRight")
+    page.get_by_text(f"synthetic · axial {start + 2}").wait_for()
+    page.screenshot(path=SHOTS / "review-3d.png", full_page=True)
+
+
+def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="demo-2d").click()
+    _go(page, "Generate")
+    page.get_by_text("Device:").wait_for()
+    page.get_by_label("Samples").fill("3")
+    page.get_by_label("Steps").fill("3")
+    page.get_by_label("Output folder").fill("studies/demo-2d/synthetic-browser")
+    page.get_by_role("button", name="Start generation").click()
+    page.get_by_text("generate finished").wait_for(timeout=120_000)
+    page.get_by_text("3 samples in").wait_for()
+    page.screenshot(path=SHOTS / "generate.png", full_page=True)

@@ -1,0 +1,84 @@
+"""Background jobs: run in their own process, report progress on disk, record failures, detect dead workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import jobs
+from core.errors import MemoScopeError
+from core.ldm import build_autoencoder, build_unet, default_config, save_ldm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    config = default_config(2, (16, 16))
+    torch.manual_seed(0)
+    save_ldm(tmp_path / "ldm", config, build_autoencoder(config), build_unet(config))
+    return tmp_path / "ldm"
+
+
+def _wait(study: Path, job_id: str, timeout: float = 120.0) -> jobs.Job:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = jobs.read_job(jobs.job_file(study, job_id))
+        if not job.active:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still running after {timeout} s")
+
+
+def test_generate_job_runs_in_the_background_and_finishes(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the worker runs `python -m core` from the working folder
+    study = tmp_path / "study"
+    job = jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "synthetic"), "n": 3, "steps": 2,
+                                             "batch_size": 2, "device": "cpu"})
+    assert job.pid and job.pid != os.getpid()
+    with pytest.raises(MemoScopeError, match="still running"):
+        jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "other"), "n": 1})
+    done = _wait(study, job.id)
+    assert done.status == "done", done.error
+    assert (done.done, done.total, done.fraction) == (3, 3, 1.0)
+    assert done.result["written"] == 3 and len(list((study / "synthetic").glob("*.png"))) == 3
+    assert jobs.active_job(study) is None and jobs.list_jobs(study)[0].id == job.id
+
+
+def test_a_failing_job_records_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = tmp_path / "study"
+    job = jobs.start_job(study, "generate", {"checkpoint": str(tmp_path / "missing"), "out": str(study / "s"), "n": 1})
+    done = _wait(study, job.id)
+    assert done.status == "failed" and "missing" in (done.error or "")
+
+
+def test_a_killed_worker_is_reported_failed(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = tmp_path / "study"
+    job = jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "s"), "n": 5000, "steps": 50, "batch_size": 1,
+                                             "device": "cpu"})
+    deadline = time.time() + 60
+    while jobs.read_job(jobs.job_file(study, job.id)).status != "running" and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(job.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    done = _wait(study, job.id, 30)
+    assert done.status == "failed" and "ended without finishing" in (done.error or "")
+
+
+def test_eta_and_fraction() -> None:
+    job = jobs.Job(id="x", kind="generate", params={}, study="s", status="running", done=25, total=100, started=time.time() - 10)
+    assert job.fraction == 0.25
+    eta = job.eta_seconds()
+    assert eta is not None and 29 < eta < 31
+    assert jobs.Job(id="y", kind="scan", params={}, study="s").eta_seconds() is None
+
+
+def test_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MemoScopeError, match="job kind"):
+        jobs.start_job(tmp_path, "format-disk", {})

@@ -1,0 +1,70 @@
+"""Reading a study back for review: live counts equal the scan's, work-list order and grouping, units."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import MemoScopeError
+from core.preprocessing import PreprocessSpec
+from core.review import Calibration, Pair, display_units, group_by_training, live_metrics, read_calibration, threshold_curve, worklist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cal() -> Calibration:
+    return Calibration(np.sort(np.array([0.1, 0.2, 0.3, 0.9])), np.sort(np.array([0.2, 0.4, 0.6])),
+                       np.sort(np.array([0.5, 0.95, 0.99, 0.2])), np.sort(np.array([0.3, 0.97, 0.5])))
+
+
+def test_live_metrics_count_strictly_above() -> None:
+    m = live_metrics(_cal(), 0.5)
+    assert (m.memorized, m.n_train, m.copies, m.n_synthetic) == (2, 4, 1, 3)
+    assert m.fpr_copy == pytest.approx(1 / 3) and m.fpr_memorized == pytest.approx(1 / 4)
+    low, high = m.copy_interval
+    assert low < m.copy_fraction < high
+
+
+def test_threshold_curve_is_monotone() -> None:
+    curve = threshold_curve(_cal(), 50)
+    for key in ("copy_fraction", "memorized_fraction", "expected_fpr_copy"):
+        assert np.all(np.diff(curve[key]) <= 0)
+
+
+def test_threshold_rules_from_calibration() -> None:
+    assert _cal().threshold("fixed", fixed=0.42).value == 0.42
+    with pytest.raises(MemoScopeError, match="validation set has 3"):
+        _cal().threshold("paper", 95)
+
+
+def test_worklist_sorts_flags_and_groups() -> None:
+    pairs = [Pair("s1", 1, "t1", "p1", 0.9, 0.01, 0.8, None), Pair("s1", 2, "t2", "p1", 0.5, 0.3, 0.1, None),
+             Pair("s2", 1, "t1", "p1", 0.95, 0.01, 0.9, None), Pair("s3", 1, "t3", "p2", 0.4, 0.5, 0.0, None)]
+    rows = worklist(pairs, 0.8)
+    assert [r["synthetic_id"] for r in rows] == ["s2", "s1", "s3"]
+    assert [r["copy"] for r in rows] == [True, True, False] and rows[0]["group_size"] == 2
+    assert [r["synthetic_id"] for r in worklist(pairs, 0.8, only_copies=True)] == ["s2", "s1"]
+    grouped = group_by_training(rows)
+    assert [(g["train_id"], g["samples"]) for g in grouped] == [("t1", 2), ("t3", 1)]
+
+
+def test_ct_images_go_back_to_hounsfield_units() -> None:
+    spec = PreprocessSpec((8, 8), intensity="ct", ct_window=(-1000.0, 1000.0))
+    hu, unit = display_units(np.array([-1.0, 0.0, 1.0]), spec)
+    assert unit == "HU" and hu.tolist() == [-1000.0, 0.0, 1000.0]
+    assert display_units(np.zeros(2), PreprocessSpec((8, 8)))[1] == "a.u."
+
+
+@pytest.mark.skipif(not (REPO / "studies" / "demo-2d" / "neighbors.npz").is_file(), reason="demo not built")
+@pytest.mark.parametrize("name", ["demo-2d", "demo-3d"])
+def test_live_counts_at_the_scan_threshold_equal_the_scan(name: str) -> None:
+    study = REPO / "studies" / name
+    summary = json.loads((study / "summary.json").read_text())
+    cal = read_calibration(study)
+    m = live_metrics(cal, summary["threshold"])
+    assert (m.memorized, m.copies) == (summary["counts"]["memorized"], summary["counts"]["copies"])
+    assert m.fpr_copy == pytest.approx(summary["expected_false_positive_rate"]["copy"])
+    assert cal.threshold(summary["rule"], summary["percentile"]).value == pytest.approx(summary["threshold"])

@@ -1,0 +1,70 @@
+"""Viewer arithmetic: windowing in float, overlays, planes, lossless encodings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.viewer import (
+    CT_PRESETS,
+    Window,
+    apply_window,
+    checkerboard,
+    difference,
+    flicker_gif,
+    orthogonal_slice,
+    percentile_window,
+    plane_size,
+    png_bytes,
+)
+
+
+def test_ct_window_maps_hu_exactly() -> None:
+    width, level = CT_PRESETS["soft tissue"]
+    hu = np.array([[-1000.0, -160.0, 40.0, 240.0, 3000.0]])
+    assert apply_window(hu, Window(width, level)).tolist() == [[0, 0, 128, 255, 255]]
+
+
+def test_16_bit_values_are_not_down_cast_before_windowing() -> None:
+    # two 16-bit values 3 apart become 3 grey levels apart under a 255-wide window
+    image = np.array([[40000, 40003]], dtype=np.uint16)
+    out = apply_window(image, Window(255.0, 40001.5))
+    assert int(out[0, 1]) - int(out[0, 0]) == 3
+
+
+def test_percentile_window_is_shared_by_both_images() -> None:
+    a, b = np.zeros((4, 4)), np.full((4, 4), 10.0)
+    window = percentile_window([a, b], 0, 100)
+    assert (window.low, window.high) == (0.0, 10.0)
+    assert apply_window(a, window).max() == 0 and apply_window(b, window).min() == 255
+
+
+def test_difference_and_checkerboard() -> None:
+    a, b = np.ones((8, 8)), np.zeros((8, 8))
+    assert difference(a, b).min() == 255 and difference(b, a).max() == 0 and difference(a, a).tolist()[0][0] == 128
+    wa, wb = np.full((8, 8), 200, np.uint8), np.full((8, 8), 10, np.uint8)
+    board = checkerboard(wa, wb, tiles=2)
+    assert board[0, 0] == 200 and board[0, 7] == 10 and board[7, 7] == 200
+    with pytest.raises(ValueError):
+        checkerboard(wa, wb[:4])
+
+
+def test_orthogonal_planes() -> None:
+    volume = np.arange(4 * 5 * 6, dtype=float).reshape(4, 5, 6)
+    assert orthogonal_slice(volume, "axial", 2).shape == (5, 4)
+    assert orthogonal_slice(volume, "coronal", 1).shape == (6, 4)
+    assert orthogonal_slice(volume, "sagittal", 3).shape == (6, 5)
+    assert [plane_size(volume.shape, p) for p in ("axial", "coronal", "sagittal")] == [6, 5, 4]
+    with pytest.raises(ValueError):
+        orthogonal_slice(volume, "oblique", 0)
+
+
+def test_png_is_lossless_and_gif_has_two_frames() -> None:
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(np.array(Image.open(io.BytesIO(png_bytes(image)))), image)
+    assert np.array(Image.open(io.BytesIO(png_bytes(image, 3)))).shape == (48, 48)
+    gif = Image.open(io.BytesIO(flicker_gif(image, 255 - image)))
+    assert gif.n_frames == 2
