@@ -380,7 +380,8 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
         raise MemoScopeError(f"{summary_path}: missing; run `python -m core demo all` (or `make demo`) first.")
     summary = json.loads(summary_path.read_text())
     ldm = json.loads((paths.checkpoints / model.checkpoint / "ldm.json").read_text())
-    copies, novel = [], []
+    copies: list[float] = []
+    novel: list[float] = []
     with open(study / "pairs.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             if row["rank"] == "1":

@@ -1,0 +1,113 @@
+"""Verdict store: replacement is audited, the audit is append-only, concurrent and killed writers lose nothing."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from core import verdicts
+from core.errors import MemoScopeError
+from core.study import DB_NAME, open_study
+
+
+def _writer(study: str, reviewer: str, n: int) -> None:
+    for i in range(n):
+        verdicts.record(study, reviewer, f"s{i:03d}", f"t{i % 7}", ("copy", "not_copy", "unsure")[i % 3], note=f"{reviewer} {i}")
+
+
+def _endless_writer(study: str) -> None:
+    i = 0
+    while True:
+        verdicts.record(study, "killed", f"s{i % 50:03d}", "t0", ("copy", "not_copy")[i % 2], note=str(i))
+        i += 1
+
+
+def test_a_replaced_verdict_is_kept_in_the_audit(tmp_path: Path) -> None:
+    study = open_study(tmp_path / "s").path
+    verdicts.record(study, "ana", "s1", "t1", "copy", "same folds")
+    verdicts.record(study, "ana", "s1", "t1", "not_copy", "looked again")
+    (current,) = verdicts.decisions(study)
+    assert (current.verdict, current.note) == ("not_copy", "looked again")
+    trail = verdicts.audit_trail(study)
+    assert [(t["verdict"], t["replaced_verdict"], t["replaced_note"]) for t in trail] == [
+        ("copy", None, None), ("not_copy", "copy", "same folds")]
+    with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE audit SET verdict = 'copy'")
+    with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM audit")
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    study = open_study(tmp_path / "s").path
+    with pytest.raises(MemoScopeError, match="Reviewer name"):
+        verdicts.record(study, "  ", "s1", "t1", "copy")
+    with pytest.raises(MemoScopeError, match="must be one of"):
+        verdicts.record(study, "ana", "s1", "t1", "maybe")
+    assert verdicts.decisions(study) == [] and verdicts.audit_trail(study) == []
+
+
+def test_concurrent_reviewers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
+    study = str(open_study(tmp_path / "s").path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(study, f"r{k}", 40)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(verdicts.decisions(study)) == 160
+    assert len(verdicts.audit_trail(study)) == 160
+    assert verdicts.reviewers(study) == ["r0", "r1", "r2", "r3"]
+
+
+def test_a_killed_writer_leaves_a_consistent_database(tmp_path: Path) -> None:
+    study = str(open_study(tmp_path / "s").path)
+    process = mp.get_context("spawn").Process(target=_endless_writer, args=(study,))
+    process.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(verdicts.audit_trail(study)) < 30:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    process.join(10)
+    with sqlite3.connect(Path(study) / DB_NAME) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    trail = verdicts.audit_trail(study)
+    current = verdicts.decisions(study)
+    # every current verdict is the last audit entry for its pair: the two writes landed together
+    last = {}
+    for entry in trail:
+        last[(entry["synthetic_id"], entry["train_id"])] = (entry["verdict"], entry["note"])
+    assert {(d.synthetic_id, d.train_id): (d.verdict, d.note) for d in current} == last
+    verdicts.record(study, "after", "s1", "t1", "copy")  # still writable
+
+
+def test_blinded_sample_is_stratified_seeded_and_shuffled() -> None:
+    keys = [(f"s{i}", f"t{i}") for i in range(100)]
+    sims = [i / 100 for i in range(100)]
+    sample = verdicts.blinded_sample(keys, sims, 10, seed=3)
+    assert sample == verdicts.blinded_sample(keys, sims, 10, seed=3)
+    assert sample != verdicts.blinded_sample(keys, sims, 10, seed=4)
+    strata = sorted(int(s[1:]) // 10 for s, _ in sample)
+    assert strata == list(range(10))  # one from each tenth of the similarity range
+    assert [int(s[1:]) for s, _ in sample] != sorted(int(s[1:]) for s, _ in sample)
+
+
+def test_agreement_against_hand_computed_values() -> None:
+    # 10 pairs: both copy 4, both not 3, a copy / b not 2, a not / b copy 1, plus one unsure
+    a, b = {}, {}
+    labels = [("copy", "copy")] * 4 + [("not_copy", "not_copy")] * 3 + [("copy", "not_copy")] * 2 + [("not_copy", "copy")] + [("unsure", "copy")]
+    for i, (x, y) in enumerate(labels):
+        a[(f"s{i}", "t")] = x
+        b[(f"s{i}", "t")] = y
+    result = verdicts.agreement(a, b)
+    assert result.n == 10 and result.excluded_unsure == 1
+    assert result.matrix == [[3, 1], [2, 4]]
+    assert result.accuracy == pytest.approx(0.7)
+    # p_o = 0.7; p_e = 0.4 * 0.5 + 0.6 * 0.5 = 0.5; kappa = 0.2 / 0.5
+    assert result.kappa == pytest.approx(0.4)
