@@ -22,6 +22,7 @@ pages = [
     st.Page("pages/detector.py", title="Detector", url_path="detector"),
     st.Page("pages/calibrate.py", title="Calibrate", url_path="calibrate"),
     st.Page("pages/review.py", title="Review", url_path="review"),
+    st.Page("pages/agreement.py", title="Agreement", url_path="agreement"),
 ]
 navigation = st.navigation(pages)
 

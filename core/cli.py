@@ -173,6 +173,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"demo built in {record['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from core.report import write_report
+
+    out = args.out or str(Path(args.study) / f"report.{args.format}")
+    print(f"wrote {write_report(args.study, out, args.format, args.top)}")
+
+
+def cmd_release(args: argparse.Namespace) -> None:
+    from core.report import release
+
+    result = release(args.study, args.out, args.threshold, args.exclude_confirmed)
+    print(f"released {result.kept} samples to {result.out}; removed {result.removed_by_threshold} above the threshold"
+          f" and {result.removed_as_confirmed} more confirmed as copies by reviewers")
+
+
 def cmd_run_job(args: argparse.Namespace) -> None:
     from core.jobs import run_job
 
@@ -271,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/ (default: here)")
     p.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="the ethics-board report of a scanned study (self-contained HTML or PDF)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--format", choices=("html", "pdf"), default="html")
+    p.add_argument("--out", help="file to write (default STUDY/report.FORMAT)")
+    p.add_argument("--top", type=int, default=8, help="copy pairs shown as images (default 8)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("release", help="write the synthetic samples that are not copies, with manifest, record and report")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--threshold", type=float, help="override the scan's threshold")
+    p.add_argument("--exclude-confirmed", action="store_true", help="also drop samples a reviewer marked as copies")
+    p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("run-job", help="run a background job recorded by the app (jobs/<id>.json in a study)")
     p.add_argument("job", help="the job's JSON file")

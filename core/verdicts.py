@@ -188,3 +188,18 @@ def agreement(a: dict[tuple[str, str], str], b: dict[tuple[str, str], str]) -> A
     accuracy = float(np.mean(np.equal(ya, yb)))
     kappa = float(cohen_kappa_score(ya, yb, labels=[0, 1])) if len(set(ya) | set(yb)) > 1 else float("nan")
     return Agreement(len(keys), matrix, accuracy, kappa, unsure)
+
+
+def precision_recall(similarities: Sequence[float], is_copy: Sequence[bool], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """The detector's precision and recall against reviewer labels at each threshold (call: ``similarity > tau``).
+
+    Precision is NaN where the detector calls nothing a copy; recall is NaN without any labelled copy.
+    """
+    s = np.asarray(similarities, dtype=np.float64)[None, :]
+    y = np.asarray(is_copy, dtype=bool)[None, :]
+    calls = s > np.asarray(thresholds, dtype=np.float64)[:, None]
+    tp = (calls & y).sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(calls.sum(axis=1) > 0, tp / calls.sum(axis=1), np.nan)
+        recall = np.where(y.sum() > 0, tp / y.sum(), np.nan)
+    return {"tau": np.asarray(thresholds, dtype=np.float64), "precision": precision, "recall": recall}

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from core import verdicts
 from core.data import ImageSet
 from core.review import display_units, group_by_training, load_study_set, study_spec, worklist
 from core.viewer import (
@@ -40,19 +41,47 @@ def images(study_path: str, finished_at: str, role: str) -> ImageSet:  # finishe
     return load_study_set(summary, role)
 
 
-cols = st.columns([1, 1, 2])
-only_copies = cols[0].toggle("Only copies (above threshold)", value=True, key=f"only::{study}")
-grouped = cols[1].toggle("One row per training scan", value=False, key=f"group::{study}",
-                         help="Several samples copying one training scan are judged once")
-cols[2].caption(f"Threshold {tau:.3f} (set on Calibrate). Sorted by similarity, highest first.")
-rows = worklist(pairs, tau, only_copies)
-if grouped:
-    rows = group_by_training(rows)
+reviewer = st.session_state.get("reviewer", "")
+with st.container(border=True):
+    cols = st.columns([2, 1, 1, 1])
+    name = cols[0].text_input("Reviewer", value=reviewer, key="reviewer_input", placeholder="your name (once per session)",
+                              help="Recorded with every verdict in the study's audit trail")
+    if name.strip() != reviewer:
+        st.session_state["reviewer"] = reviewer = name.strip()
+    blinded = cols[1].toggle("Blinded check", key=f"blind::{study}",
+                             help="A seeded random sample stratified across the similarity range, in random order, without the "
+                                  "similarity or the detector's call (Dar et al.'s rater check)")
+    n_blind = int(cols[2].number_input("Blinded pairs", 10, 1000, 100, key=f"nblind::{study}", disabled=not blinded))
+    blind_seed = int(cols[3].number_input("Sample seed", 0, 2**31 - 1, 0, key=f"bseed::{study}", disabled=not blinded))
+mode = "blinded" if blinded else "open"
+mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode)} if reviewer else {}
+
+if blinded:
+    nearest = [p for p in pairs if p.rank == 1]
+    sample = verdicts.blinded_sample([(p.synthetic_id, p.train_id) for p in nearest], [p.similarity for p in nearest], n_blind, blind_seed)
+    by_key = {(p.synthetic_id, p.train_id): p for p in nearest}
+    rows = [{"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id} for i, (s, t) in enumerate(sample)]
+    only_copies = grouped = False
+    st.caption(f"Blinded: {len(rows)} pairs (seed {blind_seed}); similarity and the detector's call are hidden.")
+else:
+    cols = st.columns([1, 1, 2])
+    only_copies = cols[0].toggle("Only copies (above threshold)", value=True, key=f"only::{study}")
+    grouped = cols[1].toggle("One row per training scan", value=False, key=f"group::{study}",
+                             help="Several samples copying one training scan are judged once")
+    cols[2].caption(f"Threshold {tau:.3f} (set on Calibrate). Sorted by similarity, highest first.")
+    rows = worklist(pairs, tau, only_copies)
+    if grouped:
+        rows = group_by_training(rows)
 if not rows:
     st.info("No samples above the threshold. Switch off 'Only copies' to browse every sample.")
     st.stop()
+for r in rows:
+    decision = mine.get((r["synthetic_id"], r["train_id"]))
+    r["your verdict"] = decision.verdict if decision else ""
 
-sel_key = f"sel::{study}::{only_copies}::{grouped}"
+sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
+if sel_key not in st.session_state:  # resume where this reviewer left off
+    st.session_state[sel_key] = next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
 event = st.dataframe(rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"worklist::{sel_key}", height=260)
 picked = event.selection.rows[0] if event.selection.rows else None
 if picked is not None and picked != st.session_state.get(f"{sel_key}::picked"):  # a new click in the table wins once
@@ -60,15 +89,36 @@ if picked is not None and picked != st.session_state.get(f"{sel_key}::picked"): 
 st.session_state[f"{sel_key}::picked"] = picked
 index = min(int(st.session_state.get(sel_key, 0)), len(rows) - 1)
 nav = st.columns([1, 1, 6])
-if nav[0].button("Previous", disabled=index == 0, key="prev"):
+if nav[0].button("Previous", disabled=index == 0, key="prev", shortcut="k"):
     index -= 1
-if nav[1].button("Next", disabled=index >= len(rows) - 1, key="next"):
+if nav[1].button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
     index += 1
 st.session_state[sel_key] = index
 row: dict[str, Any] = rows[index]
-nav[2].markdown(f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
-                f"`{row['patient_id']}`) · similarity **{row['similarity']:.3f}** · p-value {row['p_value']:.3g} · "
-                f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}")
+if blinded:
+    nav[2].markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
+else:
+    nav[2].markdown(f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
+                    f"`{row['patient_id']}`) · similarity **{row['similarity']:.3f}** · p-value {row['p_value']:.3g} · "
+                    f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}")
+
+with st.container(border=True):
+    if not reviewer:
+        st.caption("Enter your name above to record verdicts.")
+    else:
+        current = mine.get((row["synthetic_id"], row["train_id"]))
+        cols = st.columns([3, 1, 1, 1])
+        note = cols[0].text_input("Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else "")
+        for col, (label, value, key) in zip(cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")),
+                                            strict=True):
+            chosen = current is not None and current.verdict == value
+            if col.button(f"{label} ({key})", key=f"verdict_{value}", shortcut=key, type="primary" if chosen else "secondary"):
+                verdicts.record(study, reviewer, row["synthetic_id"], row["train_id"], value, note, mode)
+                st.session_state[sel_key] = min(index + 1, len(rows) - 1)
+                st.rerun()
+        done = sum(1 for r in rows if r["your verdict"])
+        st.caption(f"{reviewer}: {done}/{len(rows)} judged in this list ({mode})"
+                   + (f"; this pair: {current.verdict} at {current.decided_at}" if current else ""))
 
 synthetic = images(str(study), summary["finished_at"], "synthetic")
 train = images(str(study), summary["finished_at"], "train")
@@ -148,6 +198,8 @@ if spec.spatial_dims == 2:
 else:
     viewer_3d()
 
+if blinded:
+    st.stop()  # the neighbours show similarities: not in the blinded check
 st.subheader("Top training neighbours")
 neighbours = sorted((p for p in pairs if p.synthetic_id == row["synthetic_id"]), key=lambda p: p.rank)
 cols = st.columns(max(len(neighbours), 1))

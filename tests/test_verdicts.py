@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core import verdicts
@@ -111,3 +112,12 @@ def test_agreement_against_hand_computed_values() -> None:
     assert result.accuracy == pytest.approx(0.7)
     # p_o = 0.7; p_e = 0.4 * 0.5 + 0.6 * 0.5 = 0.5; kappa = 0.2 / 0.5
     assert result.kappa == pytest.approx(0.4)
+
+
+def test_precision_recall_by_threshold() -> None:
+    sims = [0.9, 0.8, 0.7, 0.6]
+    labels = [True, False, True, False]
+    pr = verdicts.precision_recall(sims, labels, [0.65, 0.85, 0.95])
+    assert pr["precision"][0] == pytest.approx(2 / 3) and pr["recall"][0] == pytest.approx(1.0)
+    assert pr["precision"][1] == 1.0 and pr["recall"][1] == 0.5
+    assert np.isnan(pr["precision"][2]) and pr["recall"][2] == 0.0

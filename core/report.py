@@ -1,0 +1,287 @@
+"""The ethics-board report (self-contained HTML, and PDF through Chromium) and the release filter.
+
+Nothing in a report or a release carries protected health information: training scans and
+patients appear only under pseudonyms (``patient-0001``, ``train-00001``) whose key stays in the
+study folder (``pseudonyms.csv``, never exported), and only pixel data is used: no DICOM header
+(names, IDs, dates, UIDs, institution) is ever read into a result, shown or written.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from core import verdicts
+from core.data import discover
+from core.errors import MemoScopeError
+from core.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
+from core.review import Pair, load_study_set, read_calibration, read_pairs, read_summary
+from core.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+PSEUDONYMS = "pseudonyms.csv"
+
+
+@dataclass(frozen=True)
+class Pseudonyms:
+    """Stable pseudonyms for training scans and patients (order of the sorted training IDs)."""
+
+    scans: dict[str, str]
+    patients: dict[str, str]
+
+    @classmethod
+    def of(cls, pairs: list[Pair]) -> Pseudonyms:
+        scans: dict[str, str] = {}
+        patients: dict[str, str] = {}
+        for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs}):
+            scans.setdefault(train_id, f"train-{len(scans) + 1:05d}")
+            patients.setdefault(patient_id, f"patient-{len(patients) + 1:04d}")
+        return cls(scans, patients)
+
+    def write_key(self, study: Path, pairs: list[Pair]) -> None:
+        """The re-identification key, kept in the study folder only."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["pseudonym", "train_id", "patient_pseudonym", "patient_id"])
+        for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs}):
+            writer.writerow([self.scans[train_id], train_id, self.patients[patient_id], patient_id])
+        atomic_write_text(study / PSEUDONYMS, buffer.getvalue())
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _pct(f: dict[str, Any]) -> str:
+    return f"{f['value']:.1%} ({f['count']}/{f['total']}; 95 % CI {f['low']:.1%} to {f['high']:.1%})"
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    return orthogonal_slice(image, "axial", image.shape[2] // 2) if image.ndim == 3 else image
+
+
+def _pair_images(summary: dict[str, Any], pairs: list[Pair], top: int) -> list[tuple[Pair, bytes, bytes, bytes]]:
+    """PNG thumbnails (synthetic, training, difference; one shared 1-99 % window) of the top copy pairs."""
+    if top <= 0 or not pairs:
+        return []
+    synthetic = load_study_set(summary, "synthetic")
+    train = load_study_set(summary, "train")
+    s_index = {s: i for i, s in enumerate(synthetic.ids)}
+    t_index = {s: i for i, s in enumerate(train.ids)}
+    out = []
+    for p in pairs[:top]:
+        a = _display(synthetic.images[s_index[p.synthetic_id], 0])
+        b = _display(train.images[t_index[p.train_id], 0])
+        window = percentile_window([a, b], 1, 99)
+        out.append((p, png_bytes(apply_window(a, window), 3), png_bytes(apply_window(b, window), 3), png_bytes(difference(a, b), 3)))
+    return out
+
+
+def _histogram_html(study: Path, tau: float) -> str:
+    cal = read_calibration(study)
+    fig = go.Figure()
+    for values, name in ((cal.train_to_val, "training -> validation (null)"), (cal.val_to_train, "validation -> training (null)"),
+                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
+        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
+    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
+    fig.update_layout(barmode="overlay", width=900, height=380, xaxis_title="best Pearson correlation of embeddings",
+                      yaxis_title="share", margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.3))
+    return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
+
+
+def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
+    nearest = {(p.synthetic_id, p.train_id): p.similarity for p in pairs if p.rank == 1}
+    detector = {k: ("copy" if s > tau else "not_copy") for k, s in nearest.items()}
+    rows = []
+    for mode in verdicts.MODES:
+        decisions = verdicts.decisions(study, mode=mode)
+        by = {}
+        for d in decisions:
+            by.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
+        for k, name in enumerate(sorted(by), start=1):
+            rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(by[name], detector)))
+    return rows
+
+
+def conclusion(summary: dict[str, Any], n_confirmed: int) -> tuple[str, str]:
+    """A plain-language conclusion and recommendation from the numbers."""
+    copies, mem = summary["copy_fraction"], summary["memorized_training_fraction"]
+    fpr = summary["expected_false_positive_rate"]["copy"]
+    if copies["count"] == 0:
+        text = (f"None of the {copies['total']} synthetic samples was closer to a training scan than the calibrated threshold "
+                f"allows (95 % upper bound {copies['high']:.1%}).")
+        advice = ("No sample needs removing on this evidence. The check finds near-copies the detector can see; it does not "
+                  "prove that no patient information is reproduced, so keep the usual data-sharing safeguards.")
+    else:
+        text = (f"{copies['count']} of {copies['total']} synthetic samples ({copies['value']:.1%}, 95 % CI {copies['low']:.1%} to "
+                f"{copies['high']:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
+                f"likely copies of patient data. {mem['count']} of {mem['total']} training scans ({mem['value']:.1%}) have such a "
+                f"copy. About {fpr:.1%} of genuinely new scans would also be flagged at this threshold.")
+        advice = ("Do not share this synthetic set as it is. Remove the flagged samples (MemoScope's release filter does this and "
+                  "records what it removed)" + (f", including the {n_confirmed} pairs reviewers confirmed as copies" if n_confirmed else "")
+                  + "; if the copy fraction is high, retrain the generator with more data, augmentation or fewer epochs.")
+    return text, advice
+
+
+def build_report(study: str | Path, top: int = 8) -> str:
+    """The self-contained HTML report of a scanned study (images and plot embedded)."""
+    study = Path(study)
+    summary = read_summary(study)
+    pairs = read_pairs(study)
+    names = Pseudonyms.of(pairs)
+    names.write_key(study, pairs)
+    tau = float(summary["threshold"])
+    nearest = sorted((p for p in pairs if p.rank == 1), key=lambda p: -p.similarity)
+    copies = [p for p in nearest if p.similarity > tau]
+    confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study) if d.verdict == "copy"}
+    text, advice = conclusion(summary, len(confirmed))
+    e = html.escape
+    inputs = summary["inputs"]
+    rows = "".join(
+        f"<tr><td>{role}</td><td>{inputs[role]['n']}</td><td>{inputs[role]['n_patients']}</td><td><code>{inputs[role]['content_hash'][:16]}</code></td></tr>"
+        for role in ("train", "val", "synthetic")
+    )
+    detector = summary["detector"]
+    pct = f", percentile {summary['percentile']:g}" if summary.get("percentile") is not None else ""
+    pair_html = "".join(
+        f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic {e(p.synthetic_id)} vs "
+        f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value {p.p_value:.3g}, "
+        f"pixel correlation {p.pixel_corr:.3f}</figcaption></figure>"
+        for p, a, b, d in _pair_images(summary, copies, top)
+    ) or "<p>No pair is above the threshold.</p>"
+    agreement = _agreement_rows(study, pairs, tau)
+    agreement_html = (
+        "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's kappa</th><th>confusion [[not,not],[not,copy]],[[copy,not],[copy,copy]]</th><th>unsure left out</th></tr>"
+        + "".join(f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{a.accuracy:.1%}</td><td>{a.kappa:.3f}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
+                  for m, c, a in agreement)
+        + "</table>"
+    ) if agreement else "<p>No reviewer verdicts recorded.</p>"
+    v = summary["versions"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>MemoScope report: {e(study.name)}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-right:3px}}
+.key{{font-size:1.1em;background:#f4f4f4;padding:.6em}}</style></head><body>
+<h1>Memorization check: {e(study.name)}</h1>
+<p>Generated {now_utc()} by MemoScope {e(v.get('memoscope', '?'))}. Method: Dar et al. (arXiv 2402.01054): a self-supervised
+contrastive encoder, exact nearest-neighbour search by Pearson correlation of embeddings, and a threshold calibrated on
+real scans of patients outside the training set.</p>
+<h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
+<h2>What was checked</h2>
+<table><tr><th>set</th><th>images</th><th>patients</th><th>content hash</th></tr>{rows}</table>
+<ul><li>Generator checkpoint: hash <code>{e(str(summary.get('checkpoint_hash'))[:16])}</code></li>
+<li>Detector: {e(detector['config']['arch'])} to {detector['config']['embed_dim']} dimensions, {e(detector['config']['augmentation'])}
+augmentation, hash <code>{e(detector['hash'][:16])}</code></li>
+<li>Preprocessing: <code>{e(json.dumps(summary['preprocessing']))}</code></li>
+<li>Versions: {e(', '.join(f'{k} {val}' for k, val in sorted(v.items())))}</li></ul>
+<h2>Threshold and results</h2>
+<ul><li>Threshold rule <b>{e(summary['rule'])}</b>{e(pct)}: tau = <b>{tau:.3f}</b></li>
+<li>Memorized training fraction: <b>{_pct(summary['memorized_training_fraction'])}</b></li>
+<li>Copy fraction among synthetic samples: <b>{_pct(summary['copy_fraction'])}</b></li>
+<li>Expected false-positive rate: copies {summary['expected_false_positive_rate']['copy']:.1%}, memorization
+{summary['expected_false_positive_rate']['memorized']:.1%}</li></ul>
+<p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold itself.</p>
+<h2>Correlation distributions</h2>{_histogram_html(study, tau)}
+<h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and patients are shown
+under pseudonyms only.</p>{pair_html}
+<h2>Reviewer agreement</h2>{agreement_html}
+</body></html>
+"""
+
+
+def write_pdf(html_path: Path, pdf_path: Path) -> None:
+    """Print the HTML report to PDF with the system's Chromium (no download)."""
+    if not CHROMIUM.exists():
+        raise MemoScopeError(f"PDF needs Chromium at {CHROMIUM}: apt-get install chromium (or use --format html).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, atomic_path(pdf_path) as tmp:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(html_path.resolve().as_uri(), wait_until="load")
+        page.pdf(path=str(tmp), format="A4", print_background=True, margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"})
+        browser.close()
+
+
+def write_report(study: str | Path, out: str | Path, fmt: str = "html", top: int = 8) -> Path:
+    """Write the report as ``fmt`` (html or pdf) to ``out``."""
+    out = Path(out)
+    if fmt not in ("html", "pdf"):
+        raise MemoScopeError(f"--format {fmt!r} must be html or pdf.")
+    text = build_report(study, top)
+    if fmt == "html":
+        atomic_write_text(out, text)
+        return out
+    with atomic_path(out.with_suffix(".html")) as tmp_html:
+        tmp_html.write_text(text)
+        write_pdf(tmp_html, out)
+    out.with_suffix(".html").unlink(missing_ok=True)
+    return out
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    out: Path
+    kept: int
+    removed_by_threshold: int
+    removed_as_confirmed: int
+
+
+def release(study: str | Path, out: str | Path, threshold: float | None = None, exclude_confirmed: bool = False) -> ReleaseResult:
+    """Write the synthetic samples that are not copies, their manifest, a release record and the report.
+
+    A sample is removed when its nearest training similarity is above the threshold (the scan's,
+    unless given) or, with ``exclude_confirmed``, when any reviewer marked its pair a copy.
+    Refuses a non-empty ``out``; writes everything into a temporary folder renamed at the end.
+    """
+    study, out = Path(study), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MemoScopeError(f"{out}: exists and is not empty; choose an empty or new folder.")
+    summary = read_summary(study)
+    tau = float(summary["threshold"] if threshold is None else threshold)
+    pairs = read_pairs(study)
+    nearest = {p.synthetic_id: p for p in pairs if p.rank == 1}
+    confirmed = {d.synthetic_id for d in verdicts.decisions(study) if d.verdict == "copy"} if exclude_confirmed else set()
+    files = {r.sample_id: r.path for r in discover(summary["inputs"]["synthetic"]["source"])}
+    missing = sorted(set(nearest) - set(files))
+    if missing:
+        raise MemoScopeError(f"{len(missing)} synthetic samples of the scan are missing from its folder (e.g. {missing[0]}); rescan.")
+    over = {s for s, p in nearest.items() if p.similarity > tau}
+    dropped_confirmed = confirmed - over
+    keep = sorted(set(nearest) - over - confirmed)
+    names = Pseudonyms.of(pairs)  # the same pseudonyms as the report
+    if out.exists():
+        out.rmdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "samples").mkdir()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "nearest_training", "similarity", "p_value", "sha256"])
+        for sample_id in keep:
+            source = Path(files[sample_id])
+            target = tmp / "samples" / Path(sample_id).name
+            shutil.copy2(source, target)
+            p = nearest[sample_id]
+            writer.writerow([f"samples/{target.name}", names.scans[p.train_id], f"{p.similarity:.6f}", f"{p.p_value:.6g}", sha256_file(target)])
+        atomic_write_text(tmp / "manifest.csv", buffer.getvalue())
+        record = {
+            "study": study.name, "released_at": now_utc(), "threshold": tau, "threshold_source": "scan" if threshold is None else "given",
+            "exclude_confirmed": exclude_confirmed, "n_synthetic": len(nearest), "kept": len(keep),
+            "removed_by_threshold": len(over), "removed_as_confirmed": len(dropped_confirmed),
+            "removed": sorted(over | confirmed), "checkpoint_hash": summary.get("checkpoint_hash"),
+            "detector_hash": summary["detector"]["hash"], "scan_finished_at": summary["finished_at"], "versions": versions(),
+        }
+        atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(tmp / "report.html", build_report(study))
+    return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed))

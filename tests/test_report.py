@@ -1,0 +1,141 @@
+"""Report and release on a small scanned study whose training scans are DICOM files with planted PHI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pypdf import PdfReader
+
+from core import verdicts
+from core.errors import MemoScopeError
+from core.preprocessing import PreprocessSpec
+from core.report import CHROMIUM, PSEUDONYMS, release, write_report
+from core.scan import ScanConfig, run_scan
+from tests.conftest import smooth_image
+
+PHI = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "PHI-12345",
+    "PatientBirthDate": "19700101",
+    "InstitutionName": "SECRET GENERAL HOSPITAL",
+    "ReferringPhysicianName": "WHO^DOCTOR",
+    "AccessionNumber": "ACC987654",
+    "StudyDate": "20240229",
+}
+# the planted values as they could leak: header values, and the folder/file names built from them
+FORBIDDEN = ["DOE^JANE", "DOE_JANE", "PHI-12345", "PHI-67890", "19700101", "SECRET GENERAL HOSPITAL", "WHO^DOCTOR", "ACC987654",
+             "20240229", "1.2.826.0.1.3680043.8.498.4242"]
+
+
+def _write_dicom(path: Path, pixels: np.ndarray) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    for key, value in PHI.items():
+        setattr(ds, key, value)
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID = MRImageStorage
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _u16(image: np.ndarray) -> np.ndarray:
+    return ((image - image.min()) / (image.max() - image.min()) * 60000).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phi")
+    rng = np.random.default_rng(0)
+    train = [_u16(smooth_image(rng, (32, 32))) for _ in range(12)]
+    for i, pixels in enumerate(train):
+        folder = root / "train" / ("PHI-12345" if i < 6 else "PHI-67890")
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_dicom(folder / f"DOE_JANE_{i:02d}.dcm", pixels)
+        pydicom.dcmread(folder / f"DOE_JANE_{i:02d}.dcm")  # valid DICOM
+    for i in range(8):
+        (root / "val" / f"v{i // 4}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_u16(smooth_image(rng, (32, 32)))).save(root / "val" / f"v{i // 4}" / f"{i}.png")
+    (root / "synthetic").mkdir()
+    for i in range(6):  # three exact copies of training scans, three new images
+        image = train[i] if i < 3 else _u16(smooth_image(rng, (32, 32)))
+        Image.fromarray(image).save(root / "synthetic" / f"sample_{i:06d}.png")
+    config = ScanConfig(spec=PreprocessSpec((32, 32)), threshold_rule="paper", percentile=50.0, k=3,
+                        detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8})
+    run_scan(root / "train", root / "val", root / "synthetic", root / "study", config, log=lambda _: None)
+    verdicts.record(root / "study", "rater one", "sample_000003.png", _nearest(root / "study", "sample_000003.png"), "copy")
+    return root / "study"
+
+
+def _nearest(study: Path, synthetic_id: str) -> str:
+    import csv
+
+    with open(study / "pairs.csv", newline="") as handle:
+        return next(r["train_id"] for r in csv.DictReader(handle) if r["synthetic_id"] == synthetic_id and r["rank"] == "1")
+
+
+def _assert_no_phi(text: str, where: str) -> None:
+    found = [s for s in FORBIDDEN if s in text]
+    assert not found, f"{where} contains PHI: {found}"
+
+
+def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
+    out = write_report(study, tmp_path / "report.html", "html")
+    text = out.read_text()
+    summary = json.loads((study / "summary.json").read_text())
+    assert f"tau = <b>{summary['threshold']:.3f}</b>" in text
+    copies = summary["copy_fraction"]
+    assert f"{copies['value']:.1%} ({copies['count']}/{copies['total']}" in text
+    assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded
+    assert "train-00001" in text and "patient-0001" in text
+    _assert_no_phi(text, "HTML report")
+    key = (study / PSEUDONYMS).read_text()
+    assert "PHI-12345" in key  # the re-identification key stays in the study folder only
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="PDF needs Chromium (make test installs it)")
+def test_pdf_report_text_matches_summary_and_has_no_phi(study: Path, tmp_path: Path) -> None:
+    out = write_report(study, tmp_path / "report.pdf", "pdf")
+    text = "\n".join(page.extract_text() for page in PdfReader(out).pages)
+    summary = json.loads((study / "summary.json").read_text())
+    assert f"{summary['threshold']:.3f}" in text
+    mem = summary["memorized_training_fraction"]
+    assert f"{mem['count']}/{mem['total']}" in text
+    _assert_no_phi(text, "PDF report")
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path) -> None:
+    summary = json.loads((study / "summary.json").read_text())
+    plain = release(study, tmp_path / "plain")
+    assert plain.kept + plain.removed_by_threshold == summary["counts"]["synthetic"]
+    assert plain.removed_by_threshold == summary["counts"]["copies"]
+    strict = release(study, tmp_path / "strict", exclude_confirmed=True)
+    assert strict.kept == plain.kept - strict.removed_as_confirmed
+    record = json.loads((tmp_path / "strict" / "release.json").read_text())
+    assert "sample_000003.png" in record["removed"]
+    kept_files = sorted(p.name for p in (tmp_path / "strict" / "samples").iterdir())
+    assert "sample_000003.png" not in kept_files and len(kept_files) == strict.kept
+    for path in (tmp_path / "strict").rglob("*"):
+        if path.is_file() and path.suffix in (".csv", ".json", ".html"):
+            _assert_no_phi(path.read_text(), str(path))
+    with pytest.raises(MemoScopeError, match="not empty"):
+        release(study, tmp_path / "strict")
+    none = release(study, tmp_path / "none", threshold=1.0)
+    assert none.kept == summary["counts"]["synthetic"]
