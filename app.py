@@ -23,6 +23,7 @@ pages = [
     st.Page("pages/calibrate.py", title="Calibrate", url_path="calibrate"),
     st.Page("pages/review.py", title="Review", url_path="review"),
     st.Page("pages/agreement.py", title="Agreement", url_path="agreement"),
+    st.Page("pages/report.py", title="Report", url_path="report"),
 ]
 navigation = st.navigation(pages)
 

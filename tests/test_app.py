@@ -176,3 +176,74 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.run()
     assert len(list((study / "synthetic").glob("*.png"))) == 2
     assert any("2 samples in" in c.value for c in at.caption)
+
+
+def _copy_demo(tmp_path: Path) -> Path:
+    study = tmp_path / "study"
+    shutil.copytree(DEMO_2D, study, ignore=shutil.ignore_patterns("jobs", "report.*"))
+    return study
+
+
+@needs_demo
+def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import verdicts
+
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    at = _app(str(study))
+    at.switch_page("pages/review.py").run()
+    at.toggle(key=f"only::{study}").set_value(False).run()
+    at.text_input(key="reviewer_input").input("rater one").run()
+    for verdict in ("copy", "not_copy", "unsure"):
+        at.button(key=f"verdict_{verdict}").click().run()
+        _ok(at)
+    assert [d.verdict for d in verdicts.decisions(study, "rater one")] == ["copy", "not_copy", "unsure"]
+    assert any(c.value.startswith("rater one: 3/") for c in at.caption)
+    # a new session resumes at the first pair this reviewer has not judged
+    again = _app(str(study))
+    again.session_state["reviewer"] = "rater one"
+    again.switch_page("pages/review.py").run()
+    again.toggle(key=f"only::{study}").set_value(False).run()
+    assert any(m.value.startswith("**4 /") for m in again.markdown)
+    at.switch_page("pages/agreement.py").run()
+    at.radio(key="agreement_mode").set_value("open").run()
+    _ok(at)
+    assert len(at.dataframe) >= 1 and len(at.get("plotly_chart")) == 1
+
+
+@needs_demo
+def test_blinded_mode_hides_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    at = _app(str(study))
+    at.session_state["reviewer"] = "rater two"
+    at.switch_page("pages/review.py").run()
+    at.toggle(key=f"blind::{study}").set_value(True).run()
+    _ok(at)
+    header = next(m.value for m in at.markdown if m.value.startswith("**") and " / " in m.value)
+    assert "similarity" not in header and "copy" not in header and "p-value" not in header
+    assert "Top training neighbours" not in [s.value for s in at.subheader]
+    at.button(key="verdict_copy").click().run()
+    from core import verdicts
+
+    assert verdicts.decisions(study, "rater two", "blinded")[0].verdict == "copy"
+
+
+@needs_demo
+def test_report_page_builds_html_and_release_refuses_a_full_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    at = _app(str(study))
+    at.switch_page("pages/report.py").run()
+    at.button(key="build_html").click().run()
+    _ok(at)
+    assert (study / "report.html").is_file() and len(at.get("download_button")) >= 1
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.txt").write_text("keep me")
+    at.text_input(key="release_out").input(str(full))
+    at.button[-1].click().run()
+    assert "not empty" in at.error[0].value and (full / "x.txt").read_text() == "keep me"
+    at.text_input(key="release_out").input(str(tmp_path / "release"))
+    at.button[-1].click().run()
+    assert at.success and (tmp_path / "release" / "release.json").is_file()

@@ -157,15 +157,39 @@ def test_3d_slice_moves(page) -> None:  # noqa: ANN001
     page.screenshot(path=SHOTS / "review-3d.png", full_page=True)
 
 
+def _reviewer(page, name: str) -> None:  # noqa: ANN001
+    box = page.get_by_label("Reviewer", exact=True)
+    box.fill(name)
+    box.press("Enter")
+    page.get_by_role("button", name=re.compile(r"^Copy")).wait_for()
+
+
+def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="demo-2d").click()
+    _go(page, "Review")
+    _show_all_if_no_copies(page)
+    _reviewer(page, "e2e rater")
+    for label, n in (("^Copy", 1), ("^Not a copy", 2), ("^Unsure", 3)):
+        page.get_by_role("button", name=re.compile(label)).click()
+        page.get_by_text(re.compile(f"^e2e rater: {n}/")).wait_for()
+    page.reload()
+    _show_all_if_no_copies(page)
+    _reviewer(page, "e2e rater")
+    page.get_by_text(re.compile(r"^e2e rater: 3/")).wait_for()  # read back from the study database
+    page.get_by_text(re.compile(r"^4 / \d+")).first.wait_for()  # resumed at the first pair not yet judged
+    page.screenshot(path=SHOTS / "verdicts.png", full_page=True)
+
+
 def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name="demo-2d").click()
     _go(page, "Generate")
     page.get_by_text("Device:").wait_for()
-    page.get_by_label("Samples").fill("3")
-    page.get_by_label("Steps").fill("3")
-    page.get_by_label("Output folder").fill("studies/demo-2d/synthetic-browser")
+    page.get_by_label("Samples", exact=True).fill("3")
+    page.get_by_label("Steps", exact=True).fill("3")
+    page.get_by_label("Output folder", exact=True).fill("studies/demo-2d/synthetic-browser")
     page.get_by_role("button", name="Start generation").click()
-    page.get_by_text("generate finished").wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"^generate finished at")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
