@@ -55,6 +55,16 @@ def summary(study: Path) -> dict[str, Any] | None:
     return _summary(str(study), _mtime(path)) if path.is_file() else None
 
 
+def require_summary(study: Path) -> dict[str, Any]:
+    """The study's scan summary; without one, say where to scan and stop the page."""
+    found = summary(study)
+    if found is None:
+        st.info("This study has not been scanned yet: embed and scan it on the Detector page first.")
+        st.page_link("pages/detector.py", label="Go to Detector")
+        st.stop()
+    return found
+
+
 def calibration(study: Path) -> review.Calibration:
     return _calibration(str(study), _mtime(study / "neighbors.npz"))
 

@@ -13,11 +13,8 @@ from core.review import threshold_curve
 from pages import _ui
 
 study = _ui.require_study()
-summary = _ui.summary(study)
 st.title("Agreement")
-if summary is None:
-    st.info("Scan the study first.")
-    st.stop()
+summary = _ui.require_summary(study)
 tau = _ui.current_threshold(study, summary["threshold"])
 mode = st.radio("Verdicts", ("blinded", "open"), horizontal=True, key="agreement_mode",
                 help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list")

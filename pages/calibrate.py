@@ -11,12 +11,8 @@ from core.review import live_metrics, threshold_curve
 from pages import _ui
 
 study = _ui.require_study()
-summary = _ui.summary(study)
 st.title("Calibrate the threshold")
-if summary is None:
-    st.info("Scan the study first (Detector page: Embed and scan).")
-    st.page_link("pages/detector.py", label="Go to Detector")
-    st.stop()
+summary = _ui.require_summary(study)
 cal = _ui.calibration(study)
 key = _ui.threshold_key(study)
 

@@ -11,11 +11,8 @@ from core.report import CHROMIUM, release, write_report
 from pages import _ui
 
 study = _ui.require_study()
-summary = _ui.summary(study)
 st.title("Report and release")
-if summary is None:
-    st.info("Scan the study first.")
-    st.stop()
+summary = _ui.require_summary(study)
 
 st.subheader("Ethics-board report")
 st.caption("Self-contained: images and plot embedded; training scans and patients under pseudonyms only (the key, "

@@ -27,11 +27,8 @@ from core.viewer import (
 from pages import _ui
 
 study = _ui.require_study()
-summary = _ui.summary(study)
 st.title("Review pairs")
-if summary is None:
-    st.info("Scan the study first (Detector page: Embed and scan).")
-    st.stop()
+summary = _ui.require_summary(study)
 tau = _ui.current_threshold(study, summary["threshold"])
 pairs = _ui.pairs(study)
 
@@ -148,13 +145,19 @@ def window_controls(a: np.ndarray, b: np.ndarray) -> Window:
     return Window(width, level)
 
 
-@st.fragment
-def viewer_2d() -> None:
+def view_controls(suffix: str) -> tuple[Window, str, int]:
+    """The row shared by both viewers: window, comparison mode, zoom."""
     cols = st.columns([2, 2, 1])
     with cols[0]:
         window = window_controls(a, b)
-    mode = cols[1].radio("Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key="compare_mode")
-    scale = cols[2].select_slider("Zoom", (1, 2, 4, 6, 8), value=4, key="zoom")
+    mode = cols[1].radio("Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key=f"compare_mode{suffix}")
+    scale = cols[2].select_slider("Zoom", (1, 2, 4, 6, 8), value=4, key=f"zoom{suffix}")
+    return window, mode, scale
+
+
+@st.fragment
+def viewer_2d() -> None:
+    window, mode, scale = view_controls("")
     wa, wb = apply_window(a, window), apply_window(b, window)
     st.caption(f"Window width {window.width:.4g}, level {window.level:.4g} {unit}, applied to both images.")
     if mode == "side by side":
@@ -171,11 +174,7 @@ def viewer_2d() -> None:
 
 @st.fragment
 def viewer_3d() -> None:
-    cols = st.columns([2, 2, 1])
-    with cols[0]:
-        window = window_controls(a, b)
-    mode = cols[1].radio("Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key="compare_mode_3d")
-    scale = cols[2].select_slider("Zoom", (1, 2, 4, 6, 8), value=4, key="zoom3d")
+    window, mode, scale = view_controls("_3d")
     sliders = st.columns(3)
     position = {plane: sliders[i].slider(f"{plane} slice", 0, plane_size(a.shape, plane) - 1, plane_size(a.shape, plane) // 2, key=f"slice_{plane}")
                 for i, plane in enumerate(PLANES)}
