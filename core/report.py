@@ -15,6 +15,7 @@ import io
 import json
 import shutil
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,10 @@ def _pct(f: dict[str, Any]) -> str:
     return f"{f['value']:.1%} ({f['count']}/{f['total']}; 95 % CI {f['low']:.1%} to {f['high']:.1%})"
 
 
+def _kappa(value: float) -> str:
+    return "n/a (one class only)" if np.isnan(value) else f"{value:.3f}"
+
+
 def _display(image: np.ndarray) -> np.ndarray:
     return orthogonal_slice(image, "axial", image.shape[2] // 2) if image.ndim == 3 else image
 
@@ -108,8 +113,11 @@ def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[st
         by = {}
         for d in decisions:
             by.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
-        for k, name in enumerate(sorted(by), start=1):
+        names = sorted(by)
+        for k, name in enumerate(names, start=1):
             rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(by[name], detector)))
+        for (i, a), (j, b) in combinations(enumerate(names, start=1), 2):
+            rows.append((mode, f"reviewer {i} vs reviewer {j}", verdicts.agreement(by[a], by[b])))
     return rows
 
 
@@ -162,7 +170,7 @@ def build_report(study: str | Path, top: int = 8) -> str:
     agreement = _agreement_rows(study, pairs, tau)
     agreement_html = (
         "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's kappa</th><th>confusion [[not,not],[not,copy]],[[copy,not],[copy,copy]]</th><th>unsure left out</th></tr>"
-        + "".join(f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{a.accuracy:.1%}</td><td>{a.kappa:.3f}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
+        + "".join(f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{format(a.accuracy, '.1%') if a.n else 'n/a'}</td><td>{_kappa(a.kappa)}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
                   for m, c, a in agreement)
         + "</table>"
     ) if agreement else "<p>No reviewer verdicts recorded.</p>"
