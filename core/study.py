@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import MemoScopeError
 from core.provenance import atomic_write_json, now_utc
 
 DB_NAME = "study.sqlite"
@@ -89,4 +91,32 @@ def open_study(path: str | Path) -> Study:
     study = Study(folder)
     with contextlib.closing(study.connect()):
         pass
+    return study
+
+
+def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
+    """Create ``root/name`` from checked inputs (what the app's "New study" form submits).
+
+    ``inputs``: ``train`` and ``val`` (folder or manifest, required), ``synthetic`` and
+    ``checkpoint`` (optional), ``dims``, ``size``, ``slices``. Each source is listed the way a
+    scan will list it, so a bad path is reported now, by name, and nothing is created.
+    """
+    from core.data import discover
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise MemoScopeError("Study name: use letters, digits, '-', '_' or '.', starting with a letter or digit.")
+    folder = Path(root) / name
+    if folder.exists():
+        raise MemoScopeError(f"{folder} already exists; open it instead or choose another name.")
+    for label, role in (("Training", "train"), ("Validation", "val")):
+        if not inputs.get(role):
+            raise MemoScopeError(f"{label} images: enter a folder or a CSV manifest.")
+        discover(inputs[role], role)  # type: ignore[arg-type]
+    if inputs.get("synthetic"):
+        discover(inputs["synthetic"])
+    checkpoint = inputs.get("checkpoint")
+    if checkpoint and not (Path(checkpoint) / "ldm.json").is_file():
+        raise MemoScopeError(f"{checkpoint}: not a checkpoint folder (no ldm.json).")
+    study = open_study(folder)
+    study.set_inputs({key: value or None for key, value in inputs.items()})
     return study

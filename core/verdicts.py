@@ -71,6 +71,7 @@ class Decision:
 
 @contextlib.contextmanager
 def _connect(study: str | Path) -> Iterator[sqlite3.Connection]:
+    """A writing connection: WAL, full sync, the verdict tables created if missing."""
     path = Path(study) / DB_NAME
     if not Path(study).is_dir():
         raise MemoScopeError(f"{study}: no such study folder.")
@@ -80,6 +81,21 @@ def _connect(study: str | Path) -> Iterator[sqlite3.Connection]:
         connection.execute("PRAGMA synchronous=FULL")
         connection.executescript(_SCHEMA)
         yield connection
+    finally:
+        connection.close()
+
+
+def _select(study: str | Path, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Rows of a read-only query; a study without verdicts yet gives none (reading never writes)."""
+    path = Path(study) / DB_NAME
+    if not path.is_file():
+        return []
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        connection.row_factory = sqlite3.Row
+        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'").fetchone() is None:
+            return []
+        return list(connection.execute(query, args))
     finally:
         connection.close()
 
@@ -128,19 +144,15 @@ def decisions(study: str | Path, reviewer: str | None = None, mode: str | None =
         query, args = query + " AND reviewer = ?", [*args, reviewer]
     if mode is not None:
         query, args = query + " AND mode = ?", [*args, mode]
-    with _connect(study) as db:
-        return [Decision(*row) for row in db.execute(query + " ORDER BY decided_at, synthetic_id", args)]
+    return [Decision(*row) for row in _select(study, query + " ORDER BY decided_at, synthetic_id", args)]
 
 
 def audit_trail(study: str | Path) -> list[dict[str, Any]]:
-    with _connect(study) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM audit ORDER BY id")]
+    return [dict(row) for row in _select(study, "SELECT * FROM audit ORDER BY id")]
 
 
 def reviewers(study: str | Path) -> list[str]:
-    with _connect(study) as db:
-        return [r for (r,) in db.execute("SELECT DISTINCT reviewer FROM verdicts ORDER BY reviewer")]
+    return [row[0] for row in _select(study, "SELECT DISTINCT reviewer FROM verdicts ORDER BY reviewer")]
 
 
 def blinded_sample(keys: Sequence[tuple[str, str]], similarities: Sequence[float], n: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import jobs, review
 from core.errors import MemoScopeError
-from core.study import open_study
+from core.study import Study
 
 STUDIES = Path("studies")
 CHECKPOINTS = Path("checkpoints")
@@ -74,7 +74,7 @@ def pairs(study: Path) -> list[review.Pair]:
 
 
 def inputs(study: Path) -> dict[str, Any]:
-    return open_study(study).inputs()
+    return Study(study).inputs()  # reading does not touch the database
 
 
 def threshold_key(study: Path) -> str:

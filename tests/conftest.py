@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -37,3 +38,21 @@ def image_folder(tmp_path: Path) -> Path:
     np.save(root / "p1" / "b.npy", smooth_image(rng, (40, 40)))
     nib.save(nib.Nifti1Image(smooth_image(rng, (40, 40)), np.eye(4)), str(root / "p2" / "c.nii.gz"))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _committed_demo_untouched() -> Iterator[None]:
+    """No test may write into the committed demo studies, checkpoints or data (tests work on copies)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+
+    def snapshot() -> dict[str, str]:
+        folders = [root / "studies", root / "checkpoints", root / "data"]
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders if f.is_dir() for p in sorted(f.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    yield
+    after = snapshot()
+    changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})
+    assert not changed, f"tests changed committed demo files: {changed[:5]}"
