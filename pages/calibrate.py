@@ -39,10 +39,11 @@ def controls() -> None:
     (ml, mh), (cl, ch) = m.memorized_interval, m.copy_interval
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{tau:.3f}", help=note)
-    cols[1].metric("Memorized training", f"{m.memorized}/{m.n_train} = {m.memorized_fraction:.1%}", help=f"95 % Wilson CI {ml:.1%} to {mh:.1%}")
-    cols[2].metric("Copies among samples", f"{m.copies}/{m.n_synthetic} = {m.copy_fraction:.1%}", help=f"95 % Wilson CI {cl:.1%} to {ch:.1%}")
+    cols[1].metric("Memorized training", f"{m.memorized}/{m.n_train}", help=f"{m.memorized_fraction:.1%}; 95 % Wilson CI {ml:.1%} to {mh:.1%}")
+    cols[2].metric("Copies among samples", f"{m.copies}/{m.n_synthetic}", help=f"{m.copy_fraction:.1%}; 95 % Wilson CI {cl:.1%} to {ch:.1%}")
     cols[3].metric("Expected FPR (copy)", f"{m.fpr_copy:.1%}", help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}")
-    st.caption(f"95 % Wilson intervals: memorized {ml:.1%} to {mh:.1%}, copies {cl:.1%} to {ch:.1%}. The scan's summary "
+    st.caption(f"Memorized training {m.memorized_fraction:.1%} (95 % Wilson CI {ml:.1%} to {mh:.1%}); copies {m.copy_fraction:.1%} "
+               f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
                f"(tau {summary['threshold']:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
 
     fig = go.Figure()

@@ -76,7 +76,7 @@ def page(server: str):  # noqa: ANN201 - playwright Page
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.set_default_timeout(60_000)
         page.goto(server)
         yield page
