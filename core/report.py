@@ -141,8 +141,11 @@ def conclusion(summary: dict[str, Any], n_confirmed: int) -> tuple[str, str]:
     return text, advice
 
 
-def build_report(study: str | Path, top: int = 8) -> str:
-    """The self-contained HTML report of a scanned study (images and plot embedded)."""
+def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str:
+    """The self-contained HTML report of a scanned study (images and plot embedded).
+
+    ``release_note``: for a report written with a release, what the release did (kept, removed, its threshold).
+    """
     study = Path(study)
     summary = read_summary(study)
     pairs = read_pairs(study)
@@ -185,6 +188,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:in
 contrastive encoder, exact nearest-neighbour search by Pearson correlation of embeddings, and a threshold calibrated on
 real scans of patients outside the training set.</p>
 <h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
+{f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
 <table><tr><th>set</th><th>images</th><th>patients</th><th>content hash</th></tr>{rows}</table>
 <ul><li>Generator checkpoint: hash <code>{e(str(summary.get('checkpoint_hash'))[:16])}</code></li>
@@ -291,5 +295,8 @@ def release(study: str | Path, out: str | Path, threshold: float | None = None, 
             "detector_hash": summary["detector"]["hash"], "scan_finished_at": summary["finished_at"], "versions": versions(),
         }
         atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(tmp / "report.html", build_report(study))
+        note = (f"{len(keep)} of {len(nearest)} synthetic samples released at threshold {tau:.3f} "
+                f"({'the scan' + chr(39) + 's' if threshold is None else 'given for the release'}): {len(over)} removed above it"
+                + (f", {len(dropped_confirmed)} more confirmed as copies by reviewers" if exclude_confirmed else "") + ".")
+        atomic_write_text(tmp / "report.html", build_report(study, release_note=note))
     return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed))

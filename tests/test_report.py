@@ -139,3 +139,4 @@ def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path)
         release(study, tmp_path / "strict")
     none = release(study, tmp_path / "none", threshold=1.0)
     assert none.kept == summary["counts"]["synthetic"]
+    assert "released at threshold 1.000 (given for the release)" in (tmp_path / "none" / "report.html").read_text()
