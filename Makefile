@@ -23,6 +23,7 @@ run: setup
 
 lint: setup
 	$(PY) -m ruff check core tests benchmarks app.py pages
+	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)
 	$(PY) -m pytest -q

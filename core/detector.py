@@ -129,9 +129,9 @@ def build_encoder(config: DetectorConfig) -> nn.Module:
 def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
     """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
     angle = math.radians(5.0)
-    rotate_ranges = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
+    third = 0.0 if spatial_dims == 2 else angle  # ranges beyond the image's dimensions are ignored in 2D
     paper = [
-        RandRotate(**rotate_ranges, prob=0.5, keep_size=True, padding_mode="border"),
+        RandRotate(range_x=angle, range_y=third, range_z=third, prob=0.5, keep_size=True, padding_mode="border"),
         RandAxisFlip(prob=0.5),
     ]
     if policy == "paper":

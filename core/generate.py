@@ -75,7 +75,7 @@ def sample(
     """
     device = torch.device(device)
     scheduler = build_scheduler(ldm.config, scheduler_name)
-    scheduler.set_timesteps(num_inference_steps=steps, device=device)
+    scheduler.set_timesteps(num_inference_steps=steps, device=device)  # type: ignore[operator]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     shape = ldm.config.latent_shape
     latents = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
@@ -87,7 +87,7 @@ def sample(
             noise_pred = ldm.unet(latents, timesteps=timesteps).float()
             latents = torch.cat(
                 [
-                    scheduler.step(noise_pred[i : i + 1], int(t), latents[i : i + 1], generator=generators[i])[0]
+                    scheduler.step(noise_pred[i : i + 1], int(t), latents[i : i + 1], generator=generators[i])[0]  # type: ignore[operator]
                     for i in range(len(seeds))
                 ]
             )

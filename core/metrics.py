@@ -155,7 +155,7 @@ def empirical_p_values(scores: npt.ArrayLike, null: npt.ArrayLike) -> npt.NDArra
     null_sorted = np.sort(np.asarray(null, dtype=np.float64))
     s = np.asarray(scores, dtype=np.float64)
     at_least = len(null_sorted) - np.searchsorted(null_sorted, s, side="left")
-    return (1.0 + at_least) / (1.0 + len(null_sorted))
+    return np.asarray((1.0 + at_least) / (1.0 + len(null_sorted)), dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[st
     rows = []
     for mode in verdicts.MODES:
         decisions = verdicts.decisions(study, mode=mode)
-        by = {}
+        by: dict[str, dict[tuple[str, str], str]] = {}
         for d in decisions:
             by.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
         names = sorted(by)

@@ -32,7 +32,7 @@ class RealVolume:
 
     def load(self) -> npt.NDArray[np.float32]:
         """The 3D volume as float32 (first volume of a 4D series when ``volume_index`` is set)."""
-        data = np.asanyarray(nib.load(self.path).dataobj).astype(np.float32)
+        data = np.asanyarray(nib.load(self.path).dataobj).astype(np.float32)  # type: ignore[attr-defined]
         data = np.squeeze(data)
         if self.volume_index is not None:
             data = data[..., self.volume_index]

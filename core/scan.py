@@ -166,7 +166,7 @@ def run_scan(
         atomic_write_text(out / "train_nn.csv", _csv_text(
             ["train_id", "patient_id", "nearest_synthetic_id", "similarity", "memorized", "nearest_val_similarity"], train_rows))
         with atomic_path(out / "neighbors.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **{
+            np.savez(handle, **{  # type: ignore[arg-type]
                 "synthetic_to_train_sim": tables.synthetic_to_train.similarity, "synthetic_to_train_idx": tables.synthetic_to_train.index,
                 "train_to_synthetic_sim": t2s.similarity, "train_to_synthetic_idx": t2s.index,
                 "train_to_val_sim": tables.train_to_val.similarity, "val_to_train_sim": tables.val_to_train.similarity,

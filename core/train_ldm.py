@@ -196,7 +196,7 @@ def train_ldm(
 
 def _scale_factor(ae: torch.nn.Module, x_all: torch.Tensor, batch_size: int) -> float:
     with torch.no_grad():
-        z = torch.cat([ae.encode_stage_2_inputs(x_all[i : i + batch_size]) for i in range(0, len(x_all), batch_size)])
+        z = torch.cat([ae.encode_stage_2_inputs(x_all[i : i + batch_size]) for i in range(0, len(x_all), batch_size)])  # type: ignore[operator]
     std = float(z.std())
     return 1.0 / std if std > 0 and math.isfinite(std) else 1.0
 

@@ -139,7 +139,7 @@ def record(study: str | Path, reviewer: str, synthetic_id: str, train_id: str, v
 
 def decisions(study: str | Path, reviewer: str | None = None, mode: str | None = None) -> list[Decision]:
     """Current verdicts, optionally of one reviewer and/or mode."""
-    query, args = "SELECT synthetic_id, train_id, reviewer, mode, verdict, note, decided_at FROM verdicts WHERE 1 = 1", []
+    query, args = "SELECT synthetic_id, train_id, reviewer, mode, verdict, note, decided_at FROM verdicts WHERE 1 = 1", list[str]()
     if reviewer is not None:
         query, args = query + " AND reviewer = ?", [*args, reviewer]
     if mode is not None:
