@@ -12,8 +12,6 @@ from pathlib import Path
 
 from core.errors import MemoScopeError
 
-DEFAULT_SIZE = {2: 64, 3: 32}
-
 
 def _spec_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D images or 3D volumes (default 2)")
@@ -32,8 +30,8 @@ def _spec(args: argparse.Namespace):  # noqa: ANN202 - returns PreprocessSpec
 
     if args.slices and args.dims != 2:
         raise MemoScopeError("--slices takes 2D slices; use it with --dims 2.")
-    size = args.size or DEFAULT_SIZE[args.dims]
-    return PreprocessSpec((size,) * args.dims, args.resize, args.intensity, tuple(args.ct_window), tuple(args.percentiles))
+    return PreprocessSpec.for_dims(args.dims, args.size, resize=args.resize, intensity=args.intensity,
+                                   ct_window=tuple(args.ct_window), percentiles=tuple(args.percentiles))
 
 
 def _detector_args(parser: argparse.ArgumentParser) -> None:
@@ -83,25 +81,12 @@ def cmd_train_ldm(args: argparse.Namespace) -> None:
     print(f"checkpoint: {last}")
 
 
-def _load_pair(args: argparse.Namespace):  # noqa: ANN202
-    from core.data import check_patient_overlap, load_set
-
-    spec = _spec(args)
-    train = load_set(args.train, spec, role="train", slices=args.slices, skip_bad=args.skip_bad)
-    val = load_set(args.val, spec, role="val", slices=args.slices, skip_bad=args.skip_bad)
-    check_patient_overlap(train, val)
-    return spec, train, val
-
-
 def cmd_train_detector(args: argparse.Namespace) -> None:
-    from core.detector import DetectorConfig, save_detector, train_detector
+    from core.detector import train_from_sources
 
-    spec, train, val = _load_pair(args)
-    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=args.seed, preprocessing=spec.to_dict(),
-                                     **_detector_overrides(args))
-    detector = train_detector(train, val, config, progress=lambda r: print(
-        f"epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
-    digest = save_detector(detector, args.out, overwrite=args.overwrite)
+    detector, digest = train_from_sources(
+        args.train, args.val, _spec(args), args.out, args.slices, args.skip_bad, args.seed, _detector_overrides(args), args.overwrite,
+        progress=lambda r: print(f"epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
     print(f"detector {args.out} (best epoch {detector.best_epoch + 1}, sha256 {digest[:12]})")
 
 

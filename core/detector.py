@@ -33,6 +33,7 @@ from torch import nn
 
 from core.data import ImageSet
 from core.errors import MemoScopeError
+from core.preprocessing import PreprocessSpec
 from core.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
 
 Arch = Literal["resnet18", "resnet50", "convres"]
@@ -253,6 +254,32 @@ def train_detector(
         "versions": versions(),
     }
     return Detector(config, model, history, best_epoch, provenance)
+
+
+def train_from_sources(
+    train_source: str | Path,
+    val_source: str | Path,
+    spec: PreprocessSpec,
+    out: str | Path,
+    slices: str | None = None,
+    skip_bad: bool = False,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Detector, str]:
+    """Load both sets with ``spec`` (patients must not overlap), train a detector, save it to ``out``.
+
+    Returns the detector and its hash (``train-detector`` and the app's background job both call this).
+    """
+    from core.data import check_patient_overlap, load_set
+
+    train = load_set(train_source, spec, role="train", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]
+    val = load_set(val_source, spec, role="val", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]
+    check_patient_overlap(train, val)
+    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {}))
+    detector = train_detector(train, val, config, progress=progress)
+    return detector, save_detector(detector, out, overwrite=overwrite)
 
 
 def save_detector(detector: Detector, folder: str | Path, overwrite: bool = False) -> str:

@@ -201,9 +201,8 @@ def run_job(path: str | Path) -> Job:
 def _spec(params: dict[str, Any]):  # noqa: ANN202 - PreprocessSpec
     from core.preprocessing import PreprocessSpec
 
-    dims = int(params.get("dims", 2))
-    size = int(params.get("size") or (64 if dims == 2 else 32))
-    return PreprocessSpec((size,) * dims, params.get("resize", "resize"), params.get("intensity", "minmax"))
+    return PreprocessSpec.for_dims(int(params.get("dims", 2)), params.get("size"), resize=params.get("resize", "resize"),
+                                   intensity=params.get("intensity", "minmax"))
 
 
 def _run_generate(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
@@ -218,20 +217,14 @@ def _run_generate(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
 
 
 def _run_train_detector(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
-    from core.data import check_patient_overlap, load_set
-    from core.detector import DetectorConfig, save_detector, train_detector
+    from core.detector import train_from_sources
 
-    spec = _spec(params)
     report.update(0, 1, "loading images")
-    train = load_set(params["train"], spec, role="train", slices=params.get("slices"))
-    val = load_set(params["val"], spec, role="val", slices=params.get("slices"))
-    check_patient_overlap(train, val)
     overrides = {k: params[k] for k in ("arch", "epochs", "augmentation", "batch_size") if params.get(k) is not None}
-    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=int(params.get("seed", 0)),
-                                     preprocessing=spec.to_dict(), **overrides)
-    detector = train_detector(train, val, config, progress=lambda r: report.update(
-        r["epoch"], r["epochs"], f"epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
-    digest = save_detector(detector, params["out"], overwrite=True)
+    detector, digest = train_from_sources(
+        params["train"], params["val"], _spec(params), params["out"], params.get("slices"), seed=int(params.get("seed", 0)),
+        overrides=overrides, overwrite=True, progress=lambda r: report.update(
+            r["epoch"], r["epochs"], f"epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
     return {"detector": params["out"], "hash": digest, "best_epoch": detector.best_epoch + 1}
 
 

@@ -18,6 +18,7 @@ from core.errors import MemoScopeError
 
 ResizeMode = Literal["resize", "crop_pad"]
 IntensityRule = Literal["minmax", "ct", "percentile"]
+DEFAULT_SIZE = {2: 64, 3: 32}  # per axis: what the default networks are sized for
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,13 @@ class PreprocessSpec:
     @property
     def spatial_dims(self) -> int:
         return len(self.spatial_size)
+
+    @classmethod
+    def for_dims(cls, dims: int, size: int | None = None, **rules: Any) -> PreprocessSpec:
+        """A cubic/square spec: ``size`` per axis (default 64 in 2D, 32 in 3D) and the intensity rules."""
+        if dims not in DEFAULT_SIZE:
+            raise MemoScopeError(f"dims {dims} must be 2 or 3.")
+        return cls((int(size or DEFAULT_SIZE[dims]),) * dims, **rules)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from core import verdicts
 from core.data import discover
 from core.errors import MemoScopeError
 from core.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
-from core.review import Pair, load_study_set, read_calibration, read_pairs, read_summary
+from core.review import Pair, correlation_histogram, load_study_set, read_calibration, read_pairs, read_summary
 from core.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,27 +92,18 @@ def _pair_images(summary: dict[str, Any], pairs: list[Pair], top: int) -> list[t
 
 
 def _histogram_html(study: Path, tau: float) -> str:
-    cal = read_calibration(study)
-    fig = go.Figure()
-    for values, name in ((cal.train_to_val, "training -> validation (null)"), (cal.val_to_train, "validation -> training (null)"),
-                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
-        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
-    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
-    fig.update_layout(barmode="overlay", width=900, height=380, xaxis_title="best Pearson correlation of embeddings",
-                      yaxis_title="share", margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.3))
+    fig = correlation_histogram(read_calibration(study), tau)
+    fig.update_layout(width=900)  # fixed width for print
     return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
 
 
 def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
     nearest = {(p.synthetic_id, p.train_id): p.similarity for p in pairs if p.rank == 1}
-    detector = {k: ("copy" if s > tau else "not_copy") for k, s in nearest.items()}
+    detector = verdicts.detector_calls(nearest, tau)
     rows = []
     for mode in verdicts.MODES:
-        decisions = verdicts.decisions(study, mode=mode)
-        by: dict[str, dict[tuple[str, str], str]] = {}
-        for d in decisions:
-            by.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
-        names = sorted(by)
+        by = verdicts.by_reviewer(study, mode)
+        names = list(by)
         for k, name in enumerate(names, start=1):
             rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(by[name], detector)))
         for (i, a), (j, b) in combinations(enumerate(names, start=1), 2):

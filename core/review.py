@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import plotly.graph_objects as go
 
 from core.data import ImageSet, load_set
 from core.errors import MemoScopeError
@@ -113,6 +114,18 @@ def threshold_curve(cal: Calibration, points: int = 201) -> dict[str, npt.NDArra
         "memorized_fraction": fraction_above(cal.train_to_synthetic, grid),
         "expected_fpr_copy": fraction_above(cal.val_to_train, grid),
     }
+
+
+def correlation_histogram(cal: Calibration, tau: float) -> go.Figure:
+    """The four best-correlation distributions with the threshold drawn on them (Calibrate page and report)."""
+    fig = go.Figure()
+    for values, name in ((cal.train_to_val, "training -> validation (paper null)"), (cal.val_to_train, "validation -> training (held-out null)"),
+                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
+        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
+    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
+    fig.update_layout(barmode="overlay", xaxis_title="best Pearson correlation of embeddings", yaxis_title="share",
+                      height=380, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,19 @@ def reviewers(study: str | Path) -> list[str]:
     return [row[0] for row in _select(study, "SELECT DISTINCT reviewer FROM verdicts ORDER BY reviewer")]
 
 
+def by_reviewer(study: str | Path, mode: str) -> dict[str, dict[tuple[str, str], str]]:
+    """Each reviewer's current verdicts in ``mode``: ``{reviewer: {(synthetic_id, train_id): verdict}}``."""
+    grouped: dict[str, dict[tuple[str, str], str]] = {}
+    for d in decisions(study, mode=mode):
+        grouped.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
+    return dict(sorted(grouped.items()))
+
+
+def detector_calls(similarities: dict[tuple[str, str], float], tau: float) -> dict[tuple[str, str], str]:
+    """The detector as a rater: ``copy`` where the pair's similarity is above ``tau`` (the scan's rule)."""
+    return {key: ("copy" if value > tau else "not_copy") for key, value in similarities.items()}
+
+
 def blinded_sample(keys: Sequence[tuple[str, str]], similarities: Sequence[float], n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` pairs stratified across the similarity range, in a seeded random order.
 

@@ -19,13 +19,12 @@ tau = _ui.current_threshold(study, summary["threshold"])
 mode = st.radio("Verdicts", ("blinded", "open"), horizontal=True, key="agreement_mode",
                 help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list")
 nearest = {(p.synthetic_id, p.train_id): p.similarity for p in _ui.pairs(study) if p.rank == 1}
-decisions = verdicts.decisions(study, mode=mode)
-names = sorted({d.reviewer for d in decisions})
+by_reviewer = verdicts.by_reviewer(study, mode)
+names = list(by_reviewer)
 if not names:
     st.info(f"No {mode} verdicts yet: record some on the Review page.")
     st.stop()
-by_reviewer = {name: {(d.synthetic_id, d.train_id): d.verdict for d in decisions if d.reviewer == name} for name in names}
-detector = {key: ("copy" if sim > tau else "not_copy") for key, sim in nearest.items()}
+detector = verdicts.detector_calls(nearest, tau)
 
 
 def show(label: str, result: verdicts.Agreement, row_name: str, col_name: str) -> dict[str, object]:

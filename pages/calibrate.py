@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import MemoScopeError
-from core.review import live_metrics, threshold_curve
+from core.review import correlation_histogram, live_metrics, threshold_curve
 from pages import _ui
 
 study = _ui.require_study()
@@ -46,14 +46,7 @@ def controls() -> None:
                f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
                f"(tau {summary['threshold']:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
 
-    fig = go.Figure()
-    for values, name in ((cal.train_to_val, "training -> validation (paper null)"), (cal.val_to_train, "validation -> training (held-out null)"),
-                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
-        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
-    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
-    fig.update_layout(barmode="overlay", xaxis_title="best Pearson correlation of embeddings", yaxis_title="share",
-                      height=380, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.25))
-    st.plotly_chart(fig, key="histograms")
+    st.plotly_chart(correlation_histogram(cal, tau), key="histograms")
 
     curve = threshold_curve(cal)
     fig2 = go.Figure()

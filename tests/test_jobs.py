@@ -82,3 +82,15 @@ def test_eta_and_fraction() -> None:
 def test_unknown_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MemoScopeError, match="job kind"):
         jobs.start_job(tmp_path, "format-disk", {})
+
+
+def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    study = tmp_path / "study"
+    manifest = "data/demo/2d/manifest.csv"
+    job = jobs.start_job(study, "train-detector", {"train": manifest, "val": manifest, "dims": 2, "size": 32, "arch": "convres",
+                                                   "epochs": 1, "out": str(study / "detector")})
+    done = _wait(study, job.id, 300)
+    assert done.status == "done", done.error
+    assert (done.done, done.total) == (1, 1) and len(done.result["hash"]) == 64
+    assert (study / "detector" / "detector.json").is_file()
