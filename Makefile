@@ -22,14 +22,14 @@ run: setup
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false
 
 lint: setup
-	$(PY) -m ruff check core tests benchmarks app.py pages
+	$(PY) -m ruff check core tools tests benchmarks app.py pages
 	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m core demo all --profile full
+	$(PY) -m tools.demo all --profile full
 
 bench: setup
 	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import MemoScopeError
-from core.study import create_study
+from core.common.errors import MemoScopeError
+from core.study.store import create_study
 
 DEFAULT_STUDY = "demo-2d"  # built by `make demo`, committed, opened first
 STUDIES = Path("studies")

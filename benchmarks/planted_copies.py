@@ -16,13 +16,13 @@ import time
 import numpy as np
 import torch
 
-from core.data import ImageSet
-from core.detector import DetectorConfig, embed, train_detector
-from core.metrics import calibrate
-from core.planted import PERTURBATIONS, plant_copies
-from core.preprocessing import PreprocessSpec
-from core.sample_data import REAL_VOLUMES, axial_slices
-from core.search import search_all
+from core.detect.detector import DetectorConfig, embed, train_detector
+from core.detect.metrics import calibrate
+from core.detect.search import search_all
+from core.io.data import ImageSet
+from core.io.preprocessing import PreprocessSpec
+from core.io.sample_data import REAL_VOLUMES, axial_slices
+from tools.planted import PERTURBATIONS, plant_copies
 
 TRAIN = ("mni152", "nibabel-example4d")
 VAL = ("nibabel-anatomical", "dipy-aniso-vox")

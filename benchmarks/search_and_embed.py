@@ -10,8 +10,8 @@ import time
 import numpy as np
 import torch
 
-from core.detector import DetectorConfig, build_encoder, embed
-from core.search import SearchConfig, brute_force, search
+from core.detect.detector import DetectorConfig, build_encoder, embed
+from core.detect.search import SearchConfig, brute_force, search
 
 
 def _time(fn, repeat: int = 1) -> float:  # noqa: ANN001

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from core.errors import MemoScopeError
+from core.common.errors import MemoScopeError
 
 
 def _spec_args(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _spec_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202 - returns PreprocessSpec
-    from core.preprocessing import PreprocessSpec
+    from core.io.preprocessing import PreprocessSpec
 
     if args.slices and args.dims != 2:
         raise MemoScopeError("--slices takes 2D slices; use it with --dims 2.")
@@ -47,7 +47,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    from core.scan import ScanConfig, run_scan
+    from core.study.scan import ScanConfig, run_scan
 
     config = ScanConfig(
         spec=_spec(args), slices=args.slices, threshold_rule=args.threshold_rule, percentile=args.percentile,
@@ -59,7 +59,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from core.generate import generate
+    from core.generative.sample import generate
 
     result = generate(args.checkpoint, args.out, args.n, args.steps, args.scheduler, args.batch_size, args.seed,
                       args.device, args.precision, args.format)
@@ -67,9 +67,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ldm(args: argparse.Namespace) -> None:
-    from core.data import load_set
-    from core.ldm import networks_config
-    from core.train_ldm import TrainLDMConfig, train_ldm
+    from core.generative.ldm import networks_config
+    from core.generative.train import TrainLDMConfig, train_ldm
+    from core.io.data import load_set
 
     spec = _spec(args)
     networks = networks_config(args.networks, spec.spatial_dims, spec.spatial_size) if args.networks else None
@@ -82,7 +82,7 @@ def cmd_train_ldm(args: argparse.Namespace) -> None:
 
 
 def cmd_train_detector(args: argparse.Namespace) -> None:
-    from core.detector import train_from_sources
+    from core.detect.detector import train_from_sources
 
     detector, digest = train_from_sources(
         args.train, args.val, _spec(args), args.out, args.slices, args.skip_bad, args.seed, _detector_overrides(args), args.overwrite,
@@ -93,10 +93,10 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from core.data import load_set
-    from core.detector import embed_set, load_detector
-    from core.preprocessing import PreprocessSpec
-    from core.provenance import atomic_path
+    from core.common.provenance import atomic_path
+    from core.detect.detector import embed_set, load_detector
+    from core.io.data import load_set
+    from core.io.preprocessing import PreprocessSpec
 
     detector = load_detector(args.detector)
     spec = PreprocessSpec.from_dict(detector.config.preprocessing) if detector.config.preprocessing else _spec(args)
@@ -108,7 +108,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from core.ldm import import_checkpoint
+    from core.generative.ldm import import_checkpoint
 
     digest, record = import_checkpoint(args.autoencoder, args.unet, args.config, args.out, overwrite=args.overwrite)
     for part in ("autoencoder", "unet"):
@@ -119,8 +119,8 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from core.data import discover, split_by_patient
-    from core.provenance import atomic_write_text
+    from core.common.provenance import atomic_write_text
+    from core.io.data import discover, split_by_patient
 
     records = discover(args.input)
     train_idx, val_idx = split_by_patient([r.patient_id for r in records], args.val_fraction, args.seed)
@@ -137,36 +137,21 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from core.ldm import checkpoint_hash, read_config
+    from core.generative.ldm import checkpoint_hash, read_config
 
     config = read_config(args.checkpoint)
     print(json.dumps({"checkpoint_hash": checkpoint_hash(args.checkpoint), "latent_shape": config.latent_shape, **config.to_dict()}, indent=2))
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from core import demo
-
-    profile = demo.PROFILES[args.profile]
-    paths = demo.DemoPaths(Path(args.root))
-    if args.action == "build-data":
-        counts = demo.build_data(paths.data)
-        print(f"{sum(c['slices_2d'] for c in counts.values())} slices and {len(counts)} volumes of {len(counts)} subjects -> {paths.data}")
-    elif args.action == "findings":
-        print(f"wrote {demo.write_findings(paths.root, profile)}")
-    else:
-        record = demo.build_all(paths.root, profile, fresh=not args.resume)
-        print(f"demo built in {record['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
-
-
 def cmd_report(args: argparse.Namespace) -> None:
-    from core.report import write_report
+    from core.study.report import write_report
 
     out = args.out or str(Path(args.study) / f"report.{args.format}")
     print(f"wrote {write_report(args.study, out, args.format, args.top)}")
 
 
 def cmd_release(args: argparse.Namespace) -> None:
-    from core.report import release
+    from core.study.report import release
 
     result = release(args.study, args.out, args.threshold, args.exclude_confirmed)
     print(f"released {result.kept} samples to {result.out}; removed {result.removed_by_threshold} above the threshold"
@@ -174,7 +159,7 @@ def cmd_release(args: argparse.Namespace) -> None:
 
 
 def cmd_run_job(args: argparse.Namespace) -> None:
-    from core.jobs import run_job
+    from core.study.jobs import run_job
 
     job = run_job(args.job)
     if job.status != "done":
@@ -263,14 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split)
-
-    p = sub.add_parser("demo", help="rebuild the embedded demo (data, checkpoints, studies, docs/FINDINGS.md)")
-    p.add_argument("action", choices=("all", "build-data", "findings"),
-                   help="all: everything from nothing; build-data: data/demo only; findings: docs/FINDINGS.md from the studies")
-    p.add_argument("--profile", choices=("full", "quick"), default="full", help="full: the committed demo; quick: a CI-sized check")
-    p.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/ (default: here)")
-    p.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
-    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="the ethics-board report of a scanned study (self-contained HTML or PDF)")
     p.add_argument("--study", required=True)

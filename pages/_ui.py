@@ -8,9 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from core import jobs, review
-from core.errors import MemoScopeError
-from core.study import Study
+from core.common.errors import MemoScopeError
+from core.study import jobs, review
+from core.study.store import Study
 
 STUDIES = Path("studies")
 CHECKPOINTS = Path("checkpoints")

@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import verdicts
-from core.review import threshold_curve
+from core.study import verdicts
+from core.study.review import threshold_curve
 from pages import _ui
 
 study = _ui.require_study()

@@ -6,8 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.errors import MemoScopeError
-from core.review import correlation_histogram, live_metrics, threshold_curve
+from core.common.errors import MemoScopeError
+from core.study.review import correlation_histogram, live_metrics, threshold_curve
 from pages import _ui
 
 study = _ui.require_study()

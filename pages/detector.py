@@ -8,8 +8,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.detector import CONFIG_NAME
-from core.study import open_study
+from core.detect.detector import CONFIG_NAME
+from core.study.store import open_study
 from pages import _ui
 
 study = _ui.require_study()

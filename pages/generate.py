@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.data import read_raw
-from core.errors import MemoScopeError
-from core.generate import device_description, resolve_device
-from core.ldm import read_config
-from core.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
+from core.common.errors import MemoScopeError
+from core.generative.ldm import read_config
+from core.generative.sample import device_description, resolve_device
+from core.io.data import read_raw
+from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
 from pages import _ui
 
 study = _ui.require_study()
@@ -53,7 +53,7 @@ with st.form("generate"):
 if submitted and config is not None:
     _ui.start(study, "generate", {"checkpoint": path, "out": out, "n": int(n), "steps": int(steps), "scheduler": scheduler,
                                   "seed": int(seed), "batch_size": int(batch), "device": "auto"})
-    from core.study import open_study
+    from core.study.store import open_study
 
     open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
 

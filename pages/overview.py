@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import jobs
+from core.study import jobs
 from pages import _ui
 
 study = _ui.require_study()

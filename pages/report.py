@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import MemoScopeError
-from core.report import CHROMIUM, release, write_report
+from core.common.errors import MemoScopeError
+from core.study.report import CHROMIUM, release, write_report
 from pages import _ui
 
 study = _ui.require_study()

@@ -7,10 +7,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core import verdicts
-from core.data import ImageSet
-from core.review import display_units, group_by_training, load_study_set, study_spec, worklist
-from core.viewer import (
+from core.io.data import ImageSet
+from core.io.viewer import (
     CT_PRESETS,
     PERCENTILE_PRESETS,
     PLANES,
@@ -24,6 +22,8 @@ from core.viewer import (
     plane_size,
     png_bytes,
 )
+from core.study import verdicts
+from core.study.review import display_units, group_by_training, load_study_set, study_spec, worklist
 from pages import _ui
 
 study = _ui.require_study()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
+from core.study import jobs
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -39,7 +39,7 @@ def test_without_studies_the_app_says_how_to_make_one(tmp_path: Path, monkeypatc
 
 def test_sidebar_offers_the_new_study_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # AppTest reruns only the page script after the first run, so the form's submit handler
-    # (core.study.create_study) is tested in test_study.py and in the browser test.
+    # (core.study.store.create_study) is tested in test_study.py and in the browser test.
     monkeypatch.chdir(tmp_path)
     at = _app()
     assert {"new_name", "new_train", "new_val", "new_checkpoint", "new_synthetic"} <= {t.key for t in at.text_input}
@@ -167,7 +167,7 @@ def _copy_demo(tmp_path: Path) -> Path:
 
 @needs_demo
 def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import verdicts
+    from core.study import verdicts
 
     monkeypatch.chdir(REPO)
     study = _copy_demo(tmp_path)
@@ -205,7 +205,7 @@ def test_blinded_mode_hides_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "similarity" not in header and "copy" not in header and "p-value" not in header
     assert "Top training neighbours" not in [s.value for s in at.subheader]
     at.button(key="verdict_copy").click().run()
-    from core import verdicts
+    from core.study import verdicts
 
     assert verdicts.decisions(study, "rater two", "blinded")[0].verdict == "copy"
 

@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from core.data import discover, load_set, read_raw, split_by_patient
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec
+from core.common.errors import MemoScopeError
+from core.io.data import discover, load_set, read_raw, split_by_patient
+from core.io.preprocessing import PreprocessSpec
 
 SPEC2 = PreprocessSpec((32, 32))
 

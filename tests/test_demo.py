@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core import demo
-from core.ldm import checkpoint_hash, load_ldm
-from core.provenance import sha256_file
+from core.common.provenance import sha256_file
+from core.generative.ldm import checkpoint_hash, load_ldm
+from tools import demo
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = (REPO / "docs" / "FINDINGS.md").is_file()
@@ -86,7 +86,7 @@ class TestCommittedDemo:
 
     def test_findings_match_the_committed_studies(self) -> None:
         assert self.paths.findings.read_text() == demo.findings_markdown(REPO, self.profile), (
-            "docs/FINDINGS.md is stale: run `python -m core demo findings`"
+            "docs/FINDINGS.md is stale: run `python -m tools.demo findings`"
         )
 
     def test_data_rebuilds_byte_for_byte(self, tmp_path: Path) -> None:

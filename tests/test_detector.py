@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import ImageSet
-from core.detector import DetectorConfig, augmentation, build_encoder, embed_set, load_detector, save_detector, train_detector
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec
+from core.common.errors import MemoScopeError
+from core.detect.detector import DetectorConfig, augmentation, build_encoder, embed_set, load_detector, save_detector, train_detector
+from core.io.data import ImageSet
+from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
 
 

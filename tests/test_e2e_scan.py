@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.generate import to_uint16
-from core.planted import plant_copies
-from core.sample_data import REAL_VOLUMES, axial_slices
+from core.generative.sample import to_uint16
+from core.io.sample_data import REAL_VOLUMES, axial_slices
+from tools.planted import plant_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {v.subject: v for v in REAL_VOLUMES}
@@ -77,7 +77,7 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     assert unseen_flagged < 0.5, f"{unseen_flagged:.0%} of real held-out slices flagged"
     assert float(by_id["planted/copy000.png"]["pixel_corr"]) > 0.99
     assert summary["checkpoint_hash"] and summary["detector"]["hash"]
-    assert [r["status"] for r in __import__("core.study", fromlist=["Study"]).Study(study).runs()] == ["done"]
+    assert [r["status"] for r in __import__("core.study.store", fromlist=["Study"]).Study(study).runs()] == ["done"]
 
     # 4. a second scan with the saved detector reuses the cached embeddings
     result = _cli("scan", "--train", str(train_dir), "--val", str(val_dir), "--synthetic", str(syn_dir), "--out", str(study),

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import MemoScopeError
-from core.generate import generate, sample, sample_seed
-from core.ldm import build_autoencoder, build_unet, default_config, load_ldm, save_ldm
+from core.common.errors import MemoScopeError
+from core.generative.ldm import build_autoencoder, build_unet, default_config, load_ldm, save_ldm
+from core.generative.sample import generate, sample, sample_seed
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import jobs
-from core.errors import MemoScopeError
-from core.ldm import build_autoencoder, build_unet, default_config, save_ldm
+from core.common.errors import MemoScopeError
+from core.generative.ldm import build_autoencoder, build_unet, default_config, save_ldm
+from core.study import jobs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.errors import MemoScopeError
-from core.ldm import build_autoencoder, build_unet, default_config, import_checkpoint, load_ldm, load_state_dict_file, save_ldm
+from core.common.errors import MemoScopeError
+from core.generative.ldm import build_autoencoder, build_unet, default_config, import_checkpoint, load_ldm, load_state_dict_file, save_ldm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "generative_0_2_3"
 
@@ -85,7 +85,7 @@ def test_monai_generative_checkpoint_gives_the_original_outputs(tmp_path: Path) 
 def test_monai_own_converter_would_change_outputs() -> None:
     """Why we convert by explicit rules: MONAI 1.6.1's load_old_state_dict alters the networks."""
     config = json.loads((FIXTURE / "kwargs.json").read_text())
-    from core.ldm import LDMConfig
+    from core.generative.ldm import LDMConfig
 
     cfg = LDMConfig.from_dict(config)
     ae = build_autoencoder(cfg).eval()

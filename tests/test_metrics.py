@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import MemoScopeError
-from core.metrics import (
+from core.common.errors import MemoScopeError
+from core.detect.metrics import (
     calibrate,
     empirical_p_values,
     fraction_above,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec, preprocess
+from core.common.errors import MemoScopeError
+from core.io.preprocessing import PreprocessSpec, preprocess
 
 
 @pytest.mark.parametrize("size", [(16, 16), (8, 8, 8)])

@@ -13,11 +13,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pypdf import PdfReader
 
-from core import verdicts
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec
-from core.report import CHROMIUM, PSEUDONYMS, release, write_report
-from core.scan import ScanConfig, run_scan
+from core.common.errors import MemoScopeError
+from core.io.preprocessing import PreprocessSpec
+from core.study import verdicts
+from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
+from core.study.scan import ScanConfig, run_scan
 from tests.conftest import smooth_image
 
 PHI = {

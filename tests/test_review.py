@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec
-from core.review import Calibration, Pair, display_units, group_by_training, live_metrics, read_calibration, threshold_curve, worklist
+from core.common.errors import MemoScopeError
+from core.io.preprocessing import PreprocessSpec
+from core.study.review import Calibration, Pair, display_units, group_by_training, live_metrics, read_calibration, threshold_curve, worklist
 
 REPO = Path(__file__).resolve().parents[1]
 

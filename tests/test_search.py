@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.search import SearchConfig, brute_force, pearson_normalize, search, search_all
+from core.detect.search import SearchConfig, brute_force, pearson_normalize, search, search_all
 
 
 def test_pearson_normalize_gives_correlation() -> None:

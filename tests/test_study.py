@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.study import open_study
+from core.study.store import open_study
 
 
 def test_runs_are_recorded(tmp_path: Path) -> None:
@@ -23,8 +23,8 @@ def test_runs_are_recorded(tmp_path: Path) -> None:
 
 
 def test_create_study_checks_inputs_and_names_the_bad_path(tmp_path: Path, image_folder: Path) -> None:
-    from core.errors import MemoScopeError
-    from core.study import create_study
+    from core.common.errors import MemoScopeError
+    from core.study.store import create_study
 
     with pytest.raises(MemoScopeError, match="nowhere/train.csv"):
         create_study(tmp_path, "s1", {"train": "nowhere/train.csv", "val": str(image_folder)})

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.data import ImageSet
-from core.preprocessing import PreprocessSpec
-from core.train_ldm import TrainLDMConfig, train_ldm
+from core.generative.train import TrainLDMConfig, train_ldm
+from core.io.data import ImageSet
+from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import verdicts
-from core.errors import MemoScopeError
-from core.study import DB_NAME, open_study
+from core.common.errors import MemoScopeError
+from core.study import verdicts
+from core.study.store import DB_NAME, open_study
 
 
 def _writer(study: str, reviewer: str, n: int) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.viewer import (
+from core.io.viewer import (
     CT_PRESETS,
     Window,
     apply_window,

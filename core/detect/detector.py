@@ -16,28 +16,18 @@ import numpy.typing as npt
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import resnet18, resnet50
-from monai.transforms import (
-    Compose,
-    RandAdjustContrast,
-    RandAffine,
-    RandAxisFlip,
-    RandGaussianNoise,
-    RandGaussianSmooth,
-    RandRotate,
-    RandScaleIntensity,
-    RandShiftIntensity,
-)
+from monai.transforms import Compose
 from pytorch_metric_learning.losses import NTXentLoss
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.data import ImageSet
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec
-from core.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
+from core.io.augment import AugmentPolicy, augment_batch, augmentation
+from core.io.data import ImageSet
+from core.io.preprocessing import PreprocessSpec
 
 Arch = Literal["resnet18", "resnet50", "convres"]
-AugmentPolicy = Literal["paper", "strong"]
 CONFIG_NAME = "detector.json"
 WEIGHTS_NAME = "detector.safetensors"
 Progress = Callable[[dict[str, Any]], None]
@@ -125,37 +115,6 @@ def build_encoder(config: DetectorConfig) -> nn.Module:
         num_classes=config.embed_dim,
         conv1_t_stride=2,
     )
-
-
-def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
-    """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
-    angle = math.radians(5.0)
-    third = 0.0 if spatial_dims == 2 else angle  # ranges beyond the image's dimensions are ignored in 2D
-    paper = [
-        RandRotate(range_x=angle, range_y=third, range_z=third, prob=0.5, keep_size=True, padding_mode="border"),
-        RandAxisFlip(prob=0.5),
-    ]
-    if policy == "paper":
-        return Compose(paper)
-    if policy != "strong":
-        raise MemoScopeError(f"augmentation {policy!r} must be 'paper' or 'strong'.")
-    shift = [0.04 * s for s in image_size]
-    return Compose(
-        [
-            *paper,
-            RandAffine(prob=0.5, translate_range=shift, padding_mode="border"),
-            RandScaleIntensity(factors=0.1, prob=0.5),
-            RandShiftIntensity(offsets=0.1, prob=0.5),
-            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
-            RandGaussianSmooth(sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.3),
-            RandGaussianNoise(prob=0.5, std=0.03),
-        ]
-    )
-
-
-def augment_batch(transform: Compose, batch: torch.Tensor) -> torch.Tensor:
-    """Apply a per-sample MONAI transform to ``(B, 1, *S)``; the transform's RNG advances."""
-    return torch.stack([torch.as_tensor(transform(image)).as_subclass(torch.Tensor) for image in batch]).float()
 
 
 def nt_xent(model: nn.Module, batch: torch.Tensor, views: torch.Tensor, loss_fn: NTXentLoss) -> torch.Tensor:
@@ -272,7 +231,7 @@ def train_from_sources(
 
     Returns the detector and its hash (``train-detector`` and the app's background job both call this).
     """
-    from core.data import check_patient_overlap, load_set
+    from core.io.data import check_patient_overlap, load_set
 
     train = load_set(train_source, spec, role="train", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]
     val = load_set(val_source, spec, role="val", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]

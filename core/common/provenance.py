@@ -114,7 +114,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
         target: the folder to create.
         overwrite: replace an existing ``target``; otherwise an existing one is an error.
     """
-    from core.errors import MemoScopeError
+    from core.common.errors import MemoScopeError
 
     target = Path(target)
     if target.exists() and not overwrite:

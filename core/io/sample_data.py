@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from core.preprocessing import PreprocessSpec, is_constant, preprocess
+from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
 
 
 @dataclass(frozen=True)

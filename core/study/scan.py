@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from core.data import ImageSet, SliceAxis, check_patient_overlap, load_set
-from core.detector import Detector, DetectorConfig, embed_set, load_detector, save_detector, train_detector
-from core.metrics import calibrate, empirical_p_values, memorization_metrics, parse_rule, pixel_correlation, ssim
-from core.preprocessing import PreprocessSpec
-from core.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
-from core.search import NeighborTables, SearchConfig, search_all
-from core.study import open_study
+from core.common.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
+from core.detect.detector import Detector, DetectorConfig, embed_set, load_detector, save_detector, train_detector
+from core.detect.metrics import calibrate, empirical_p_values, memorization_metrics, parse_rule, pixel_correlation, ssim
+from core.detect.search import NeighborTables, SearchConfig, search_all
+from core.io.data import ImageSet, SliceAxis, check_patient_overlap, load_set
+from core.io.preprocessing import PreprocessSpec
+from core.study.store import open_study
 
 Log = Callable[[str], None]
 

@@ -13,8 +13,8 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from safetensors.torch import load_file, save_file
 
-from core.errors import MemoScopeError
-from core.provenance import atomic_dir, now_utc, sha256_files, versions
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_dir, now_utc, sha256_files, versions
 
 CONFIG_NAME = "ldm.json"
 AE_WEIGHTS = "autoencoder.safetensors"
@@ -42,7 +42,7 @@ class LDMConfig:
         unet: keyword arguments of ``monai.networks.nets.DiffusionModelUNet``.
         scheduler: DDPM/DDIM schedule keywords (shared by training and sampling).
         scale_factor: latent scaling (1 / std of training latents).
-        preprocessing: the :class:`core.preprocessing.PreprocessSpec` of the training data.
+        preprocessing: the :class:`core.io.preprocessing.PreprocessSpec` of the training data.
         provenance: data, split, epochs, augmentation, seed, versions, time.
     """
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from core import verdicts
-from core.data import discover
-from core.errors import MemoScopeError
-from core.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
-from core.review import Pair, correlation_histogram, load_study_set, read_calibration, read_pairs, read_summary
-from core.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
+from core.io.data import discover
+from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
+from core.study import verdicts
+from core.study.review import Pair, correlation_histogram, load_study_set, read_calibration, read_pairs, read_summary
 
 CHROMIUM = Path("/usr/bin/chromium")
 PSEUDONYMS = "pseudonyms.csv"

@@ -14,9 +14,9 @@ import numpy as np
 import pydicom
 from monai.data import NibabelReader, NumpyReader, PILReader, PydicomReader
 
-from core.errors import MemoScopeError
-from core.preprocessing import PreprocessSpec, is_constant, preprocess
-from core.provenance import sha256_array
+from core.common.errors import MemoScopeError
+from core.common.provenance import sha256_array
+from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
 
 SliceAxis = Literal["axial", "coronal", "sagittal"]
 Role = Literal["train", "val", "synthetic"]

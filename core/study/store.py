@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import MemoScopeError
-from core.provenance import atomic_write_json, now_utc
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_write_json, now_utc
 
 DB_NAME = "study.sqlite"
 STUDY_FILE = "study.json"
@@ -101,7 +101,7 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     ``checkpoint`` (optional), ``dims``, ``size``, ``slices``. Each source is listed the way a
     scan will list it, so a bad path is reported now, by name, and nothing is created.
     """
-    from core.data import discover
+    from core.io.data import discover
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise MemoScopeError("Study name: use letters, digits, '-', '_' or '.', starting with a letter or digit.")

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from scipy import stats
 from skimage.metrics import structural_similarity
 
-from core.errors import MemoScopeError
+from core.common.errors import MemoScopeError
 
 ThresholdRule = Literal["paper", "heldout", "fixed"]
 

@@ -15,11 +15,11 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from tqdm import tqdm
 
-from core.data import ImageSet
-from core.detector import augment_batch, augmentation
-from core.errors import MemoScopeError
-from core.ldm import LDMConfig, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
-from core.provenance import atomic_path, now_utc, sha256_json, versions
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_path, now_utc, sha256_json, versions
+from core.generative.ldm import LDMConfig, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
+from core.io.augment import augment_batch, augmentation
+from core.io.data import ImageSet
 
 STATE_FILE = "train_state.pt"
 _STATE_PARTS = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")

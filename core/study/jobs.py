@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import MemoScopeError
-from core.provenance import atomic_write_json, now_utc
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_write_json, now_utc
 
 JOBS_DIR = "jobs"
 JobKind = Literal["generate", "train-detector", "scan"]
@@ -199,14 +199,14 @@ def run_job(path: str | Path) -> Job:
 
 
 def _spec(params: dict[str, Any]):  # noqa: ANN202 - PreprocessSpec
-    from core.preprocessing import PreprocessSpec
+    from core.io.preprocessing import PreprocessSpec
 
     return PreprocessSpec.for_dims(int(params.get("dims", 2)), params.get("size"), resize=params.get("resize", "resize"),
                                    intensity=params.get("intensity", "minmax"))
 
 
 def _run_generate(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
-    from core.generate import generate
+    from core.generative.sample import generate
 
     result = generate(
         params["checkpoint"], params["out"], int(params["n"]), int(params.get("steps", 50)), params.get("scheduler", "ddim"),
@@ -217,7 +217,7 @@ def _run_generate(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
 
 
 def _run_train_detector(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
-    from core.detector import train_from_sources
+    from core.detect.detector import train_from_sources
 
     report.update(0, 1, "loading images")
     overrides = {k: params[k] for k in ("arch", "epochs", "augmentation", "batch_size") if params.get(k) is not None}
@@ -232,7 +232,7 @@ SCAN_STAGES = ("loaded", "training a detector", "threshold", "wrote")
 
 
 def _run_scan(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
-    from core.scan import ScanConfig, run_scan
+    from core.study.scan import ScanConfig, run_scan
 
     config = ScanConfig(
         spec=_spec(params), slices=params.get("slices"), threshold_rule=params.get("threshold_rule", "paper"),

@@ -16,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
 
-from core.data import ImageSet, load_set
-from core.errors import MemoScopeError
-from core.metrics import Threshold, calibrate, fraction_above, wilson_interval
-from core.preprocessing import PreprocessSpec
+from core.common.errors import MemoScopeError
+from core.detect.metrics import Threshold, calibrate, fraction_above, wilson_interval
+from core.io.data import ImageSet, load_set
+from core.io.preprocessing import PreprocessSpec
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import MemoScopeError
-from core.provenance import now_utc
-from core.study import DB_NAME
+from core.common.errors import MemoScopeError
+from core.common.provenance import now_utc
+from core.study.store import DB_NAME
 
 Verdict = Literal["copy", "not_copy", "unsure"]
 Mode = Literal["open", "blinded"]

@@ -14,7 +14,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
-from core.errors import MemoScopeError
+from core.common.errors import MemoScopeError
 
 ResizeMode = Literal["resize", "crop_pad"]
 IntensityRule = Literal["minmax", "ct", "percentile"]

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from core.errors import MemoScopeError
-from core.ldm import LDM, SchedulerName, build_scheduler, load_ldm
-from core.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
+from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm
 
 Precision = Literal["fp32", "fp16", "bf16"]
 ImageFormat = Literal["png16", "npy"]

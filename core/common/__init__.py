@@ -1,0 +1,1 @@
+"""Foundation: errors, provenance (hashes, versions, atomic writes), config base, progress events, tables."""

@@ -1,0 +1,1 @@
+"""Copy detection: the contrastive encoder, similarity search, calibrated thresholds and metrics."""

@@ -1,0 +1,1 @@
+"""Latent diffusion models: checkpoint format and import, training, sampling."""

@@ -1,0 +1,1 @@
+"""Files in and out: discovery, readers, preprocessing, augmentation, real sample scans, display arithmetic."""

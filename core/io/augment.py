@@ -1,0 +1,54 @@
+"""Augmentation policies for contrastive views and LDM training batches (2D and 3D alike, MONAI transforms)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandAffine,
+    RandAxisFlip,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandRotate,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
+
+from core.common.errors import MemoScopeError
+
+AugmentPolicy = Literal["paper", "strong"]
+
+
+def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
+    """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
+    angle = math.radians(5.0)
+    third = 0.0 if spatial_dims == 2 else angle  # ranges beyond the image's dimensions are ignored in 2D
+    paper = [
+        RandRotate(range_x=angle, range_y=third, range_z=third, prob=0.5, keep_size=True, padding_mode="border"),
+        RandAxisFlip(prob=0.5),
+    ]
+    if policy == "paper":
+        return Compose(paper)
+    if policy != "strong":
+        raise MemoScopeError(f"augmentation {policy!r} must be 'paper' or 'strong'.")
+    shift = [0.04 * s for s in image_size]
+    return Compose(
+        [
+            *paper,
+            RandAffine(prob=0.5, translate_range=shift, padding_mode="border"),
+            RandScaleIntensity(factors=0.1, prob=0.5),
+            RandShiftIntensity(offsets=0.1, prob=0.5),
+            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+            RandGaussianSmooth(sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=0.3),
+            RandGaussianNoise(prob=0.5, std=0.03),
+        ]
+    )
+
+
+def augment_batch(transform: Compose, batch: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample MONAI transform to ``(B, 1, *S)``; the transform's RNG advances."""
+    return torch.stack([torch.as_tensor(transform(image)).as_subclass(torch.Tensor) for image in batch]).float()

@@ -1,0 +1,1 @@
+"""A study: its folder and database, the scan pipeline, typed results, review, verdicts, jobs, report."""

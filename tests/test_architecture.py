@@ -1,0 +1,95 @@
+"""The engine's layers: imports only go down (or sideways within a layer), core never imports streamlit or tools."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORE = REPO / "core"
+
+# Lower number = lower layer. A module may import its own package and anything of a lower layer.
+# `detect` and `generative` share a level but are independent: neither may import the other.
+LAYERS = {"common": 0, "io": 1, "detect": 2, "generative": 2, "study": 3, "cli": 4, "__main__": 5}
+
+
+def _package(module: str) -> str | None:
+    """``core.detect.search`` -> ``detect``; ``core`` itself (its version string) -> ``None``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "core" else None
+
+
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            if node.module == "core":  # `from core import x`: x is the package
+                names += [f"core.{alias.name}" for alias in node.names if not alias.name.startswith("__")]
+    return names
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in CORE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _layer_of(path: Path) -> str:
+    rel = path.relative_to(CORE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def violations() -> list[str]:
+    found = []
+    for path in _modules():
+        here = _layer_of(path)
+        if here == "__init__":
+            continue
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in ("streamlit", "tools", "pages", "app"):
+                found.append(f"{path.relative_to(REPO)} imports {name}: core must not depend on the app or tools")
+                continue
+            target = _package(name)
+            if target is None or target == "__init__" or target == here:
+                continue
+            if target not in LAYERS:
+                found.append(f"{path.relative_to(REPO)} imports {name}: unknown layer {target!r}")
+            elif LAYERS[target] > LAYERS[here] or (LAYERS[target] == LAYERS[here] and target != here):
+                found.append(f"{path.relative_to(REPO)} ({here}) imports {name} ({target}): not a lower layer")
+    return found
+
+
+def test_every_module_sits_in_a_known_layer() -> None:
+    assert {_layer_of(p) for p in _modules()} - {"__init__"} <= set(LAYERS)
+
+
+def test_imports_only_go_down() -> None:
+    assert violations() == []
+
+
+def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule itself bites: an io module importing the study layer is reported."""
+    fake = tmp_path / "core"
+    (fake / "io").mkdir(parents=True)
+    (fake / "io" / "bad.py").write_text("from core.study.results import ScanResults\nimport streamlit\n")
+    monkeypatch.setattr(sys.modules[__name__], "CORE", fake)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = violations()
+    assert any("imports core.study.results (study): not a lower layer" in v for v in found)
+    assert any("streamlit" in v for v in found)
+
+
+def test_pages_never_read_study_files() -> None:
+    """Pages call core; they do not open, glob or parse files themselves."""
+    offenders = []
+    for page in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+        text = page.read_text(encoding="utf-8")
+        for needle in ("json.load", "read_text(", ".glob(", "open(", "csv.", "np.load"):
+            if needle in text:
+                offenders.append(f"{page.name}: {needle}")
+    assert offenders == []
