@@ -9,7 +9,8 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import MemoScopeError
-from core.study import jobs, review
+from core.study import jobs, results
+from core.study.results import Calibration, Pair, ScanResults, ScanSummary
 from core.study.store import Study
 
 STUDIES = Path("studies")
@@ -35,27 +36,30 @@ def _mtime(path: Path) -> float:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _summary(study: str, mtime: float) -> dict[str, Any]:
-    return review.read_summary(study)
+def _summary(study: str, mtime: float) -> ScanSummary:
+    return results.read_summary(study)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _calibration(study: str, mtime: float) -> review.Calibration:
-    return review.read_calibration(study)
+def _calibration(study: str, mtime: float) -> Calibration:
+    return ScanResults.open(study).calibration()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pairs(study: str, mtime: float) -> list[review.Pair]:
-    return review.read_pairs(study)
+def _pairs(study: str, mtime: float) -> list[Pair]:
+    return ScanResults.open(study).pairs()
 
 
-def summary(study: Path) -> dict[str, Any] | None:
-    """The study's scan summary, or ``None`` before the first scan (cached until the file changes)."""
-    path = study / "summary.json"
-    return _summary(str(study), _mtime(path)) if path.is_file() else None
+def _scan_mtime(study: Path) -> float:
+    return _mtime(study / results.SUMMARY)  # the summary is written last: it changes with every rescan
 
 
-def require_summary(study: Path) -> dict[str, Any]:
+def summary(study: Path) -> ScanSummary | None:
+    """The study's scan summary, or ``None`` before the first scan (cached until the study is rescanned)."""
+    return _summary(str(study), _scan_mtime(study)) if results.is_scanned(study) else None
+
+
+def require_summary(study: Path) -> ScanSummary:
     """The study's scan summary; without one, say where to scan and stop the page."""
     found = summary(study)
     if found is None:
@@ -65,12 +69,12 @@ def require_summary(study: Path) -> dict[str, Any]:
     return found
 
 
-def calibration(study: Path) -> review.Calibration:
-    return _calibration(str(study), _mtime(study / "neighbors.npz"))
+def calibration(study: Path) -> Calibration:
+    return _calibration(str(study), _scan_mtime(study))
 
 
-def pairs(study: Path) -> list[review.Pair]:
-    return _pairs(str(study), _mtime(study / "pairs.csv"))
+def pairs(study: Path) -> list[Pair]:
+    return _pairs(str(study), _scan_mtime(study))
 
 
 def inputs(study: Path) -> dict[str, Any]:
@@ -86,11 +90,14 @@ def current_threshold(study: Path, default: float) -> float:
     return float(st.session_state.get(threshold_key(study), default))
 
 
-def start(study: Path, kind: str, params: dict[str, Any]) -> None:
+def start(study: Path, kind: str, options: dict[str, Any]) -> bool:
+    """Start a background job from a form's options; a bad option is shown, nothing starts."""
     try:
-        jobs.start_job(study, kind, params)
+        jobs.start_job(study, kind, options)
     except MemoScopeError as exc:
         st.error(str(exc))
+        return False
+    return True
 
 
 def fmt_seconds(seconds: float | None) -> str:

@@ -9,16 +9,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.study import verdicts
+from core.study.results import nearest_pairs
 from core.study.review import threshold_curve
 from pages import _ui
 
 study = _ui.require_study()
 st.title("Agreement")
 summary = _ui.require_summary(study)
-tau = _ui.current_threshold(study, summary["threshold"])
+tau = _ui.current_threshold(study, summary.tau)
 mode = st.radio("Verdicts", ("blinded", "open"), horizontal=True, key="agreement_mode",
                 help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list")
-nearest = {(p.synthetic_id, p.train_id): p.similarity for p in _ui.pairs(study) if p.rank == 1}
+nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(_ui.pairs(study))}
 by_reviewer = verdicts.by_reviewer(study, mode)
 names = list(by_reviewer)
 if not names:

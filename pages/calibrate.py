@@ -6,7 +6,9 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.common.config import choices
 from core.common.errors import MemoScopeError
+from core.detect.metrics import ThresholdRule
 from core.study.review import correlation_histogram, live_metrics, threshold_curve
 from pages import _ui
 
@@ -21,13 +23,13 @@ key = _ui.threshold_key(study)
 def controls() -> None:
     cols = st.columns([1, 2])
     rule = cols[0].radio("Rule", ("paper", "heldout", "fixed"), horizontal=True, key=f"rule::{study}",
-                         index=("paper", "heldout", "fixed").index(summary["rule"]),
+                         index=choices(ThresholdRule).index(summary.threshold.rule),
                          help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; fixed: your value")
     if rule == "fixed":
-        tau = cols[1].slider("Threshold", -1.0, 1.0, float(st.session_state.get(key, summary["threshold"])), 0.001, key=f"fixed::{study}")
+        tau = cols[1].slider("Threshold", -1.0, 1.0, float(st.session_state.get(key, summary.tau)), 0.001, key=f"fixed::{study}")
         note = "fixed by hand"
     else:
-        percentile = cols[1].slider("Percentile", 50.0, 99.9, float(summary.get("percentile") or 95.0), 0.1, key=f"pct::{study}")
+        percentile = cols[1].slider("Percentile", 50.0, 99.9, float(summary.threshold.percentile or 95.0), 0.1, key=f"pct::{study}")
         try:
             tau = cal.threshold(rule, percentile).value
         except MemoScopeError as exc:
@@ -44,7 +46,7 @@ def controls() -> None:
     cols[3].metric("Expected FPR (copy)", f"{m.fpr_copy:.1%}", help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}")
     st.caption(f"Memorized training {m.memorized_fraction:.1%} (95 % Wilson CI {ml:.1%} to {mh:.1%}); copies {m.copy_fraction:.1%} "
                f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
-               f"(tau {summary['threshold']:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
+               f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
 
     st.plotly_chart(correlation_histogram(cal, tau), key="histograms")
 

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+from core.common.config import choices
 from core.common.errors import MemoScopeError
-from core.generative.ldm import read_config
+from core.generative.ldm import SchedulerName, list_checkpoints, read_config
 from core.generative.sample import device_description, resolve_device
-from core.io.data import read_raw
+from core.io.data import discover, read_raw
 from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
+from core.study.store import open_study
 from pages import _ui
 
 study = _ui.require_study()
 inputs = _ui.inputs(study)
 st.title("Generate samples")
 
-checkpoints = sorted(str(p.parent) for p in _ui.CHECKPOINTS.glob("*/ldm.json"))
+checkpoints = list_checkpoints(_ui.CHECKPOINTS)
 choice = st.selectbox("Checkpoint", [*checkpoints, "other path..."],
                       index=checkpoints.index(inputs["checkpoint"]) if inputs.get("checkpoint") in checkpoints else 0)
 path = st.text_input("Checkpoint folder", value=inputs.get("checkpoint") or "") if choice == "other path..." else choice
@@ -36,7 +37,7 @@ if config is not None:
     for note in config.provenance.get("notes", []):
         st.warning(note)
     with st.expander("ldm.json"):
-        st.json(json.loads(Path(path, "ldm.json").read_text()), expanded=False)
+        st.json(config.to_dict(), expanded=False)
 
 device = resolve_device("auto")
 st.caption(f"Device: {device_description(device)}")
@@ -44,24 +45,25 @@ with st.form("generate"):
     cols = st.columns(5)
     n = cols[0].number_input("Samples", 1, 100_000, 16)
     steps = cols[1].number_input("Steps", 1, 1000, 50)
-    scheduler = cols[2].selectbox("Scheduler", ("ddim", "ddpm"))
+    scheduler = cols[2].selectbox("Scheduler", choices(SchedulerName), index=choices(SchedulerName).index("ddim"))
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
     batch = cols[4].number_input("Batch size", 1, 512, 8)
     out = st.text_input("Output folder", value=str(study / "synthetic"),
                         help="A rerun with the same checkpoint and seed resumes; another checkpoint needs an empty folder.")
     submitted = st.form_submit_button("Start generation", disabled=config is None)
 if submitted and config is not None:
-    _ui.start(study, "generate", {"checkpoint": path, "out": out, "n": int(n), "steps": int(steps), "scheduler": scheduler,
-                                  "seed": int(seed), "batch_size": int(batch), "device": "auto"})
-    from core.study.store import open_study
-
-    open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
+    if _ui.start(study, "generate", {"checkpoint": path, "out": out, "n": int(n), "steps": int(steps), "scheduler": scheduler,
+                                     "seed": int(seed), "batch_size": int(batch), "device": "auto"}):
+        open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
 
 _ui.job_panel(study, "generate")
 
 st.subheader("Gallery")
 folder = Path(inputs.get("synthetic") or study / "synthetic")
-files = sorted(p for p in folder.glob("*") if p.suffix in (".png", ".npy", ".gz")) if folder.is_dir() else []
+try:
+    files = sorted(Path(r.path) for r in discover(folder)) if folder.is_dir() else []
+except MemoScopeError:  # an empty folder: nothing generated yet
+    files = []
 if not files:
     st.caption("No samples yet.")
 else:

@@ -32,10 +32,10 @@ for fmt, mime in (("html", "text/html"), ("pdf", "application/pdf")):
         st.download_button(f"Download {path.name}", path.read_bytes(), file_name=f"{study.name}-{path.name}", mime=mime, key=f"dl_{fmt}")
 
 st.subheader("Release the samples that are not copies")
-tau = _ui.current_threshold(study, summary["threshold"])
+tau = _ui.current_threshold(study, summary.tau)
 with st.form("release"):
     out = st.text_input("Release folder (new or empty)", value=str(Path("releases") / study.name), key="release_out")
-    use_scan = st.radio("Threshold", (f"the scan's ({summary['threshold']:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau")
+    use_scan = st.radio("Threshold", (f"the scan's ({summary.tau:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau")
     exclude = st.checkbox("Also drop samples a reviewer confirmed as copies", value=True, key="release_exclude")
     if st.form_submit_button("Write release"):
         try:

@@ -23,13 +23,14 @@ from core.io.viewer import (
     png_bytes,
 )
 from core.study import verdicts
-from core.study.review import display_units, group_by_training, load_study_set, study_spec, worklist
+from core.study.results import nearest_pairs
+from core.study.review import display_units, group_by_training, load_study_set, worklist
 from pages import _ui
 
 study = _ui.require_study()
 st.title("Review pairs")
 summary = _ui.require_summary(study)
-tau = _ui.current_threshold(study, summary["threshold"])
+tau = _ui.current_threshold(study, summary.tau)
 pairs = _ui.pairs(study)
 
 
@@ -54,7 +55,7 @@ mode = "blinded" if blinded else "open"
 mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode)} if reviewer else {}
 
 if blinded:
-    nearest = [p for p in pairs if p.rank == 1]
+    nearest = nearest_pairs(pairs)
     sample = verdicts.blinded_sample([(p.synthetic_id, p.train_id) for p in nearest], [p.similarity for p in nearest], n_blind, blind_seed)
     by_key = {(p.synthetic_id, p.train_id): p for p in nearest}
     rows = [{"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id} for i, (s, t) in enumerate(sample)]
@@ -117,9 +118,9 @@ with st.container(border=True):
         st.caption(f"{reviewer}: {done}/{len(rows)} judged in this list ({mode})"
                    + (f"; this pair: {current.verdict} at {current.decided_at}" if current else ""))
 
-synthetic = images(str(study), summary["finished_at"], "synthetic")
-train = images(str(study), summary["finished_at"], "train")
-spec = study_spec(summary)
+synthetic = images(str(study), summary.finished_at, "synthetic")
+train = images(str(study), summary.finished_at, "train")
+spec = summary.preprocessing
 syn_index = {s: i for i, s in enumerate(synthetic.ids)}
 train_index = {s: i for i, s in enumerate(train.ids)}
 if row["synthetic_id"] not in syn_index or row["train_id"] not in train_index:
@@ -207,4 +208,4 @@ for col, p in zip(cols, neighbours, strict=False):
     if image.ndim == 3:
         image = orthogonal_slice(image, "axial", image.shape[2] // 2)
     col.image(png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
-              caption=f"#{p.rank} {p.train_id} · r {p.similarity:.3f}" + (" · copy" if p.similarity > tau else ""))
+              caption=f"#{p.rank} {p.train_id} · r {p.similarity:.3f}" + (" · copy" if p.is_copy(tau) else ""))

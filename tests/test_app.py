@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.study import jobs
+from core.study.results import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -51,11 +52,11 @@ def test_overview_opens_the_demo_with_its_numbers(monkeypatch: pytest.MonkeyPatc
     at = _app()
     _ok(at)
     assert at.selectbox(key="study_select").value == "demo-2d"
-    summary = json.loads((DEMO_2D / "summary.json").read_text())
+    summary = read_summary(DEMO_2D)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Threshold"] == f"{summary['threshold']:.3f}"
-    assert metrics["Synthetic copies"] == f"{summary['copy_fraction']['value']:.1%}"
-    assert metrics["Memorized training"] == f"{summary['memorized_training_fraction']['value']:.1%}"
+    assert metrics["Threshold"] == f"{summary.tau:.3f}"
+    assert metrics["Synthetic copies"] == f"{summary.copies.value:.1%}"
+    assert metrics["Memorized training"] == f"{summary.memorized.value:.1%}"
 
 
 @needs_demo
@@ -65,17 +66,17 @@ def test_calibrate_slider_moves_the_threshold_and_counts(monkeypatch: pytest.Mon
     at = _app(study)
     at.switch_page("pages/calibrate.py").run()
     _ok(at)
-    summary = json.loads((DEMO_2D / "summary.json").read_text())
+    summary = read_summary(DEMO_2D)
     metrics = {m.label: m.value for m in at.metric}
     # at the scan's own rule and percentile the live counts equal the scan's
-    assert metrics["Threshold"] == f"{summary['threshold']:.3f}"
-    assert metrics["Copies among samples"].startswith(f"{summary['counts']['copies']}/{summary['counts']['synthetic']}")
-    assert metrics["Memorized training"].startswith(f"{summary['counts']['memorized']}/{summary['counts']['train']}")
+    assert metrics["Threshold"] == f"{summary.tau:.3f}"
+    assert metrics["Copies among samples"].startswith(f"{summary.copies.count}/{summary.inputs['synthetic'].n}")
+    assert metrics["Memorized training"].startswith(f"{summary.memorized.count}/{summary.inputs['train'].n}")
     at.slider(key=f"pct::{study}").set_value(60.0).run()
     _ok(at)
     lower = {m.label: m.value for m in at.metric}
-    assert float(lower["Threshold"]) < summary["threshold"]
-    assert int(lower["Copies among samples"].split("/")[0]) >= summary["counts"]["copies"]
+    assert float(lower["Threshold"]) < summary.tau
+    assert int(lower["Copies among samples"].split("/")[0]) >= summary.copies.count
     at.radio(key=f"rule::{study}").set_value("fixed").run()
     at.slider(key=f"fixed::{study}").set_value(1.0).run()
     _ok(at)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from core.common.provenance import sha256_file
+from core.detect.metrics import Fraction
 from core.generative.ldm import checkpoint_hash, load_ldm
+from core.study.results import read_summary
 from tools import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,21 +44,22 @@ def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None
 
 
 def test_compare_respects_intervals() -> None:
-    low = {"value": 0.1, "low": 0.05, "high": 0.15}
-    high = {"value": 0.5, "low": 0.4, "high": 0.6}
-    near = {"value": 0.12, "low": 0.07, "high": 0.2}
+    def f(value: float, low: float, high: float) -> Fraction:
+        return Fraction(0, 1, value, low, high, "test")
+
+    low, high, near = f(0.1, 0.05, 0.15), f(0.5, 0.4, 0.6), f(0.12, 0.07, 0.2)
     assert demo.compare(low, high).startswith("clearly higher")
     assert demo.compare(high, low).startswith("clearly lower")
     assert demo.compare(low, near).startswith("higher, within overlapping")
     assert demo.compare(near, low).startswith("lower, within overlapping")
-    assert demo.compare(low, dict(low)) == "the same as"
+    assert demo.compare(low, f(0.1, 0.05, 0.15)) == "the same as"
 
 
 @pytest.mark.slow
 def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     """The CI-sized recipe: same commands as `make demo`, a few epochs and samples."""
     profile = demo.PROFILES["quick"]
-    record = demo.build_all(tmp_path, profile, log=lambda _: None)
+    record = demo.build_all(tmp_path, profile)
     paths = demo.DemoPaths(tmp_path)
     assert set(record["seconds"]) == {"data", "ldm_training", "detector_training", "generate_and_scan"}
     for model in demo.demo_models(profile):
@@ -67,9 +70,9 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
         assert provenance["training"]["augment"] == (model.variant == "aug")
         assert provenance["split"]["role"] == "train" and provenance["data"]["n_patients"] == len(demo.TRAIN_SUBJECTS)
         assert provenance["versions"]["torch"]
-        summary = json.loads((paths.studies / model.study / "summary.json").read_text())
-        assert summary["checkpoint_hash"] == checkpoint_hash(folder)
-        assert summary["counts"]["synthetic"] == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
+        summary = read_summary(paths.studies / model.study)
+        assert summary.checkpoint_hash == checkpoint_hash(folder)
+        assert summary.inputs['synthetic'].n == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
     assert "expected to memorize" in " ".join(json.loads((paths.checkpoints / "demo-3d-e0002" / "ldm.json").read_text())["provenance"]["notes"])
     # the two early snapshots differ only by augmentation: their weights must differ
     assert checkpoint_hash(paths.checkpoints / "demo-2d-noaug-e0001") != checkpoint_hash(paths.checkpoints / "demo-2d-aug-e0001")
@@ -103,6 +106,6 @@ class TestCommittedDemo:
         for model in demo.demo_models(self.profile):
             folder = self.paths.checkpoints / model.checkpoint
             load_ldm(folder)
-            summary = json.loads((self.paths.studies / model.study / "summary.json").read_text())
-            assert summary["checkpoint_hash"] == checkpoint_hash(folder)
-            assert not Path(summary["inputs"]["train"]["source"]).is_absolute(), "committed studies must not hold machine paths"
+            summary = read_summary(self.paths.studies / model.study)
+            assert summary.checkpoint_hash == checkpoint_hash(folder)
+            assert not Path(summary.source('train')).is_absolute(), "committed studies must not hold machine paths"

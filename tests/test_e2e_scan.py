@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from PIL import Image
 
 from core.generative.sample import to_uint16
 from core.io.sample_data import REAL_VOLUMES, axial_slices
+from core.study.results import read_summary
 from tools.planted import plant_copies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
                   "--detector-epochs", "25", "--cache-dir", str(tmp_path / "cache"), "--k", "3")
     assert result.returncode == 0, result.stderr
     study = tmp_path / "study"
-    summary = json.loads((study / "summary.json").read_text())
-    assert summary["counts"] == {**summary["counts"], "train": len(train_all), "val": n_val, "synthetic": 4 + len(planted.images)}
+    summary = read_summary(study)
+    assert [summary.inputs[r].n for r in ("train", "val", "synthetic")] == [len(train_all), n_val, 4 + len(planted.images)]
     pairs = [r for r in csv.DictReader(open(study / "pairs.csv")) if r["rank"] == "1"]
     by_id = {r["synthetic_id"]: r for r in pairs}
     train_ids = sorted(p.relative_to(train_dir).as_posix() for p in train_dir.rglob("*.png"))
@@ -76,12 +76,12 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     unseen_flagged = np.mean([by_id[f"unseen/real{j:03d}.png"]["is_copy"] == "1" for j in range(len(unseen))])
     assert unseen_flagged < 0.5, f"{unseen_flagged:.0%} of real held-out slices flagged"
     assert float(by_id["planted/copy000.png"]["pixel_corr"]) > 0.99
-    assert summary["checkpoint_hash"] and summary["detector"]["hash"]
+    assert summary.checkpoint_hash and summary.detector.hash
     assert [r["status"] for r in __import__("core.study.store", fromlist=["Study"]).Study(study).runs()] == ["done"]
 
     # 4. a second scan with the saved detector reuses the cached embeddings
     result = _cli("scan", "--train", str(train_dir), "--val", str(val_dir), "--synthetic", str(syn_dir), "--out", str(study),
                   "--detector", str(study / "detector"), "--threshold-rule", "heldout", "--k", "3", "--cache-dir", str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
-    again = json.loads((study / "summary.json").read_text())
-    assert all(v["embeddings_cached"] for v in again["inputs"].values()) and again["rule"] == "heldout"
+    again = read_summary(study)
+    assert all(v.embeddings_cached for v in again.inputs.values()) and again.threshold.rule == "heldout"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.common.errors import MemoScopeError
 from core.generative.ldm import build_autoencoder, build_unet, default_config, load_ldm, save_ldm
-from core.generative.sample import generate, sample, sample_seed
+from core.generative.sample import GenerateConfig, generate, sample, sample_seed
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,12 @@ def test_sample_depends_only_on_seed_and_index(checkpoint_2d: Path, scheduler: s
 
 def test_generate_writes_png16_manifest_and_resumes(checkpoint_2d: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen"
-    first = generate(checkpoint_2d, out, n=3, steps=2, batch_size=2, device="cpu", show_bar=False)
+    first = generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=3, steps=2, batch_size=2, device="cpu"))
     assert first.n_written == 3
     png = np.asarray(Image.open(out / "sample_000000.png"))
     assert png.shape == (16, 16) and png.dtype == np.uint16
     before = (out / "sample_000000.png").read_bytes()
-    second = generate(checkpoint_2d, out, n=5, steps=2, batch_size=3, device="cpu", show_bar=False)
+    second = generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=5, steps=2, batch_size=3, device="cpu"))
     assert (second.n_written, second.n_skipped) == (2, 3)
     assert (out / "sample_000000.png").read_bytes() == before
     rows = list(csv.DictReader(open(out / "manifest.csv")))
@@ -55,15 +55,15 @@ def test_generate_writes_png16_manifest_and_resumes(checkpoint_2d: Path, tmp_pat
 
 
 def test_generate_refuses_a_folder_of_another_seed(checkpoint_2d: Path, tmp_path: Path) -> None:
-    generate(checkpoint_2d, tmp_path / "g", n=1, steps=1, device="cpu", show_bar=False)
+    generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=1, steps=1, device="cpu"))
     with pytest.raises(MemoScopeError, match="another checkpoint, seed"):
-        generate(checkpoint_2d, tmp_path / "g", n=2, steps=1, seed=5, device="cpu", show_bar=False)
+        generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=2, steps=1, seed=5, device="cpu"))
 
 
 def test_generate_3d_writes_nifti(tmp_path: Path) -> None:
     config = default_config(3, (16, 16, 16))
     save_ldm(tmp_path / "ck", config, build_autoencoder(config), build_unet(config))
-    generate(tmp_path / "ck", tmp_path / "g", n=1, steps=1, device="cpu", show_bar=False)
+    generate(GenerateConfig(checkpoint=str(tmp_path / "ck"), out=str(tmp_path / "g"), n=1, steps=1, device="cpu"))
     assert nib.load(tmp_path / "g" / "sample_000000.nii.gz").shape == (16, 16, 16)
 
 
@@ -71,4 +71,4 @@ def test_missing_gpu_is_a_clear_error(checkpoint_2d: Path, tmp_path: Path) -> No
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(MemoScopeError, match="no CUDA GPU"):
-        generate(checkpoint_2d, tmp_path / "g", n=1, device="cuda")
+        generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=1, device="cuda"))

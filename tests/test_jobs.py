@@ -88,8 +88,8 @@ def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(REPO)
     study = tmp_path / "study"
     manifest = "data/demo/2d/manifest.csv"
-    job = jobs.start_job(study, "train-detector", {"train": manifest, "val": manifest, "dims": 2, "size": 32, "arch": "convres",
-                                                   "epochs": 1, "out": str(study / "detector")})
+    job = jobs.start_job(study, "train-detector", {"train": manifest, "val": manifest, "dims": 2, "size": 32, "out": str(study / "detector"),
+                                                   "overwrite": True, "overrides": {"arch": "convres", "epochs": 1}})
     done = _wait(study, job.id, 300)
     assert done.status == "done", done.error
     assert (done.done, done.total) == (1, 1) and len(done.result["hash"]) == 64

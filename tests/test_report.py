@@ -17,6 +17,7 @@ from core.common.errors import MemoScopeError
 from core.io.preprocessing import PreprocessSpec
 from core.study import verdicts
 from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
+from core.study.results import read_summary
 from core.study.scan import ScanConfig, run_scan
 from tests.conftest import smooth_image
 
@@ -76,9 +77,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(6):  # three exact copies of training scans, three new images
         image = train[i] if i < 3 else _u16(smooth_image(rng, (32, 32)))
         Image.fromarray(image).save(root / "synthetic" / f"sample_{i:06d}.png")
-    config = ScanConfig(spec=PreprocessSpec((32, 32)), threshold_rule="paper", percentile=50.0, k=3,
+    config = ScanConfig(train=str(root / "train"), val=str(root / "val"), synthetic=str(root / "synthetic"), out=str(root / "study"),
+                        spec=PreprocessSpec((32, 32)), threshold_rule="paper", percentile=50.0, k=3,
                         detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8})
-    run_scan(root / "train", root / "val", root / "synthetic", root / "study", config, log=lambda _: None)
+    run_scan(config)
     verdicts.record(root / "study", "rater one", "sample_000003.png", _nearest(root / "study", "sample_000003.png"), "copy")
     return root / "study"
 
@@ -98,10 +100,10 @@ def _assert_no_phi(text: str, where: str) -> None:
 def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     out = write_report(study, tmp_path / "report.html", "html")
     text = out.read_text()
-    summary = json.loads((study / "summary.json").read_text())
-    assert f"tau = <b>{summary['threshold']:.3f}</b>" in text
-    copies = summary["copy_fraction"]
-    assert f"{copies['value']:.1%} ({copies['count']}/{copies['total']}" in text
+    summary = read_summary(study)
+    assert f"tau = <b>{summary.tau:.3f}</b>" in text
+    copies = summary.copies
+    assert f"{copies.value:.1%} ({copies.count}/{copies.total}" in text
     assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded
     assert "train-00001" in text and "patient-0001" in text
     _assert_no_phi(text, "HTML report")
@@ -113,19 +115,19 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
 def test_pdf_report_text_matches_summary_and_has_no_phi(study: Path, tmp_path: Path) -> None:
     out = write_report(study, tmp_path / "report.pdf", "pdf")
     text = "\n".join(page.extract_text() for page in PdfReader(out).pages)
-    summary = json.loads((study / "summary.json").read_text())
-    assert f"{summary['threshold']:.3f}" in text
-    mem = summary["memorized_training_fraction"]
-    assert f"{mem['count']}/{mem['total']}" in text
+    summary = read_summary(study)
+    assert f"{summary.tau:.3f}" in text
+    mem = summary.memorized
+    assert f"{mem.count}/{mem.total}" in text
     _assert_no_phi(text, "PDF report")
     assert not (tmp_path / "report.html").exists()
 
 
 def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path) -> None:
-    summary = json.loads((study / "summary.json").read_text())
+    summary = read_summary(study)
     plain = release(study, tmp_path / "plain")
-    assert plain.kept + plain.removed_by_threshold == summary["counts"]["synthetic"]
-    assert plain.removed_by_threshold == summary["counts"]["copies"]
+    assert plain.kept + plain.removed_by_threshold == summary.inputs['synthetic'].n
+    assert plain.removed_by_threshold == summary.copies.count
     strict = release(study, tmp_path / "strict", exclude_confirmed=True)
     assert strict.kept == plain.kept - strict.removed_as_confirmed
     record = json.loads((tmp_path / "strict" / "release.json").read_text())
@@ -138,5 +140,5 @@ def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path)
     with pytest.raises(MemoScopeError, match="not empty"):
         release(study, tmp_path / "strict")
     none = release(study, tmp_path / "none", threshold=1.0)
-    assert none.kept == summary["counts"]["synthetic"]
+    assert none.kept == summary.inputs['synthetic'].n
     assert "released at threshold 1.000 (given for the release)" in (tmp_path / "none" / "report.html").read_text()

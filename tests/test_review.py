@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import pytest
 
 from core.common.errors import MemoScopeError
 from core.io.preprocessing import PreprocessSpec
-from core.study.review import Calibration, Pair, display_units, group_by_training, live_metrics, read_calibration, threshold_curve, worklist
+from core.study.results import Calibration, Pair, ScanResults, read_summary
+from core.study.review import display_units, group_by_training, live_metrics, threshold_curve, worklist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,9 +62,9 @@ def test_ct_images_go_back_to_hounsfield_units() -> None:
 @pytest.mark.parametrize("name", ["demo-2d", "demo-3d"])
 def test_live_counts_at_the_scan_threshold_equal_the_scan(name: str) -> None:
     study = REPO / "studies" / name
-    summary = json.loads((study / "summary.json").read_text())
-    cal = read_calibration(study)
-    m = live_metrics(cal, summary["threshold"])
-    assert (m.memorized, m.copies) == (summary["counts"]["memorized"], summary["counts"]["copies"])
-    assert m.fpr_copy == pytest.approx(summary["expected_false_positive_rate"]["copy"])
-    assert cal.threshold(summary["rule"], summary["percentile"]).value == pytest.approx(summary["threshold"])
+    summary = read_summary(study)
+    cal = ScanResults.open(study).calibration()
+    m = live_metrics(cal, summary.tau)
+    assert (m.memorized, m.copies) == (summary.memorized.count, summary.copies.count)
+    assert m.fpr_copy == pytest.approx(summary.expected_fpr_copy)
+    assert cal.threshold(summary.threshold.rule, summary.threshold.percentile).value == pytest.approx(summary.tau)

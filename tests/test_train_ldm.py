@@ -25,11 +25,11 @@ def images() -> ImageSet:
 
 def test_checkpoints_and_resume_match_an_uninterrupted_run(images: ImageSet, tmp_path: Path) -> None:
     cfg = TrainLDMConfig(ae_epochs=2, epochs=2, batch_size=4, save_every=1, augment=True, adversarial=True)
-    full = train_ldm(images, tmp_path / "full", cfg, show_bar=False)
+    full = train_ldm(images, tmp_path / "full", cfg)
     assert (tmp_path / "full" / "epoch-0001" / "ldm.json").is_file()
     # interrupted after the autoencoder phase, then resumed
-    train_ldm(images, tmp_path / "part", TrainLDMConfig(**{**cfg.__dict__, "epochs": 0}), show_bar=False)
-    resumed = train_ldm(images, tmp_path / "part", cfg, show_bar=False)
+    train_ldm(images, tmp_path / "part", cfg.replace(epochs=0))
+    resumed = train_ldm(images, tmp_path / "part", cfg)
     a, b = load_file(full / "unet.safetensors"), load_file(resumed / "unet.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)

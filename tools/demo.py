@@ -11,8 +11,8 @@
    scans (``scan``, one detector per data set so that checkpoints are compared on one scale);
 4. ``docs/FINDINGS.md`` from the committed studies (:func:`findings_markdown`).
 
-Every step calls the command line in-process, so the demo is built exactly as a user would build
-it. Each step is a function of the paths it is given; nothing is kept between steps but files.
+Every step calls the engine's own functions with the same configs the command line builds, so the
+demo is built exactly as a user would build it. Each step is a function of the paths it is given; nothing is kept between steps but files.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import shutil
 import statistics
@@ -35,12 +36,20 @@ import numpy as np
 from PIL import Image
 
 from core.common.errors import MemoScopeError
+from core.common.progress import logged, silent
 from core.common.provenance import atomic_dir, atomic_write_json, atomic_write_text, now_utc, sha256_file, versions
-from core.generative.sample import to_uint16
+from core.detect.detector import TrainDetectorConfig, train_from_sources
+from core.detect.metrics import Fraction
+from core.generative.ldm import networks_config, read_config
+from core.generative.sample import GenerateConfig, generate, to_uint16
+from core.generative.train import TrainLDMConfig, train_ldm
+from core.io.data import load_set
+from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
+from core.study.results import ScanResults, ScanSummary, is_scanned
+from core.study.scan import ScanConfig, run_scan
 
-Log = Callable[[str], None]
-MEM, COPY = "memorized_training_fraction", "copy_fraction"  # keys of a scan's summary.json
+logger = logging.getLogger(__name__)
 
 # Split by subject (one volume per subject), never by slice.
 TRAIN_SUBJECTS = ("mni152", "nibabel-example4d", "dipy-s0-10slices")
@@ -230,14 +239,6 @@ def sources_markdown(counts: dict[str, dict[str, Any]], size_2d: int, size_3d: i
     return "\n".join(lines)
 
 
-def _cli(argv: list[str], log: Log) -> None:
-    from core.cli import main
-
-    log("$ python -m core " + " ".join(argv))
-    if main(argv) != 0:
-        raise MemoScopeError(f"demo step failed: python -m core {' '.join(argv)}")
-
-
 def _rel(path: Path, root: Path) -> str:
     """``path`` relative to the working folder when below it (so that a demo built in the
     repository records no machine paths), else absolute. ``root`` is only checked to exist."""
@@ -249,7 +250,15 @@ def _rel(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def train_models(paths: DemoPaths, profile: DemoProfile, log: Log) -> None:
+def _train_ldm(manifest: Path, out: Path, dims: int, networks: Path, options: dict[str, Any]) -> None:
+    spec = PreprocessSpec.for_dims(dims)
+    logger.info("train-ldm %s -> %s", manifest, out)
+    images = load_set(manifest, spec, role="train")
+    config = TrainLDMConfig.from_dict({"seed": 0, **options})
+    train_ldm(images, out, config, networks_config(networks, dims, spec.spatial_size), progress=logged(logger, silent))
+
+
+def train_models(paths: DemoPaths, profile: DemoProfile) -> None:
     """Train the 2D and 3D LDMs into ``build/demo`` and copy the chosen snapshots to ``checkpoints/``."""
     r = paths.root
     networks = paths.build / "networks"
@@ -258,18 +267,15 @@ def train_models(paths: DemoPaths, profile: DemoProfile, log: Log) -> None:
         atomic_write_json(networks / f"{dims}d.json", spec)
     early, converged, over = profile.stages_2d
     for variant in VARIANTS:
-        argv = ["train-ldm", "--data", _rel(paths.manifest(2), r), "--out", _rel(paths.build / f"ldm-2d-{variant}", r),
-                "--dims", "2", "--size", "64", "--ae-epochs", str(profile.ae_epochs_2d), "--epochs", str(over),
-                "--save-at", str(early), str(converged), "--networks", _rel(networks / "2d.json", r), "--seed", "0",
-                "--note", f"MemoScope demo ({profile.name} profile): snapshots after {early} (early), {converged} (converged) "
-                f"and {over} (over-trained) UNet epochs."]
-        if variant == "aug":
-            argv.append("--augment")
-        _cli(argv, log)
-    n_3d = len(TRAIN_SUBJECTS)
-    _cli(["train-ldm", "--data", _rel(paths.manifest(3), r), "--out", _rel(paths.build / "ldm-3d", r), "--dims", "3",
-          "--size", "32", "--ae-epochs", str(profile.ae_epochs_3d), "--epochs", str(profile.epochs_3d), "--batch-size", "4",
-          "--networks", _rel(networks / "3d.json", r), "--seed", "0", "--note", NOTE_3D.format(n=n_3d)], log)
+        note = (f"MemoScope demo ({profile.name} profile): snapshots after {early} (early), {converged} (converged) "
+                f"and {over} (over-trained) UNet epochs.")
+        _train_ldm(Path(_rel(paths.manifest(2), r)), Path(_rel(paths.build / f"ldm-2d-{variant}", r)), 2,
+                   Path(_rel(networks / "2d.json", r)),
+                   {"ae_epochs": profile.ae_epochs_2d, "epochs": over, "save_at": [early, converged], "notes": [note],
+                    "augment": variant == "aug"})
+    _train_ldm(Path(_rel(paths.manifest(3), r)), Path(_rel(paths.build / "ldm-3d", r)), 3, Path(_rel(networks / "3d.json", r)),
+               {"ae_epochs": profile.ae_epochs_3d, "epochs": profile.epochs_3d, "batch_size": 4,
+                "notes": [NOTE_3D.format(n=len(TRAIN_SUBJECTS))]})
     for model in demo_models(profile):
         run = paths.build / (f"ldm-2d-{model.variant}" if model.dims == 2 else "ldm-3d")
         snapshot = run / ("last" if model.epoch == (over if model.dims == 2 else profile.epochs_3d) else f"epoch-{model.epoch:04d}")
@@ -277,36 +283,39 @@ def train_models(paths: DemoPaths, profile: DemoProfile, log: Log) -> None:
         with atomic_dir(target, overwrite=True) as tmp:
             for item in snapshot.iterdir():
                 shutil.copy2(item, tmp / item.name)
-        log(f"checkpoint {model.checkpoint} <- {_rel(snapshot, r)}")
+        logger.info("checkpoint %s <- %s", model.checkpoint, _rel(snapshot, r))
 
 
-def train_detectors(paths: DemoPaths, profile: DemoProfile, log: Log) -> None:
+def train_detectors(paths: DemoPaths, profile: DemoProfile) -> None:
     """One contrastive detector per data set (the paper's encoder; ResNet-18 would not fit 40 MB)."""
     r = paths.root
-    for dims, size in ((2, 64), (3, 32)):
+    for dims in (2, 3):
         manifest = _rel(paths.manifest(dims), r)
-        _cli(["train-detector", "--train", manifest, "--val", manifest, "--out", _rel(paths.checkpoints / f"demo-{dims}d-detector", r),
-              "--dims", str(dims), "--size", str(size), "--arch", "convres", "--detector-epochs", str(profile.detector_epochs),
-              "--seed", "0", "--overwrite"], log)
+        config = config_from_options(TrainDetectorConfig, {
+            "train": manifest, "val": manifest, "out": _rel(paths.checkpoints / f"demo-{dims}d-detector", r), "dims": dims,
+            "seed": 0, "overwrite": True, "overrides": {"arch": "convres", "epochs": profile.detector_epochs}})
+        logger.info("train-detector -> %s", config.out)
+        train_from_sources(config, progress=logged(logger, silent))
 
 
-def generate_and_scan(paths: DemoPaths, profile: DemoProfile, log: Log) -> None:
+def generate_and_scan(paths: DemoPaths, profile: DemoProfile) -> None:
     """Samples of every checkpoint (seed 0 for all: common random numbers) and their scans."""
     r = paths.root
     for model in demo_models(profile):
         study = paths.studies / model.study
         if study.exists():
             shutil.rmtree(study)
-        n = profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d
         synthetic = _rel(study / "synthetic", r)
-        _cli(["generate", "--checkpoint", _rel(paths.checkpoints / model.checkpoint, r), "--out", synthetic, "--n", str(n),
-              "--steps", str(profile.steps), "--scheduler", "ddim", "--batch-size", "16", "--seed", "0", "--device", "cpu"], log)
-        percentile = profile.percentile_2d if model.dims == 2 else profile.percentile_3d
+        generate(GenerateConfig(
+            checkpoint=_rel(paths.checkpoints / model.checkpoint, r), out=synthetic,
+            n=profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d, steps=profile.steps,
+            batch_size=16, seed=0, device="cpu"), progress=logged(logger, silent))
         manifest = _rel(paths.manifest(model.dims), r)
-        _cli(["scan", "--train", manifest, "--val", manifest, "--synthetic", synthetic, "--out", _rel(study, r),
-              "--detector", _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r), "--dims", str(model.dims),
-              "--threshold-rule", "paper", "--percentile", f"{percentile:g}", "--k", "5", "--seed", "0",
-              "--cache-dir", _rel(paths.build / "embeddings", r)], log)
+        run_scan(config_from_options(ScanConfig, {
+            "train": manifest, "val": manifest, "synthetic": synthetic, "out": _rel(study, r), "dims": model.dims,
+            "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r), "threshold_rule": "paper",
+            "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d, "k": 5, "seed": 0,
+            "cache_dir": _rel(paths.build / "embeddings", r)}), progress=logged(logger, silent))
 
 
 def clean(paths: DemoPaths, profile: DemoProfile) -> None:
@@ -322,7 +331,7 @@ def clean(paths: DemoPaths, profile: DemoProfile) -> None:
             target.unlink()
 
 
-def build_all(root: str | Path, profile: DemoProfile, fresh: bool = True, log: Log = print) -> dict[str, Any]:
+def build_all(root: str | Path, profile: DemoProfile, fresh: bool = True) -> dict[str, Any]:
     """Rebuild data, checkpoints, studies and FINDINGS.md under ``root``; returns the build record."""
     paths = DemoPaths(Path(root))
     if fresh:
@@ -330,14 +339,14 @@ def build_all(root: str | Path, profile: DemoProfile, fresh: bool = True, log: L
     timings: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("data", lambda: build_data(paths.data)),
-        ("ldm_training", lambda: train_models(paths, profile, log)),
-        ("detector_training", lambda: train_detectors(paths, profile, log)),
-        ("generate_and_scan", lambda: generate_and_scan(paths, profile, log)),
+        ("ldm_training", lambda: train_models(paths, profile)),
+        ("detector_training", lambda: train_detectors(paths, profile)),
+        ("generate_and_scan", lambda: generate_and_scan(paths, profile)),
     ]
     started = now_utc()
     for name, step in steps:
         clock = time.perf_counter()
-        log(f"== demo: {name}")
+        logger.info("== demo: %s", name)
         step()
         timings[name] = round(time.perf_counter() - clock, 1)
     record = {
@@ -363,7 +372,7 @@ class ModelResult:
     """What FINDINGS.md reports for one checkpoint, read back from its study and checkpoint."""
 
     model: DemoModel
-    summary: dict[str, Any]
+    summary: ScanSummary
     ldm: dict[str, Any]
     copy_pixel_corr: float | None  # median pixel correlation of flagged copies and their nearest training scan
     novel_pixel_corr: float | None
@@ -375,37 +384,34 @@ def _median(values: list[float]) -> float | None:
 
 def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
     study = paths.studies / model.study
-    summary_path = study / "summary.json"
-    if not summary_path.is_file():
-        raise MemoScopeError(f"{summary_path}: missing; run `python -m tools.demo all` (or `make demo`) first.")
-    summary = json.loads(summary_path.read_text())
-    ldm = json.loads((paths.checkpoints / model.checkpoint / "ldm.json").read_text())
+    if not is_scanned(study):
+        raise MemoScopeError(f"{study}: not scanned; run `python -m tools.demo all` (or `make demo`) first.")
+    scan = ScanResults.open(study)
+    ldm = read_config(paths.checkpoints / model.checkpoint).to_dict()
     copies: list[float] = []
     novel: list[float] = []
-    with open(study / "pairs.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["rank"] == "1":
-                (copies if row["is_copy"] == "1" else novel).append(float(row["pixel_corr"]))
-    return ModelResult(model, summary, ldm, _median(copies), _median(novel))
+    for pair in scan.nearest():
+        (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
+    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel))
 
 
-def _frac(f: dict[str, Any]) -> str:
-    return f"{f['value']:.1%} ({f['count']}/{f['total']}; 95 % CI {f['low']:.1%} to {f['high']:.1%})"
+def _frac(f: Fraction) -> str:
+    return f"{f.value:.1%} ({f.count}/{f.total}; 95 % CI {f.low:.1%} to {f.high:.1%})"
 
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
+def compare(a: Fraction, b: Fraction) -> str:
     """How fraction ``b`` stands against ``a``, in words that respect their 95 % intervals."""
-    if b["low"] > a["high"]:
+    if b.low > a.high:
         return "clearly higher than (intervals apart)"
-    if b["high"] < a["low"]:
+    if b.high < a.low:
         return "clearly lower than (intervals apart)"
-    if b["value"] > a["value"]:
+    if b.value > a.value:
         return "higher, within overlapping intervals, than"
-    if b["value"] < a["value"]:
+    if b.value < a.value:
         return "lower, within overlapping intervals, than"
     return "the same as"
 
@@ -422,8 +428,7 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
     by_key = {(r.model.dims, r.model.variant, r.model.stage): r for r in results}
     two_d = [r for r in results if r.model.dims == 2]
     first = two_d[0].summary
-    counts = first["counts"]
-    inputs = first["inputs"]
+    inputs = first.inputs
     build = json.loads(paths.record.read_text()) if paths.record.is_file() else {}
     lines = [
         "# Findings on the embedded demo",
@@ -433,16 +438,16 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "",
         "## What was checked",
         "",
-        f"- 2D: {counts['train']} axial brain-MR slices of {inputs['train']['n_patients']} training subjects; "
-        f"{counts['val']} slices of {inputs['val']['n_patients']} other subjects for calibration; "
-        f"{counts['synthetic']} samples per checkpoint ({profile.steps} DDIM steps, seeds 0..{counts['synthetic'] - 1}, "
+        f"- 2D: {first.inputs['train'].n} axial brain-MR slices of {inputs['train'].n_patients} training subjects; "
+        f"{first.inputs['val'].n} slices of {inputs['val'].n_patients} other subjects for calibration; "
+        f"{first.inputs['synthetic'].n} samples per checkpoint ({profile.steps} DDIM steps, seeds 0..{first.inputs['synthetic'].n - 1}, "
         "the same for every checkpoint).",
         f"- LDMs trained by `python -m core train-ldm` with the same seed, {profile.ae_epochs_2d} autoencoder epochs, "
         f"then the UNet saved after {profile.stages_2d[0]} (early), {profile.stages_2d[1]} (converged) and "
         f"{profile.stages_2d[2]} (over-trained) epochs; once without and once with augmentation (rotation +-5 deg, flip).",
         f"- One detector for all 2D checkpoints (`checkpoints/demo-2d-detector`, the paper's conv-residual encoder, "
-        f"{profile.detector_epochs} epochs, hash `{first['detector']['hash'][:12]}`), so all checkpoints are measured on one scale.",
-        f"- Threshold: rule `{first['rule']}`, percentile {_num(first['percentile'], 'g')} of each training slice's best "
+        f"{profile.detector_epochs} epochs, hash `{first.detector.hash[:12]}`), so all checkpoints are measured on one scale.",
+        f"- Threshold: rule `{first.threshold.rule}`, percentile {_num(first.threshold.percentile, 'g')} of each training slice's best "
         "correlation to the validation subjects.",
         "",
         "## 2D: memorization across training length and augmentation",
@@ -454,8 +459,8 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         s = r.summary
         lines.append(
             f"| `{r.model.checkpoint}` ({r.model.stage}) | {'yes' if r.model.variant == 'aug' else 'no'} | {r.model.epoch} | "
-            f"{_num(_unet_loss(r.ldm), '.4f')} | {s['threshold']:.3f} | {_frac(s[MEM])} | {_frac(s[COPY])} | "
-            f"{s['expected_false_positive_rate']['copy']:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
+            f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_frac(s.copies)} | "
+            f"{s.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
         )
     lines += ["", "### What the numbers show", ""]
     for variant, label in (("noaug", "Without augmentation"), ("aug", "With augmentation")):
@@ -463,17 +468,17 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         over = by_key[(2, variant, "over-trained")].summary
         lines.append(
             f"- {label}, over-training: the memorized-training fraction after {profile.stages_2d[2]} epochs "
-            f"({over[MEM]['value']:.1%}) is {compare(early[MEM], over[MEM])} after {profile.stages_2d[0]} "
-            f"({early[MEM]['value']:.1%}); the copy fraction ({over[COPY]['value']:.1%}) is "
-            f"{compare(early[COPY], over[COPY])} {early[COPY]['value']:.1%}."
+            f"({over.memorized.value:.1%}) is {compare(early.memorized, over.memorized)} after {profile.stages_2d[0]} "
+            f"({early.memorized.value:.1%}); the copy fraction ({over.copies.value:.1%}) is "
+            f"{compare(early.copies, over.copies)} {early.copies.value:.1%}."
         )
     for stage in STAGES:
         plain = by_key[(2, "noaug", stage)].summary
         aug = by_key[(2, "aug", stage)].summary
         lines.append(
-            f"- Augmentation, {stage}: memorized training {aug[MEM]['value']:.1%} with vs "
-            f"{plain[MEM]['value']:.1%} without (with is {compare(plain[MEM], aug[MEM])} without); copies "
-            f"{aug[COPY]['value']:.1%} vs {plain[COPY]['value']:.1%} (with is {compare(plain[COPY], aug[COPY])} without)."
+            f"- Augmentation, {stage}: memorized training {aug.memorized.value:.1%} with vs "
+            f"{plain.memorized.value:.1%} without (with is {compare(plain.memorized, aug.memorized)} without); copies "
+            f"{aug.copies.value:.1%} vs {plain.copies.value:.1%} (with is {compare(plain.copies, aug.copies)} without)."
         )
     lines += ["", verdict(by_key), ""]
     three = by_key.get((3, "noaug", "over-trained"))
@@ -482,10 +487,10 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         lines += [
             "## 3D",
             "",
-            f"`{three.model.checkpoint}`: {s['counts']['train']} training volumes, {s['counts']['val']} validation volumes, "
-            f"{s['counts']['synthetic']} samples; rule `{s['rule']}` at percentile {_num(s['percentile'], 'g')} (three "
-            f"validation volumes cannot support the 95th), tau {s['threshold']:.3f}. Memorized training "
-            f"{_frac(s[MEM])}; copies {_frac(s[COPY])}; median pixel correlation of copies to their source "
+            f"`{three.model.checkpoint}`: {s.inputs['train'].n} training volumes, {s.inputs['val'].n} validation volumes, "
+            f"{s.inputs['synthetic'].n} samples; rule `{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')} (three "
+            f"validation volumes cannot support the 95th), tau {s.tau:.3f}. Memorized training "
+            f"{_frac(s.memorized)}; copies {_frac(s.copies)}; median pixel correlation of copies to their source "
             f"{_num(three.copy_pixel_corr, '.2f')}. " + _pixel_check(three.copy_pixel_corr) + " With three training volumes "
             "these numbers illustrate the 3D pipeline and are not evidence about 3D LDMs.",
             "",
@@ -493,7 +498,7 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
     lines += [
         "## How small the demo is",
         "",
-        f"- {inputs['train']['n_patients']} training subjects. Neighbouring slices of one volume are nearly the same "
+        f"- {inputs['train'].n_patients} training subjects. Neighbouring slices of one volume are nearly the same "
         "image, so the effective sample size is far below the slice count, and the intervals above (which resample "
         "slices as if they were independent) are too narrow. Read differences as indications, not as results.",
         "- The validation subjects were scanned differently from the training subjects (other scanners, "
@@ -522,12 +527,12 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
 
 def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     """One paragraph: do the demo numbers agree with Dar et al.'s two findings, and how clearly?"""
-    def mem(variant: str, stage: str) -> dict[str, Any]:
-        return by_key[(2, variant, stage)].summary[MEM]
+    def mem(variant: str, stage: str) -> Fraction:
+        return by_key[(2, variant, stage)].summary.memorized
 
-    rises = [mem(v, "over-trained")["value"] > mem(v, "early")["value"] for v in VARIANTS]
+    rises = [mem(v, "over-trained").value > mem(v, "early").value for v in VARIANTS]
     clear_rises = [compare(mem(v, "early"), mem(v, "over-trained")).startswith("clearly higher") for v in VARIANTS]
-    lowers = [mem("aug", s)["value"] < mem("noaug", s)["value"] for s in STAGES]
+    lowers = [mem("aug", s).value < mem("noaug", s).value for s in STAGES]
     clear_lowers = [compare(mem("noaug", s), mem("aug", s)).startswith("clearly lower") for s in STAGES]
     if all(clear_rises):
         training = "Over-training clearly raised the memorized fraction in both runs, as Dar et al. report"
@@ -580,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/")
     parser.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     profile, paths = PROFILES[args.profile], DemoPaths(Path(args.root))
     try:
         if args.action == "build-data":

@@ -6,10 +6,10 @@ import copy
 import json
 import math
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,20 +21,27 @@ from pytorch_metric_learning.losses import NTXentLoss
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
+from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
 from core.io.augment import AugmentPolicy, augment_batch, augmentation
-from core.io.data import ImageSet
+from core.io.data import ImageSet, SliceAxis, check_patient_overlap, load_set
 from core.io.preprocessing import PreprocessSpec
 
-Arch = Literal["resnet18", "resnet50", "convres"]
+
+class Arch(StrEnum):
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+    CONVRES = "convres"
+
+
 CONFIG_NAME = "detector.json"
 WEIGHTS_NAME = "detector.safetensors"
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class DetectorConfig:
+class DetectorConfig(Config):
     """Detector hyper-parameters (defaults follow Dar et al. where they fit a CPU).
 
     Attributes:
@@ -54,24 +61,35 @@ class DetectorConfig:
 
     spatial_dims: int
     image_size: list[int]
-    arch: Arch = "resnet18"
+    arch: Arch = Arch.RESNET18
     embed_dim: int = 128
-    augmentation: AugmentPolicy = "strong"
+    augmentation: AugmentPolicy = AugmentPolicy.STRONG
     temperature: float = 0.07
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-4
     lr_min: float = 5e-5
     seed: int = 0
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    preprocessing: PreprocessSpec | None = None
+
+    def validate(self) -> None:
+        if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
+            raise MemoScopeError(f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree.")
+        self.image_size = [int(s) for s in self.image_size]
+        check_range("detector embed_dim", self.embed_dim, 1)
+        check_range("detector epochs", self.epochs, 1)
+        check_range("detector batch_size", self.batch_size, 2)
+        check_range("detector temperature", self.temperature, 1e-6)
+        check_range("detector lr", self.lr, 1e-12)
+        check_range("detector lr_min", self.lr_min, 0.0, self.lr)
 
     @classmethod
     def for_dims(cls, spatial_dims: int, image_size: list[int], **overrides: Any) -> DetectorConfig:
         """Defaults per dimensionality: 2D ResNet-18 -> 128, 3D the paper's encoder -> 32."""
-        base: dict[str, Any] = {"arch": "resnet18", "embed_dim": 128}
+        base: dict[str, Any] = {"arch": Arch.RESNET18, "embed_dim": 128}
         if spatial_dims == 3:
-            base = {"arch": "convres", "embed_dim": 32, "batch_size": 8}
-        return cls(spatial_dims=spatial_dims, image_size=list(image_size), **{**base, **overrides})
+            base = {"arch": Arch.CONVRES, "embed_dim": 32, "batch_size": 8}
+        return cls.from_dict({"spatial_dims": spatial_dims, "image_size": list(image_size), **base, **overrides})
 
 
 class ConvResEncoder(nn.Module):
@@ -106,9 +124,7 @@ class ConvResEncoder(nn.Module):
 def build_encoder(config: DetectorConfig) -> nn.Module:
     if config.arch == "convres":
         return ConvResEncoder(config.spatial_dims, config.image_size, config.embed_dim)
-    factory = {"resnet18": resnet18, "resnet50": resnet50}.get(config.arch)
-    if factory is None:
-        raise MemoScopeError(f"detector arch {config.arch!r} must be resnet18, resnet50 or convres.")
+    factory = {Arch.RESNET18: resnet18, Arch.RESNET50: resnet50}[config.arch]
     return factory(
         spatial_dims=config.spatial_dims,
         n_input_channels=1,
@@ -166,7 +182,7 @@ def _epoch_loss(
 
 
 def train_detector(
-    train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress | None = None
+    train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress = silent
 ) -> Detector:
     """Train the encoder on ``train``; keep the epoch with the lowest validation NT-Xent loss.
 
@@ -202,8 +218,8 @@ def train_detector(
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
-        if progress:
-            progress({"epoch": epoch + 1, "epochs": config.epochs, "train_loss": train_loss, "val_loss": val_loss})
+        progress(ProgressEvent("train detector", epoch + 1, config.epochs,
+                               f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} val {val_loss:.4f}"))
     model.load_state_dict(best_state)
     model.eval()
     provenance = {
@@ -215,36 +231,55 @@ def train_detector(
     return Detector(config, model, history, best_epoch, provenance)
 
 
-def train_from_sources(
-    train_source: str | Path,
-    val_source: str | Path,
-    spec: PreprocessSpec,
+def train_and_save(
+    train: ImageSet,
+    val: ImageSet,
     out: str | Path,
-    slices: str | None = None,
-    skip_bad: bool = False,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Detector, str]:
-    """Load both sets with ``spec`` (patients must not overlap), train a detector, save it to ``out``.
+    progress: Progress = silent,
+) -> Detector:
+    """Train a detector with the default config for these sets (plus ``overrides``) and save it to ``out``.
 
-    Returns the detector and its hash (``train-detector`` and the app's background job both call this).
+    The one place a detector config is derived from data: ``train-detector``, the app's job and
+    ``scan`` (when no detector is given) all come here.
     """
-    from core.io.data import check_patient_overlap, load_set
-
-    train = load_set(train_source, spec, role="train", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]
-    val = load_set(val_source, spec, role="val", slices=slices, skip_bad=skip_bad)  # type: ignore[arg-type]
     check_patient_overlap(train, val)
-    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {}))
+    spec = train.spec
+    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=seed,
+                                     preprocessing=spec.to_dict(), **(overrides or {}))
     detector = train_detector(train, val, config, progress=progress)
-    return detector, save_detector(detector, out, overwrite=overwrite)
+    save_detector(detector, out, overwrite=overwrite)
+    return detector
+
+
+@dataclass(frozen=True)
+class TrainDetectorConfig(Config):
+    """``train-detector``: both sets, the output folder, preprocessing and :class:`DetectorConfig` overrides."""
+
+    train: str
+    val: str
+    out: str
+    spec: PreprocessSpec
+    slices: SliceAxis | None = None
+    skip_bad: bool = False
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+
+def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent) -> Detector:
+    """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
+    train = load_set(config.train, config.spec, role="train", slices=config.slices, skip_bad=config.skip_bad)
+    val = load_set(config.val, config.spec, role="val", slices=config.slices, skip_bad=config.skip_bad)
+    return train_and_save(train, val, config.out, config.seed, config.overrides, config.overwrite, progress)
 
 
 def save_detector(detector: Detector, folder: str | Path, overwrite: bool = False) -> str:
     """Write ``detector.json`` and ``detector.safetensors`` atomically; return the hash."""
     record = {
-        "config": asdict(detector.config),
+        "config": detector.config.to_dict(),
         "history": detector.history,
         "best_epoch": detector.best_epoch,
         "provenance": detector.provenance,
@@ -254,6 +289,34 @@ def save_detector(detector: Detector, folder: str | Path, overwrite: bool = Fals
         save_file({k: v.detach().cpu().contiguous() for k, v in detector.model.state_dict().items()}, tmp / WEIGHTS_NAME)
     detector.detector_hash = detector_hash(folder)
     return detector.detector_hash
+
+
+def is_detector_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved detector (its config and weights)."""
+    return (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
+
+
+@dataclass(frozen=True)
+class DetectorRecord:
+    """A saved detector's config and training history, read without building the network."""
+
+    folder: Path
+    config: DetectorConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def read_detector_record(folder: str | Path) -> DetectorRecord:
+    folder = Path(folder)
+    if not is_detector_folder(folder):
+        raise MemoScopeError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    path = folder / CONFIG_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        config = DetectorConfig.from_dict(record["config"], source=f"{path} config")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MemoScopeError(f"{path}: invalid detector record ({exc}).") from exc
+    return DetectorRecord(folder, config, record.get("history", []), int(record.get("best_epoch", -1)))
 
 
 def detector_hash(folder: str | Path) -> str:
@@ -268,7 +331,7 @@ def load_detector(folder: str | Path) -> Detector:
         raise MemoScopeError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
     try:
         record = json.loads(config_path.read_text(encoding="utf-8"))
-        config = DetectorConfig(**record["config"])
+        config = DetectorConfig.from_dict(record["config"], source=f"{config_path} config")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise MemoScopeError(f"{config_path}: invalid detector config ({exc}).") from exc
     model = build_encoder(config)

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 from skimage.metrics import structural_similarity
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
 
-ThresholdRule = Literal["paper", "heldout", "fixed"]
+
+class ThresholdRule(StrEnum):
+    PAPER = "paper"
+    HELDOUT = "heldout"
+    FIXED = "fixed"
+
+
+def is_copy(similarity: npt.ArrayLike, tau: float) -> npt.NDArray[np.bool_]:
+    """The copy rule, the one place it is written: a similarity strictly above tau (as in the paper)."""
+    return np.asarray(similarity) > tau
 
 
 @dataclass(frozen=True)
-class Threshold:
+class Threshold(Config):
     """A calibrated threshold tau.
 
     Attributes:
@@ -37,8 +47,8 @@ class Threshold:
 
 def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
     """Parse ``paper``, ``heldout`` or ``fixed:X`` (X in [-1, 1])."""
-    if text in ("paper", "heldout"):
-        return text, None  # type: ignore[return-value]
+    if text in (ThresholdRule.PAPER, ThresholdRule.HELDOUT):
+        return ThresholdRule(text), None
     if text.startswith("fixed:"):
         try:
             value = float(text.split(":", 1)[1])
@@ -46,7 +56,7 @@ def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
             value = math.nan
         if not -1.0 <= value <= 1.0:
             raise MemoScopeError(f"--threshold-rule {text!r}: fixed:X needs a number X in [-1, 1].")
-        return "fixed", value
+        return ThresholdRule.FIXED, value
     raise MemoScopeError(f"--threshold-rule {text!r} must be paper, heldout or fixed:X.")
 
 
@@ -74,7 +84,7 @@ def calibrate(
     if rule == "fixed":
         if fixed is None:
             raise MemoScopeError("threshold rule 'fixed' needs a value (fixed:X).")
-        return Threshold("fixed", None, float(fixed), 0)
+        return Threshold(ThresholdRule.FIXED, None, float(fixed), 0)
     if not 0.0 < percentile < 100.0:
         raise MemoScopeError(f"--percentile {percentile} must be between 0 and 100.")
     n_val = len(np.asarray(val_to_train))
@@ -90,7 +100,7 @@ def calibrate(
 
 
 @dataclass(frozen=True)
-class Fraction:
+class Fraction(Config):
     """``count / total`` with a 95 % interval and how it was computed."""
 
     count: int
@@ -99,9 +109,6 @@ class Fraction:
     low: float
     high: float
     method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -177,17 +184,6 @@ class MemorizationMetrics:
     expected_fpr_copy: float
     expected_fpr_memorized: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": asdict(self.threshold),
-            "memorized_training_fraction": self.memorized.to_dict(),
-            "copy_fraction": self.copies.to_dict(),
-            "expected_false_positive_rate": {
-                "copy": self.expected_fpr_copy,
-                "memorized": self.expected_fpr_memorized,
-            },
-        }
-
 
 def memorization_metrics(
     threshold: Threshold,
@@ -201,18 +197,21 @@ def memorization_metrics(
     tau = threshold.value
     return MemorizationMetrics(
         threshold=threshold,
-        memorized=fraction_with_ci(np.asarray(train_to_synthetic) > tau, seed=seed),
-        copies=fraction_with_ci(np.asarray(synthetic_to_train) > tau, seed=seed + 1),
-        expected_fpr_copy=float(np.mean(np.asarray(val_to_train) > tau)),
-        expected_fpr_memorized=float(np.mean(np.asarray(train_to_val) > tau)),
+        memorized=fraction_with_ci(is_copy(train_to_synthetic, tau), seed=seed),
+        copies=fraction_with_ci(is_copy(synthetic_to_train, tau), seed=seed + 1),
+        expected_fpr_copy=float(np.mean(is_copy(val_to_train, tau))),
+        expected_fpr_memorized=float(np.mean(is_copy(train_to_val, tau))),
     )
 
 
+def count_above(sorted_values: npt.NDArray[np.floating], thresholds: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """How many of ``sorted_values`` are copies (:func:`is_copy`) at each threshold, in O(log n) each (sliders)."""
+    return len(sorted_values) - np.searchsorted(sorted_values, np.asarray(thresholds, dtype=np.float64), side="right")
+
+
 def fraction_above(sorted_values: npt.NDArray[np.floating], thresholds: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Share of ``sorted_values`` strictly above each threshold (O(log n) each; for sliders)."""
-    n = len(sorted_values)
-    above = n - np.searchsorted(sorted_values, np.asarray(thresholds, dtype=np.float64), side="right")
-    return above / max(n, 1)
+    """Share of ``sorted_values`` strictly above each threshold (see :func:`count_above`)."""
+    return count_above(sorted_values, thresholds) / max(len(sorted_values), 1)
 
 
 def pixel_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:

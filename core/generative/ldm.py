@@ -5,21 +5,28 @@ from __future__ import annotations
 import json
 import pickle
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from safetensors.torch import load_file, save_file
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, now_utc, sha256_files, versions
 
 CONFIG_NAME = "ldm.json"
 AE_WEIGHTS = "autoencoder.safetensors"
 UNET_WEIGHTS = "unet.safetensors"
-SchedulerName = Literal["ddpm", "ddim"]
+
+
+class SchedulerName(StrEnum):
+    DDPM = "ddpm"
+    DDIM = "ddim"
+
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -32,7 +39,7 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
 
 
 @dataclass
-class LDMConfig:
+class LDMConfig(Config):
     """Everything needed to rebuild an LDM from its folder (diffusers-style config capture).
 
     Attributes:
@@ -61,27 +68,12 @@ class LDMConfig:
         factor = 2 ** (len(self.autoencoder["channels"]) - 1)
         return (int(self.autoencoder["latent_channels"]), *(s // factor for s in self.image_size))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> LDMConfig:
-        required = {"spatial_dims", "image_size", "autoencoder", "unet"}
-        missing = required - set(data)
-        if missing:
-            raise MemoScopeError(f"{source}: missing fields {sorted(missing)}.")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise MemoScopeError(f"{source}: unknown fields {sorted(unknown)}.")
-        config = cls(**data)
-        if config.spatial_dims not in (2, 3) or len(config.image_size) != config.spatial_dims:
-            raise MemoScopeError(
-                f"{source}: spatial_dims {config.spatial_dims} and image_size {config.image_size} disagree."
-            )
+    def validate(self) -> None:
+        if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
+            raise MemoScopeError(f"spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree.")
         for part in ("autoencoder", "unet"):
-            if int(getattr(config, part).get("spatial_dims", config.spatial_dims)) != config.spatial_dims:
-                raise MemoScopeError(f"{source}: {part}.spatial_dims differs from spatial_dims.")
-        return config
+            if int(getattr(self, part).get("spatial_dims", self.spatial_dims)) != self.spatial_dims:
+                raise MemoScopeError(f"{part}.spatial_dims differs from spatial_dims.")
 
 
 def default_config(spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
@@ -152,7 +144,7 @@ def build_unet(config: LDMConfig) -> DiffusionModelUNet:
     return DiffusionModelUNet(**{"spatial_dims": config.spatial_dims, **config.unet})
 
 
-def build_scheduler(config: LDMConfig, name: SchedulerName = "ddpm") -> Scheduler:
+def build_scheduler(config: LDMConfig, name: SchedulerName = SchedulerName.DDPM) -> Scheduler:
     """The training-time DDPM schedule, or a DDIM sampler over the same betas."""
     kwargs = dict(config.scheduler)
     if name == "ddpm":
@@ -177,6 +169,11 @@ def checkpoint_hash(folder: str | Path) -> str:
     """Hash of a checkpoint folder's config and weights."""
     folder = Path(folder)
     return sha256_files([folder / CONFIG_NAME, folder / AE_WEIGHTS, folder / UNET_WEIGHTS])
+
+
+def list_checkpoints(root: str | Path) -> list[str]:
+    """The checkpoint folders directly under ``root`` (those holding an ``ldm.json``), sorted."""
+    return sorted(str(p.parent) for p in Path(root).glob(f"*/{CONFIG_NAME}"))
 
 
 def read_config(folder: str | Path) -> LDMConfig:

@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
-from core.common.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
+from core.common.progress import Progress, ProgressEvent, silent
+from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
+from core.common.tables import write_csv
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm
 
-Precision = Literal["fp32", "fp16", "bf16"]
-ImageFormat = Literal["png16", "npy"]
+logger = logging.getLogger(__name__)
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class ImageFormat(StrEnum):
+    PNG16 = "png16"
+    NPY = "npy"
+
+
 MANIFEST = "manifest.csv"
 RECORD = "generation.json"
 
@@ -61,9 +75,9 @@ def sample(
     ldm: LDM,
     seeds: list[int],
     steps: int,
-    scheduler_name: SchedulerName = "ddim",
+    scheduler_name: SchedulerName = SchedulerName.DDIM,
     device: torch.device | str = "cpu",
-    precision: Precision = "fp32",
+    precision: Precision = Precision.FP32,
 ) -> npt.NDArray[np.float32]:
     """Generate one image per seed.
 
@@ -106,7 +120,7 @@ def write_image(image: npt.NDArray[np.float32], path: Path, spatial_dims: int, f
         if spatial_dims == 3:
             nib.save(nib.Nifti1Image(image[0].astype(np.float32), np.eye(4)), str(tmp.with_suffix(".nii.gz")))
             tmp.with_suffix(".nii.gz").replace(tmp)
-        elif fmt == "png16":
+        elif fmt == ImageFormat.PNG16:
             buffer = io.BytesIO()
             Image.fromarray(to_uint16(image[0])).save(buffer, format="PNG")
             tmp.write_bytes(buffer.getvalue())
@@ -116,8 +130,41 @@ def write_image(image: npt.NDArray[np.float32], path: Path, spatial_dims: int, f
 
 
 def sample_filename(index: int, spatial_dims: int, fmt: ImageFormat) -> str:
-    suffix = ".nii.gz" if spatial_dims == 3 else (".png" if fmt == "png16" else ".npy")
+    suffix = ".nii.gz" if spatial_dims == 3 else (".png" if fmt == ImageFormat.PNG16 else ".npy")
     return f"sample_{index:06d}{suffix}"
+
+
+@dataclass(frozen=True)
+class GenerateConfig(Config):
+    """What ``generate`` samples and where (saved in the job record; ``generation.json`` records the result).
+
+    Attributes:
+        checkpoint: an LDM folder (``ldm.json`` + safetensors).
+        out: the output folder; a rerun with the same checkpoint, seed and steps resumes.
+        n: number of samples; sample ``i`` is seeded by ``(seed, i)`` only.
+        steps, scheduler: denoising steps and DDIM/DDPM.
+        batch_size: samples per forward pass (does not change any sample).
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:i]`` or ``mps``.
+        precision: autocast dtype on GPU.
+        format: 2D file format (3D is always NIfTI).
+    """
+
+    checkpoint: str
+    out: str
+    n: int
+    steps: int = 50
+    scheduler: SchedulerName = SchedulerName.DDIM
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = Precision.FP32
+    format: ImageFormat = ImageFormat.PNG16
+
+    def validate(self) -> None:
+        check_range("n", self.n, 1)
+        check_range("steps", self.steps, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("seed", self.seed, 0)
 
 
 @dataclass
@@ -129,78 +176,53 @@ class GenerationResult:
     record: dict[str, Any]
 
 
-def generate(
-    checkpoint: str | Path,
-    out: str | Path,
-    n: int,
-    steps: int = 50,
-    scheduler: SchedulerName = "ddim",
-    batch_size: int = 8,
-    seed: int = 0,
-    device: str = "auto",
-    precision: Precision = "fp32",
-    fmt: ImageFormat = "png16",
-    progress: Callable[[int, int], None] | None = None,
-    show_bar: bool = True,
-) -> GenerationResult:
-    """Generate ``n`` samples into ``out``; samples already written are kept (resume).
+def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationResult:
+    """Generate ``config.n`` samples into ``config.out``; samples already written are kept (resume).
 
     Writes each image atomically, ``manifest.csv`` (path, patient_id, split, index, seed) and
     ``generation.json`` (checkpoint hash, settings, versions) after every batch.
     """
-    if n < 1 or steps < 1 or batch_size < 1:
-        raise MemoScopeError("--n, --steps and --batch-size must be at least 1.")
-    torch_device = resolve_device(device)
-    ldm = load_ldm(checkpoint, torch_device)
-    dims = ldm.config.spatial_dims
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(config.device)
+    ldm = load_ldm(config.checkpoint, torch_device)
+    dims, fmt, seed, n = ldm.config.spatial_dims, config.format, config.seed, config.n
+    out = Path(config.out)
     record = {
-        "checkpoint": str(checkpoint),
+        **config.to_dict(),
         "checkpoint_hash": ldm.checkpoint_hash,
-        "n": n,
-        "steps": steps,
-        "scheduler": scheduler,
-        "seed": seed,
-        "batch_size": batch_size,
         "device": device_description(torch_device),
-        "precision": precision,
-        "format": "nifti" if dims == 3 else fmt,
+        "format": "nifti" if dims == 3 else fmt.value,
         "preprocessing": ldm.config.preprocessing,
         "versions": versions(),
         "started_at": now_utc(),
     }
+    del record["out"]
     previous = out / RECORD
     if previous.is_file():
         old = json.loads(previous.read_text())
-        if old.get("checkpoint_hash") != ldm.checkpoint_hash or old.get("seed") != seed or old.get("steps") != steps:
+        if old.get("checkpoint_hash") != ldm.checkpoint_hash or old.get("seed") != seed or old.get("steps") != config.steps:
             raise MemoScopeError(
                 f"{out}: holds samples from another checkpoint, seed or step count; choose an empty folder."
             )
+    out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]
     start = time.perf_counter()
-    bar = tqdm(total=n, initial=n - len(todo), desc="generate", unit="sample", disable=not show_bar)
-    for b in range(0, len(todo), batch_size):
-        indices = todo[b : b + batch_size]
-        images = sample(ldm, [sample_seed(seed, i) for i in indices], steps, scheduler, torch_device, precision)
+    logger.info("generating %d of %d samples on %s", len(todo), n, record["device"])
+    progress(ProgressEvent("sample", n - len(todo), n))
+    for b in range(0, len(todo), config.batch_size):
+        indices = todo[b : b + config.batch_size]
+        seeds = [sample_seed(seed, i) for i in indices]
+        images = sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision)
         for i, image in zip(indices, images, strict=True):
             write_image(image, out / sample_filename(i, dims, fmt), dims, fmt)
-        bar.update(len(indices))
-        if progress:
-            progress(n - len(todo) + b + len(indices), n)
+        done = n - len(todo) + b + len(indices)
+        progress(ProgressEvent("sample", done, n, f"{done}/{n} samples"))
         _write_manifest(out, n, seed, dims, fmt, record)
-    bar.close()
     _write_manifest(out, n, seed, dims, fmt, {**record, "finished_at": now_utc()})
     return GenerationResult(out, len(todo), n - len(todo), time.perf_counter() - start, record)
 
 
 def _write_manifest(out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any]) -> None:
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["path", "patient_id", "split", "index", "seed"])
-    for i in range(n):
-        name = sample_filename(i, dims, fmt)
-        if (out / name).exists():
-            writer.writerow([name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)])
-    atomic_write_text(out / MANIFEST, rows.getvalue())
+    names = [(i, sample_filename(i, dims, fmt)) for i in range(n)]
+    rows = [[name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)] for i, name in names if (out / name).exists()]
+    write_csv(out / MANIFEST, ["path", "patient_id", "split", "index", "seed"], rows)
     atomic_write_json(out / RECORD, record)

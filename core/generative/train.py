@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
-from tqdm import tqdm
 
+from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
+from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, now_utc, sha256_json, versions
-from core.generative.ldm import LDMConfig, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
-from core.io.augment import augment_batch, augmentation
+from core.generative.ldm import LDMConfig, SchedulerName, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
+from core.io.augment import AugmentPolicy, augment_batch, augmentation
 from core.io.data import ImageSet
 
 STATE_FILE = "train_state.pt"
@@ -26,7 +26,7 @@ _STATE_PARTS = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_
 
 
 @dataclass
-class TrainLDMConfig:
+class TrainLDMConfig(Config):
     """LDM training settings.
 
     Attributes:
@@ -57,6 +57,16 @@ class TrainLDMConfig:
     seed: int = 0
     notes: tuple[str, ...] = ()
 
+    def validate(self) -> None:
+        for name in ("ae_epochs", "save_every", "seed"):
+            check_range(name, getattr(self, name), 0)
+        check_range("epochs", self.epochs, 0)
+        check_range("batch_size", self.batch_size, 1)
+        for name in ("ae_lr", "lr"):
+            check_range(name, getattr(self, name), 1e-12)
+        for epoch in self.save_at:
+            check_range("save_at", epoch, 1, self.epochs)
+
     def saves_after(self, done: int) -> bool:
         """Whether a snapshot checkpoint is written after UNet epoch ``done`` (the last is always)."""
         periodic = bool(self.save_every) and done % self.save_every == 0
@@ -77,7 +87,7 @@ def _seed_epoch(seed: int, phase: int, epoch: int) -> None:
 def _maybe_augment(x: torch.Tensor, cfg: TrainLDMConfig, dims: int, size: list[int], phase: int, epoch: int) -> torch.Tensor:
     if not cfg.augment:
         return x
-    transform = augmentation("paper", dims, size)
+    transform = augmentation(AugmentPolicy.PAPER, dims, size)
     transform.set_random_state(seed=(cfg.seed * 1_000_003 + phase * 10_007 + epoch) % 2**32)
     return augment_batch(transform, x)
 
@@ -93,8 +103,7 @@ def train_ldm(
     out: str | Path,
     cfg: TrainLDMConfig,
     ldm_config: LDMConfig | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    show_bar: bool = True,
+    progress: Progress = silent,
 ) -> Path:
     """Train an LDM on ``images`` and write checkpoint folders under ``out``.
 
@@ -121,14 +130,12 @@ def train_ldm(
     opt_ae = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
     opt_unet = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.ae_lr) if disc else None
-    scheduler = build_scheduler(config, "ddpm")
+    scheduler = build_scheduler(config, SchedulerName.DDPM)
     state: dict[str, Any] = {"phase": 0, "epoch": 0, "scale_factor": 1.0, "history": []}
     state_path = out / STATE_FILE
     if state_path.is_file():
         state = _load_state(state_path, ae, unet, disc, opt_ae, opt_unet, opt_disc)
     x_all = torch.from_numpy(images.images)
-    total = cfg.ae_epochs + cfg.epochs
-    bar = tqdm(total=total, initial=state["epoch"] + (cfg.ae_epochs if state["phase"] == 1 else 0), desc="train-ldm", unit="epoch", disable=not show_bar)
     adv_loss = PatchAdversarialLoss(criterion="least_squares")
 
     # 1. autoencoder
@@ -155,7 +162,7 @@ def train_ldm(
                 d_loss.backward()
                 opt_disc.step()
             losses.append(float(loss.detach()))
-        _end_epoch(state, "autoencoder", epoch, float(np.mean(losses)), bar, progress)
+        _end_epoch(state, "autoencoder", epoch, float(np.mean(losses)), cfg, progress)
         if state["epoch"] >= cfg.ae_epochs:
             state.update(phase=1, epoch=0, scale_factor=_scale_factor(ae, x_all, cfg.batch_size))
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
@@ -183,12 +190,11 @@ def train_ldm(
             loss.backward()
             opt_unet.step()
             losses.append(float(loss.detach()))
-        _end_epoch(state, "unet", epoch, float(np.mean(losses)), bar, progress)
+        _end_epoch(state, "unet", epoch, float(np.mean(losses)), cfg, progress)
         done = state["epoch"]
         if cfg.saves_after(done):
             _save_checkpoint(out / f"epoch-{done:04d}", config, ae, unet, images, cfg, done, state)
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
-    bar.close()
     last = out / "last"
     _save_checkpoint(last, config, ae, unet, images, cfg, cfg.epochs, state)
     return last
@@ -201,13 +207,11 @@ def _scale_factor(ae: torch.nn.Module, x_all: torch.Tensor, batch_size: int) -> 
     return 1.0 / std if std > 0 and math.isfinite(std) else 1.0
 
 
-def _end_epoch(state: dict[str, Any], phase: str, epoch: int, loss: float, bar: tqdm, progress: Callable[[dict[str, Any]], None] | None) -> None:
+def _end_epoch(state: dict[str, Any], phase: str, epoch: int, loss: float, cfg: TrainLDMConfig, progress: Progress) -> None:
     state["history"].append({"phase": phase, "epoch": epoch + 1, "loss": loss})
     state["epoch"] = epoch + 1
-    bar.update(1)
-    bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
-    if progress:
-        progress(state["history"][-1])
+    total = cfg.ae_epochs if phase == "autoencoder" else cfg.epochs
+    progress(ProgressEvent(phase, epoch + 1, total, f"epoch {epoch + 1}/{total}: loss {loss:.4f}"))
 
 
 def _save_checkpoint(folder: Path, config: LDMConfig, ae: torch.nn.Module, unet: torch.nn.Module, images: ImageSet, cfg: TrainLDMConfig, epoch: int, state: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from enum import StrEnum
 
 import torch
 from monai.transforms import (
@@ -18,9 +18,12 @@ from monai.transforms import (
     RandShiftIntensity,
 )
 
-from core.common.errors import MemoScopeError
+from core.common.config import parse_option
 
-AugmentPolicy = Literal["paper", "strong"]
+
+class AugmentPolicy(StrEnum):
+    PAPER = "paper"
+    STRONG = "strong"
 
 
 def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
@@ -31,10 +34,8 @@ def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]
         RandRotate(range_x=angle, range_y=third, range_z=third, prob=0.5, keep_size=True, padding_mode="border"),
         RandAxisFlip(prob=0.5),
     ]
-    if policy == "paper":
+    if parse_option(AugmentPolicy, policy, "augmentation") == AugmentPolicy.PAPER:
         return Compose(paper)
-    if policy != "strong":
-        raise MemoScopeError(f"augmentation {policy!r} must be 'paper' or 'strong'.")
     shift = [0.04 * s for s in image_size]
     return Compose(
         [

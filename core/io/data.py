@@ -7,6 +7,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,13 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
 from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
 
-SliceAxis = Literal["axial", "coronal", "sagittal"]
+
+class SliceAxis(StrEnum):
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    SAGITTAL = "sagittal"
+
+
 Role = Literal["train", "val", "synthetic"]
 
 # Voxel axis of each plane for arrays in NIfTI (RAS-like) order: i = sagittal, k = axial.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import numpy as np
 from monai.transforms import (
@@ -14,15 +15,26 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
 
-ResizeMode = Literal["resize", "crop_pad"]
-IntensityRule = Literal["minmax", "ct", "percentile"]
+
+class ResizeMode(StrEnum):
+    RESIZE = "resize"
+    CROP_PAD = "crop_pad"
+
+
+class IntensityRule(StrEnum):
+    MINMAX = "minmax"
+    CT = "ct"
+    PERCENTILE = "percentile"
+
+
 DEFAULT_SIZE = {2: 64, 3: 32}  # per axis: what the default networks are sized for
 
 
 @dataclass(frozen=True)
-class PreprocessSpec:
+class PreprocessSpec(Config):
     """How raw images become network input: ``(1, *spatial_size)`` float32 in [-1, 1].
 
     Attributes:
@@ -37,21 +49,16 @@ class PreprocessSpec:
     """
 
     spatial_size: tuple[int, ...]
-    resize: ResizeMode = "resize"
-    intensity: IntensityRule = "minmax"
+    resize: ResizeMode = ResizeMode.RESIZE
+    intensity: IntensityRule = IntensityRule.MINMAX
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    percentiles: tuple[float, float] = field(default=(1.0, 99.0))
+    percentiles: tuple[float, float] = (1.0, 99.0)
 
-    def __post_init__(self) -> None:
-        if len(self.spatial_size) not in (2, 3) or any(int(s) < 4 for s in self.spatial_size):
+    def validate(self) -> None:
+        object.__setattr__(self, "spatial_size", tuple(int(s) for s in self.spatial_size))
+        if len(self.spatial_size) not in (2, 3) or any(s < 4 for s in self.spatial_size):
             raise MemoScopeError(
                 f"spatial_size {self.spatial_size} must be 2 or 3 sizes of at least 4 voxels."
-            )
-        if self.resize not in ("resize", "crop_pad"):
-            raise MemoScopeError(f"resize {self.resize!r} must be 'resize' or 'crop_pad'.")
-        if self.intensity not in ("minmax", "ct", "percentile"):
-            raise MemoScopeError(
-                f"intensity {self.intensity!r} must be 'minmax', 'ct' or 'percentile'."
             )
         if not self.ct_window[0] < self.ct_window[1]:
             raise MemoScopeError(f"ct_window {self.ct_window} must be (low, high) with low < high.")
@@ -70,21 +77,30 @@ class PreprocessSpec:
             raise MemoScopeError(f"dims {dims} must be 2 or 3.")
         return cls((int(size or DEFAULT_SIZE[dims]),) * dims, **rules)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        known = {"spatial_size", "resize", "intensity", "ct_window", "percentiles"}
-        unknown = set(data) - known
-        if unknown:
-            raise MemoScopeError(f"preprocessing spec has unknown fields {sorted(unknown)}.")
-        values = dict(data)
-        for key in ("spatial_size", "ct_window", "percentiles"):
-            if key in values:
-                values[key] = tuple(values[key])
-        values["spatial_size"] = tuple(int(s) for s in values["spatial_size"])
-        return cls(**values)
+    def from_options(cls, options: dict[str, Any]) -> PreprocessSpec:
+        """The spec of flat options (``dims``, ``size``, ``resize``, ...; ``None`` = default), checking ``slices``."""
+        rules = {k: options[k] for k in SPEC_OPTIONS if options.get(k) is not None}
+        dims, size = int(rules.pop("dims", 2)), rules.pop("size", None)
+        if options.get("slices") and dims != 2:
+            raise MemoScopeError("--slices takes 2D slices of 3D files; use it with --dims 2.")
+        return cls.for_dims(dims, size, **rules)
+
+
+SPEC_OPTIONS = ("dims", "size", "resize", "intensity", "ct_window", "percentiles")
+C = TypeVar("C", bound=Config)
+
+
+def config_from_options(cls: type[C], options: dict[str, Any]) -> C:
+    """Flat options (CLI flags, a page's form, a job request) -> a config; the spec options become its ``spec``.
+
+    The one path from user input to a config: ``dims``/``size``/``resize``/``intensity``/``ct_window``/
+    ``percentiles`` build a :class:`PreprocessSpec` when ``cls`` has a ``spec`` field; ``None`` means default.
+    """
+    values = {k: v for k, v in options.items() if v is not None}
+    if "spec" in getattr(cls, "__dataclass_fields__", {}) and "spec" not in values:
+        values["spec"] = PreprocessSpec.from_options(values).to_dict()
+    return cls.from_dict({k: v for k, v in values.items() if k not in SPEC_OPTIONS})
 
 
 def _intensity_transform(spec: PreprocessSpec) -> Any:
@@ -129,10 +145,3 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     scaled = np.asarray(_intensity_transform(spec)(raw), dtype=np.float32)
     sized = np.asarray(_size_transform(spec)(scaled), dtype=np.float32)
     return np.clip(sized, -1.0, 1.0)
-
-
-def preprocess_batch(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """Apply ``spec`` to each image: list of ``(1, *spatial_i)`` -> ``(N, 1, *size)`` float32."""
-    if not images:
-        return np.zeros((0, 1, *spec.spatial_size), dtype=np.float32)
-    return np.stack([preprocess(image, spec) for image in images])

@@ -20,13 +20,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
+from core.common.progress import Progress, ProgressEvent
 from core.common.provenance import atomic_write_json, now_utc
+from core.detect.detector import TrainDetectorConfig
+from core.generative.sample import GenerateConfig
+from core.io.preprocessing import config_from_options
+from core.study.scan import STAGES as SCAN_STAGES
+from core.study.scan import ScanConfig
 
 JOBS_DIR = "jobs"
-JobKind = Literal["generate", "train-detector", "scan"]
 JobStatus = Literal["queued", "running", "done", "failed"]
-KINDS: tuple[str, ...] = ("generate", "train-detector", "scan")
 
 
 @dataclass
@@ -34,9 +39,10 @@ class Job:
     """One background job and its progress.
 
     Attributes:
-        id, kind, params: what runs (params are the keyword arguments of the core function).
+        id, kind, params: what runs (params: the job kind's config, as :meth:`Config.to_dict` wrote it).
         status: queued -> running -> done | failed.
-        done, total: progress in the job's own units (samples, epochs, stages).
+        stage, stages: the current stage of the kind's ordered stages.
+        done, total: progress within the stage, in its own units (samples, epochs, sets).
         message: the latest progress line; log: the last lines.
         started, updated: ``time.time()`` stamps, for the ETA.
     """
@@ -49,6 +55,8 @@ class Job:
     created_at: str = field(default_factory=now_utc)
     finished_at: str | None = None
     pid: int | None = None
+    stage: str = ""
+    stages: list[str] = field(default_factory=list)
     done: int = 0
     total: int = 0
     message: str = ""
@@ -60,7 +68,13 @@ class Job:
 
     @property
     def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
+        """Overall progress: finished stages plus the share of the current one."""
+        within = min(1.0, self.done / self.total) if self.total else 0.0
+        if self.status == "done":
+            return 1.0
+        if self.stage in self.stages:
+            return (self.stages.index(self.stage) + within) / len(self.stages)
+        return within
 
     @property
     def active(self) -> bool:
@@ -71,7 +85,8 @@ class Job:
         if self.status != "running" or not self.started or not self.done or not self.total:
             return None
         elapsed = (now or time.time()) - self.started
-        return max(0.0, elapsed / self.done * (self.total - self.done))
+        share = self.fraction
+        return max(0.0, elapsed / share * (1.0 - share)) if share > 0 else None
 
 
 def job_file(study: str | Path, job_id: str) -> Path:
@@ -131,18 +146,24 @@ def active_job(study: str | Path) -> Job | None:
     return next((j for j in list_jobs(study) if j.active), None)
 
 
-def start_job(study: str | Path, kind: str, params: dict[str, Any]) -> Job:
-    """Record a job and start its worker process; refuses while another job of the study runs."""
+def start_job(study: str | Path, kind: str, options: dict[str, Any]) -> Job:
+    """Check the options, record a job and start its worker process; refuses while another job of the study runs.
+
+    ``options`` are flat (as the CLI's flags): they become the kind's config here, so a bad value
+    is reported now, on the page, before any process starts.
+    """
     if kind not in KINDS:
-        raise MemoScopeError(f"job kind {kind!r} must be one of {KINDS}.")
+        raise MemoScopeError(f"job kind {kind!r} must be one of {tuple(KINDS)}.")
+    params = config_from_options(KINDS[kind].config, options).to_dict()
     study = Path(study)
     running = active_job(study)
     if running is not None:
         raise MemoScopeError(f"{study}: a {running.kind} job is still running; wait for it or let it fail first.")
-    job = Job(id=time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6], kind=kind, params=params, study=str(study))
+    job = Job(id=time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6], kind=kind, params=params, study=str(study),
+              stages=list(KINDS[kind].stages))
     path = job_file(study, job.id)
     _write(path, job)
-    package_root = str(Path(__file__).resolve().parents[1])  # `core` importable from any working folder
+    package_root = str(Path(__file__).resolve().parents[2])  # `core` importable from any working folder
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     with open(path.with_suffix(".log"), "ab") as log:
         process = subprocess.Popen(
@@ -158,24 +179,25 @@ def start_job(study: str | Path, kind: str, params: dict[str, Any]) -> Job:
 
 
 class _Reporter:
-    """Progress callbacks for a worker: throttled, atomic writes of the job file."""
+    """The worker's progress sink: takes :class:`ProgressEvent` s, writes the job file (throttled, atomic)."""
 
     def __init__(self, path: Path, job: Job) -> None:
         self.path, self.job, self.last = path, job, 0.0
 
-    def update(self, done: int | None = None, total: int | None = None, message: str | None = None, force: bool = False) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         job = self.job
-        if done is not None:
-            job.done = done
-        if total is not None:
-            job.total = total
-        if message:
-            job.message = message
-            job.log = [*job.log[-49:], message]
-        job.updated = time.time()
-        if force or job.updated - self.last > 0.5:
-            self.last = job.updated
-            _write(self.path, job)
+        new_stage = event.stage != job.stage
+        job.stage, job.done, job.total = event.stage, event.done, event.total
+        if event.message:
+            job.message = event.message
+            job.log = [*job.log[-49:], f"{event.stage}: {event.message}"]
+        self.flush(force=new_stage)
+
+    def flush(self, force: bool = False) -> None:
+        self.job.updated = time.time()
+        if force or self.job.updated - self.last > 0.5:
+            self.last = self.job.updated
+            _write(self.path, self.job)
 
 
 def run_job(path: str | Path) -> Job:
@@ -184,74 +206,53 @@ def run_job(path: str | Path) -> Job:
     job = read_job(path)
     job.status, job.pid, job.started = "running", os.getpid(), time.time()
     reporter = _Reporter(path, job)
-    reporter.update(message=f"{job.kind} started", force=True)
+    reporter(ProgressEvent(job.stages[0] if job.stages else job.kind, 0, 1, f"{job.kind} started"))
     try:
-        job.result = _RUNNERS[job.kind](job.params, reporter)
+        kind = KINDS[job.kind]
+        job.result = kind.run(kind.config.from_dict(job.params, source=f"{path} params"), reporter)
         job.status = "done"
-        reporter.update(done=job.total or 1, total=job.total or 1, message=f"{job.kind} finished")
+        reporter(ProgressEvent(job.stage, job.total or 1, job.total or 1, f"{job.kind} finished"))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded for the page
         job.status = "failed"
         job.error = str(exc) if isinstance(exc, MemoScopeError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     job.finished_at = now_utc()
-    reporter.update(force=True)
+    reporter.flush(force=True)
     return job
 
 
-def _spec(params: dict[str, Any]):  # noqa: ANN202 - PreprocessSpec
-    from core.io.preprocessing import PreprocessSpec
-
-    return PreprocessSpec.for_dims(int(params.get("dims", 2)), params.get("size"), resize=params.get("resize", "resize"),
-                                   intensity=params.get("intensity", "minmax"))
-
-
-def _run_generate(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
+def _run_generate(config: Any, progress: Progress) -> dict[str, Any]:
     from core.generative.sample import generate
 
-    result = generate(
-        params["checkpoint"], params["out"], int(params["n"]), int(params.get("steps", 50)), params.get("scheduler", "ddim"),
-        int(params.get("batch_size", 8)), int(params.get("seed", 0)), params.get("device", "auto"), params.get("precision", "fp32"),
-        params.get("format", "png16"), progress=lambda done, n: report.update(done, n, f"{done}/{n} samples"), show_bar=False,
-    )
+    result = generate(config, progress)
     return {"out": str(result.out), "written": result.n_written, "skipped": result.n_skipped, "seconds": result.seconds}
 
 
-def _run_train_detector(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
+def _run_train_detector(config: Any, progress: Progress) -> dict[str, Any]:
     from core.detect.detector import train_from_sources
 
-    report.update(0, 1, "loading images")
-    overrides = {k: params[k] for k in ("arch", "epochs", "augmentation", "batch_size") if params.get(k) is not None}
-    detector, digest = train_from_sources(
-        params["train"], params["val"], _spec(params), params["out"], params.get("slices"), seed=int(params.get("seed", 0)),
-        overrides=overrides, overwrite=True, progress=lambda r: report.update(
-            r["epoch"], r["epochs"], f"epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
-    return {"detector": params["out"], "hash": digest, "best_epoch": detector.best_epoch + 1}
+    detector = train_from_sources(config, progress)
+    return {"detector": config.out, "hash": detector.detector_hash, "best_epoch": detector.best_epoch + 1}
 
 
-SCAN_STAGES = ("loaded", "training a detector", "threshold", "wrote")
+def _run_scan(config: Any, progress: Progress) -> dict[str, Any]:
+    from core.study.scan import run_scan
+
+    summary = run_scan(config, progress)
+    return {"threshold": summary.tau, "copies": summary.copies.count, "memorized": summary.memorized.count}
 
 
-def _run_scan(params: dict[str, Any], report: _Reporter) -> dict[str, Any]:
-    from core.study.scan import ScanConfig, run_scan
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of background job: its config class, its ordered stages (for the bar) and its runner."""
 
-    config = ScanConfig(
-        spec=_spec(params), slices=params.get("slices"), threshold_rule=params.get("threshold_rule", "paper"),
-        percentile=float(params.get("percentile", 95.0)), k=int(params.get("k", 5)), seed=int(params.get("seed", 0)),
-        detector=params.get("detector"), detector_overrides=params.get("detector_overrides", {}),
-    )
-    stage = {"n": 0}
-
-    def log(line: str) -> None:
-        if any(line.startswith(s) for s in SCAN_STAGES):
-            stage["n"] += 1
-        report.update(stage["n"], len(SCAN_STAGES), line.strip())
-
-    summary = run_scan(params["train"], params["val"], params["synthetic"], params["out"], config, log=log)
-    return {"threshold": summary["threshold"], "copies": summary["counts"]["copies"], "memorized": summary["counts"]["memorized"]}
+    config: type[Config]
+    stages: tuple[str, ...]
+    run: Callable[[Any, Progress], dict[str, Any]]
 
 
-_RUNNERS: dict[str, Callable[[dict[str, Any], _Reporter], dict[str, Any]]] = {
-    "generate": _run_generate,
-    "train-detector": _run_train_detector,
-    "scan": _run_scan,
+KINDS: dict[str, JobKind] = {
+    "generate": JobKind(GenerateConfig, ("sample",), _run_generate),
+    "train-detector": JobKind(TrainDetectorConfig, ("train detector",), _run_train_detector),
+    "scan": JobKind(ScanConfig, SCAN_STAGES, _run_scan),
 }

@@ -9,24 +9,25 @@ study folder (``pseudonyms.csv``, never exported), and only pixel data is used: 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
+from core.common.tables import write_csv
+from core.detect.metrics import Fraction
 from core.io.data import discover
 from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
 from core.study import verdicts
-from core.study.review import Pair, correlation_histogram, load_study_set, read_calibration, read_pairs, read_summary
+from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
+from core.study.review import correlation_histogram, load_study_set
 
 CHROMIUM = Path("/usr/bin/chromium")
 PSEUDONYMS = "pseudonyms.csv"
@@ -50,20 +51,17 @@ class Pseudonyms:
 
     def write_key(self, study: Path, pairs: list[Pair]) -> None:
         """The re-identification key, kept in the study folder only."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["pseudonym", "train_id", "patient_pseudonym", "patient_id"])
-        for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs}):
-            writer.writerow([self.scans[train_id], train_id, self.patients[patient_id], patient_id])
-        atomic_write_text(study / PSEUDONYMS, buffer.getvalue())
+        rows = [[self.scans[train_id], train_id, self.patients[patient_id], patient_id]
+                for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs})]
+        write_csv(study / PSEUDONYMS, ["pseudonym", "train_id", "patient_pseudonym", "patient_id"], rows)
 
 
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _pct(f: dict[str, Any]) -> str:
-    return f"{f['value']:.1%} ({f['count']}/{f['total']}; 95 % CI {f['low']:.1%} to {f['high']:.1%})"
+def _pct(f: Fraction) -> str:
+    return f"{f.value:.1%} ({f.count}/{f.total}; 95 % CI {f.low:.1%} to {f.high:.1%})"
 
 
 def _kappa(value: float) -> str:
@@ -74,7 +72,7 @@ def _display(image: np.ndarray) -> np.ndarray:
     return orthogonal_slice(image, "axial", image.shape[2] // 2) if image.ndim == 3 else image
 
 
-def _pair_images(summary: dict[str, Any], pairs: list[Pair], top: int) -> list[tuple[Pair, bytes, bytes, bytes]]:
+def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tuple[Pair, bytes, bytes, bytes]]:
     """PNG thumbnails (synthetic, training, difference; one shared 1-99 % window) of the top copy pairs."""
     if top <= 0 or not pairs:
         return []
@@ -91,14 +89,14 @@ def _pair_images(summary: dict[str, Any], pairs: list[Pair], top: int) -> list[t
     return out
 
 
-def _histogram_html(study: Path, tau: float) -> str:
-    fig = correlation_histogram(read_calibration(study), tau)
+def _histogram_html(scan: ScanResults, tau: float) -> str:
+    fig = correlation_histogram(scan.calibration(), tau)
     fig.update_layout(width=900)  # fixed width for print
     return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
 
 
 def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
-    nearest = {(p.synthetic_id, p.train_id): p.similarity for p in pairs if p.rank == 1}
+    nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(pairs)}
     detector = verdicts.detector_calls(nearest, tau)
     rows = []
     for mode in verdicts.MODES:
@@ -111,19 +109,18 @@ def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[st
     return rows
 
 
-def conclusion(summary: dict[str, Any], n_confirmed: int) -> tuple[str, str]:
+def conclusion(summary: ScanSummary, n_confirmed: int) -> tuple[str, str]:
     """A plain-language conclusion and recommendation from the numbers."""
-    copies, mem = summary["copy_fraction"], summary["memorized_training_fraction"]
-    fpr = summary["expected_false_positive_rate"]["copy"]
-    if copies["count"] == 0:
-        text = (f"None of the {copies['total']} synthetic samples was closer to a training scan than the calibrated threshold "
-                f"allows (95 % upper bound {copies['high']:.1%}).")
+    copies, mem, fpr = summary.copies, summary.memorized, summary.expected_fpr_copy
+    if copies.count == 0:
+        text = (f"None of the {copies.total} synthetic samples was closer to a training scan than the calibrated threshold "
+                f"allows (95 % upper bound {copies.high:.1%}).")
         advice = ("No sample needs removing on this evidence. The check finds near-copies the detector can see; it does not "
                   "prove that no patient information is reproduced, so keep the usual data-sharing safeguards.")
     else:
-        text = (f"{copies['count']} of {copies['total']} synthetic samples ({copies['value']:.1%}, 95 % CI {copies['low']:.1%} to "
-                f"{copies['high']:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
-                f"likely copies of patient data. {mem['count']} of {mem['total']} training scans ({mem['value']:.1%}) have such a "
+        text = (f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
+                f"{copies.high:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
+                f"likely copies of patient data. {mem.count} of {mem.total} training scans ({mem.value:.1%}) have such a "
                 f"copy. About {fpr:.1%} of genuinely new scans would also be flagged at this threshold.")
         advice = ("Do not share this synthetic set as it is. Remove the flagged samples (MemoScope's release filter does this and "
                   "records what it removed)" + (f", including the {n_confirmed} pairs reviewers confirmed as copies" if n_confirmed else "")
@@ -137,28 +134,29 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
     ``release_note``: for a report written with a release, what the release did (kept, removed, its threshold).
     """
     study = Path(study)
-    summary = read_summary(study)
-    pairs = read_pairs(study)
+    scan = ScanResults.open(study)
+    summary = scan.summary
+    pairs = scan.pairs()
     names = Pseudonyms.of(pairs)
     names.write_key(study, pairs)
-    tau = float(summary["threshold"])
-    nearest = sorted((p for p in pairs if p.rank == 1), key=lambda p: -p.similarity)
-    copies = [p for p in nearest if p.similarity > tau]
+    tau = summary.tau
+    flagged = sorted(copies(pairs, tau), key=lambda p: -p.similarity)
     confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study) if d.verdict == "copy"}
     text, advice = conclusion(summary, len(confirmed))
     e = html.escape
-    inputs = summary["inputs"]
+    inputs = summary.inputs
     rows = "".join(
-        f"<tr><td>{role}</td><td>{inputs[role]['n']}</td><td>{inputs[role]['n_patients']}</td><td><code>{inputs[role]['content_hash'][:16]}</code></td></tr>"
-        for role in ("train", "val", "synthetic")
+        f"<tr><td>{role}</td><td>{inputs[role].n}</td><td>{inputs[role].n_patients}</td>"
+        f"<td><code>{inputs[role].content_hash[:16]}</code></td></tr>"
+        for role in ROLES
     )
-    detector = summary["detector"]
-    pct = f", percentile {summary['percentile']:g}" if summary.get("percentile") is not None else ""
+    detector = summary.detector
+    pct = f", percentile {summary.threshold.percentile:g}" if summary.threshold.percentile is not None else ""
     pair_html = "".join(
         f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic {e(p.synthetic_id)} vs "
         f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value {p.p_value:.3g}, "
         f"pixel correlation {p.pixel_corr:.3f}</figcaption></figure>"
-        for p, a, b, d in _pair_images(summary, copies, top)
+        for p, a, b, d in _pair_images(summary, flagged, top)
     ) or "<p>No pair is above the threshold.</p>"
     agreement = _agreement_rows(study, pairs, tau)
     agreement_html = (
@@ -167,7 +165,7 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
                   for m, c, a in agreement)
         + "</table>"
     ) if agreement else "<p>No reviewer verdicts recorded.</p>"
-    v = summary["versions"]
+    v = summary.versions
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MemoScope report: {e(study.name)}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}}table{{border-collapse:collapse}}
@@ -181,19 +179,19 @@ real scans of patients outside the training set.</p>
 {f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
 <table><tr><th>set</th><th>images</th><th>patients</th><th>content hash</th></tr>{rows}</table>
-<ul><li>Generator checkpoint: hash <code>{e(str(summary.get('checkpoint_hash'))[:16])}</code></li>
-<li>Detector: {e(detector['config']['arch'])} to {detector['config']['embed_dim']} dimensions, {e(detector['config']['augmentation'])}
-augmentation, hash <code>{e(detector['hash'][:16])}</code></li>
-<li>Preprocessing: <code>{e(json.dumps(summary['preprocessing']))}</code></li>
+<ul><li>Generator checkpoint: hash <code>{e(str(summary.checkpoint_hash)[:16])}</code></li>
+<li>Detector: {e(detector.config['arch'])} to {detector.config['embed_dim']} dimensions, {e(detector.config['augmentation'])}
+augmentation, hash <code>{e(detector.hash[:16])}</code></li>
+<li>Preprocessing: <code>{e(json.dumps(summary.preprocessing.to_dict()))}</code></li>
 <li>Versions: {e(', '.join(f'{k} {val}' for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>
-<ul><li>Threshold rule <b>{e(summary['rule'])}</b>{e(pct)}: tau = <b>{tau:.3f}</b></li>
-<li>Memorized training fraction: <b>{_pct(summary['memorized_training_fraction'])}</b></li>
-<li>Copy fraction among synthetic samples: <b>{_pct(summary['copy_fraction'])}</b></li>
-<li>Expected false-positive rate: copies {summary['expected_false_positive_rate']['copy']:.1%}, memorization
-{summary['expected_false_positive_rate']['memorized']:.1%}</li></ul>
+<ul><li>Threshold rule <b>{e(summary.threshold.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b></li>
+<li>Memorized training fraction: <b>{_pct(summary.memorized)}</b></li>
+<li>Copy fraction among synthetic samples: <b>{_pct(summary.copies)}</b></li>
+<li>Expected false-positive rate: copies {summary.expected_fpr_copy:.1%}, memorization
+{summary.expected_fpr_memorized:.1%}</li></ul>
 <p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold itself.</p>
-<h2>Correlation distributions</h2>{_histogram_html(study, tau)}
+<h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and patients are shown
 under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
@@ -225,10 +223,10 @@ def write_report(study: str | Path, out: str | Path, fmt: str = "html", top: int
     if fmt == "html":
         atomic_write_text(out, text)
         return out
-    with atomic_path(out.with_suffix(".html")) as tmp_html:
-        tmp_html.write_text(text)
-        write_pdf(tmp_html, out)
-    out.with_suffix(".html").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        html_path = Path(folder) / "report.html"  # Chromium renders by suffix: a .tmp file prints as plain text
+        html_path.write_text(text, encoding="utf-8")
+        write_pdf(html_path, out)
     return out
 
 
@@ -250,16 +248,17 @@ def release(study: str | Path, out: str | Path, threshold: float | None = None, 
     study, out = Path(study), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MemoScopeError(f"{out}: exists and is not empty; choose an empty or new folder.")
-    summary = read_summary(study)
-    tau = float(summary["threshold"] if threshold is None else threshold)
-    pairs = read_pairs(study)
-    nearest = {p.synthetic_id: p for p in pairs if p.rank == 1}
+    scan = ScanResults.open(study)
+    summary = scan.summary
+    tau = summary.tau if threshold is None else float(threshold)
+    pairs = scan.pairs()
+    nearest = {p.synthetic_id: p for p in nearest_pairs(pairs)}
     confirmed = {d.synthetic_id for d in verdicts.decisions(study) if d.verdict == "copy"} if exclude_confirmed else set()
-    files = {r.sample_id: r.path for r in discover(summary["inputs"]["synthetic"]["source"])}
+    files = {r.sample_id: r.path for r in discover(summary.source("synthetic"))}
     missing = sorted(set(nearest) - set(files))
     if missing:
         raise MemoScopeError(f"{len(missing)} synthetic samples of the scan are missing from its folder (e.g. {missing[0]}); rescan.")
-    over = {s for s, p in nearest.items() if p.similarity > tau}
+    over = {s for s, p in nearest.items() if p.is_copy(tau)}
     dropped_confirmed = confirmed - over
     keep = sorted(set(nearest) - over - confirmed)
     names = Pseudonyms.of(pairs)  # the same pseudonyms as the report
@@ -267,22 +266,21 @@ def release(study: str | Path, out: str | Path, threshold: float | None = None, 
         out.rmdir()
     with atomic_dir(out) as tmp:
         (tmp / "samples").mkdir()
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "nearest_training", "similarity", "p_value", "sha256"])
+        rows = []
         for sample_id in keep:
             source = Path(files[sample_id])
             target = tmp / "samples" / Path(sample_id).name
             shutil.copy2(source, target)
             p = nearest[sample_id]
-            writer.writerow([f"samples/{target.name}", names.scans[p.train_id], f"{p.similarity:.6f}", f"{p.p_value:.6g}", sha256_file(target)])
-        atomic_write_text(tmp / "manifest.csv", buffer.getvalue())
+            rows.append([f"samples/{target.name}", names.scans[p.train_id], f"{p.similarity:.6f}", f"{p.p_value:.6g}",
+                         sha256_file(target)])
+        write_csv(tmp / "manifest.csv", ["path", "nearest_training", "similarity", "p_value", "sha256"], rows)
         record = {
             "study": study.name, "released_at": now_utc(), "threshold": tau, "threshold_source": "scan" if threshold is None else "given",
             "exclude_confirmed": exclude_confirmed, "n_synthetic": len(nearest), "kept": len(keep),
             "removed_by_threshold": len(over), "removed_as_confirmed": len(dropped_confirmed),
-            "removed": sorted(over | confirmed), "checkpoint_hash": summary.get("checkpoint_hash"),
-            "detector_hash": summary["detector"]["hash"], "scan_finished_at": summary["finished_at"], "versions": versions(),
+            "removed": sorted(over | confirmed), "checkpoint_hash": summary.checkpoint_hash,
+            "detector_hash": summary.detector.hash, "scan_finished_at": summary.finished_at, "versions": versions(),
         }
         atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         note = (f"{len(keep)} of {len(nearest)} synthetic samples released at threshold {tau:.3f} "

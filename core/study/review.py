@@ -6,58 +6,18 @@ viewer do no search or model work: the threshold only moves over presorted array
 
 from __future__ import annotations
 
-import csv
-import json
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
 
-from core.common.errors import MemoScopeError
-from core.detect.metrics import Threshold, calibrate, fraction_above, wilson_interval
-from core.io.data import ImageSet, load_set
+from core.detect.metrics import count_above, fraction_above, wilson_interval
+from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The four best-correlation arrays of a study, each sorted ascending.
-
-    Attributes:
-        train_to_val: each training sample's best correlation to validation (the paper's null).
-        val_to_train: each validation sample's best correlation to training (the held-out null).
-        train_to_synthetic: each training sample's best correlation to a synthetic sample.
-        synthetic_to_train: each synthetic sample's best correlation to training.
-    """
-
-    train_to_val: npt.NDArray[np.float64]
-    val_to_train: npt.NDArray[np.float64]
-    train_to_synthetic: npt.NDArray[np.float64]
-    synthetic_to_train: npt.NDArray[np.float64]
-
-    def threshold(self, rule: str, percentile: float = 95.0, fixed: float | None = None) -> Threshold:
-        return calibrate(rule, self.train_to_val, self.val_to_train, percentile, fixed)  # type: ignore[arg-type]
-
-
-def read_summary(study: str | Path) -> dict[str, Any]:
-    path = Path(study) / "summary.json"
-    if not path.is_file():
-        raise MemoScopeError(f"{path}: this study has not been scanned yet; run a scan first.")
-    return json.loads(path.read_text())
-
-
-def read_calibration(study: str | Path) -> Calibration:
-    """The sorted best-correlation arrays from ``neighbors.npz``."""
-    path = Path(study) / "neighbors.npz"
-    if not path.is_file():
-        raise MemoScopeError(f"{path}: missing; run a scan first.")
-    with np.load(path, allow_pickle=False) as data:
-        best = {key: np.sort(np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64))
-                for key in ("train_to_val", "val_to_train", "train_to_synthetic", "synthetic_to_train")}
-    return Calibration(**best)
+from core.study.results import Calibration, Pair, ScanSummary, copies, nearest_pairs
 
 
 @dataclass(frozen=True)
@@ -89,16 +49,12 @@ class LiveMetrics:
         return wilson_interval(self.copies, self.n_synthetic)
 
 
-def _count_above(sorted_values: npt.NDArray[np.float64], tau: float) -> int:
-    return int(len(sorted_values) - np.searchsorted(sorted_values, tau, side="right"))
-
-
 def live_metrics(cal: Calibration, tau: float) -> LiveMetrics:
     """Everything the calibrate page shows for ``tau``, in O(log n) (same rule as the scan: ``> tau``)."""
     return LiveMetrics(
         tau=float(tau),
-        memorized=_count_above(cal.train_to_synthetic, tau), n_train=len(cal.train_to_synthetic),
-        copies=_count_above(cal.synthetic_to_train, tau), n_synthetic=len(cal.synthetic_to_train),
+        memorized=int(count_above(cal.train_to_synthetic, tau)), n_train=len(cal.train_to_synthetic),
+        copies=int(count_above(cal.synthetic_to_train, tau)), n_synthetic=len(cal.synthetic_to_train),
         fpr_copy=float(fraction_above(cal.val_to_train, [tau])[0]),
         fpr_memorized=float(fraction_above(cal.train_to_val, [tau])[0]),
     )
@@ -128,46 +84,17 @@ def correlation_histogram(cal: Calibration, tau: float) -> go.Figure:
     return fig
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A synthetic sample and one of its training neighbours (a row of ``pairs.csv``)."""
-
-    synthetic_id: str
-    rank: int
-    train_id: str
-    patient_id: str
-    similarity: float
-    p_value: float
-    pixel_corr: float
-    ssim: float | None
-
-
-def read_pairs(study: str | Path) -> list[Pair]:
-    path = Path(study) / "pairs.csv"
-    if not path.is_file():
-        raise MemoScopeError(f"{path}: missing; run a scan first.")
-    with open(path, newline="") as handle:
-        return [
-            Pair(r["synthetic_id"], int(r["rank"]), r["train_id"], r["patient_id"], float(r["similarity"]), float(r["p_value"]),
-                 float(r["pixel_corr"]), float(r["ssim"]) if r.get("ssim") else None)
-            for r in csv.DictReader(handle)
-        ]
-
-
 def worklist(pairs: list[Pair], tau: float, only_copies: bool = False) -> list[dict[str, Any]]:
     """One row per synthetic sample (its nearest training scan), most similar first.
 
     Each row says whether it is a copy at ``tau`` and how many samples copy the same training
     scan (``group_size``), so that one patient's scan can be judged once.
     """
-    nearest = [p for p in pairs if p.rank == 1]
-    group: dict[str, int] = {}
-    for p in nearest:
-        if p.similarity > tau:
-            group[p.train_id] = group.get(p.train_id, 0) + 1
+    nearest = nearest_pairs(pairs)
+    group = Counter(p.train_id for p in copies(pairs, tau))
     rows = [
         {"synthetic_id": p.synthetic_id, "train_id": p.train_id, "patient_id": p.patient_id, "similarity": round(p.similarity, 4),
-         "p_value": p.p_value, "pixel_corr": round(p.pixel_corr, 3), "copy": p.similarity > tau, "group_size": group.get(p.train_id, 0)}
+         "p_value": p.p_value, "pixel_corr": round(p.pixel_corr, 3), "copy": p.is_copy(tau), "group_size": group[p.train_id]}
         for p in sorted(nearest, key=lambda p: (-p.similarity, p.synthetic_id))
     ]
     return [r for r in rows if r["copy"]] if only_copies else rows
@@ -184,14 +111,10 @@ def group_by_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def study_spec(summary: dict[str, Any]) -> PreprocessSpec:
-    return PreprocessSpec.from_dict(summary["preprocessing"])
-
-
-def load_study_set(summary: dict[str, Any], role: str) -> ImageSet:
+def load_study_set(summary: ScanSummary, role: str) -> ImageSet:
     """The preprocessed images of one input set of a scanned study (exactly what was compared)."""
-    source = summary["inputs"][role]["source"]
-    return load_set(source, study_spec(summary), role=role if role != "synthetic" else None, slices=summary.get("slices"))  # type: ignore[arg-type]
+    return load_set(summary.source(role), summary.preprocessing, role=role if role != "synthetic" else None,  # type: ignore[arg-type]
+                    slices=SliceAxis(summary.slices) if summary.slices else None)
 
 
 def display_units(image: npt.NDArray[np.floating], spec: PreprocessSpec) -> tuple[npt.NDArray[np.float64], str]:

@@ -1,33 +1,61 @@
-"""The whole memorization scan: load, (train) detector, embed, search, calibrate, write outputs."""
+"""The whole memorization scan: load, (train) detector, embed, search, calibrate, write the study's results."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.common.provenance import atomic_path, atomic_write_json, atomic_write_text, now_utc, versions
-from core.detect.detector import Detector, DetectorConfig, embed_set, load_detector, save_detector, train_detector
-from core.detect.metrics import calibrate, empirical_p_values, memorization_metrics, parse_rule, pixel_correlation, ssim
+from core.common.config import Config, check_range
+from core.common.errors import MemoScopeError
+from core.common.progress import Progress, ProgressEvent, silent
+from core.common.provenance import now_utc, versions
+from core.detect.detector import Detector, embed_set, load_detector, train_and_save
+from core.detect.metrics import (
+    MemorizationMetrics,
+    calibrate,
+    empirical_p_values,
+    memorization_metrics,
+    parse_rule,
+    pixel_correlation,
+    ssim,
+)
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.io.data import ImageSet, SliceAxis, check_patient_overlap, load_set
 from core.io.preprocessing import PreprocessSpec
+from core.study import results
+from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
 from core.study.store import open_study
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+STAGES = ("load", "detector", "train detector", "embed", "search", "calibrate", "write")
 
 
-@dataclass
-class ScanConfig:
-    """Settings of one scan (all saved in ``summary.json``)."""
+@dataclass(frozen=True)
+class ScanConfig(Config):
+    """One scan: its inputs, output study and settings (the job record and ``study.sqlite`` keep it whole).
 
+    Attributes:
+        train, val, synthetic: folders or CSV manifests; ``out``: the study folder.
+        spec: preprocessing of all three sets (a given detector's own spec wins, and is logged).
+        slices: take 2D slices of 3D files along this axis.
+        threshold_rule: ``paper``, ``heldout`` or ``fixed:X``; percentile: for paper/heldout.
+        k: neighbours kept per synthetic sample; seed: detector training and bootstrap.
+        skip_bad: skip unreadable files (listed in the summary) instead of stopping.
+        detector: a trained detector folder; without one a detector is trained into ``out/detector``
+            with ``detector_overrides`` (keys of :class:`core.detect.detector.DetectorConfig`).
+        cache_dir: the embedding cache.
+    """
+
+    train: str
+    val: str
+    synthetic: str
+    out: str
     spec: PreprocessSpec
     slices: SliceAxis | None = None
     threshold_rule: str = "paper"
@@ -39,13 +67,12 @@ class ScanConfig:
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
 
-
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
+    def validate(self) -> None:
+        parse_rule(self.threshold_rule)
+        check_range("percentile", self.percentile, 0.0, 100.0)
+        check_range("k", self.k, 1)
+        if self.slices and self.spec.spatial_dims != 2:
+            raise MemoScopeError("slices takes 2D slices of 3D files; use it with 2D preprocessing (--dims 2).")
 
 
 def _checkpoint_of(synthetic_source: str) -> dict[str, Any]:
@@ -61,148 +88,129 @@ def _checkpoint_of(synthetic_source: str) -> dict[str, Any]:
     }
 
 
-def pair_rows(
-    tables: NeighborTables, train: ImageSet, synthetic: ImageSet, tau: float, null: np.ndarray
-) -> list[list[Any]]:
-    """One row per synthetic sample and neighbour rank, with the pixel-space cross-check."""
-    rows: list[list[Any]] = []
+def pair_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet, null: np.ndarray) -> list[Pair]:
+    """One pair per synthetic sample and neighbour rank, with the pixel-space cross-check."""
     sims, idx = tables.synthetic_to_train.similarity, tables.synthetic_to_train.index
     p_values = empirical_p_values(sims.ravel(), null).reshape(sims.shape)
     two_d = train.spec.spatial_dims == 2
+    pairs = []
     for s, syn_id in enumerate(synthetic.ids):
         for rank in range(sims.shape[1]):
             t = int(idx[s, rank])
             a, b = synthetic.images[s, 0], train.images[t, 0]
-            row = [syn_id, rank + 1, train.ids[t], train.patient_ids[t], f"{sims[s, rank]:.6f}",
-                   f"{p_values[s, rank]:.6g}", int(sims[s, rank] > tau), f"{pixel_correlation(a, b):.6f}"]
-            if two_d:
-                row.append(f"{ssim(a, b):.6f}")
-            rows.append(row)
-    return rows
+            pairs.append(Pair(syn_id, rank + 1, train.ids[t], train.patient_ids[t], float(sims[s, rank]),
+                              float(p_values[s, rank]), pixel_correlation(a, b), ssim(a, b) if two_d else None))
+    return pairs
 
 
-def run_scan(
-    train_source: str | Path,
-    val_source: str | Path,
-    synthetic_source: str | Path,
-    out: str | Path,
-    config: ScanConfig,
-    log: Log = print,
-) -> dict[str, Any]:
-    """Run the scan and write ``pairs.csv``, ``train_nn.csv``, ``summary.json``,
-    ``neighbors.npz`` and ``embeddings/`` into the study folder ``out``.
+def train_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet) -> list[TrainRow]:
+    t2s = tables.train_to_synthetic
+    return [TrainRow(tid, train.patient_ids[i], synthetic.ids[int(t2s.index[i, 0])], float(t2s.best[i]),
+                     float(tables.train_to_val.best[i])) for i, tid in enumerate(train.ids)]
+
+
+def neighbor_arrays(tables: NeighborTables) -> dict[str, np.ndarray]:
+    return {
+        "synthetic_to_train_sim": tables.synthetic_to_train.similarity, "synthetic_to_train_idx": tables.synthetic_to_train.index,
+        "train_to_synthetic_sim": tables.train_to_synthetic.similarity, "train_to_synthetic_idx": tables.train_to_synthetic.index,
+        "train_to_val_sim": tables.train_to_val.similarity, "val_to_train_sim": tables.val_to_train.similarity,
+    }
+
+
+def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> dict[str, ImageSet]:
+    sets: dict[str, ImageSet] = {}
+    for i, role in enumerate(results.ROLES):
+        progress(ProgressEvent("load", i, len(results.ROLES), f"loading {role}"))
+        sets[role] = load_set(getattr(config, role), spec, role=role if role != "synthetic" else None,  # type: ignore[arg-type]
+                              slices=config.slices, skip_bad=config.skip_bad)
+    check_patient_overlap(sets["train"], sets["val"])
+    progress(ProgressEvent("load", 3, 3, f"loaded {len(sets['train'])} training, {len(sets['val'])} validation, "
+                                         f"{len(sets['synthetic'])} synthetic samples"))
+    return sets
+
+
+def _detector(config: ScanConfig, given: Detector | None, sets: dict[str, ImageSet], progress: Progress) -> Detector:
+    if given is not None:
+        progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
+        return given
+    progress(ProgressEvent("detector", 0, 1, "training a detector"))
+    return train_and_save(sets["train"], sets["val"], Path(config.out) / results.DETECTOR, config.seed,
+                          config.detector_overrides, overwrite=True, progress=progress)
+
+
+def _summary(config: ScanConfig, spec: PreprocessSpec, sets: dict[str, ImageSet], cached: dict[str, bool],
+             detector: Detector, metrics: MemorizationMetrics, timings: dict[str, float]) -> ScanSummary:
+    inputs = {role: InputSet(s.source, len(s), len(set(s.patient_ids)), s.content_hash,
+                             tuple(vars(f) for f in s.skipped), cached[role]) for role, s in sets.items()}
+    return ScanSummary(
+        threshold=metrics.threshold, memorized=metrics.memorized, copies=metrics.copies,
+        expected_fpr_copy=metrics.expected_fpr_copy, expected_fpr_memorized=metrics.expected_fpr_memorized,
+        inputs=inputs, preprocessing=spec,
+        detector=DetectorRef(str(config.detector or Path(config.out) / results.DETECTOR), detector.detector_hash,
+                             detector.config.to_dict(), detector.best_epoch),
+        versions=versions(), finished_at=now_utc(), slices=config.slices, k=config.k, seed=config.seed,
+        timings=timings, **_checkpoint_of(config.synthetic),
+    )
+
+
+def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
+    """Run the scan and write its results into the study folder ``config.out`` (see :mod:`core.study.results`).
 
     Steps: 1. load the three sets with one preprocessing spec; 2. load or train the detector;
     3. embed (cached); 4. exact search in four directions; 5. calibrate tau and compute the
     metrics; 6. write every output atomically and record the run in the study database.
     """
     rule, fixed = parse_rule(config.threshold_rule)
-    study = open_study(out)
+    study = open_study(config.out)
     out = study.path
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    run_config = {"train": str(train_source), "val": str(val_source), "synthetic": str(synthetic_source),
-                  **{k: v for k, v in asdict(config).items() if k != "spec"}, "preprocessing": config.spec.to_dict()}
-    with study.run("scan", run_config) as result:
-        # 1. data
-        detector: Detector | None = load_detector(config.detector) if config.detector else None
+
+    def lap(name: str) -> None:
+        timings[f"{name}_s"] = time.perf_counter() - clock - sum(timings.values())
+
+    with study.run("scan", config.to_dict()) as record:
+        # 1. data, with the given detector's own preprocessing when it has one
+        given = load_detector(config.detector) if config.detector else None
         spec = config.spec
-        if detector is not None and detector.config.preprocessing:
-            detector_spec = PreprocessSpec.from_dict(detector.config.preprocessing)
-            if detector_spec != spec:
-                log(f"using the detector's preprocessing {detector_spec.to_dict()}")
-            spec = detector_spec
-        sets = {
-            role: load_set(src, spec, role=role, slices=config.slices, skip_bad=config.skip_bad)  # type: ignore[arg-type]
-            for role, src in (("train", train_source), ("val", val_source), ("synthetic", synthetic_source))
-        }
-        train, val, synthetic = sets["train"], sets["val"], sets["synthetic"]
-        check_patient_overlap(train, val)
-        log(f"loaded {len(train)} training, {len(val)} validation, {len(synthetic)} synthetic samples")
-        timings["load_s"] = time.perf_counter() - clock
-
+        if given is not None and given.config.preprocessing is not None and given.config.preprocessing != spec:
+            logger.info("using the detector's preprocessing %s", given.config.preprocessing.to_dict())
+            spec = given.config.preprocessing
+        sets = _load_sets(config, spec, progress)
+        lap("load")
         # 2. detector
-        if detector is None:
-            detector_config = DetectorConfig.for_dims(
-                spec.spatial_dims, list(spec.spatial_size), seed=config.seed, preprocessing=spec.to_dict(), **config.detector_overrides
-            )
-            log(f"training a detector ({detector_config.arch}, {detector_config.augmentation} augmentation, {detector_config.epochs} epochs)")
-            detector = train_detector(train, val, detector_config, progress=lambda r: log(f"  epoch {r['epoch']}/{r['epochs']}: train {r['train_loss']:.4f} val {r['val_loss']:.4f}"))
-            save_detector(detector, out / "detector", overwrite=True)
-        timings["detector_s"] = time.perf_counter() - clock - sum(timings.values())
-
+        detector = _detector(config, given, sets, progress)
+        lap("detector")
         # 3. embeddings
         embeddings, cached = {}, {}
-        for role, images in sets.items():
+        for i, (role, images) in enumerate(sets.items()):
+            progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
             embeddings[role], cached[role] = embed_set(detector, images, config.cache_dir)
-            with atomic_path(out / "embeddings" / f"{role}.npz") as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, ids=np.array(images.ids), vectors=embeddings[role].vectors)
-        timings["embed_s"] = time.perf_counter() - clock - sum(timings.values())
-
+            results.write_embeddings(out, role, images.ids, embeddings[role].vectors)
+        progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
+        lap("embed")
         # 4. search
-        tables = search_all(embeddings["train"].vectors, embeddings["val"].vectors, embeddings["synthetic"].vectors, SearchConfig(k=config.k))
-        timings["search_s"] = time.perf_counter() - clock - sum(timings.values())
-
+        progress(ProgressEvent("search", 0, 1, "exact nearest-neighbour search"))
+        tables = search_all(embeddings["train"].vectors, embeddings["val"].vectors, embeddings["synthetic"].vectors,
+                            SearchConfig(k=config.k))
+        lap("search")
         # 5. threshold and metrics
+        progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
         threshold = calibrate(rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed)
-        metrics = memorization_metrics(
-            threshold, tables.train_to_synthetic.best, tables.synthetic_to_train.best,
-            tables.train_to_val.best, tables.val_to_train.best, seed=config.seed,
-        )
-        null = tables.val_to_train.best
-        tau = threshold.value
-
-        # 6. outputs
-        header = ["synthetic_id", "rank", "train_id", "patient_id", "similarity", "p_value", "is_copy", "pixel_corr"]
-        if spec.spatial_dims == 2:
-            header.append("ssim")
-        atomic_write_text(out / "pairs.csv", _csv_text(header, pair_rows(tables, train, synthetic, tau, null)))
-        t2s = tables.train_to_synthetic
-        train_rows = [
-            [tid, train.patient_ids[i], synthetic.ids[int(t2s.index[i, 0])], f"{t2s.best[i]:.6f}",
-             int(t2s.best[i] > tau), f"{tables.train_to_val.best[i]:.6f}"]
-            for i, tid in enumerate(train.ids)
-        ]
-        atomic_write_text(out / "train_nn.csv", _csv_text(
-            ["train_id", "patient_id", "nearest_synthetic_id", "similarity", "memorized", "nearest_val_similarity"], train_rows))
-        with atomic_path(out / "neighbors.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **{  # type: ignore[arg-type]
-                "synthetic_to_train_sim": tables.synthetic_to_train.similarity, "synthetic_to_train_idx": tables.synthetic_to_train.index,
-                "train_to_synthetic_sim": t2s.similarity, "train_to_synthetic_idx": t2s.index,
-                "train_to_val_sim": tables.train_to_val.similarity, "val_to_train_sim": tables.val_to_train.similarity,
-            })
+        metrics = memorization_metrics(threshold, tables.train_to_synthetic.best, tables.synthetic_to_train.best,
+                                       tables.train_to_val.best, tables.val_to_train.best, seed=config.seed)
+        # 6. outputs, the summary last
+        progress(ProgressEvent("write", 0, 1, "writing results"))
+        pairs = pair_records(tables, sets["train"], sets["synthetic"], tables.val_to_train.best)
         timings["total_s"] = time.perf_counter() - clock
-        summary = {
-            **metrics.to_dict(),
-            "rule": rule,
-            "percentile": threshold.percentile,
-            "threshold": tau,
-            "counts": {"train": len(train), "val": len(val), "synthetic": len(synthetic),
-                       "memorized": metrics.memorized.count, "copies": metrics.copies.count},
-            "inputs": {role: {"source": s.source, "n": len(s), "n_patients": len(set(s.patient_ids)), "content_hash": s.content_hash,
-                              "skipped": [asdict(f) for f in s.skipped], "embeddings_cached": cached[role]} for role, s in sets.items()},
-            "preprocessing": spec.to_dict(),
-            "slices": config.slices,
-            "k": config.k,
-            "seed": config.seed,
-            "detector": {"path": str(config.detector or out / "detector"), "hash": detector.detector_hash,
-                         "config": asdict(detector.config), "best_epoch": detector.best_epoch},
-            **_checkpoint_of(str(synthetic_source)),
-            "versions": versions(),
-            "timings": timings,
-            "finished_at": now_utc(),
-            "notes": [
-                "Intervals resample samples with the threshold held fixed; they omit calibration uncertainty.",
-                "expected_false_positive_rate.copy is the share of real held-out images above the threshold.",
-            ],
-        }
-        atomic_write_json(out / "summary.json", summary)
-        study.set_inputs({"train": str(train_source), "val": str(val_source), "synthetic": str(synthetic_source),
-                          "detector": summary["detector"]["path"], "checkpoint": summary["checkpoint"]})
-        result.update(summary)
-    log(
-        f"threshold {tau:.4f} ({rule}); memorized {metrics.memorized.count}/{metrics.memorized.total} "
-        f"({metrics.memorized.value:.1%}); copies {metrics.copies.count}/{metrics.copies.total} ({metrics.copies.value:.1%})"
-    )
+        summary = _summary(config, spec, sets, cached, detector, metrics, timings)
+        results.write_scan(out, summary, pairs, train_records(tables, sets["train"], sets["synthetic"]),
+                           neighbor_arrays(tables))
+        study.set_inputs({"train": config.train, "val": config.val, "synthetic": config.synthetic,
+                          "detector": summary.detector.path, "checkpoint": summary.checkpoint})
+        record.update(summary.to_dict())
+    message = (f"threshold {threshold.value:.4f} ({rule}); memorized {metrics.memorized.count}/{metrics.memorized.total} "
+               f"({metrics.memorized.value:.1%}); copies {metrics.copies.count}/{metrics.copies.total} ({metrics.copies.value:.1%})")
+    logger.info(message)
+    progress(ProgressEvent("write", 1, 1, message))
     return summary
-

@@ -19,6 +19,7 @@ import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import now_utc
+from core.detect.metrics import is_copy
 from core.study.store import DB_NAME
 
 Verdict = Literal["copy", "not_copy", "unsure"]
@@ -165,7 +166,7 @@ def by_reviewer(study: str | Path, mode: str) -> dict[str, dict[tuple[str, str],
 
 def detector_calls(similarities: dict[tuple[str, str], float], tau: float) -> dict[tuple[str, str], str]:
     """The detector as a rater: ``copy`` where the pair's similarity is above ``tau`` (the scan's rule)."""
-    return {key: ("copy" if value > tau else "not_copy") for key, value in similarities.items()}
+    return {key: ("copy" if is_copy(value, tau) else "not_copy") for key, value in similarities.items()}
 
 
 def blinded_sample(keys: Sequence[tuple[str, str]], similarities: Sequence[float], n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -215,14 +216,14 @@ def agreement(a: dict[tuple[str, str], str], b: dict[tuple[str, str], str]) -> A
     return Agreement(len(keys), matrix, accuracy, kappa, unsure)
 
 
-def precision_recall(similarities: Sequence[float], is_copy: Sequence[bool], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+def precision_recall(similarities: Sequence[float], labels: Sequence[bool], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
     """The detector's precision and recall against reviewer labels at each threshold (call: ``similarity > tau``).
 
     Precision is NaN where the detector calls nothing a copy; recall is NaN without any labelled copy.
     """
     s = np.asarray(similarities, dtype=np.float64)[None, :]
-    y = np.asarray(is_copy, dtype=bool)[None, :]
-    calls = s > np.asarray(thresholds, dtype=np.float64)[:, None]
+    y = np.asarray(labels, dtype=bool)[None, :]
+    calls = is_copy(s, np.asarray(thresholds, dtype=np.float64)[:, None])  # type: ignore[arg-type]
     tp = (calls & y).sum(axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(calls.sum(axis=1) > 0, tp / calls.sum(axis=1), np.nan)

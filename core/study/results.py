@@ -1,0 +1,368 @@
+"""A scanned study's results on disk: file names, typed records, the copy rule and the nearest pair, in one place.
+
+Everything a scan writes into a study folder is written here (:func:`write_scan`) and read back
+here (:class:`ScanResults`); nobody else knows a file name or a JSON key. ``summary.json``
+carries ``schema_version``: an older study gets a clear error and an upgrade command
+(:func:`upgrade_study`), a newer one asks for a newer MemoScope.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from core.common.config import Config
+from core.common.errors import MemoScopeError
+from core.common.provenance import atomic_path, atomic_write_json, now_utc
+from core.common.tables import read_csv, write_csv
+from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.io.preprocessing import PreprocessSpec
+
+SCHEMA_VERSION = 2
+SUMMARY = "summary.json"
+PAIRS = "pairs.csv"
+TRAIN_NN = "train_nn.csv"
+NEIGHBORS = "neighbors.npz"
+EMBEDDINGS = "embeddings"
+DETECTOR = "detector"
+SAVED_THRESHOLD = "threshold.json"
+ROLES = ("train", "val", "synthetic")
+NOTES = (
+    "Intervals resample samples with the threshold held fixed; they omit calibration uncertainty.",
+    "expected_fpr_copy is the share of real held-out images above the threshold.",
+)
+
+
+@dataclass(frozen=True)
+class InputSet(Config):
+    """One input set of a scan: where it came from, its size and content hash, what was skipped."""
+
+    source: str
+    n: int
+    n_patients: int
+    content_hash: str
+    skipped: tuple[dict[str, Any], ...] = ()
+    embeddings_cached: bool = False
+
+
+@dataclass(frozen=True)
+class DetectorRef(Config):
+    """The detector a scan used: its folder, content hash, config and kept epoch."""
+
+    path: str
+    hash: str
+    config: dict[str, Any]
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class ScanSummary(Config):
+    """What a scan found and how (``summary.json``).
+
+    Attributes:
+        threshold: tau and the rule that calibrated it.
+        memorized: training samples whose nearest synthetic sample is a copy at tau.
+        copies: synthetic samples whose nearest training sample is a copy at tau.
+        expected_fpr_copy: share of real held-out images called copies at tau.
+        expected_fpr_memorized: share of training images whose nearest validation image is above tau.
+        inputs: ``train``, ``val`` and ``synthetic`` sets.
+        preprocessing, slices, k, seed: how the sets were compared.
+        detector: the detector used; checkpoint, checkpoint_hash, generations: where the samples came from.
+        versions, timings, finished_at, notes: provenance.
+    """
+
+    threshold: Threshold
+    memorized: Fraction
+    copies: Fraction
+    expected_fpr_copy: float
+    expected_fpr_memorized: float
+    inputs: dict[str, InputSet]
+    preprocessing: PreprocessSpec
+    detector: DetectorRef
+    versions: dict[str, str]
+    finished_at: str
+    slices: str | None = None
+    k: int = 5
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_hash: str | list[str] | None = None
+    generations: tuple[dict[str, Any], ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = NOTES
+    schema_version: int = SCHEMA_VERSION
+
+    def validate(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise MemoScopeError(f"schema_version {self.schema_version} is not {SCHEMA_VERSION}.")
+        missing = set(ROLES) - set(self.inputs)
+        if missing:
+            raise MemoScopeError(f"inputs: missing set(s) {sorted(missing)}.")
+
+    @property
+    def tau(self) -> float:
+        return self.threshold.value
+
+    def source(self, role: str) -> str:
+        """The folder or manifest the ``role`` set was read from."""
+        return self.inputs[role].source
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A synthetic sample and one of its training neighbours (a row of ``pairs.csv``)."""
+
+    synthetic_id: str
+    rank: int
+    train_id: str
+    patient_id: str
+    similarity: float
+    p_value: float
+    pixel_corr: float
+    ssim: float | None
+
+    @property
+    def nearest(self) -> bool:
+        """Whether this is the sample's nearest training scan (the pair every metric is about)."""
+        return self.rank == 1
+
+    def is_copy(self, tau: float) -> bool:
+        return bool(is_copy(self.similarity, tau))
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """A training sample, its nearest synthetic sample and its nearest validation similarity (``train_nn.csv``)."""
+
+    train_id: str
+    patient_id: str
+    nearest_synthetic_id: str
+    similarity: float
+    nearest_val_similarity: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The four best-correlation arrays of a study, each sorted ascending.
+
+    Attributes:
+        train_to_val: each training sample's best correlation to validation (the paper's null).
+        val_to_train: each validation sample's best correlation to training (the held-out null).
+        train_to_synthetic: each training sample's best correlation to a synthetic sample.
+        synthetic_to_train: each synthetic sample's best correlation to training.
+    """
+
+    train_to_val: npt.NDArray[np.float64]
+    val_to_train: npt.NDArray[np.float64]
+    train_to_synthetic: npt.NDArray[np.float64]
+    synthetic_to_train: npt.NDArray[np.float64]
+
+    def threshold(self, rule: str, percentile: float = 95.0, fixed: float | None = None) -> Threshold:
+        return calibrate(ThresholdRule(rule), self.train_to_val, self.val_to_train, percentile, fixed)
+
+
+@dataclass(frozen=True)
+class SavedThreshold(Config):
+    """A threshold a reviewer chose and saved for a study (``threshold.json``); it outranks the scan's."""
+
+    value: float
+    rule: str
+    percentile: float | None
+    set_by: str
+    set_at: str
+    scan_finished_at: str
+    note: str = ""
+
+
+PAIR_HEADER = ("synthetic_id", "rank", "train_id", "patient_id", "similarity", "p_value", "is_copy", "pixel_corr")
+TRAIN_HEADER = ("train_id", "patient_id", "nearest_synthetic_id", "similarity", "memorized", "nearest_val_similarity")
+NEIGHBOR_KEYS = ("synthetic_to_train_sim", "synthetic_to_train_idx", "train_to_synthetic_sim", "train_to_synthetic_idx",
+                 "train_to_val_sim", "val_to_train_sim")
+
+
+def _pair_line(p: Pair, tau: float) -> list[Any]:
+    line = [p.synthetic_id, p.rank, p.train_id, p.patient_id, f"{p.similarity:.6f}", f"{p.p_value:.6g}",
+            int(p.is_copy(tau)), f"{p.pixel_corr:.6f}"]
+    return line + ([f"{p.ssim:.6f}"] if p.ssim is not None else [])
+
+
+def write_scan(
+    folder: str | Path,
+    summary: ScanSummary,
+    pairs: list[Pair],
+    train_rows: list[TrainRow],
+    neighbors: dict[str, npt.NDArray[Any]],
+) -> None:
+    """Write a scan's results: ``pairs.csv``, ``train_nn.csv``, ``neighbors.npz``, then ``summary.json`` last.
+
+    ``summary.json`` is written last, so a study either has a summary that describes the other
+    files or (after an interrupted first scan) none at all.
+    """
+    folder = Path(folder)
+    tau = summary.tau
+    header = [*PAIR_HEADER, *(["ssim"] if pairs and pairs[0].ssim is not None else [])]
+    write_csv(folder / PAIRS, header, [_pair_line(p, tau) for p in pairs])
+    write_csv(folder / TRAIN_NN, TRAIN_HEADER, [
+        [r.train_id, r.patient_id, r.nearest_synthetic_id, f"{r.similarity:.6f}", int(is_copy(r.similarity, tau)),
+         f"{r.nearest_val_similarity:.6f}"] for r in train_rows])
+    missing = set(NEIGHBOR_KEYS) - set(neighbors)
+    if missing:
+        raise ValueError(f"neighbour tables missing {sorted(missing)}")
+    with atomic_path(folder / NEIGHBORS) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **neighbors)  # type: ignore[arg-type]
+    atomic_write_json(folder / SUMMARY, summary.to_dict())
+
+
+def write_embeddings(folder: str | Path, role: str, ids: list[str], vectors: npt.NDArray[np.float32]) -> None:
+    with atomic_path(Path(folder) / EMBEDDINGS / f"{role}.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, ids=np.array(ids), vectors=vectors)
+
+
+def _check_version(data: dict[str, Any], path: Path) -> None:
+    version = data.get("schema_version", 1)
+    if version == SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise MemoScopeError(f"{path}: written by a newer MemoScope (schema {version}; this one reads "
+                             f"{SCHEMA_VERSION}); upgrade MemoScope to open this study.")
+    raise MemoScopeError(f"{path}: written by an older MemoScope (schema {version}); run "
+                         f"`python -m core upgrade-study --study {path.parent}` (or rescan) to open it.")
+
+
+def read_summary(folder: str | Path) -> ScanSummary:
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        raise MemoScopeError(f"{path}: this study has not been scanned yet; run a scan first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MemoScopeError(f"{path}: not valid JSON ({exc}); rescan the study.") from exc
+    _check_version(data, path)
+    return ScanSummary.from_dict(data, source=str(path))
+
+
+def is_scanned(folder: str | Path) -> bool:
+    return (Path(folder) / SUMMARY).is_file()
+
+
+@dataclass(frozen=True)
+class ScanResults:
+    """A scanned study's results, read through typed records (open with :meth:`open`)."""
+
+    folder: Path
+    summary: ScanSummary
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ScanResults:
+        return cls(Path(folder), read_summary(folder))
+
+    def _require(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.is_file():
+            raise MemoScopeError(f"{path}: missing; rescan the study.")
+        return path
+
+    def pairs(self) -> list[Pair]:
+        """Every synthetic sample's k training neighbours, in file order."""
+        return [
+            Pair(r["synthetic_id"], int(r["rank"]), r["train_id"], r["patient_id"], float(r["similarity"]),
+                 float(r["p_value"]), float(r["pixel_corr"]), float(r["ssim"]) if r.get("ssim") else None)
+            for r in read_csv(self._require(PAIRS))
+        ]
+
+    def nearest(self) -> list[Pair]:
+        """One pair per synthetic sample: its nearest training scan."""
+        return nearest_pairs(self.pairs())
+
+    def train_rows(self) -> list[TrainRow]:
+        return [
+            TrainRow(r["train_id"], r["patient_id"], r["nearest_synthetic_id"], float(r["similarity"]),
+                     float(r["nearest_val_similarity"]))
+            for r in read_csv(self._require(TRAIN_NN))
+        ]
+
+    def calibration(self) -> Calibration:
+        """The sorted best-correlation arrays from ``neighbors.npz``."""
+        with np.load(self._require(NEIGHBORS), allow_pickle=False) as data:
+            best = {key: np.sort(np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64))
+                    for key in ("train_to_val", "val_to_train", "train_to_synthetic", "synthetic_to_train")}
+        return Calibration(**best)
+
+    @property
+    def detector_folder(self) -> Path:
+        return Path(self.summary.detector.path)
+
+
+def nearest_pairs(pairs: list[Pair]) -> list[Pair]:
+    """The nearest pair of each synthetic sample (rank 1), in input order."""
+    return [p for p in pairs if p.nearest]
+
+
+def copies(pairs: list[Pair], tau: float) -> list[Pair]:
+    """The nearest pairs that are copies at ``tau``."""
+    return [p for p in nearest_pairs(pairs) if p.is_copy(tau)]
+
+
+# ---------------------------------------------------------------- the reviewer's saved threshold
+
+
+def save_threshold(folder: str | Path, choice: SavedThreshold) -> None:
+    atomic_write_json(Path(folder) / SAVED_THRESHOLD, choice.to_dict())
+
+
+def saved_threshold(folder: str | Path, summary: ScanSummary) -> SavedThreshold | None:
+    """The saved threshold, if any and if it was chosen on this scan (a rescan makes it stale)."""
+    path = Path(folder) / SAVED_THRESHOLD
+    if not path.is_file():
+        return None
+    choice = SavedThreshold.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    return choice if choice.scan_finished_at == summary.finished_at else None
+
+
+def new_saved_threshold(summary: ScanSummary, value: float, rule: str, percentile: float | None, set_by: str,
+                        note: str = "") -> SavedThreshold:
+    return SavedThreshold(float(value), rule, percentile, set_by, now_utc(), summary.finished_at, note)
+
+
+# ---------------------------------------------------------------- upgrading older studies
+
+
+def _summary_from_v1(data: dict[str, Any]) -> ScanSummary:
+    """A schema-1 ``summary.json`` (MemoScope 0.1: flat keys, ``threshold`` a number) as a typed summary."""
+    rule = ThresholdRule(data["rule"])
+    counts = data["counts"]
+    null_size = {ThresholdRule.PAPER: counts["train"], ThresholdRule.HELDOUT: counts["val"]}.get(rule, 0)
+    fpr = data["expected_false_positive_rate"]
+    carried = ("inputs", "preprocessing", "detector", "versions", "finished_at", "slices", "k", "seed", "checkpoint",
+               "checkpoint_hash", "generations", "timings")
+    return ScanSummary.from_dict({
+        "threshold": {"rule": rule, "percentile": data.get("percentile"), "value": float(data["threshold"]),
+                      "null_size": null_size},
+        "memorized": data["memorized_training_fraction"],
+        "copies": data["copy_fraction"],
+        "expected_fpr_copy": fpr["copy"],
+        "expected_fpr_memorized": fpr["memorized"],
+        **{key: data[key] for key in carried if key in data},
+    }, source="summary.json (schema 1)")
+
+
+def upgrade_study(folder: str | Path) -> bool:
+    """Rewrite an older study's ``summary.json`` in the current schema; returns whether anything changed.
+
+    Only the summary's layout changes: every number, hash and path stays as the scan wrote it.
+    """
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        raise MemoScopeError(f"{path}: not a scanned study.")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    version = data.get("schema_version", 1)
+    if version == SCHEMA_VERSION:
+        return False
+    if version != 1:
+        _check_version(data, path)
+    atomic_write_json(path, _summary_from_v1(data).to_dict())
+    return True

@@ -1,0 +1,65 @@
+"""The study's typed results: one copy rule, the nearest pair, schema versions and the upgrade of older studies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.common.errors import MemoScopeError
+from core.detect.metrics import is_copy
+from core.study.results import SCHEMA_VERSION, ScanResults, copies, nearest_pairs, read_summary, upgrade_study
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "studies" / "demo-2d"
+
+
+def test_the_copy_rule_is_strictly_above_tau() -> None:
+    assert is_copy(np.array([0.5, 0.9, 0.91]), 0.9).tolist() == [False, False, True]
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_demo_results_read_back_typed_and_consistent() -> None:
+    scan = ScanResults.open(DEMO)
+    summary = scan.summary
+    assert summary.schema_version == SCHEMA_VERSION
+    pairs = scan.pairs()
+    nearest = nearest_pairs(pairs)
+    assert len(nearest) == summary.inputs["synthetic"].n == summary.copies.total
+    assert len(copies(pairs, summary.tau)) == summary.copies.count
+    cal = scan.calibration()
+    assert int(is_copy(cal.synthetic_to_train, summary.tau).sum()) == summary.copies.count
+
+
+def _v1(summary: dict) -> dict:
+    """The same scan as MemoScope 0.1 wrote it (flat keys, ``threshold`` a number)."""
+    return {
+        **{k: v for k, v in summary.items() if k not in ("threshold", "memorized", "copies", "expected_fpr_copy",
+                                                        "expected_fpr_memorized", "schema_version")},
+        "threshold": summary["threshold"]["value"], "rule": summary["threshold"]["rule"],
+        "percentile": summary["threshold"]["percentile"],
+        "memorized_training_fraction": summary["memorized"], "copy_fraction": summary["copies"],
+        "expected_false_positive_rate": {"copy": summary["expected_fpr_copy"], "memorized": summary["expected_fpr_memorized"]},
+        "counts": {"train": summary["inputs"]["train"]["n"], "val": summary["inputs"]["val"]["n"]},
+    }
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_an_older_study_is_refused_with_the_upgrade_command_and_upgrades_exactly(tmp_path: Path) -> None:
+    study = tmp_path / "old"
+    shutil.copytree(DEMO, study)
+    current = json.loads((study / "summary.json").read_text())
+    (study / "summary.json").write_text(json.dumps(_v1(current)))
+    with pytest.raises(MemoScopeError, match="upgrade-study"):
+        read_summary(study)
+    assert upgrade_study(study) is True and upgrade_study(study) is False
+    assert read_summary(study) == read_summary(DEMO)
+
+
+def test_a_newer_study_asks_for_a_newer_memoscope(tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(MemoScopeError, match="newer MemoScope"):
+        read_summary(tmp_path)
