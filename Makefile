@@ -23,6 +23,7 @@ run: setup
 
 lint: setup
 	$(PY) -m ruff check core tools tests benchmarks app.py pages
+	$(PY) -m ruff format --check core tools tests benchmarks app.py pages
 	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)

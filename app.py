@@ -27,7 +27,11 @@ navigation = st.navigation(pages)
 
 
 def _studies() -> list[str]:
-    return sorted(p.name for p in STUDIES.iterdir() if p.is_dir() and not p.name.startswith(".")) if STUDIES.is_dir() else []
+    return (
+        sorted(p.name for p in STUDIES.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if STUDIES.is_dir()
+        else []
+    )
 
 
 def _open_chosen() -> None:
@@ -38,10 +42,19 @@ def _submit_new_study() -> None:
     """Form callback (runs before the rerun, so it may set the study selector)."""
     get = st.session_state.get
     try:
-        created = create_study(STUDIES, get("new_name", "").strip(), {
-            "train": get("new_train", "").strip(), "val": get("new_val", "").strip(), "synthetic": get("new_synthetic", "").strip(),
-            "checkpoint": get("new_checkpoint", "").strip(), "dims": int(get("new_dims", 2)), "size": int(get("new_size", 64)),
-            "slices": get("new_slices", "")})
+        created = create_study(
+            STUDIES,
+            get("new_name", "").strip(),
+            {
+                "train": get("new_train", "").strip(),
+                "val": get("new_val", "").strip(),
+                "synthetic": get("new_synthetic", "").strip(),
+                "checkpoint": get("new_checkpoint", "").strip(),
+                "dims": int(get("new_dims", 2)),
+                "size": int(get("new_size", 64)),
+                "slices": get("new_slices", ""),
+            },
+        )
     except MemoScopeError as exc:
         st.session_state["new_study_error"] = str(exc)
     else:
@@ -60,14 +73,22 @@ with st.sidebar:
         if "study_select" not in st.session_state:  # a study may also live outside studies/: then none is selected
             inside = current is not None and current.parent == STUDIES and current.name in names
             st.session_state["study_select"] = current.name if inside else None
-        st.selectbox("Study", names, key="study_select", placeholder=str(current) if current else "choose a study", on_change=_open_chosen)
+        st.selectbox(
+            "Study",
+            names,
+            key="study_select",
+            placeholder=str(current) if current else "choose a study",
+            on_change=_open_chosen,
+        )
     else:
         st.caption("No study yet: run `make demo`, or create one below.")
     with st.expander("New study", expanded="new_study_error" in st.session_state), st.form("new_study"):
         st.text_input("Name", placeholder="knee-ldm-v2", key="new_name")
         st.text_input("Training images (folder or manifest)", placeholder="data/demo/2d/manifest.csv", key="new_train")
         st.text_input("Validation images (other patients)", placeholder="data/demo/2d/manifest.csv", key="new_val")
-        st.text_input("LDM checkpoint folder (optional)", placeholder="checkpoints/demo-2d-noaug-e0300", key="new_checkpoint")
+        st.text_input(
+            "LDM checkpoint folder (optional)", placeholder="checkpoints/demo-2d-noaug-e0300", key="new_checkpoint"
+        )
         st.text_input("Existing synthetic folder (optional)", key="new_synthetic")
         col1, col2 = st.columns(2)
         col1.selectbox("Dimensions", (2, 3), key="new_dims")

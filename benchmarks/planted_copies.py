@@ -57,9 +57,17 @@ def _row(policy: str, epochs: int, train: ImageSet, val: ImageSet, planted: Plan
     precision = tp / max(int(flagged.sum()), 1)
     recall = tp / int(planted_copy.sum())
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return [policy, str(epochs), *(f"{found[kinds == k].mean():.2f}" for k in PERTURBATIONS),
-            f"{flagged[~planted_copy].mean():.2f} ({fp}/{int((~planted_copy).sum())})",
-            f"{precision:.2f}", f"{recall:.2f}", f"{f1:.2f}", f"{tau:.3f}", f"{seconds:.0f}"]
+    return [
+        policy,
+        str(epochs),
+        *(f"{found[kinds == k].mean():.2f}" for k in PERTURBATIONS),
+        f"{flagged[~planted_copy].mean():.2f} ({fp}/{int((~planted_copy).sum())})",
+        f"{precision:.2f}",
+        f"{recall:.2f}",
+        f"{f1:.2f}",
+        f"{tau:.3f}",
+        f"{seconds:.0f}",
+    ]
 
 
 def main() -> None:
@@ -67,7 +75,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[30, 100], help="detector training lengths to compare")
     parser.add_argument("--per-kind", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help="write benchmarks/results/planted_copies.md for the README")
+    parser.add_argument(
+        "--write", action="store_true", help="write benchmarks/results/planted_copies.md for the README"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     spec = PreprocessSpec((64, 64))
@@ -77,8 +87,10 @@ def main() -> None:
     train = ImageSet([f"t{i}" for i in range(len(x_train))], p_train, x_train, spec, "train")
     val = ImageSet([f"v{i}" for i in range(len(x_val))], p_val, x_val, spec, "val")
     planted = plant_copies(x_train, x_unseen, args.per_kind, seed=args.seed)
-    print(f"train {len(train)} slices / val {len(val)} / planted {int((planted.source_index >= 0).sum())} copies "
-          f"+ {len(x_unseen)} unseen")
+    print(
+        f"train {len(train)} slices / val {len(val)} / planted {int((planted.source_index >= 0).sum())} copies "
+        f"+ {len(x_unseen)} unseen"
+    )
     header = ["policy", "epochs", *PERTURBATIONS, "unseen flagged", "precision", "recall", "F1", "tau", "train s"]
     print(" | ".join(header))
     rows = []
@@ -87,7 +99,9 @@ def main() -> None:
             rows.append(_row(policy, epochs, train, val, planted, args.seed))
             print(" | ".join(rows[-1]), flush=True)
     if args.write:
-        command = "PYTHONPATH=. .venv/bin/python benchmarks/planted_copies.py --write --epochs " + " ".join(map(str, args.epochs))
+        command = "PYTHONPATH=. .venv/bin/python benchmarks/planted_copies.py --write --epochs " + " ".join(
+            map(str, args.epochs)
+        )
         print(f"wrote {write_result('planted_copies', markdown_table(header, rows), command)}")
 
 

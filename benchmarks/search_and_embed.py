@@ -40,7 +40,13 @@ def search_table() -> None:
 def embed_table() -> None:
     print(f"\nembedding throughput (images/s, CPU threads = {torch.get_num_threads()})")
     print("encoder | input | images/s")
-    for dims, size, arch, n in ((2, 64, "resnet18", 256), (2, 128, "resnet18", 128), (2, 64, "resnet50", 128), (3, 32, "convres", 64), (3, 64, "convres", 16)):
+    for dims, size, arch, n in (
+        (2, 64, "resnet18", 256),
+        (2, 128, "resnet18", 128),
+        (2, 64, "resnet50", 128),
+        (3, 32, "convres", 64),
+        (3, 64, "convres", 16),
+    ):
         config = DetectorConfig.for_dims(dims, [size] * dims, arch=arch)
         model = build_encoder(config)
         images = np.random.default_rng(0).uniform(-1, 1, (n, 1, *[size] * dims)).astype(np.float32)

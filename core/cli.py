@@ -25,17 +25,28 @@ def _spec_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", choices=choices(SliceAxis), help="take 2D slices of 3D files (with --dims 2)")
     parser.add_argument("--size", type=int, help="spatial size per axis (default 64 in 2D, 32 in 3D)")
     parser.add_argument("--resize", choices=choices(ResizeMode), help="interpolate (default), or centre crop/pad")
-    parser.add_argument("--intensity", choices=choices(IntensityRule),
-                        help="min-max to [-1, 1] (paper), CT HU window, or percentile clip")
-    parser.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (default -1000 1000)")
-    parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), help="clip percentiles (default 1 99)")
+    parser.add_argument(
+        "--intensity",
+        choices=choices(IntensityRule),
+        help="min-max to [-1, 1] (paper), CT HU window, or percentile clip",
+    )
+    parser.add_argument(
+        "--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (default -1000 1000)"
+    )
+    parser.add_argument(
+        "--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), help="clip percentiles (default 1 99)"
+    )
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them in the output")
 
 
 def _detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-epochs", type=int, help="detector training epochs (default 100)")
-    parser.add_argument("--augmentation", choices=choices(AugmentPolicy), help="detector augmentation policy (default strong)")
-    parser.add_argument("--arch", choices=choices(Arch), help="detector encoder (default resnet18 in 2D, convres in 3D)")
+    parser.add_argument(
+        "--augmentation", choices=choices(AugmentPolicy), help="detector augmentation policy (default strong)"
+    )
+    parser.add_argument(
+        "--arch", choices=choices(Arch), help="detector encoder (default resnet18 in 2D, convres in 3D)"
+    )
     parser.add_argument("--batch-size", type=int, help="detector batch size")
 
 
@@ -45,12 +56,28 @@ def _options(args: argparse.Namespace, *skip: str) -> dict[str, Any]:
 
 
 def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = {"epochs": args.detector_epochs, "augmentation": args.augmentation, "arch": args.arch, "batch_size": args.batch_size}
+    pairs = {
+        "epochs": args.detector_epochs,
+        "augmentation": args.augmentation,
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+    }
     return {k: v for k, v in pairs.items() if v is not None}
 
 
 DETECTOR_FLAGS = ("detector_epochs", "augmentation", "arch", "batch_size")
-TRAIN_LDM_FLAGS = ("ae_epochs", "epochs", "batch_size", "ae_lr", "lr", "adversarial", "augment", "save_every", "save_at", "seed")
+TRAIN_LDM_FLAGS = (
+    "ae_epochs",
+    "epochs",
+    "batch_size",
+    "ae_lr",
+    "lr",
+    "adversarial",
+    "augment",
+    "save_every",
+    "save_at",
+    "seed",
+)
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
@@ -71,7 +98,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     bars = StageBars()
     result = generate(GenerateConfig.from_dict(_options(args)), progress=bars)
     bars.close()
-    print(f"wrote {result.n_written} samples to {result.out} ({result.n_skipped} already there) in {result.seconds:.1f} s")
+    print(
+        f"wrote {result.n_written} samples to {result.out} ({result.n_skipped} already there) in {result.seconds:.1f} s"
+    )
 
 
 def cmd_train_ldm(args: argparse.Namespace) -> None:
@@ -115,7 +144,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
     embeddings, cached = embed_set(detector, images, args.cache_dir)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, ids=np.array(embeddings.ids), vectors=embeddings.vectors)
-    print(f"{len(embeddings.ids)} embeddings of size {embeddings.vectors.shape[1]} -> {args.out}{' (cached)' if cached else ''}")
+    print(
+        f"{len(embeddings.ids)} embeddings of size {embeddings.vectors.shape[1]} -> "
+        f"{args.out}{' (cached)' if cached else ''}"
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -125,7 +157,10 @@ def cmd_import(args: argparse.Namespace) -> None:
     for part in ("autoencoder", "unet"):
         info = record[part]
         how = "converted from the monai-generative layout" if info["converted"] else "MONAI layout"
-        print(f"{part}: {how}; {info['renamed']} renamed, {len(info['filled'])} identity projections, {len(info['ignored'])} unused tensors dropped")
+        print(
+            f"{part}: {how}; {info['renamed']} renamed, {len(info['filled'])} identity projections, "
+            f"{len(info['ignored'])} unused tensors dropped"
+        )
     print(f"checkpoint {args.out} (sha256 {digest[:12]})")
 
 
@@ -137,8 +172,10 @@ def cmd_split(args: argparse.Namespace) -> None:
     train_idx, val_idx = split_by_patient([r.patient_id for r in records], args.val_fraction, args.seed or 0)
     roles = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
     out = Path(args.out).resolve()
-    rows = [[Path(os.path.relpath(Path(r.path).resolve(), out.parent)).as_posix(), r.patient_id, roles[i]]
-            for i, r in enumerate(records)]
+    rows = [
+        [Path(os.path.relpath(Path(r.path).resolve(), out.parent)).as_posix(), r.patient_id, roles[i]]
+        for i, r in enumerate(records)
+    ]
     write_csv(out, ["path", "patient_id", "split"], rows)
     print(f"{len(train_idx)} training and {len(val_idx)} validation samples, split by patient -> {out}")
 
@@ -154,7 +191,16 @@ def cmd_info(args: argparse.Namespace) -> None:
     from core.generative.ldm import checkpoint_hash, read_config
 
     config = read_config(args.checkpoint)
-    print(json.dumps({"checkpoint_hash": checkpoint_hash(args.checkpoint), "latent_shape": config.latent_shape, **config.to_dict()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "checkpoint_hash": checkpoint_hash(args.checkpoint),
+                "latent_shape": config.latent_shape,
+                **config.to_dict(),
+            },
+            indent=2,
+        )
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -168,8 +214,10 @@ def cmd_release(args: argparse.Namespace) -> None:
     from core.study.report import release
 
     result = release(args.study, args.out, args.threshold, args.exclude_confirmed)
-    print(f"released {result.kept} samples to {result.out}; removed {result.removed_by_threshold} above the threshold"
-          f" and {result.removed_as_confirmed} more confirmed as copies by reviewers")
+    print(
+        f"released {result.kept} samples to {result.out}; removed {result.removed_by_threshold} above the threshold"
+        f" and {result.removed_as_confirmed} more confirmed as copies by reviewers"
+    )
 
 
 def cmd_run_job(args: argparse.Namespace) -> None:
@@ -181,7 +229,9 @@ def cmd_run_job(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="MemoScope: find patient-data copies among synthetic images.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="MemoScope: find patient-data copies among synthetic images."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="the whole job: detector, embeddings, search, calibrated metrics")
@@ -223,7 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adversarial", action="store_true", help="add a patch adversarial loss to the autoencoder")
     p.add_argument("--augment", action="store_true", help="rotate/flip training batches")
     p.add_argument("--save-every", type=int, help="also save a checkpoint every N UNet epochs")
-    p.add_argument("--save-at", type=int, nargs="+", default=[], metavar="EPOCH", help="also save a checkpoint after these UNet epochs")
+    p.add_argument(
+        "--save-at",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="EPOCH",
+        help="also save a checkpoint after these UNet epochs",
+    )
     p.add_argument("--networks", help='JSON file overriding network keywords: {"autoencoder": {...}, "unet": {...}}')
     p.add_argument("--note", action="append", default=[], help="text kept in the checkpoint's provenance (repeatable)")
     p.add_argument("--seed", type=int)
@@ -251,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-checkpoint", help="import plain state dicts (.pt/.pth/.safetensors) with a kwargs JSON")
     p.add_argument("--autoencoder", required=True)
     p.add_argument("--unet", required=True)
-    p.add_argument("--config", required=True, help="JSON: spatial_dims, image_size, autoencoder, unet[, scheduler, scale_factor]")
+    p.add_argument(
+        "--config", required=True, help="JSON: spatial_dims, image_size, autoencoder, unet[, scheduler, scale_factor]"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_import)
@@ -270,14 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8, help="copy pairs shown as images (default 8)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("release", help="write the synthetic samples that are not copies, with manifest, record and report")
+    p = sub.add_parser(
+        "release", help="write the synthetic samples that are not copies, with manifest, record and report"
+    )
     p.add_argument("--study", required=True)
     p.add_argument("--out", required=True, help="a new or empty folder")
     p.add_argument("--threshold", type=float, help="override the scan's threshold")
     p.add_argument("--exclude-confirmed", action="store_true", help="also drop samples a reviewer marked as copies")
     p.set_defaults(func=cmd_release)
 
-    p = sub.add_parser("upgrade-study", help="rewrite an older study's summary.json in the current schema (numbers unchanged)")
+    p = sub.add_parser(
+        "upgrade-study", help="rewrite an older study's summary.json in the current schema (numbers unchanged)"
+    )
     p.add_argument("--study", required=True)
     p.set_defaults(func=cmd_upgrade_study)
 

@@ -103,7 +103,11 @@ def start(study: Path, kind: str, options: dict[str, Any]) -> bool:
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "estimating"
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 3600 else time.strftime("%M:%S", time.gmtime(seconds))
+    return (
+        time.strftime("%H:%M:%S", time.gmtime(seconds))
+        if seconds >= 3600
+        else time.strftime("%M:%S", time.gmtime(seconds))
+    )
 
 
 def job_panel(study: Path, kind: str) -> jobs.Job | None:
@@ -111,13 +115,17 @@ def job_panel(study: Path, kind: str) -> jobs.Job | None:
 
     The job lives on disk, so the bar survives widget clicks, page changes and reloads.
     """
+
     @st.fragment(run_every=1.0)
     def _panel() -> None:
         latest = next((j for j in jobs.list_jobs(study) if j.kind == kind), None)
         if latest is None:
             return
         if latest.active:
-            st.progress(latest.fraction, text=f"{latest.kind}: {latest.message or 'starting'} · ETA {fmt_seconds(latest.eta_seconds())}")
+            st.progress(
+                latest.fraction,
+                text=f"{latest.kind}: {latest.message or 'starting'} · ETA {fmt_seconds(latest.eta_seconds())}",
+            )
         elif latest.status == "done":
             st.success(f"{latest.kind} finished at {latest.finished_at}: {latest.message}")
             if st.session_state.get(f"seen::{latest.id}") is None:

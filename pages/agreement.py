@@ -17,8 +17,13 @@ study = _ui.require_study()
 st.title("Agreement")
 summary = _ui.require_summary(study)
 tau = _ui.current_threshold(study, summary.tau)
-mode = st.radio("Verdicts", ("blinded", "open"), horizontal=True, key="agreement_mode",
-                help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list")
+mode = st.radio(
+    "Verdicts",
+    ("blinded", "open"),
+    horizontal=True,
+    key="agreement_mode",
+    help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list",
+)
 nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(_ui.pairs(study))}
 by_reviewer = verdicts.by_reviewer(study, mode)
 names = list(by_reviewer)
@@ -30,18 +35,33 @@ detector = verdicts.detector_calls(nearest, tau)
 
 def show(label: str, result: verdicts.Agreement, row_name: str, col_name: str) -> dict[str, object]:
     (tn, fp), (fn, tp) = result.matrix
-    return {"comparison": label, "pairs": result.n, "accuracy": round(result.accuracy, 3) if result.n else None,
-            "Cohen's kappa": None if np.isnan(result.kappa) else round(result.kappa, 3),
-            f"{row_name} copy / {col_name} copy": tp, f"{row_name} copy / {col_name} not": fn,
-            f"{row_name} not / {col_name} copy": fp, f"{row_name} not / {col_name} not": tn, "unsure left out": result.excluded_unsure}
+    return {
+        "comparison": label,
+        "pairs": result.n,
+        "accuracy": round(result.accuracy, 3) if result.n else None,
+        "Cohen's kappa": None if np.isnan(result.kappa) else round(result.kappa, 3),
+        f"{row_name} copy / {col_name} copy": tp,
+        f"{row_name} copy / {col_name} not": fn,
+        f"{row_name} not / {col_name} copy": fp,
+        f"{row_name} not / {col_name} not": tn,
+        "unsure left out": result.excluded_unsure,
+    }
 
 
 st.subheader(f"Detector (tau {tau:.3f}) against each reviewer")
-st.dataframe([show(f"detector vs {n}", verdicts.agreement(by_reviewer[n], detector), "reviewer", "detector") for n in names], hide_index=True)
+st.dataframe(
+    [show(f"detector vs {n}", verdicts.agreement(by_reviewer[n], detector), "reviewer", "detector") for n in names],
+    hide_index=True,
+)
 if len(names) > 1:
     st.subheader("Between reviewers")
-    st.dataframe([show(f"{a} vs {b}", verdicts.agreement(by_reviewer[a], by_reviewer[b]), a, b) for a, b in combinations(names, 2)],
-                 hide_index=True)
+    st.dataframe(
+        [
+            show(f"{a} vs {b}", verdicts.agreement(by_reviewer[a], by_reviewer[b]), a, b)
+            for a, b in combinations(names, 2)
+        ],
+        hide_index=True,
+    )
 
 st.subheader("Detector precision and recall against reviewer labels, by threshold")
 grid = threshold_curve(_ui.calibration(study))["tau"]
@@ -54,7 +74,9 @@ for name in names:
     fig.add_scatter(x=pr["tau"], y=pr["precision"], name=f"precision ({name})")
     fig.add_scatter(x=pr["tau"], y=pr["recall"], name=f"recall ({name})", line=dict(dash="dot"))
 fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
-fig.update_layout(xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=340, margin=dict(t=30, b=40))
+fig.update_layout(
+    xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=340, margin=dict(t=30, b=40)
+)
 st.plotly_chart(fig, key="pr_curve")
 with st.expander("Audit trail (every verdict and what it replaced)"):
     st.dataframe(verdicts.audit_trail(study), hide_index=True)

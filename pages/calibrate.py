@@ -22,14 +22,24 @@ key = _ui.threshold_key(study)
 @st.fragment
 def controls() -> None:
     cols = st.columns([1, 2])
-    rule = cols[0].radio("Rule", ("paper", "heldout", "fixed"), horizontal=True, key=f"rule::{study}",
-                         index=choices(ThresholdRule).index(summary.threshold.rule),
-                         help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; fixed: your value")
+    rule = cols[0].radio(
+        "Rule",
+        ("paper", "heldout", "fixed"),
+        horizontal=True,
+        key=f"rule::{study}",
+        index=choices(ThresholdRule).index(summary.threshold.rule),
+        help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; "
+        "fixed: your value",
+    )
     if rule == "fixed":
-        tau = cols[1].slider("Threshold", -1.0, 1.0, float(st.session_state.get(key, summary.tau)), 0.001, key=f"fixed::{study}")
+        tau = cols[1].slider(
+            "Threshold", -1.0, 1.0, float(st.session_state.get(key, summary.tau)), 0.001, key=f"fixed::{study}"
+        )
         note = "fixed by hand"
     else:
-        percentile = cols[1].slider("Percentile", 50.0, 99.9, float(summary.threshold.percentile or 95.0), 0.1, key=f"pct::{study}")
+        percentile = cols[1].slider(
+            "Percentile", 50.0, 99.9, float(summary.threshold.percentile or 95.0), 0.1, key=f"pct::{study}"
+        )
         try:
             tau = cal.threshold(rule, percentile).value
         except MemoScopeError as exc:
@@ -41,12 +51,27 @@ def controls() -> None:
     (ml, mh), (cl, ch) = m.memorized_interval, m.copy_interval
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{tau:.3f}", help=note)
-    cols[1].metric("Memorized training", f"{m.memorized}/{m.n_train}", help=f"{m.memorized_fraction:.1%}; 95 % Wilson CI {ml:.1%} to {mh:.1%}")
-    cols[2].metric("Copies among samples", f"{m.copies}/{m.n_synthetic}", help=f"{m.copy_fraction:.1%}; 95 % Wilson CI {cl:.1%} to {ch:.1%}")
-    cols[3].metric("Expected FPR (copy)", f"{m.fpr_copy:.1%}", help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}")
-    st.caption(f"Memorized training {m.memorized_fraction:.1%} (95 % Wilson CI {ml:.1%} to {mh:.1%}); copies {m.copy_fraction:.1%} "
-               f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
-               f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed.")
+    cols[1].metric(
+        "Memorized training",
+        f"{m.memorized}/{m.n_train}",
+        help=f"{m.memorized_fraction:.1%}; 95 % Wilson CI {ml:.1%} to {mh:.1%}",
+    )
+    cols[2].metric(
+        "Copies among samples",
+        f"{m.copies}/{m.n_synthetic}",
+        help=f"{m.copy_fraction:.1%}; 95 % Wilson CI {cl:.1%} to {ch:.1%}",
+    )
+    cols[3].metric(
+        "Expected FPR (copy)",
+        f"{m.fpr_copy:.1%}",
+        help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}",
+    )
+    st.caption(
+        f"Memorized training {m.memorized_fraction:.1%} (95 % Wilson CI {ml:.1%} to {mh:.1%}); copies "
+        f"{m.copy_fraction:.1%} "
+        f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
+        f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed."
+    )
 
     st.plotly_chart(correlation_histogram(cal, tau), key="histograms")
 
@@ -56,10 +81,14 @@ def controls() -> None:
     fig2.add_scatter(x=curve["tau"], y=curve["memorized_fraction"], name="memorized fraction")
     fig2.add_scatter(x=curve["tau"], y=curve["expected_fpr_copy"], name="expected FPR (copy)", line=dict(dash="dot"))
     fig2.add_vline(x=tau, line_color="red")
-    fig2.update_layout(xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=320, margin=dict(t=30, b=40))
+    fig2.update_layout(
+        xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=320, margin=dict(t=30, b=40)
+    )
     st.plotly_chart(fig2, key="curve")
-    st.caption(f"Null sizes: {len(cal.train_to_val)} training and {len(cal.val_to_train)} validation samples; "
-               f"median synthetic->training {float(np.median(cal.synthetic_to_train)):.3f}.")
+    st.caption(
+        f"Null sizes: {len(cal.train_to_val)} training and {len(cal.val_to_train)} validation samples; "
+        f"median synthetic->training {float(np.median(cal.synthetic_to_train)):.3f}."
+    )
 
 
 controls()

@@ -30,13 +30,27 @@ with train_tab, st.form("train_detector"):
     cols = st.columns(4)
     arch = cols[0].selectbox("Encoder", choices(Arch) if dims == 2 else (Arch.CONVRES.value, Arch.RESNET18.value))
     epochs = cols[1].number_input("Epochs", 1, 1000, 100)
-    augmentation = cols[2].selectbox("Augmentation", choices(AugmentPolicy), index=choices(AugmentPolicy).index("strong"))
+    augmentation = cols[2].selectbox(
+        "Augmentation", choices(AugmentPolicy), index=choices(AugmentPolicy).index("strong")
+    )
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
     if st.form_submit_button("Train", disabled=not (train and val)):
         out = str(study / results.DETECTOR)
-        if _ui.start(study, "train-detector", {"train": train, "val": val, "dims": dims, "size": size, "slices": inputs.get("slices"),
-                                               "seed": int(seed), "out": out, "overwrite": True,
-                                               "overrides": {"arch": arch, "epochs": int(epochs), "augmentation": augmentation}}):
+        if _ui.start(
+            study,
+            "train-detector",
+            {
+                "train": train,
+                "val": val,
+                "dims": dims,
+                "size": size,
+                "slices": inputs.get("slices"),
+                "seed": int(seed),
+                "out": out,
+                "overwrite": True,
+                "overrides": {"arch": arch, "epochs": int(epochs), "augmentation": augmentation},
+            },
+        ):
             open_study(study).set_inputs({"detector": out})
 with load_tab, st.form("load_detector"):
     path = st.text_input("Detector folder", value=detector or "")
@@ -65,20 +79,38 @@ if record is not None:
         fig.add_vline(x=record.best_epoch + 1, line_dash="dot", annotation_text="kept (best validation)")
         fig.update_layout(xaxis_title="epoch", yaxis_title="loss", height=320, margin=dict(t=30, b=40))
         st.plotly_chart(fig, key="loss_curve")
-    st.caption(f"`{record.folder}`: {record.config.arch} -> {record.config.embed_dim}, "
-               f"{record.config.augmentation} augmentation, best epoch {record.best_epoch + 1}")
+    st.caption(
+        f"`{record.folder}`: {record.config.arch} -> {record.config.embed_dim}, "
+        f"{record.config.augmentation} augmentation, best epoch {record.best_epoch + 1}"
+    )
 
 st.subheader("Embed all sets and scan")
 with st.form("scan"):
     cols = st.columns(3)
     rule = cols[0].selectbox("Threshold rule", ("paper", "heldout"))
-    percentile = cols[1].number_input("Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0))
+    percentile = cols[1].number_input(
+        "Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0)
+    )
     k = cols[2].number_input("Neighbours kept", 1, 50, int(summary.k if summary else 5))
     ready = bool(train and val and synthetic and record is not None)
     if st.form_submit_button("Embed and scan", disabled=not ready):
-        _ui.start(study, "scan", {"train": train, "val": val, "synthetic": synthetic, "out": str(study), "detector": folder,
-                                  "dims": dims, "size": size, "slices": inputs.get("slices"), "threshold_rule": rule,
-                                  "percentile": float(percentile), "k": int(k)})
+        _ui.start(
+            study,
+            "scan",
+            {
+                "train": train,
+                "val": val,
+                "synthetic": synthetic,
+                "out": str(study),
+                "detector": folder,
+                "dims": dims,
+                "size": size,
+                "slices": inputs.get("slices"),
+                "threshold_rule": rule,
+                "percentile": float(percentile),
+                "k": int(k),
+            },
+        )
 if not (synthetic and record is not None):
     st.caption("Needs synthetic samples (Generate) and a detector (above).")
 _ui.job_panel(study, "scan")

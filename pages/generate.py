@@ -21,8 +21,11 @@ inputs = _ui.inputs(study)
 st.title("Generate samples")
 
 checkpoints = list_checkpoints(_ui.CHECKPOINTS)
-choice = st.selectbox("Checkpoint", [*checkpoints, "other path..."],
-                      index=checkpoints.index(inputs["checkpoint"]) if inputs.get("checkpoint") in checkpoints else 0)
+choice = st.selectbox(
+    "Checkpoint",
+    [*checkpoints, "other path..."],
+    index=checkpoints.index(inputs["checkpoint"]) if inputs.get("checkpoint") in checkpoints else 0,
+)
 path = st.text_input("Checkpoint folder", value=inputs.get("checkpoint") or "") if choice == "other path..." else choice
 config = None
 if path:
@@ -32,8 +35,11 @@ if path:
         st.error(str(exc))
 if config is not None:
     training = config.provenance.get("training", {})
-    st.caption(f"{config.spatial_dims}D, image {config.image_size}, latent {list(config.latent_shape)}, "
-               f"UNet epochs {training.get('unet_epochs_done', '?')}, augmentation {training.get('augment', '?')}, seed {training.get('seed', '?')}")
+    st.caption(
+        f"{config.spatial_dims}D, image {config.image_size}, latent {list(config.latent_shape)}, "
+        f"UNet epochs {training.get('unet_epochs_done', '?')}, augmentation {training.get('augment', '?')}, seed "
+        f"{training.get('seed', '?')}"
+    )
     for note in config.provenance.get("notes", []):
         st.warning(note)
     with st.expander("ldm.json"):
@@ -48,12 +54,27 @@ with st.form("generate"):
     scheduler = cols[2].selectbox("Scheduler", choices(SchedulerName), index=choices(SchedulerName).index("ddim"))
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
     batch = cols[4].number_input("Batch size", 1, 512, 8)
-    out = st.text_input("Output folder", value=str(study / "synthetic"),
-                        help="A rerun with the same checkpoint and seed resumes; another checkpoint needs an empty folder.")
+    out = st.text_input(
+        "Output folder",
+        value=str(study / "synthetic"),
+        help="A rerun with the same checkpoint and seed resumes; another checkpoint needs an empty folder.",
+    )
     submitted = st.form_submit_button("Start generation", disabled=config is None)
 if submitted and config is not None:
-    if _ui.start(study, "generate", {"checkpoint": path, "out": out, "n": int(n), "steps": int(steps), "scheduler": scheduler,
-                                     "seed": int(seed), "batch_size": int(batch), "device": "auto"}):
+    if _ui.start(
+        study,
+        "generate",
+        {
+            "checkpoint": path,
+            "out": out,
+            "n": int(n),
+            "steps": int(steps),
+            "scheduler": scheduler,
+            "seed": int(seed),
+            "batch_size": int(batch),
+            "device": "auto",
+        },
+    ):
         open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
 
 _ui.job_panel(study, "generate")
@@ -73,4 +94,6 @@ else:
         image = np.squeeze(read_raw(file)).astype(np.float64)
         if image.ndim == 3:
             image = orthogonal_slice(image, PLANES[0], image.shape[2] // 2)
-        cols[i % 8].image(png_bytes(apply_window(image, percentile_window(image, 1, 99))), caption=file.name, width="stretch")
+        cols[i % 8].image(
+            png_bytes(apply_window(image, percentile_window(image, 1, 99))), caption=file.name, width="stretch"
+        )

@@ -23,33 +23,56 @@ else:
     pct = f", percentile {th.percentile:g}" if th.percentile is not None else ""
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{th.value:.3f}", help=f"rule {th.rule}{pct}")
-    cols[1].metric("Memorized training", f"{mem.value:.1%}",
-                   help=f"{mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to {mem.high:.1%} ({mem.method})")
-    cols[2].metric("Synthetic copies", f"{cop.value:.1%}",
-                   help=f"{cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to {cop.high:.1%} ({cop.method})")
-    cols[3].metric("Expected FPR (copy)", f"{summary.expected_fpr_copy:.1%}",
-                   help="share of real held-out scans the threshold would call copies")
-    st.caption(f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
-               f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample samples with "
-               "the threshold held fixed.")
+    cols[1].metric(
+        "Memorized training",
+        f"{mem.value:.1%}",
+        help=f"{mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to {mem.high:.1%} ({mem.method})",
+    )
+    cols[2].metric(
+        "Synthetic copies",
+        f"{cop.value:.1%}",
+        help=f"{cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to {cop.high:.1%} ({cop.method})",
+    )
+    cols[3].metric(
+        "Expected FPR (copy)",
+        f"{summary.expected_fpr_copy:.1%}",
+        help="share of real held-out scans the threshold would call copies",
+    )
+    st.caption(
+        f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
+        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample samples with "
+        "the threshold held fixed."
+    )
 
 st.subheader("Data and models")
 rows = []
 for role in ROLES:
     info = summary.inputs[role] if summary else None
-    rows.append({"set": role, "source": info.source if info else str(inputs.get(role) or "not set"),
-                 "images": info.n if info else None, "patients": info.n_patients if info else None,
-                 "content hash": info.content_hash[:12] if info else ""})
+    rows.append(
+        {
+            "set": role,
+            "source": info.source if info else str(inputs.get(role) or "not set"),
+            "images": info.n if info else None,
+            "patients": info.n_patients if info else None,
+            "content hash": info.content_hash[:12] if info else "",
+        }
+    )
 st.dataframe(rows, hide_index=True)
 checkpoint = (summary.checkpoint if summary else None) or inputs.get("checkpoint")
 detector = summary.detector if summary else None
-st.markdown(f"- LDM checkpoint: `{checkpoint or 'none (synthetic images brought in)'}`"
-            + (f", hash `{str(summary.checkpoint_hash)[:12]}`" if summary and summary.checkpoint_hash else ""))
-st.markdown(f"- Detector: `{detector.path if detector else inputs.get('detector') or 'not trained yet'}`"
-            + (f", {detector.config['arch']}, hash `{detector.hash[:12]}`" if detector else ""))
+st.markdown(
+    f"- LDM checkpoint: `{checkpoint or 'none (synthetic images brought in)'}`"
+    + (f", hash `{str(summary.checkpoint_hash)[:12]}`" if summary and summary.checkpoint_hash else "")
+)
+st.markdown(
+    f"- Detector: `{detector.path if detector else inputs.get('detector') or 'not trained yet'}`"
+    + (f", {detector.config['arch']}, hash `{detector.hash[:12]}`" if detector else "")
+)
 if summary:
-    st.markdown(f"- Preprocessing: `{summary.preprocessing.to_dict()}`; scanned {summary.finished_at} with MemoScope "
-                f"{summary.versions.get('memoscope', '?')}, torch {summary.versions.get('torch', '?')}")
+    st.markdown(
+        f"- Preprocessing: `{summary.preprocessing.to_dict()}`; scanned {summary.finished_at} with MemoScope "
+        f"{summary.versions.get('memoscope', '?')}, torch {summary.versions.get('torch', '?')}"
+    )
 
 st.subheader("To do")
 synthetic = inputs.get("synthetic") or (summary.source("synthetic") if summary else None)

@@ -15,27 +15,39 @@ st.title("Report and release")
 summary = _ui.require_summary(study)
 
 st.subheader("Ethics-board report")
-st.caption("Self-contained: images and plot embedded; training scans and patients under pseudonyms only (the key, "
-           "pseudonyms.csv, stays in the study folder). Numbers are the scan's (summary.json).")
+st.caption(
+    "Self-contained: images and plot embedded; training scans and patients under pseudonyms only (the key, "
+    "pseudonyms.csv, stays in the study folder). Numbers are the scan's (summary.json)."
+)
 cols = st.columns(3)
 top = cols[0].number_input("Copy pairs shown as images", 0, 64, 8, key="report_top")
 for col, fmt in zip(cols[1:], ("html", "pdf"), strict=True):
     if col.button(f"Build {fmt.upper()}", key=f"build_{fmt}", disabled=fmt == "pdf" and not CHROMIUM.exists()):
         try:
             with st.spinner(f"Writing the {fmt.upper()} report..."):
-                st.session_state[f"report::{study}::{fmt}"] = str(write_report(study, study / f"report.{fmt}", fmt, int(top)))
+                st.session_state[f"report::{study}::{fmt}"] = str(
+                    write_report(study, study / f"report.{fmt}", fmt, int(top))
+                )
         except MemoScopeError as exc:
             st.error(str(exc))
 for fmt, mime in (("html", "text/html"), ("pdf", "application/pdf")):
     path = Path(st.session_state.get(f"report::{study}::{fmt}", study / f"report.{fmt}"))
     if path.is_file():
-        st.download_button(f"Download {path.name}", path.read_bytes(), file_name=f"{study.name}-{path.name}", mime=mime, key=f"dl_{fmt}")
+        st.download_button(
+            f"Download {path.name}",
+            path.read_bytes(),
+            file_name=f"{study.name}-{path.name}",
+            mime=mime,
+            key=f"dl_{fmt}",
+        )
 
 st.subheader("Release the samples that are not copies")
 tau = _ui.current_threshold(study, summary.tau)
 with st.form("release"):
     out = st.text_input("Release folder (new or empty)", value=str(Path("releases") / study.name), key="release_out")
-    use_scan = st.radio("Threshold", (f"the scan's ({summary.tau:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau")
+    use_scan = st.radio(
+        "Threshold", (f"the scan's ({summary.tau:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau"
+    )
     exclude = st.checkbox("Also drop samples a reviewer confirmed as copies", value=True, key="release_exclude")
     if st.form_submit_button("Write release"):
         try:
@@ -43,6 +55,8 @@ with st.form("release"):
         except MemoScopeError as exc:
             st.error(str(exc))
         else:
-            st.success(f"Released {result.kept} samples to {result.out}: {result.removed_by_threshold} removed above the "
-                       f"threshold, {result.removed_as_confirmed} more confirmed as copies by reviewers. The folder holds "
-                       "manifest.csv, release.json and report.html.")
+            st.success(
+                f"Released {result.kept} samples to {result.out}: {result.removed_by_threshold} removed above the "
+                f"threshold, {result.removed_as_confirmed} more confirmed as copies by reviewers. The folder holds "
+                "manifest.csv, release.json and report.html."
+            )

@@ -1,4 +1,5 @@
-"""Review: the work-list of synthetic samples by similarity and a side-by-side viewer with the nearest training scans."""
+"""Review: the work-list of synthetic samples by similarity and a side-by-side viewer with the nearest training "
+"scans."""
 
 from __future__ import annotations
 
@@ -42,13 +43,21 @@ def images(study_path: str, finished_at: str, role: str) -> ImageSet:  # finishe
 reviewer = st.session_state.get("reviewer", "")
 with st.container(border=True):
     cols = st.columns([2, 1, 1, 1])
-    name = cols[0].text_input("Reviewer", value=reviewer, key="reviewer_input", placeholder="your name (once per session)",
-                              help="Recorded with every verdict in the study's audit trail")
+    name = cols[0].text_input(
+        "Reviewer",
+        value=reviewer,
+        key="reviewer_input",
+        placeholder="your name (once per session)",
+        help="Recorded with every verdict in the study's audit trail",
+    )
     if name.strip() != reviewer:
         st.session_state["reviewer"] = reviewer = name.strip()
-    blinded = cols[1].toggle("Blinded check", key=f"blind::{study}",
-                             help="A seeded random sample stratified across the similarity range, in random order, without the "
-                                  "similarity or the detector's call (Dar et al.'s rater check)")
+    blinded = cols[1].toggle(
+        "Blinded check",
+        key=f"blind::{study}",
+        help="A seeded random sample stratified across the similarity range, in random order, without the "
+        "similarity or the detector's call (Dar et al.'s rater check)",
+    )
     n_blind = int(cols[2].number_input("Blinded pairs", 10, 1000, 100, key=f"nblind::{study}", disabled=not blinded))
     blind_seed = int(cols[3].number_input("Sample seed", 0, 2**31 - 1, 0, key=f"bseed::{study}", disabled=not blinded))
 mode = "blinded" if blinded else "open"
@@ -56,16 +65,25 @@ mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, revie
 
 if blinded:
     nearest = nearest_pairs(pairs)
-    sample = verdicts.blinded_sample([(p.synthetic_id, p.train_id) for p in nearest], [p.similarity for p in nearest], n_blind, blind_seed)
+    sample = verdicts.blinded_sample(
+        [(p.synthetic_id, p.train_id) for p in nearest], [p.similarity for p in nearest], n_blind, blind_seed
+    )
     by_key = {(p.synthetic_id, p.train_id): p for p in nearest}
-    rows = [{"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id} for i, (s, t) in enumerate(sample)]
+    rows = [
+        {"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id}
+        for i, (s, t) in enumerate(sample)
+    ]
     only_copies = grouped = False
     st.caption(f"Blinded: {len(rows)} pairs (seed {blind_seed}); similarity and the detector's call are hidden.")
 else:
     cols = st.columns([1, 1, 2])
     only_copies = cols[0].toggle("Only copies (above threshold)", value=True, key=f"only::{study}")
-    grouped = cols[1].toggle("One row per training scan", value=False, key=f"group::{study}",
-                             help="Several samples copying one training scan are judged once")
+    grouped = cols[1].toggle(
+        "One row per training scan",
+        value=False,
+        key=f"group::{study}",
+        help="Several samples copying one training scan are judged once",
+    )
     cols[2].caption(f"Threshold {tau:.3f} (set on Calibrate). Sorted by similarity, highest first.")
     rows = worklist(pairs, tau, only_copies)
     if grouped:
@@ -80,7 +98,9 @@ for r in rows:
 sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
 if sel_key not in st.session_state:  # resume where this reviewer left off
     st.session_state[sel_key] = next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
-event = st.dataframe(rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"worklist::{sel_key}", height=260)
+event = st.dataframe(
+    rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"worklist::{sel_key}", height=260
+)
 picked = event.selection.rows[0] if event.selection.rows else None
 if picked is not None and picked != st.session_state.get(f"{sel_key}::picked"):  # a new click in the table wins once
     st.session_state[sel_key] = picked
@@ -96,9 +116,11 @@ row: dict[str, Any] = rows[index]
 if blinded:
     nav[2].markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
 else:
-    nav[2].markdown(f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
-                    f"`{row['patient_id']}`) · similarity **{row['similarity']:.3f}** · p-value {row['p_value']:.3g} · "
-                    f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}")
+    nav[2].markdown(
+        f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
+        f"`{row['patient_id']}`) · similarity **{row['similarity']:.3f}** · p-value {row['p_value']:.3g} · "
+        f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
+    )
 
 with st.container(border=True):
     if not reviewer:
@@ -106,17 +128,24 @@ with st.container(border=True):
     else:
         current = mine.get((row["synthetic_id"], row["train_id"]))
         cols = st.columns([3, 1, 1, 1])
-        note = cols[0].text_input("Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else "")
-        for col, (label, value, key) in zip(cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")),
-                                            strict=True):
+        note = cols[0].text_input(
+            "Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else ""
+        )
+        for col, (label, value, key) in zip(
+            cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")), strict=True
+        ):
             chosen = current is not None and current.verdict == value
-            if col.button(f"{label} ({key})", key=f"verdict_{value}", shortcut=key, type="primary" if chosen else "secondary"):
+            if col.button(
+                f"{label} ({key})", key=f"verdict_{value}", shortcut=key, type="primary" if chosen else "secondary"
+            ):
                 verdicts.record(study, reviewer, row["synthetic_id"], row["train_id"], value, note, mode)
                 st.session_state[sel_key] = min(index + 1, len(rows) - 1)
                 st.rerun()
         done = sum(1 for r in rows if r["your verdict"])
-        st.caption(f"{reviewer}: {done}/{len(rows)} judged in this list ({mode})"
-                   + (f"; this pair: {current.verdict} at {current.decided_at}" if current else ""))
+        st.caption(
+            f"{reviewer}: {done}/{len(rows)} judged in this list ({mode})"
+            + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
+        )
 
 synthetic = images(str(study), summary.finished_at, "synthetic")
 train = images(str(study), summary.finished_at, "train")
@@ -138,10 +167,12 @@ def window_controls(a: np.ndarray, b: np.ndarray) -> Window:
         width, level = CT_PRESETS[choice[3:]]
         return Window(width, level)
     if choice.startswith("percentile "):
-        return percentile_window([a, b], *PERCENTILE_PRESETS[choice[len("percentile "):]])
+        return percentile_window([a, b], *PERCENTILE_PRESETS[choice[len("percentile ") :]])
     base = percentile_window([a, b], 0, 100)
     cols = st.columns(2)
-    width = cols[0].number_input(f"Width ({unit})", value=float(base.width), min_value=1e-6, format="%.4f", key="w_custom")
+    width = cols[0].number_input(
+        f"Width ({unit})", value=float(base.width), min_value=1e-6, format="%.4f", key="w_custom"
+    )
     level = cols[1].number_input(f"Level ({unit})", value=float(base.level), format="%.4f", key="l_custom")
     return Window(width, level)
 
@@ -151,7 +182,9 @@ def view_controls(suffix: str) -> tuple[Window, str, int]:
     cols = st.columns([2, 2, 1])
     with cols[0]:
         window = window_controls(a, b)
-    mode = cols[1].radio("Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key=f"compare_mode{suffix}")
+    mode = cols[1].radio(
+        "Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key=f"compare_mode{suffix}"
+    )
     scale = cols[2].select_slider("Zoom", (1, 2, 4, 6, 8), value=4, key=f"zoom{suffix}")
     return window, mode, scale
 
@@ -177,9 +210,15 @@ def viewer_2d() -> None:
 def viewer_3d() -> None:
     window, mode, scale = view_controls("_3d")
     sliders = st.columns(3)
-    position = {plane: sliders[i].slider(f"{plane} slice", 0, plane_size(a.shape, plane) - 1, plane_size(a.shape, plane) // 2, key=f"slice_{plane}")
-                for i, plane in enumerate(PLANES)}
-    st.caption(f"One slice position for both volumes; window width {window.width:.4g}, level {window.level:.4g} {unit}.")
+    position = {
+        plane: sliders[i].slider(
+            f"{plane} slice", 0, plane_size(a.shape, plane) - 1, plane_size(a.shape, plane) // 2, key=f"slice_{plane}"
+        )
+        for i, plane in enumerate(PLANES)
+    }
+    st.caption(
+        f"One slice position for both volumes; window width {window.width:.4g}, level {window.level:.4g} {unit}."
+    )
     for plane in PLANES:
         sa, sb = orthogonal_slice(a, plane, position[plane]), orthogonal_slice(b, plane, position[plane])
         wa, wb = apply_window(sa, window), apply_window(sb, window)
@@ -207,5 +246,7 @@ for col, p in zip(cols, neighbours, strict=False):
     image, _ = display_units(train.images[train_index[p.train_id], 0], spec)
     if image.ndim == 3:
         image = orthogonal_slice(image, "axial", image.shape[2] // 2)
-    col.image(png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
-              caption=f"#{p.rank} {p.train_id} · r {p.similarity:.3f}" + (" · copy" if p.is_copy(tau) else ""))
+    col.image(
+        png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
+        caption=f"#{p.rank} {p.train_id} · r {p.similarity:.3f}" + (" · copy" if p.is_copy(tau) else ""),
+    )

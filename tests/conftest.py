@@ -49,7 +49,13 @@ def _committed_demo_untouched() -> Iterator[None]:
 
     def snapshot() -> dict[str, str]:
         folders = [root / "studies", root / "checkpoints", root / "data"]
-        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders if f.is_dir() for p in sorted(f.rglob("*")) if p.is_file()}
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for f in folders
+            if f.is_dir()
+            for p in sorted(f.rglob("*"))
+            if p.is_file()
+        }
 
     before = snapshot()
     yield

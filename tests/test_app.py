@@ -137,7 +137,9 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(REPO)
     study = tmp_path / "study"
     shutil.copytree(DEMO_2D, study, ignore=shutil.ignore_patterns("synthetic", "jobs"))
-    (study / "study.json").write_text(json.dumps({"train": "data/demo/2d/manifest.csv", "val": "data/demo/2d/manifest.csv"}))
+    (study / "study.json").write_text(
+        json.dumps({"train": "data/demo/2d/manifest.csv", "val": "data/demo/2d/manifest.csv"})
+    )
     at = _app(str(study))
     at.switch_page("pages/generate.py").run()
     _ok(at)
@@ -212,7 +214,9 @@ def test_blinded_mode_hides_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @needs_demo
-def test_report_page_builds_html_and_release_refuses_a_full_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_page_builds_html_and_release_refuses_a_full_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
     study = _copy_demo(tmp_path)
     at = _app(str(study))

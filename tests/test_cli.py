@@ -22,7 +22,19 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["scan", "--train", str(tmp_path / "nope"), "--val", str(tmp_path), "--synthetic", str(tmp_path), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "scan",
+            "--train",
+            str(tmp_path / "nope"),
+            "--val",
+            str(tmp_path),
+            "--synthetic",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "nope: no such file or folder" in capsys.readouterr().err
 
 
@@ -36,5 +48,7 @@ def test_split_writes_patient_level_manifest(image_folder: Path, tmp_path: Path)
 
 
 def test_module_entry_point_runs() -> None:
-    result = subprocess.run([sys.executable, "-m", "core", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "scan" in result.stdout

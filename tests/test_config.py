@@ -15,8 +15,20 @@ from core.study.scan import ScanConfig
 
 
 def test_configs_round_trip_through_json() -> None:
-    scan = config_from_options(ScanConfig, {"train": "t", "val": "v", "synthetic": "s", "out": "o", "dims": 3, "size": 16,
-                                            "intensity": "ct", "ct_window": [-100, 300], "k": 7})
+    scan = config_from_options(
+        ScanConfig,
+        {
+            "train": "t",
+            "val": "v",
+            "synthetic": "s",
+            "out": "o",
+            "dims": 3,
+            "size": 16,
+            "intensity": "ct",
+            "ct_window": [-100, 300],
+            "k": 7,
+        },
+    )
     again = ScanConfig.from_dict(json.loads(json.dumps(scan.to_dict())))
     assert again == scan and again.spec.intensity is IntensityRule.CT and again.spec.ct_window == (-100.0, 300.0)
     assert again.spec.spatial_size == (16, 16, 16)
@@ -31,11 +43,14 @@ def test_unknown_keys_are_refused_by_name() -> None:
         GenerateConfig.from_dict({"checkpoint": "c", "out": "o"})
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"n": 0}, "n 0 must be in"),
-    ({"n": 1, "scheduler": "euler"}, "scheduler 'euler' must be one of ddpm, ddim"),
-    ({"n": 1, "batch_size": -2}, "batch_size -2"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n": 0}, "n 0 must be in"),
+        ({"n": 1, "scheduler": "euler"}, "scheduler 'euler' must be one of ddpm, ddim"),
+        ({"n": 1, "batch_size": -2}, "batch_size -2"),
+    ],
+)
 def test_values_are_validated_on_construction(options: dict, message: str) -> None:
     with pytest.raises(MemoScopeError, match=message):
         GenerateConfig.from_dict({"checkpoint": "c", "out": "o", **options})

@@ -20,7 +20,11 @@ COMMITTED = (REPO / "docs" / "FINDINGS.md").is_file()
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None:
@@ -72,10 +76,14 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
         assert provenance["versions"]["torch"]
         summary = read_summary(paths.studies / model.study)
         assert summary.checkpoint_hash == checkpoint_hash(folder)
-        assert summary.inputs['synthetic'].n == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
-    assert "expected to memorize" in " ".join(json.loads((paths.checkpoints / "demo-3d-e0002" / "ldm.json").read_text())["provenance"]["notes"])
+        assert summary.inputs["synthetic"].n == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
+    assert "expected to memorize" in " ".join(
+        json.loads((paths.checkpoints / "demo-3d-e0002" / "ldm.json").read_text())["provenance"]["notes"]
+    )
     # the two early snapshots differ only by augmentation: their weights must differ
-    assert checkpoint_hash(paths.checkpoints / "demo-2d-noaug-e0001") != checkpoint_hash(paths.checkpoints / "demo-2d-aug-e0001")
+    assert checkpoint_hash(paths.checkpoints / "demo-2d-noaug-e0001") != checkpoint_hash(
+        paths.checkpoints / "demo-2d-aug-e0001"
+    )
     assert paths.findings.read_text() == demo.findings_markdown(tmp_path, profile)
     assert (paths.studies / "demo-2d" / "synthetic" / "generation.json").is_file()
 
@@ -108,4 +116,4 @@ class TestCommittedDemo:
             load_ldm(folder)
             summary = read_summary(self.paths.studies / model.study)
             assert summary.checkpoint_hash == checkpoint_hash(folder)
-            assert not Path(summary.source('train')).is_absolute(), "committed studies must not hold machine paths"
+            assert not Path(summary.source("train")).is_absolute(), "committed studies must not hold machine paths"

@@ -9,13 +9,23 @@ import pytest
 import torch
 
 from core.common.errors import MemoScopeError
-from core.detect.detector import DetectorConfig, augmentation, build_encoder, embed_set, load_detector, save_detector, train_detector
+from core.detect.detector import (
+    DetectorConfig,
+    augmentation,
+    build_encoder,
+    embed_set,
+    load_detector,
+    save_detector,
+    train_detector,
+)
 from core.io.data import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
 
 
-@pytest.mark.parametrize("dims,size,arch,dim", [(2, 32, "resnet18", 128), (3, 16, "convres", 32), (2, 32, "convres", 32)])
+@pytest.mark.parametrize(
+    "dims,size,arch,dim", [(2, 32, "resnet18", 128), (3, 16, "convres", 32), (2, 32, "convres", 32)]
+)
 def test_encoder_output_shape(dims: int, size: int, arch: str, dim: int) -> None:
     model = build_encoder(DetectorConfig.for_dims(dims, [size] * dims, arch=arch, embed_dim=dim)).eval()
     with torch.no_grad():
@@ -36,14 +46,30 @@ def test_augmentation_is_seeded_and_keeps_shape(policy: str) -> None:
 def _set(n: int, seed: int) -> ImageSet:
     rng = np.random.default_rng(seed)
     x = np.stack([smooth_image(rng, (1, 16, 16)) for _ in range(n)])
-    return ImageSet([f"s{i}" for i in range(n)], [f"p{i}" for i in range(n)], np.clip(x * 3, -1, 1).astype(np.float32), PreprocessSpec((16, 16)), "mem")
+    return ImageSet(
+        [f"s{i}" for i in range(n)],
+        [f"p{i}" for i in range(n)],
+        np.clip(x * 3, -1, 1).astype(np.float32),
+        PreprocessSpec((16, 16)),
+        "mem",
+    )
 
 
 def test_train_save_load_and_cached_embeddings(tmp_path: Path) -> None:
-    config = DetectorConfig.for_dims(2, [16, 16], arch="convres", embed_dim=16, epochs=3, batch_size=8, preprocessing=PreprocessSpec((16, 16)).to_dict())
+    config = DetectorConfig.for_dims(
+        2,
+        [16, 16],
+        arch="convres",
+        embed_dim=16,
+        epochs=3,
+        batch_size=8,
+        preprocessing=PreprocessSpec((16, 16)).to_dict(),
+    )
     train, val = _set(16, 0), _set(8, 1)
     detector = train_detector(train, val, config)
-    assert len(detector.history) == 3 and detector.best_epoch == int(np.argmin([h["val_loss"] for h in detector.history]))
+    assert len(detector.history) == 3 and detector.best_epoch == int(
+        np.argmin([h["val_loss"] for h in detector.history])
+    )
     again = train_detector(train, val, config)
     for a, b in zip(detector.model.state_dict().values(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # fixed seed, identical weights

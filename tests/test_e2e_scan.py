@@ -33,13 +33,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> None:
     train_dir, val_dir, syn_dir = tmp_path / "train", tmp_path / "val", tmp_path / "synthetic"
-    train_slices = {s: axial_slices(SUBJECTS[s], 64, step=3 if s == "mni152" else 2) for s in ("mni152", "nibabel-example4d")}
+    train_slices = {
+        s: axial_slices(SUBJECTS[s], 64, step=3 if s == "mni152" else 2) for s in ("mni152", "nibabel-example4d")
+    }
     for subject, images in train_slices.items():
         _write(train_dir, subject, images)
     # Held-out subjects: even slices calibrate (validation), odd slices are the real held-out
     # images mixed into the synthetic set. (Held-out *subjects* unlike every validation subject
     # are flagged far more often; benchmarks/planted_copies.py measures that case.)
-    held_out = {s: axial_slices(SUBJECTS[s], 64) for s in ("nibabel-anatomical", "dipy-aniso-vox", "dipy-s0-10slices", "dipy-piesno")}
+    held_out = {
+        s: axial_slices(SUBJECTS[s], 64)
+        for s in ("nibabel-anatomical", "dipy-aniso-vox", "dipy-s0-10slices", "dipy-piesno")
+    }
     for subject, images in held_out.items():
         _write(val_dir, subject, images[0::2])
     train_all = np.concatenate(list(train_slices.values()))
@@ -47,9 +52,33 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     n_val = sum(len(images[0::2]) for images in held_out.values())
 
     # 1. a tiny LDM trained by our trainer, and real samples from it
-    result = _cli("train-ldm", "--data", str(train_dir), "--out", str(tmp_path / "ldm"), "--ae-epochs", "1", "--epochs", "1", "--batch-size", "16")
+    result = _cli(
+        "train-ldm",
+        "--data",
+        str(train_dir),
+        "--out",
+        str(tmp_path / "ldm"),
+        "--ae-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
-    result = _cli("generate", "--checkpoint", str(tmp_path / "ldm" / "last"), "--out", str(syn_dir / "generated"), "--n", "4", "--steps", "5", "--device", "cpu")
+    result = _cli(
+        "generate",
+        "--checkpoint",
+        str(tmp_path / "ldm" / "last"),
+        "--out",
+        str(syn_dir / "generated"),
+        "--n",
+        "4",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
 
     # 2. planted copies of training slices among real unseen-subject slices
@@ -59,12 +88,31 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     _write(syn_dir, "unseen", planted.images[~is_copy], prefix="real")
 
     # 3. the scan, through the CLI
-    result = _cli("scan", "--train", str(train_dir), "--val", str(val_dir), "--synthetic", str(syn_dir), "--out", str(tmp_path / "study"),
-                  "--detector-epochs", "25", "--cache-dir", str(tmp_path / "cache"), "--k", "3")
+    result = _cli(
+        "scan",
+        "--train",
+        str(train_dir),
+        "--val",
+        str(val_dir),
+        "--synthetic",
+        str(syn_dir),
+        "--out",
+        str(tmp_path / "study"),
+        "--detector-epochs",
+        "25",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--k",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     study = tmp_path / "study"
     summary = read_summary(study)
-    assert [summary.inputs[r].n for r in ("train", "val", "synthetic")] == [len(train_all), n_val, 4 + len(planted.images)]
+    assert [summary.inputs[r].n for r in ("train", "val", "synthetic")] == [
+        len(train_all),
+        n_val,
+        4 + len(planted.images),
+    ]
     pairs = [r for r in csv.DictReader(open(study / "pairs.csv")) if r["rank"] == "1"]
     by_id = {r["synthetic_id"]: r for r in pairs}
     train_ids = sorted(p.relative_to(train_dir).as_posix() for p in train_dir.rglob("*.png"))
@@ -80,8 +128,25 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     assert [r["status"] for r in __import__("core.study.store", fromlist=["Study"]).Study(study).runs()] == ["done"]
 
     # 4. a second scan with the saved detector reuses the cached embeddings
-    result = _cli("scan", "--train", str(train_dir), "--val", str(val_dir), "--synthetic", str(syn_dir), "--out", str(study),
-                  "--detector", str(study / "detector"), "--threshold-rule", "heldout", "--k", "3", "--cache-dir", str(tmp_path / "cache"))
+    result = _cli(
+        "scan",
+        "--train",
+        str(train_dir),
+        "--val",
+        str(val_dir),
+        "--synthetic",
+        str(syn_dir),
+        "--out",
+        str(study),
+        "--detector",
+        str(study / "detector"),
+        "--threshold-rule",
+        "heldout",
+        "--k",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr
     again = read_summary(study)
     assert all(v.embeddings_cached for v in again.inputs.values()) and again.threshold.rule == "heldout"

@@ -39,12 +39,16 @@ def test_sample_depends_only_on_seed_and_index(checkpoint_2d: Path, scheduler: s
 
 def test_generate_writes_png16_manifest_and_resumes(checkpoint_2d: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen"
-    first = generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=3, steps=2, batch_size=2, device="cpu"))
+    first = generate(
+        GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=3, steps=2, batch_size=2, device="cpu")
+    )
     assert first.n_written == 3
     png = np.asarray(Image.open(out / "sample_000000.png"))
     assert png.shape == (16, 16) and png.dtype == np.uint16
     before = (out / "sample_000000.png").read_bytes()
-    second = generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=5, steps=2, batch_size=3, device="cpu"))
+    second = generate(
+        GenerateConfig(checkpoint=str(checkpoint_2d), out=str(out), n=5, steps=2, batch_size=3, device="cpu")
+    )
     assert (second.n_written, second.n_skipped) == (2, 3)
     assert (out / "sample_000000.png").read_bytes() == before
     rows = list(csv.DictReader(open(out / "manifest.csv")))
@@ -57,7 +61,9 @@ def test_generate_writes_png16_manifest_and_resumes(checkpoint_2d: Path, tmp_pat
 def test_generate_refuses_a_folder_of_another_seed(checkpoint_2d: Path, tmp_path: Path) -> None:
     generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=1, steps=1, device="cpu"))
     with pytest.raises(MemoScopeError, match="another checkpoint, seed"):
-        generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=2, steps=1, seed=5, device="cpu"))
+        generate(
+            GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=2, steps=1, seed=5, device="cpu")
+        )
 
 
 def test_generate_3d_writes_nifti(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from core.common.errors import MemoScopeError
 from core.generative.ldm import build_autoencoder, build_unet, default_config, save_ldm
 from core.study import jobs
+from core.study.results import ScanResults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,11 +36,23 @@ def _wait(study: Path, job_id: str, timeout: float = 120.0) -> jobs.Job:
     raise AssertionError(f"job {job_id} still running after {timeout} s")
 
 
-def test_generate_job_runs_in_the_background_and_finishes(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_job_runs_in_the_background_and_finishes(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)  # the worker runs `python -m core` from the working folder
     study = tmp_path / "study"
-    job = jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "synthetic"), "n": 3, "steps": 2,
-                                             "batch_size": 2, "device": "cpu"})
+    job = jobs.start_job(
+        study,
+        "generate",
+        {
+            "checkpoint": str(checkpoint),
+            "out": str(study / "synthetic"),
+            "n": 3,
+            "steps": 2,
+            "batch_size": 2,
+            "device": "cpu",
+        },
+    )
     assert job.pid and job.pid != os.getpid()
     with pytest.raises(MemoScopeError, match="still running"):
         jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "other"), "n": 1})
@@ -61,8 +74,18 @@ def test_a_failing_job_records_its_error(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_killed_worker_is_reported_failed(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     study = tmp_path / "study"
-    job = jobs.start_job(study, "generate", {"checkpoint": str(checkpoint), "out": str(study / "s"), "n": 5000, "steps": 50, "batch_size": 1,
-                                             "device": "cpu"})
+    job = jobs.start_job(
+        study,
+        "generate",
+        {
+            "checkpoint": str(checkpoint),
+            "out": str(study / "s"),
+            "n": 5000,
+            "steps": 50,
+            "batch_size": 1,
+            "device": "cpu",
+        },
+    )
     deadline = time.time() + 60
     while jobs.read_job(jobs.job_file(study, job.id)).status != "running" and time.time() < deadline:
         time.sleep(0.1)
@@ -72,7 +95,9 @@ def test_a_killed_worker_is_reported_failed(tmp_path: Path, checkpoint: Path, mo
 
 
 def test_eta_and_fraction() -> None:
-    job = jobs.Job(id="x", kind="generate", params={}, study="s", status="running", done=25, total=100, started=time.time() - 10)
+    job = jobs.Job(
+        id="x", kind="generate", params={}, study="s", status="running", done=25, total=100, started=time.time() - 10
+    )
     assert job.fraction == 0.25
     eta = job.eta_seconds()
     assert eta is not None and 29 < eta < 31
@@ -88,9 +113,54 @@ def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(REPO)
     study = tmp_path / "study"
     manifest = "data/demo/2d/manifest.csv"
-    job = jobs.start_job(study, "train-detector", {"train": manifest, "val": manifest, "dims": 2, "size": 32, "out": str(study / "detector"),
-                                                   "overwrite": True, "overrides": {"arch": "convres", "epochs": 1}})
+    job = jobs.start_job(
+        study,
+        "train-detector",
+        {
+            "train": manifest,
+            "val": manifest,
+            "dims": 2,
+            "size": 32,
+            "out": str(study / "detector"),
+            "overwrite": True,
+            "overrides": {"arch": "convres", "epochs": 1},
+        },
+    )
     done = _wait(study, job.id, 300)
     assert done.status == "done", done.error
     assert (done.done, done.total) == (1, 1) and len(done.result["hash"]) == 64
     assert (study / "detector" / "detector.json").is_file()
+
+    # the scan job with that detector: stages advance in order, results land in the study
+    synthetic = str(REPO / "studies" / "demo-2d" / "synthetic")
+    job = jobs.start_job(
+        study,
+        "scan",
+        {
+            "train": manifest,
+            "val": manifest,
+            "synthetic": synthetic,
+            "out": str(study),
+            "dims": 2,
+            "size": 32,
+            "detector": str(study / "detector"),
+            "percentile": 90.0,
+            "k": 2,
+        },
+    )
+    assert job.params["spec"]["spatial_size"] == [32, 32]  # the options became a validated config
+    done = _wait(study, job.id, 300)
+    assert done.status == "done", done.error
+    assert done.stage == "write" and done.fraction == 1.0 and done.stages[0] == "load"
+    logged_stages = [line.split(":")[0] for line in done.log]
+    assert logged_stages.index("load") < logged_stages.index("embed") < logged_stages.index("write")
+    summary = ScanResults.open(study).summary
+    assert done.result["copies"] == summary.copies.count and summary.inputs["synthetic"].n == 128
+
+
+def test_a_bad_option_is_refused_before_a_job_starts(tmp_path: Path) -> None:
+    with pytest.raises(MemoScopeError, match="percentile 150"):
+        jobs.start_job(
+            tmp_path, "scan", {"train": "t", "val": "v", "synthetic": "s", "out": str(tmp_path), "percentile": 150}
+        )
+    assert not (tmp_path / "jobs").exists()

@@ -10,7 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from core.common.errors import MemoScopeError
-from core.generative.ldm import build_autoencoder, build_unet, default_config, import_checkpoint, load_ldm, load_state_dict_file, save_ldm
+from core.generative.ldm import (
+    build_autoencoder,
+    build_unet,
+    default_config,
+    import_checkpoint,
+    load_ldm,
+    load_state_dict_file,
+    save_ldm,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "generative_0_2_3"
 
@@ -22,7 +30,9 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path, dims: int, size: tupl
     ae, unet = build_autoencoder(config), build_unet(config)
     digest = save_ldm(tmp_path / "ck", config, ae, unet)
     ldm = load_ldm(tmp_path / "ck")
-    assert ldm.checkpoint_hash == digest and ldm.config.to_dict() == json.loads((tmp_path / "ck" / "ldm.json").read_text())
+    assert ldm.checkpoint_hash == digest and ldm.config.to_dict() == json.loads(
+        (tmp_path / "ck" / "ldm.json").read_text()
+    )
     for a, b in zip(unet.state_dict().values(), ldm.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert config.latent_shape == (3, *(s // 4 for s in size))
@@ -63,14 +73,19 @@ def test_plain_pt_state_dict_imports(tmp_path: Path) -> None:
     (tmp_path / "kw.json").write_text(json.dumps(config.to_dict()))
     _, record = import_checkpoint(tmp_path / "ae.pt", tmp_path / "unet.pth", tmp_path / "kw.json", tmp_path / "ck")
     assert not record["unet"]["converted"]
-    assert torch.equal(load_ldm(tmp_path / "ck").autoencoder.state_dict()["encoder.blocks.0.conv.weight"], ae.state_dict()["encoder.blocks.0.conv.weight"])
+    assert torch.equal(
+        load_ldm(tmp_path / "ck").autoencoder.state_dict()["encoder.blocks.0.conv.weight"],
+        ae.state_dict()["encoder.blocks.0.conv.weight"],
+    )
 
 
 def test_monai_generative_checkpoint_gives_the_original_outputs(tmp_path: Path) -> None:
     """The fixture's reference outputs were computed by monai-generative 0.2.3 itself."""
     # Saved as .pt the way monai-generative users saved them, then imported.
     torch.save(load_file(FIXTURE / "autoencoder_old.safetensors"), tmp_path / "ae.pt")
-    _, record = import_checkpoint(tmp_path / "ae.pt", FIXTURE / "unet_old.safetensors", FIXTURE / "kwargs.json", tmp_path / "ck")
+    _, record = import_checkpoint(
+        tmp_path / "ae.pt", FIXTURE / "unet_old.safetensors", FIXTURE / "kwargs.json", tmp_path / "ck"
+    )
     assert record["autoencoder"]["converted"] and record["unet"]["converted"]
     assert record["unet"]["ignored"]  # old proj_attn tensors were never applied by the original
     ldm = load_ldm(tmp_path / "ck")
@@ -100,5 +115,10 @@ def test_wrong_kwargs_for_old_weights_are_refused(tmp_path: Path) -> None:
     config["unet"]["channels"] = [16, 32]
     (tmp_path / "kw.json").write_text(json.dumps(config))
     with pytest.raises(MemoScopeError, match="unet_old.safetensors"):
-        import_checkpoint(FIXTURE / "autoencoder_old.safetensors", FIXTURE / "unet_old.safetensors", tmp_path / "kw.json", tmp_path / "ck")
+        import_checkpoint(
+            FIXTURE / "autoencoder_old.safetensors",
+            FIXTURE / "unet_old.safetensors",
+            tmp_path / "kw.json",
+            tmp_path / "ck",
+        )
     assert not (tmp_path / "ck").exists()

@@ -36,7 +36,14 @@ def test_round_trip_through_dict() -> None:
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("kwargs", [{"spatial_size": (2, 2)}, {"spatial_size": (8, 8), "percentiles": (50, 10)}, {"spatial_size": (8, 8), "intensity": "zscore"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"spatial_size": (2, 2)},
+        {"spatial_size": (8, 8), "percentiles": (50, 10)},
+        {"spatial_size": (8, 8), "intensity": "zscore"},
+    ],
+)
 def test_bad_spec_is_refused(kwargs: dict) -> None:
     with pytest.raises(MemoScopeError):
         PreprocessSpec(**kwargs)

@@ -31,8 +31,18 @@ PHI = {
     "StudyDate": "20240229",
 }
 # the planted values as they could leak: header values, and the folder/file names built from them
-FORBIDDEN = ["DOE^JANE", "DOE_JANE", "PHI-12345", "PHI-67890", "19700101", "SECRET GENERAL HOSPITAL", "WHO^DOCTOR", "ACC987654",
-             "20240229", "1.2.826.0.1.3680043.8.498.4242"]
+FORBIDDEN = [
+    "DOE^JANE",
+    "DOE_JANE",
+    "PHI-12345",
+    "PHI-67890",
+    "19700101",
+    "SECRET GENERAL HOSPITAL",
+    "WHO^DOCTOR",
+    "ACC987654",
+    "20240229",
+    "1.2.826.0.1.3680043.8.498.4242",
+]
 
 
 def _write_dicom(path: Path, pixels: np.ndarray) -> None:
@@ -77,11 +87,21 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(6):  # three exact copies of training scans, three new images
         image = train[i] if i < 3 else _u16(smooth_image(rng, (32, 32)))
         Image.fromarray(image).save(root / "synthetic" / f"sample_{i:06d}.png")
-    config = ScanConfig(train=str(root / "train"), val=str(root / "val"), synthetic=str(root / "synthetic"), out=str(root / "study"),
-                        spec=PreprocessSpec((32, 32)), threshold_rule="paper", percentile=50.0, k=3,
-                        detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8})
+    config = ScanConfig(
+        train=str(root / "train"),
+        val=str(root / "val"),
+        synthetic=str(root / "synthetic"),
+        out=str(root / "study"),
+        spec=PreprocessSpec((32, 32)),
+        threshold_rule="paper",
+        percentile=50.0,
+        k=3,
+        detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8},
+    )
     run_scan(config)
-    verdicts.record(root / "study", "rater one", "sample_000003.png", _nearest(root / "study", "sample_000003.png"), "copy")
+    verdicts.record(
+        root / "study", "rater one", "sample_000003.png", _nearest(root / "study", "sample_000003.png"), "copy"
+    )
     return root / "study"
 
 
@@ -89,7 +109,9 @@ def _nearest(study: Path, synthetic_id: str) -> str:
     import csv
 
     with open(study / "pairs.csv", newline="") as handle:
-        return next(r["train_id"] for r in csv.DictReader(handle) if r["synthetic_id"] == synthetic_id and r["rank"] == "1")
+        return next(
+            r["train_id"] for r in csv.DictReader(handle) if r["synthetic_id"] == synthetic_id and r["rank"] == "1"
+        )
 
 
 def _assert_no_phi(text: str, where: str) -> None:
@@ -126,7 +148,7 @@ def test_pdf_report_text_matches_summary_and_has_no_phi(study: Path, tmp_path: P
 def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path) -> None:
     summary = read_summary(study)
     plain = release(study, tmp_path / "plain")
-    assert plain.kept + plain.removed_by_threshold == summary.inputs['synthetic'].n
+    assert plain.kept + plain.removed_by_threshold == summary.inputs["synthetic"].n
     assert plain.removed_by_threshold == summary.copies.count
     strict = release(study, tmp_path / "strict", exclude_confirmed=True)
     assert strict.kept == plain.kept - strict.removed_as_confirmed
@@ -140,5 +162,5 @@ def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path)
     with pytest.raises(MemoScopeError, match="not empty"):
         release(study, tmp_path / "strict")
     none = release(study, tmp_path / "none", threshold=1.0)
-    assert none.kept == summary.inputs['synthetic'].n
+    assert none.kept == summary.inputs["synthetic"].n
     assert "released at threshold 1.000 (given for the release)" in (tmp_path / "none" / "report.html").read_text()

@@ -37,12 +37,21 @@ def test_demo_results_read_back_typed_and_consistent() -> None:
 def _v1(summary: dict) -> dict:
     """The same scan as MemoScope 0.1 wrote it (flat keys, ``threshold`` a number)."""
     return {
-        **{k: v for k, v in summary.items() if k not in ("threshold", "memorized", "copies", "expected_fpr_copy",
-                                                        "expected_fpr_memorized", "schema_version")},
-        "threshold": summary["threshold"]["value"], "rule": summary["threshold"]["rule"],
+        **{
+            k: v
+            for k, v in summary.items()
+            if k
+            not in ("threshold", "memorized", "copies", "expected_fpr_copy", "expected_fpr_memorized", "schema_version")
+        },
+        "threshold": summary["threshold"]["value"],
+        "rule": summary["threshold"]["rule"],
         "percentile": summary["threshold"]["percentile"],
-        "memorized_training_fraction": summary["memorized"], "copy_fraction": summary["copies"],
-        "expected_false_positive_rate": {"copy": summary["expected_fpr_copy"], "memorized": summary["expected_fpr_memorized"]},
+        "memorized_training_fraction": summary["memorized"],
+        "copy_fraction": summary["copies"],
+        "expected_false_positive_rate": {
+            "copy": summary["expected_fpr_copy"],
+            "memorized": summary["expected_fpr_memorized"],
+        },
         "counts": {"train": summary["inputs"]["train"]["n"], "val": summary["inputs"]["val"]["n"]},
     }
 

@@ -16,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cal() -> Calibration:
-    return Calibration(np.sort(np.array([0.1, 0.2, 0.3, 0.9])), np.sort(np.array([0.2, 0.4, 0.6])),
-                       np.sort(np.array([0.5, 0.95, 0.99, 0.2])), np.sort(np.array([0.3, 0.97, 0.5])))
+    return Calibration(
+        np.sort(np.array([0.1, 0.2, 0.3, 0.9])),
+        np.sort(np.array([0.2, 0.4, 0.6])),
+        np.sort(np.array([0.5, 0.95, 0.99, 0.2])),
+        np.sort(np.array([0.3, 0.97, 0.5])),
+    )
 
 
 def test_live_metrics_count_strictly_above() -> None:
@@ -41,8 +45,12 @@ def test_threshold_rules_from_calibration() -> None:
 
 
 def test_worklist_sorts_flags_and_groups() -> None:
-    pairs = [Pair("s1", 1, "t1", "p1", 0.9, 0.01, 0.8, None), Pair("s1", 2, "t2", "p1", 0.5, 0.3, 0.1, None),
-             Pair("s2", 1, "t1", "p1", 0.95, 0.01, 0.9, None), Pair("s3", 1, "t3", "p2", 0.4, 0.5, 0.0, None)]
+    pairs = [
+        Pair("s1", 1, "t1", "p1", 0.9, 0.01, 0.8, None),
+        Pair("s1", 2, "t2", "p1", 0.5, 0.3, 0.1, None),
+        Pair("s2", 1, "t1", "p1", 0.95, 0.01, 0.9, None),
+        Pair("s3", 1, "t3", "p2", 0.4, 0.5, 0.0, None),
+    ]
     rows = worklist(pairs, 0.8)
     assert [r["synthetic_id"] for r in rows] == ["s2", "s1", "s3"]
     assert [r["copy"] for r in rows] == [True, True, False] and rows[0]["group_size"] == 2

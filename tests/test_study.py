@@ -31,9 +31,13 @@ def test_create_study_checks_inputs_and_names_the_bad_path(tmp_path: Path, image
     with pytest.raises(MemoScopeError, match="Study name"):
         create_study(tmp_path, "../escape", {"train": str(image_folder), "val": str(image_folder)})
     with pytest.raises(MemoScopeError, match="no ldm.json"):
-        create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "checkpoint": str(tmp_path)})
+        create_study(
+            tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "checkpoint": str(tmp_path)}
+        )
     assert not (tmp_path / "s1").exists()
-    study = create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "synthetic": "", "dims": 2})
+    study = create_study(
+        tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "synthetic": "", "dims": 2}
+    )
     assert study.inputs()["train"] == str(image_folder) and study.inputs()["synthetic"] is None
     with pytest.raises(MemoScopeError, match="already exists"):
         create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder)})

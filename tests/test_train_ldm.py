@@ -20,7 +20,9 @@ def images() -> ImageSet:
     rng = np.random.default_rng(0)
     x = np.stack([smooth_image(rng, (1, 16, 16)) for _ in range(8)])
     x = x / np.abs(x).max()
-    return ImageSet([f"i{i}" for i in range(8)], [f"p{i}" for i in range(8)], x.astype(np.float32), PreprocessSpec((16, 16)), "mem")
+    return ImageSet(
+        [f"i{i}" for i in range(8)], [f"p{i}" for i in range(8)], x.astype(np.float32), PreprocessSpec((16, 16)), "mem"
+    )
 
 
 def test_checkpoints_and_resume_match_an_uninterrupted_run(images: ImageSet, tmp_path: Path) -> None:

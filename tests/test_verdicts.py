@@ -19,7 +19,9 @@ from core.study.store import DB_NAME, open_study
 
 def _writer(study: str, reviewer: str, n: int) -> None:
     for i in range(n):
-        verdicts.record(study, reviewer, f"s{i:03d}", f"t{i % 7}", ("copy", "not_copy", "unsure")[i % 3], note=f"{reviewer} {i}")
+        verdicts.record(
+            study, reviewer, f"s{i:03d}", f"t{i % 7}", ("copy", "not_copy", "unsure")[i % 3], note=f"{reviewer} {i}"
+        )
 
 
 def _endless_writer(study: str) -> None:
@@ -37,7 +39,9 @@ def test_a_replaced_verdict_is_kept_in_the_audit(tmp_path: Path) -> None:
     assert (current.verdict, current.note) == ("not_copy", "looked again")
     trail = verdicts.audit_trail(study)
     assert [(t["verdict"], t["replaced_verdict"], t["replaced_note"]) for t in trail] == [
-        ("copy", None, None), ("not_copy", "copy", "same folds")]
+        ("copy", None, None),
+        ("not_copy", "copy", "same folds"),
+    ]
     with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE audit SET verdict = 'copy'")
     with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -102,7 +106,13 @@ def test_blinded_sample_is_stratified_seeded_and_shuffled() -> None:
 def test_agreement_against_hand_computed_values() -> None:
     # 10 pairs: both copy 4, both not 3, a copy / b not 2, a not / b copy 1, plus one unsure
     a, b = {}, {}
-    labels = [("copy", "copy")] * 4 + [("not_copy", "not_copy")] * 3 + [("copy", "not_copy")] * 2 + [("not_copy", "copy")] + [("unsure", "copy")]
+    labels = (
+        [("copy", "copy")] * 4
+        + [("not_copy", "not_copy")] * 3
+        + [("copy", "not_copy")] * 2
+        + [("not_copy", "copy")]
+        + [("unsure", "copy")]
+    )
     for i, (x, y) in enumerate(labels):
         a[(f"s{i}", "t")] = x
         b[(f"s{i}", "t")] = y

@@ -12,7 +12,8 @@
 4. ``docs/FINDINGS.md`` from the committed studies (:func:`findings_markdown`).
 
 Every step calls the engine's own functions with the same configs the command line builds, so the
-demo is built exactly as a user would build it. Each step is a function of the paths it is given; nothing is kept between steps but files.
+demo is built exactly as a user would build it. Each step is a function of the paths it is given;
+nothing is kept between steps but files.
 """
 
 from __future__ import annotations
@@ -58,12 +59,16 @@ STAGES = ("early", "converged", "over-trained")
 VARIANTS = ("noaug", "aug")
 
 # Networks small enough that all demo checkpoints stay under 40 MB (about 3.7 MB per 2D LDM).
-NETWORKS_2D = {"autoencoder": {"channels": [16, 32, 32]},
-               "unet": {"channels": [32, 32, 64], "attention_levels": [False, False, True]}}
+NETWORKS_2D = {
+    "autoencoder": {"channels": [16, 32, 32]},
+    "unet": {"channels": [32, 32, 64], "attention_levels": [False, False, True]},
+}
 NETWORKS_3D = {"unet": {"channels": [16, 32, 32], "num_head_channels": 16}}
-NOTE_3D = ("Trained on {n} real volumes of {n} subjects: far too few to generalise from. This model "
-           "is expected to memorize its training volumes; it demonstrates the 3D pipeline, not a "
-           "usable generator.")
+NOTE_3D = (
+    "Trained on {n} real volumes of {n} subjects: far too few to generalise from. This model "
+    "is expected to memorize its training volumes; it demonstrates the 3D pipeline, not a "
+    "usable generator."
+)
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,28 @@ class DemoProfile:
 
 
 PROFILES = {
-    "full": DemoProfile("full", ae_epochs_2d=100, stages_2d=(25, 300, 2000), ae_epochs_3d=300, epochs_3d=1500,
-                        n_samples_2d=128, n_samples_3d=16, steps=50, detector_epochs=100),
-    "quick": DemoProfile("quick", ae_epochs_2d=1, stages_2d=(1, 2, 3), ae_epochs_3d=1, epochs_3d=2,
-                         n_samples_2d=4, n_samples_3d=2, steps=3, detector_epochs=2),
+    "full": DemoProfile(
+        "full",
+        ae_epochs_2d=100,
+        stages_2d=(25, 300, 2000),
+        ae_epochs_3d=300,
+        epochs_3d=1500,
+        n_samples_2d=128,
+        n_samples_3d=16,
+        steps=50,
+        detector_epochs=100,
+    ),
+    "quick": DemoProfile(
+        "quick",
+        ae_epochs_2d=1,
+        stages_2d=(1, 2, 3),
+        ae_epochs_3d=1,
+        epochs_3d=2,
+        n_samples_2d=4,
+        n_samples_3d=2,
+        steps=3,
+        detector_epochs=2,
+    ),
 }
 
 
@@ -161,7 +184,11 @@ class DemoModel:
 
 def demo_models(profile: DemoProfile) -> list[DemoModel]:
     """Every demo checkpoint, 2D variants x stages, then the 3D model."""
-    models = [DemoModel(2, variant, stage, epoch) for variant in VARIANTS for stage, epoch in zip(STAGES, profile.stages_2d, strict=True)]
+    models = [
+        DemoModel(2, variant, stage, epoch)
+        for variant in VARIANTS
+        for stage, epoch in zip(STAGES, profile.stages_2d, strict=True)
+    ]
     return [*models, DemoModel(3, "noaug", "over-trained", profile.epochs_3d)]
 
 
@@ -198,7 +225,9 @@ def build_data(out: Path, size_2d: int = 64, size_3d: int = 32) -> dict[str, Any
                     rows_2d.append([f"{volume.subject}/{name}", volume.subject, split])
                 cube = volume_cube(volume, size_3d)[0]
                 (tmp / "3d").mkdir(exist_ok=True)
-                nib.save(nib.Nifti1Image(cube.astype(np.float32), np.eye(4)), str(tmp / "3d" / f"{volume.subject}.nii.gz"))
+                nib.save(
+                    nib.Nifti1Image(cube.astype(np.float32), np.eye(4)), str(tmp / "3d" / f"{volume.subject}.nii.gz")
+                )
                 rows_3d.append([f"{volume.subject}.nii.gz", volume.subject, split])
                 counts[volume.subject] = {"split": split, "slices_2d": len(slices), "volumes_3d": 1}  # type: ignore[dict-item]
         for dims, rows in ((2, rows_2d), (3, rows_3d)):
@@ -231,11 +260,19 @@ def sources_markdown(counts: dict[str, dict[str, Any]], size_2d: int, size_3d: i
         if volume.subject not in counts:
             continue
         c = counts[volume.subject]
-        original = volume.relative_path + (f" (volume {volume.volume_index})" if volume.volume_index is not None else "")
-        lines.append(f"| {volume.subject} | {c['split']} | {volume.package} ({_package_version(volume.package)}) | "
-                     f"`{original}` | {volume.licence} | {c['slices_2d']} | {c['volumes_3d']} |")
-    lines += ["", "Derived files of the same subjects (denoised, resampled or tissue maps) are left out, so no",
-              "subject appears twice.", ""]
+        original = volume.relative_path + (
+            f" (volume {volume.volume_index})" if volume.volume_index is not None else ""
+        )
+        lines.append(
+            f"| {volume.subject} | {c['split']} | {volume.package} ({_package_version(volume.package)}) | "
+            f"`{original}` | {volume.licence} | {c['slices_2d']} | {c['volumes_3d']} |"
+        )
+    lines += [
+        "",
+        "Derived files of the same subjects (denoised, resampled or tissue maps) are left out, so no",
+        "subject appears twice.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -267,18 +304,40 @@ def train_models(paths: DemoPaths, profile: DemoProfile) -> None:
         atomic_write_json(networks / f"{dims}d.json", spec)
     early, converged, over = profile.stages_2d
     for variant in VARIANTS:
-        note = (f"MemoScope demo ({profile.name} profile): snapshots after {early} (early), {converged} (converged) "
-                f"and {over} (over-trained) UNet epochs.")
-        _train_ldm(Path(_rel(paths.manifest(2), r)), Path(_rel(paths.build / f"ldm-2d-{variant}", r)), 2,
-                   Path(_rel(networks / "2d.json", r)),
-                   {"ae_epochs": profile.ae_epochs_2d, "epochs": over, "save_at": [early, converged], "notes": [note],
-                    "augment": variant == "aug"})
-    _train_ldm(Path(_rel(paths.manifest(3), r)), Path(_rel(paths.build / "ldm-3d", r)), 3, Path(_rel(networks / "3d.json", r)),
-               {"ae_epochs": profile.ae_epochs_3d, "epochs": profile.epochs_3d, "batch_size": 4,
-                "notes": [NOTE_3D.format(n=len(TRAIN_SUBJECTS))]})
+        note = (
+            f"MemoScope demo ({profile.name} profile): snapshots after {early} (early), {converged} (converged) "
+            f"and {over} (over-trained) UNet epochs."
+        )
+        _train_ldm(
+            Path(_rel(paths.manifest(2), r)),
+            Path(_rel(paths.build / f"ldm-2d-{variant}", r)),
+            2,
+            Path(_rel(networks / "2d.json", r)),
+            {
+                "ae_epochs": profile.ae_epochs_2d,
+                "epochs": over,
+                "save_at": [early, converged],
+                "notes": [note],
+                "augment": variant == "aug",
+            },
+        )
+    _train_ldm(
+        Path(_rel(paths.manifest(3), r)),
+        Path(_rel(paths.build / "ldm-3d", r)),
+        3,
+        Path(_rel(networks / "3d.json", r)),
+        {
+            "ae_epochs": profile.ae_epochs_3d,
+            "epochs": profile.epochs_3d,
+            "batch_size": 4,
+            "notes": [NOTE_3D.format(n=len(TRAIN_SUBJECTS))],
+        },
+    )
     for model in demo_models(profile):
         run = paths.build / (f"ldm-2d-{model.variant}" if model.dims == 2 else "ldm-3d")
-        snapshot = run / ("last" if model.epoch == (over if model.dims == 2 else profile.epochs_3d) else f"epoch-{model.epoch:04d}")
+        snapshot = run / (
+            "last" if model.epoch == (over if model.dims == 2 else profile.epochs_3d) else f"epoch-{model.epoch:04d}"
+        )
         target = paths.checkpoints / model.checkpoint
         with atomic_dir(target, overwrite=True) as tmp:
             for item in snapshot.iterdir():
@@ -291,9 +350,18 @@ def train_detectors(paths: DemoPaths, profile: DemoProfile) -> None:
     r = paths.root
     for dims in (2, 3):
         manifest = _rel(paths.manifest(dims), r)
-        config = config_from_options(TrainDetectorConfig, {
-            "train": manifest, "val": manifest, "out": _rel(paths.checkpoints / f"demo-{dims}d-detector", r), "dims": dims,
-            "seed": 0, "overwrite": True, "overrides": {"arch": "convres", "epochs": profile.detector_epochs}})
+        config = config_from_options(
+            TrainDetectorConfig,
+            {
+                "train": manifest,
+                "val": manifest,
+                "out": _rel(paths.checkpoints / f"demo-{dims}d-detector", r),
+                "dims": dims,
+                "seed": 0,
+                "overwrite": True,
+                "overrides": {"arch": "convres", "epochs": profile.detector_epochs},
+            },
+        )
         logger.info("train-detector -> %s", config.out)
         train_from_sources(config, progress=logged(logger, silent))
 
@@ -306,16 +374,38 @@ def generate_and_scan(paths: DemoPaths, profile: DemoProfile) -> None:
         if study.exists():
             shutil.rmtree(study)
         synthetic = _rel(study / "synthetic", r)
-        generate(GenerateConfig(
-            checkpoint=_rel(paths.checkpoints / model.checkpoint, r), out=synthetic,
-            n=profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d, steps=profile.steps,
-            batch_size=16, seed=0, device="cpu"), progress=logged(logger, silent))
+        generate(
+            GenerateConfig(
+                checkpoint=_rel(paths.checkpoints / model.checkpoint, r),
+                out=synthetic,
+                n=profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d,
+                steps=profile.steps,
+                batch_size=16,
+                seed=0,
+                device="cpu",
+            ),
+            progress=logged(logger, silent),
+        )
         manifest = _rel(paths.manifest(model.dims), r)
-        run_scan(config_from_options(ScanConfig, {
-            "train": manifest, "val": manifest, "synthetic": synthetic, "out": _rel(study, r), "dims": model.dims,
-            "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r), "threshold_rule": "paper",
-            "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d, "k": 5, "seed": 0,
-            "cache_dir": _rel(paths.build / "embeddings", r)}), progress=logged(logger, silent))
+        run_scan(
+            config_from_options(
+                ScanConfig,
+                {
+                    "train": manifest,
+                    "val": manifest,
+                    "synthetic": synthetic,
+                    "out": _rel(study, r),
+                    "dims": model.dims,
+                    "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r),
+                    "threshold_rule": "paper",
+                    "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d,
+                    "k": 5,
+                    "seed": 0,
+                    "cache_dir": _rel(paths.build / "embeddings", r),
+                },
+            ),
+            progress=logged(logger, silent),
+        )
 
 
 def clean(paths: DemoPaths, profile: DemoProfile) -> None:
@@ -440,25 +530,31 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "",
         f"- 2D: {first.inputs['train'].n} axial brain-MR slices of {inputs['train'].n_patients} training subjects; "
         f"{first.inputs['val'].n} slices of {inputs['val'].n_patients} other subjects for calibration; "
-        f"{first.inputs['synthetic'].n} samples per checkpoint ({profile.steps} DDIM steps, seeds 0..{first.inputs['synthetic'].n - 1}, "
+        f"{first.inputs['synthetic'].n} samples per checkpoint ({profile.steps} DDIM steps, seeds "
+        f"0..{first.inputs['synthetic'].n - 1}, "
         "the same for every checkpoint).",
         f"- LDMs trained by `python -m core train-ldm` with the same seed, {profile.ae_epochs_2d} autoencoder epochs, "
         f"then the UNet saved after {profile.stages_2d[0]} (early), {profile.stages_2d[1]} (converged) and "
-        f"{profile.stages_2d[2]} (over-trained) epochs; once without and once with augmentation (rotation +-5 deg, flip).",
+        f"{profile.stages_2d[2]} (over-trained) epochs; once without and once with augmentation (rotation +-5 deg, "
+        "flip).",
         f"- One detector for all 2D checkpoints (`checkpoints/demo-2d-detector`, the paper's conv-residual encoder, "
-        f"{profile.detector_epochs} epochs, hash `{first.detector.hash[:12]}`), so all checkpoints are measured on one scale.",
-        f"- Threshold: rule `{first.threshold.rule}`, percentile {_num(first.threshold.percentile, 'g')} of each training slice's best "
+        f"{profile.detector_epochs} epochs, hash `{first.detector.hash[:12]}`), so all checkpoints are measured on one "
+        "scale.",
+        f"- Threshold: rule `{first.threshold.rule}`, percentile {_num(first.threshold.percentile, 'g')} of each "
+        "training slice's best "
         "correlation to the validation subjects.",
         "",
         "## 2D: memorization across training length and augmentation",
         "",
-        "| checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized training | copies among samples | expected FPR (copy) | median pixel r, copies / others |",
+        "| checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized training | copies among "
+        "samples | expected FPR (copy) | median pixel r, copies / others |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in two_d:
         s = r.summary
         lines.append(
-            f"| `{r.model.checkpoint}` ({r.model.stage}) | {'yes' if r.model.variant == 'aug' else 'no'} | {r.model.epoch} | "
+            f"| `{r.model.checkpoint}` ({r.model.stage}) | {'yes' if r.model.variant == 'aug' else 'no'} | "
+            f"{r.model.epoch} | "
             f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_frac(s.copies)} | "
             f"{s.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
         )
@@ -487,11 +583,15 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         lines += [
             "## 3D",
             "",
-            f"`{three.model.checkpoint}`: {s.inputs['train'].n} training volumes, {s.inputs['val'].n} validation volumes, "
-            f"{s.inputs['synthetic'].n} samples; rule `{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')} (three "
+            f"`{three.model.checkpoint}`: {s.inputs['train'].n} training volumes, {s.inputs['val'].n} validation "
+            "volumes, "
+            f"{s.inputs['synthetic'].n} samples; rule `{s.threshold.rule}` at percentile "
+            f"{_num(s.threshold.percentile, 'g')} (three "
             f"validation volumes cannot support the 95th), tau {s.tau:.3f}. Memorized training "
             f"{_frac(s.memorized)}; copies {_frac(s.copies)}; median pixel correlation of copies to their source "
-            f"{_num(three.copy_pixel_corr, '.2f')}. " + _pixel_check(three.copy_pixel_corr) + " With three training volumes "
+            f"{_num(three.copy_pixel_corr, '.2f')}. "
+            + _pixel_check(three.copy_pixel_corr)
+            + " With three training volumes "
             "these numbers illustrate the 3D pipeline and are not evidence about 3D LDMs.",
             "",
         ]
@@ -527,6 +627,7 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
 
 def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     """One paragraph: do the demo numbers agree with Dar et al.'s two findings, and how clearly?"""
+
     def mem(variant: str, stage: str) -> Fraction:
         return by_key[(2, variant, stage)].summary.memorized
 
@@ -537,7 +638,10 @@ def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     if all(clear_rises):
         training = "Over-training clearly raised the memorized fraction in both runs, as Dar et al. report"
     elif all(rises):
-        training = "Over-training raised the memorized fraction in both runs, as Dar et al. report, though not beyond the intervals in both"
+        training = (
+            "Over-training raised the memorized fraction in both runs, as Dar et al. report, "
+            "though not beyond the intervals in both"
+        )
     elif any(rises):
         training = "Over-training raised the memorized fraction in one of the two runs only"
     else:
@@ -546,10 +650,15 @@ def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     if all(clear_lowers):
         augment = f"augmentation clearly lowered it at all {n} training lengths, as they report"
     elif any(lowers) and not any(clear_lowers):
-        augment = (f"augmentation gave a lower point estimate at {sum(lowers)} of {n} training lengths, but never beyond the "
-                   "overlapping intervals: on this demo its effect is too small to tell from chance")
+        augment = (
+            f"augmentation gave a lower point estimate at {sum(lowers)} of {n} training lengths, but never beyond the "
+            "overlapping intervals: on this demo its effect is too small to tell from chance"
+        )
     elif any(lowers):
-        augment = f"augmentation lowered it at {sum(lowers)} of {n} training lengths ({sum(clear_lowers)} beyond the intervals)"
+        augment = (
+            f"augmentation lowered it at {sum(lowers)} of {n} training lengths "
+            f"({sum(clear_lowers)} beyond the intervals)"
+        )
     else:
         augment = "augmentation did not lower it at any training length, unlike their report"
     return f"**In short:** {training}; {augment}."
@@ -561,9 +670,11 @@ def _pixel_check(median_r: float | None) -> str:
         return "Nothing was flagged."
     if median_r >= 0.8:
         return "The pixel-space cross-check supports the calls: the flagged samples reproduce their sources."
-    return ("The pixel-space cross-check does not support the calls: the flagged samples do not reproduce their sources "
-            "pixel by pixel, so treat them as unconfirmed (a threshold calibrated on three volumes is not one a scientist "
-            "could defend, and this short-trained model was expected, not shown, to memorize).")
+    return (
+        "The pixel-space cross-check does not support the calls: the flagged samples do not reproduce their sources "
+        "pixel by pixel, so treat them as unconfirmed (a threshold calibrated on three volumes is not one a scientist "
+        "could defend, and this short-trained model was expected, not shown, to memorize)."
+    )
 
 
 def write_findings(root: str | Path, profile: DemoProfile) -> Path:
@@ -578,10 +689,14 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description="Rebuild MemoScope's embedded demo.")
-    parser.add_argument("action", choices=("all", "build-data", "findings"),
-                        help="all: everything from nothing; build-data: data/demo only; findings: docs/FINDINGS.md")
-    parser.add_argument("--profile", choices=tuple(PROFILES), default="full",
-                        help="full: the committed demo; quick: a CI-sized check")
+    parser.add_argument(
+        "action",
+        choices=("all", "build-data", "findings"),
+        help="all: everything from nothing; build-data: data/demo only; findings: docs/FINDINGS.md",
+    )
+    parser.add_argument(
+        "--profile", choices=tuple(PROFILES), default="full", help="full: the committed demo; quick: a CI-sized check"
+    )
     parser.add_argument("--root", default=".", help="folder holding data/, checkpoints/, studies/ and docs/")
     parser.add_argument("--resume", action="store_true", help="keep what an interrupted build left (training resumes)")
     args = parser.parse_args(argv)
@@ -590,8 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "build-data":
             counts = build_data(paths.data)
-            print(f"{sum(c['slices_2d'] for c in counts.values())} slices and {len(counts)} volumes "
-                  f"of {len(counts)} subjects -> {paths.data}")
+            print(
+                f"{sum(c['slices_2d'] for c in counts.values())} slices and {len(counts)} volumes "
+                f"of {len(counts)} subjects -> {paths.data}"
+            )
         elif args.action == "findings":
             print(f"wrote {write_findings(paths.root, profile)}")
         else:

@@ -30,7 +30,9 @@ def _shift(x: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[
 
 
 def _rotate(x: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
-    return ndimage.rotate(x, float(rng.choice([-4.0, 4.0])), axes=(0, 1), reshape=False, order=1, mode="nearest").astype(np.float32)
+    return ndimage.rotate(
+        x, float(rng.choice([-4.0, 4.0])), axes=(0, 1), reshape=False, order=1, mode="nearest"
+    ).astype(np.float32)
 
 
 def _mixed(x: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
@@ -64,7 +66,11 @@ class PlantedSet:
 
 
 def plant_copies(
-    train: npt.NDArray[np.float32], unseen: npt.NDArray[np.float32], per_kind: int, seed: int = 0, kinds: list[str] | None = None
+    train: npt.NDArray[np.float32],
+    unseen: npt.NDArray[np.float32],
+    per_kind: int,
+    seed: int = 0,
+    kinds: list[str] | None = None,
 ) -> PlantedSet:
     """Copy ``per_kind`` random training images with each perturbation; add ``unseen`` as negatives."""
     rng = np.random.default_rng(seed)

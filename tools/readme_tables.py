@@ -37,8 +37,11 @@ def write_result(name: str, table: str, command: str, notes: str = "", root: Pat
     """Write ``benchmarks/results/<name>.md``: the table, the command, when, on what (the README pastes it)."""
     v = versions()
     cpu = platform.processor() or platform.machine()
-    text = (f"{table}\n`{command}`, {now_utc()[:10]}, {cpu}, torch {v.get('torch', '?')}, monai {v.get('monai', '?')}."
-            + (f" {notes}" if notes else "") + "\n")
+    text = (
+        f"{table}\n`{command}`, {now_utc()[:10]}, {cpu}, torch {v.get('torch', '?')}, monai {v.get('monai', '?')}."
+        + (f" {notes}" if notes else "")
+        + "\n"
+    )
     path = root / RESULTS / f"{name}.md"
     atomic_write_text(path, text)
     return path
@@ -65,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     new = pasted(text)
     if args.check:
         if new != text:
-            print("README.md is out of date with benchmarks/results: run `python -m tools.readme_tables`", file=sys.stderr)
+            print(
+                "README.md is out of date with benchmarks/results: run `python -m tools.readme_tables`", file=sys.stderr
+            )
             return 1
         return 0
     if new != text:

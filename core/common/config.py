@@ -97,7 +97,8 @@ class Config:
         if unknown:
             raise MemoScopeError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}.")
         missing = sorted(
-            f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
             if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
         if missing:

@@ -74,7 +74,9 @@ class DetectorConfig(Config):
 
     def validate(self) -> None:
         if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
-            raise MemoScopeError(f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree.")
+            raise MemoScopeError(
+                f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree."
+            )
         self.image_size = [int(s) for s in self.image_size]
         check_range("detector embed_dim", self.embed_dim, 1)
         check_range("detector epochs", self.epochs, 1)
@@ -181,9 +183,7 @@ def _epoch_loss(
     return total / max(batches, 1)
 
 
-def train_detector(
-    train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress = silent
-) -> Detector:
+def train_detector(train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress = silent) -> Detector:
     """Train the encoder on ``train``; keep the epoch with the lowest validation NT-Xent loss.
 
     Steps: 1. seed everything; 2. each epoch, shuffle, embed each batch and its augmented
@@ -209,7 +209,9 @@ def train_detector(
     best_loss, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), -1
     for epoch in range(config.epochs):
         model.train()
-        train_loss = _epoch_loss(model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer)
+        train_loss = _epoch_loss(
+            model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer
+        )
         scheduler.step()
         model.eval()
         val_transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
@@ -218,8 +220,14 @@ def train_detector(
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
-        progress(ProgressEvent("train detector", epoch + 1, config.epochs,
-                               f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} val {val_loss:.4f}"))
+        progress(
+            ProgressEvent(
+                "train detector",
+                epoch + 1,
+                config.epochs,
+                f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} val {val_loss:.4f}",
+            )
+        )
     model.load_state_dict(best_state)
     model.eval()
     provenance = {
@@ -247,8 +255,9 @@ def train_and_save(
     """
     check_patient_overlap(train, val)
     spec = train.spec
-    config = DetectorConfig.for_dims(spec.spatial_dims, list(spec.spatial_size), seed=seed,
-                                     preprocessing=spec.to_dict(), **(overrides or {}))
+    config = DetectorConfig.for_dims(
+        spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {})
+    )
     detector = train_detector(train, val, config, progress=progress)
     save_detector(detector, out, overwrite=overwrite)
     return detector
@@ -286,7 +295,9 @@ def save_detector(detector: Detector, folder: str | Path, overwrite: bool = Fals
     }
     with atomic_dir(folder, overwrite=overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file({k: v.detach().cpu().contiguous() for k, v in detector.model.state_dict().items()}, tmp / WEIGHTS_NAME)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in detector.model.state_dict().items()}, tmp / WEIGHTS_NAME
+        )
     detector.detector_hash = detector_hash(folder)
     return detector.detector_hash
 
@@ -343,7 +354,12 @@ def load_detector(folder: str | Path) -> Detector:
         ) from exc
     model.eval()
     return Detector(
-        config, model, record.get("history", []), record.get("best_epoch", -1), record.get("provenance", {}), detector_hash(folder)
+        config,
+        model,
+        record.get("history", []),
+        record.get("best_epoch", -1),
+        record.get("provenance", {}),
+        detector_hash(folder),
     )
 
 
@@ -355,7 +371,9 @@ class Embeddings:
     vectors: npt.NDArray[np.float32]
 
 
-def embed(model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: str = "cpu") -> npt.NDArray[np.float32]:
+def embed(
+    model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: str = "cpu"
+) -> npt.NDArray[np.float32]:
     """Embed ``(N, 1, *S)`` float32 images in [-1, 1] -> ``(N, D)`` float32 (eval, no grad)."""
     model = model.to(device).eval()
     out = []
@@ -370,7 +388,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEMOSCOPE_CACHE_DIR", Path.home() / ".cache" / "memoscope")) / "embeddings"
 
 
-def embed_set(detector: Detector, images: ImageSet, cache_dir: str | Path | None = None, batch_size: int = 64) -> tuple[Embeddings, bool]:
+def embed_set(
+    detector: Detector, images: ImageSet, cache_dir: str | Path | None = None, batch_size: int = 64
+) -> tuple[Embeddings, bool]:
     """Embed an image set, reusing the on-disk cache keyed by detector hash and input content.
 
     Returns:

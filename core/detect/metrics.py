@@ -227,6 +227,4 @@ def pixel_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
 
 def ssim(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """Structural similarity of two images in [-1, 1] intensity (data range 2)."""
-    return float(
-        structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=2.0)
-    )
+    return float(structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=2.0))

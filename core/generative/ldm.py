@@ -125,7 +125,10 @@ def networks_config(path: str | Path, spatial_dims: int, image_size: tuple[int, 
     except (OSError, json.JSONDecodeError) as exc:
         raise MemoScopeError(f"{path}: cannot read the networks JSON ({exc}).") from exc
     if not isinstance(overrides, dict) or set(overrides) - {"autoencoder", "unet"}:
-        raise MemoScopeError(f'{path}: expected {{"autoencoder": {{...}}, "unet": {{...}}}}, got keys {sorted(overrides) if isinstance(overrides, dict) else type(overrides).__name__}.')
+        raise MemoScopeError(
+            f'{path}: expected {{"autoencoder": {{...}}, "unet": {{...}}}}, got keys '
+            f"{sorted(overrides) if isinstance(overrides, dict) else type(overrides).__name__}."
+        )
     config = default_config(spatial_dims, image_size)
     config.autoencoder.update(overrides.get("autoencoder", {}))
     config.unet.update(overrides.get("unet", {}))
@@ -211,9 +214,7 @@ def save_ldm(
 ) -> str:
     """Write ``ldm.json`` and both safetensors files atomically; return the checkpoint hash."""
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        (tmp / CONFIG_NAME).write_text(
-            json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, tmp / AE_WEIGHTS)
         save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / UNET_WEIGHTS)
     return checkpoint_hash(folder)

@@ -199,7 +199,11 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     previous = out / RECORD
     if previous.is_file():
         old = json.loads(previous.read_text())
-        if old.get("checkpoint_hash") != ldm.checkpoint_hash or old.get("seed") != seed or old.get("steps") != config.steps:
+        if (
+            old.get("checkpoint_hash") != ldm.checkpoint_hash
+            or old.get("seed") != seed
+            or old.get("steps") != config.steps
+        ):
             raise MemoScopeError(
                 f"{out}: holds samples from another checkpoint, seed or step count; choose an empty folder."
             )
@@ -223,6 +227,8 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
 
 def _write_manifest(out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any]) -> None:
     names = [(i, sample_filename(i, dims, fmt)) for i in range(n)]
-    rows = [[name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)] for i, name in names if (out / name).exists()]
+    rows = [
+        [name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)] for i, name in names if (out / name).exists()
+    ]
     write_csv(out / MANIFEST, ["path", "patient_id", "split", "index", "seed"], rows)
     atomic_write_json(out / RECORD, record)

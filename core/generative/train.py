@@ -17,7 +17,15 @@ from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, now_utc, sha256_json, versions
-from core.generative.ldm import LDMConfig, SchedulerName, build_autoencoder, build_scheduler, build_unet, default_config, save_ldm
+from core.generative.ldm import (
+    LDMConfig,
+    SchedulerName,
+    build_autoencoder,
+    build_scheduler,
+    build_unet,
+    default_config,
+    save_ldm,
+)
 from core.io.augment import AugmentPolicy, augment_batch, augmentation
 from core.io.data import ImageSet
 
@@ -84,7 +92,9 @@ def _seed_epoch(seed: int, phase: int, epoch: int) -> None:
     torch.manual_seed(int(np.random.SeedSequence([seed, phase, epoch]).generate_state(1)[0]))
 
 
-def _maybe_augment(x: torch.Tensor, cfg: TrainLDMConfig, dims: int, size: list[int], phase: int, epoch: int) -> torch.Tensor:
+def _maybe_augment(
+    x: torch.Tensor, cfg: TrainLDMConfig, dims: int, size: list[int], phase: int, epoch: int
+) -> torch.Tensor:
     if not cfg.augment:
         return x
     transform = augmentation(AugmentPolicy.PAPER, dims, size)
@@ -126,7 +136,9 @@ def train_ldm(
         raise MemoScopeError(f"image size {size} must be divisible by the networks' total downsampling.")
     torch.manual_seed(cfg.seed)
     ae, unet = build_autoencoder(config), build_unet(config)
-    disc = PatchDiscriminator(spatial_dims=dims, in_channels=1, channels=32, num_layers_d=2) if cfg.adversarial else None
+    disc = (
+        PatchDiscriminator(spatial_dims=dims, in_channels=1, channels=32, num_layers_d=2) if cfg.adversarial else None
+    )
     opt_ae = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
     opt_unet = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.ae_lr) if disc else None
@@ -207,20 +219,39 @@ def _scale_factor(ae: torch.nn.Module, x_all: torch.Tensor, batch_size: int) -> 
     return 1.0 / std if std > 0 and math.isfinite(std) else 1.0
 
 
-def _end_epoch(state: dict[str, Any], phase: str, epoch: int, loss: float, cfg: TrainLDMConfig, progress: Progress) -> None:
+def _end_epoch(
+    state: dict[str, Any], phase: str, epoch: int, loss: float, cfg: TrainLDMConfig, progress: Progress
+) -> None:
     state["history"].append({"phase": phase, "epoch": epoch + 1, "loss": loss})
     state["epoch"] = epoch + 1
     total = cfg.ae_epochs if phase == "autoencoder" else cfg.epochs
     progress(ProgressEvent(phase, epoch + 1, total, f"epoch {epoch + 1}/{total}: loss {loss:.4f}"))
 
 
-def _save_checkpoint(folder: Path, config: LDMConfig, ae: torch.nn.Module, unet: torch.nn.Module, images: ImageSet, cfg: TrainLDMConfig, epoch: int, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    folder: Path,
+    config: LDMConfig,
+    ae: torch.nn.Module,
+    unet: torch.nn.Module,
+    images: ImageSet,
+    cfg: TrainLDMConfig,
+    epoch: int,
+    state: dict[str, Any],
+) -> None:
     config.preprocessing = images.spec.to_dict()
     config.provenance = {
-        "data": {"source": images.source, "n_images": len(images), "n_patients": len(set(images.patient_ids)), "content_hash": images.content_hash},
+        "data": {
+            "source": images.source,
+            "n_images": len(images),
+            "n_patients": len(set(images.patient_ids)),
+            "content_hash": images.content_hash,
+        },
         # The split, without patient identifiers: which rows were used and a hash of the patient set.
-        "split": {"role": "train", "patients_hash": sha256_json(sorted(set(images.patient_ids))),
-                  "ids_hash": sha256_json(list(images.ids))},
+        "split": {
+            "role": "train",
+            "patients_hash": sha256_json(sorted(set(images.patient_ids))),
+            "ids_hash": sha256_json(list(images.ids)),
+        },
         "training": {**{k: v for k, v in asdict(cfg).items() if k != "notes"}, "unet_epochs_done": epoch},
         "notes": list(cfg.notes),
         "history": list(state["history"]),
@@ -231,7 +262,10 @@ def _save_checkpoint(folder: Path, config: LDMConfig, ae: torch.nn.Module, unet:
 
 
 def _save_state(path: Path, state: dict[str, Any], *modules: Any) -> None:
-    payload = {"meta": state, **{n: m.state_dict() for n, m in zip(_STATE_PARTS, modules, strict=True) if m is not None}}
+    payload = {
+        "meta": state,
+        **{n: m.state_dict() for n, m in zip(_STATE_PARTS, modules, strict=True) if m is not None},
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

@@ -139,9 +139,7 @@ def _dicom_units(root: Path, directory: Path, files: list[Path]) -> list[tuple[P
 
 def discover_folder(root: Path) -> list[ImageRecord]:
     """Find every image under ``root`` (recursively), with IDs from relative paths."""
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and _has_image_suffix(p) and not p.name.startswith(".")
-    )
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _has_image_suffix(p) and not p.name.startswith("."))
     dicom_by_dir: dict[Path, list[Path]] = defaultdict(list)
     units: list[tuple[Path, str]] = []
     for path in files:
@@ -152,10 +150,7 @@ def discover_folder(root: Path) -> list[ImageRecord]:
     for directory, dcm_files in sorted(dicom_by_dir.items()):
         units.extend(_dicom_units(root, directory, dcm_files))
     units.sort(key=lambda unit: unit[1])
-    return [
-        ImageRecord(path=path, sample_id=sid, patient_id=_patient_from_relpath(Path(sid)))
-        for path, sid in units
-    ]
+    return [ImageRecord(path=path, sample_id=sid, patient_id=_patient_from_relpath(Path(sid))) for path, sid in units]
 
 
 def discover_manifest(manifest: Path) -> list[ImageRecord]:
@@ -198,9 +193,7 @@ def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
     if source.is_dir():
         records = discover_folder(source)
         if not records:
-            raise MemoScopeError(
-                f"{source}: no images found (looked for {', '.join(SUFFIXES)} recursively)."
-            )
+            raise MemoScopeError(f"{source}: no images found (looked for {', '.join(SUFFIXES)} recursively).")
         return records
     if source.suffix.lower() != ".csv":
         raise MemoScopeError(f"{source}: expected a folder or a .csv manifest.")
@@ -209,9 +202,7 @@ def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
         names = _ROLE_NAMES[role]
         records = [r for r in records if (r.split or "").lower() in names]
         if not records:
-            raise MemoScopeError(
-                f"{source}: no rows with split in {sorted(names)}; fix the 'split' column."
-            )
+            raise MemoScopeError(f"{source}: no rows with split in {sorted(names)}; fix the 'split' column.")
     return records
 
 
@@ -296,9 +287,7 @@ def _samples_of(
     axis = SLICE_AXES[slices]
     moved = np.moveaxis(array, axis, 0)
     return [
-        (f"{record.sample_id}#{slices}{k:03d}", moved[k])
-        for k in range(moved.shape[0])
-        if not is_constant(moved[k])
+        (f"{record.sample_id}#{slices}{k:03d}", moved[k]) for k in range(moved.shape[0]) if not is_constant(moved[k])
     ]
 
 
@@ -369,9 +358,7 @@ def check_patient_overlap(train: ImageSet, val: ImageSet) -> None:
         )
 
 
-def split_by_patient(
-    patient_ids: Sequence[str], val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def split_by_patient(patient_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split samples into training and validation so that no patient is in both.
 
     Returns:

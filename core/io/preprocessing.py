@@ -57,9 +57,7 @@ class PreprocessSpec(Config):
     def validate(self) -> None:
         object.__setattr__(self, "spatial_size", tuple(int(s) for s in self.spatial_size))
         if len(self.spatial_size) not in (2, 3) or any(s < 4 for s in self.spatial_size):
-            raise MemoScopeError(
-                f"spatial_size {self.spatial_size} must be 2 or 3 sizes of at least 4 voxels."
-            )
+            raise MemoScopeError(f"spatial_size {self.spatial_size} must be 2 or 3 sizes of at least 4 voxels.")
         if not self.ct_window[0] < self.ct_window[1]:
             raise MemoScopeError(f"ct_window {self.ct_window} must be (low, high) with low < high.")
         low, high = self.percentiles

@@ -41,8 +41,12 @@ class RealVolume:
 
 # One entry per subject: derived files of the same subject (denoised, resampled) are left out.
 REAL_VOLUMES: tuple[RealVolume, ...] = (
-    RealVolume("mni152", "nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-               "ICBM 2009 template: free use with attribution (nilearn, BSD-3)"),
+    RealVolume(
+        "mni152",
+        "nilearn",
+        "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "ICBM 2009 template: free use with attribution (nilearn, BSD-3)",
+    ),
     RealVolume("nibabel-example4d", "nibabel", "tests/data/example4d.nii.gz", "MIT (nibabel)", volume_index=0),
     RealVolume("nibabel-anatomical", "nibabel", "tests/data/anatomical.nii", "MIT (nibabel)"),
     RealVolume("dipy-s0-10slices", "dipy", "data/files/S0_10slices.nii.gz", "BSD-3 (dipy)"),
@@ -51,7 +55,9 @@ REAL_VOLUMES: tuple[RealVolume, ...] = (
 )
 
 
-def axial_slices(volume: RealVolume, size: int = 64, step: int = 1, min_fraction: float = 0.15) -> npt.NDArray[np.float32]:
+def axial_slices(
+    volume: RealVolume, size: int = 64, step: int = 1, min_fraction: float = 0.15
+) -> npt.NDArray[np.float32]:
     """Non-empty axial slices of a volume, min-max scaled and resized: ``(N, 1, size, size)``.
 
     A slice is kept when at least ``min_fraction`` of its voxels are above 10 % of the

@@ -47,9 +47,15 @@ class Window:
         return self.level + self.width / 2
 
 
-def percentile_window(images: list[npt.NDArray[np.floating]] | npt.NDArray[np.floating], low: float, high: float) -> Window:
+def percentile_window(
+    images: list[npt.NDArray[np.floating]] | npt.NDArray[np.floating], low: float, high: float
+) -> Window:
     """One window for all ``images`` together (so that both sides of a pair are shown alike)."""
-    values = np.concatenate([np.asarray(i, dtype=np.float64).ravel() for i in images]) if isinstance(images, list) else np.asarray(images, np.float64).ravel()
+    values = (
+        np.concatenate([np.asarray(i, dtype=np.float64).ravel() for i in images])
+        if isinstance(images, list)
+        else np.asarray(images, np.float64).ravel()
+    )
     lo, hi = (float(v) for v in np.percentile(values, [low, high]))
     if hi <= lo:
         hi = lo + 1e-6

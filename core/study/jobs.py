@@ -130,7 +130,11 @@ def read_job(path: str | Path) -> Job:
         except (OSError, json.JSONDecodeError, TypeError):
             pass
         if job.active:
-            job.status, job.error, job.finished_at = "failed", "the worker process ended without finishing (killed?)", now_utc()
+            job.status, job.error, job.finished_at = (
+                "failed",
+                "the worker process ended without finishing (killed?)",
+                now_utc(),
+            )
             _write(path, job)
     return job
 
@@ -159,8 +163,13 @@ def start_job(study: str | Path, kind: str, options: dict[str, Any]) -> Job:
     running = active_job(study)
     if running is not None:
         raise MemoScopeError(f"{study}: a {running.kind} job is still running; wait for it or let it fail first.")
-    job = Job(id=time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6], kind=kind, params=params, study=str(study),
-              stages=list(KINDS[kind].stages))
+    job = Job(
+        id=time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        kind=kind,
+        params=params,
+        study=str(study),
+        stages=list(KINDS[kind].stages),
+    )
     path = job_file(study, job.id)
     _write(path, job)
     package_root = str(Path(__file__).resolve().parents[2])  # `core` importable from any working folder
@@ -168,7 +177,11 @@ def start_job(study: str | Path, kind: str, options: dict[str, Any]) -> Job:
     with open(path.with_suffix(".log"), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "core", "run-job", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
     job.pid = process.pid
     current = read_job(path)

@@ -51,8 +51,10 @@ class Pseudonyms:
 
     def write_key(self, study: Path, pairs: list[Pair]) -> None:
         """The re-identification key, kept in the study folder only."""
-        rows = [[self.scans[train_id], train_id, self.patients[patient_id], patient_id]
-                for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs})]
+        rows = [
+            [self.scans[train_id], train_id, self.patients[patient_id], patient_id]
+            for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs})
+        ]
         write_csv(study / PSEUDONYMS, ["pseudonym", "train_id", "patient_pseudonym", "patient_id"], rows)
 
 
@@ -85,7 +87,14 @@ def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tupl
         a = _display(synthetic.images[s_index[p.synthetic_id], 0])
         b = _display(train.images[t_index[p.train_id], 0])
         window = percentile_window([a, b], 1, 99)
-        out.append((p, png_bytes(apply_window(a, window), 3), png_bytes(apply_window(b, window), 3), png_bytes(difference(a, b), 3)))
+        out.append(
+            (
+                p,
+                png_bytes(apply_window(a, window), 3),
+                png_bytes(apply_window(b, window), 3),
+                png_bytes(difference(a, b), 3),
+            )
+        )
     return out
 
 
@@ -113,18 +122,28 @@ def conclusion(summary: ScanSummary, n_confirmed: int) -> tuple[str, str]:
     """A plain-language conclusion and recommendation from the numbers."""
     copies, mem, fpr = summary.copies, summary.memorized, summary.expected_fpr_copy
     if copies.count == 0:
-        text = (f"None of the {copies.total} synthetic samples was closer to a training scan than the calibrated threshold "
-                f"allows (95 % upper bound {copies.high:.1%}).")
-        advice = ("No sample needs removing on this evidence. The check finds near-copies the detector can see; it does not "
-                  "prove that no patient information is reproduced, so keep the usual data-sharing safeguards.")
+        text = (
+            f"None of the {copies.total} synthetic samples was closer to a training scan than the calibrated threshold "
+            f"allows (95 % upper bound {copies.high:.1%})."
+        )
+        advice = (
+            "No sample needs removing on this evidence. The check finds near-copies the detector can see; it does not "
+            "prove that no patient information is reproduced, so keep the usual data-sharing safeguards."
+        )
     else:
-        text = (f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
-                f"{copies.high:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
-                f"likely copies of patient data. {mem.count} of {mem.total} training scans ({mem.value:.1%}) have such a "
-                f"copy. About {fpr:.1%} of genuinely new scans would also be flagged at this threshold.")
-        advice = ("Do not share this synthetic set as it is. Remove the flagged samples (MemoScope's release filter does this and "
-                  "records what it removed)" + (f", including the {n_confirmed} pairs reviewers confirmed as copies" if n_confirmed else "")
-                  + "; if the copy fraction is high, retrain the generator with more data, augmentation or fewer epochs.")
+        text = (
+            f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
+            f"{copies.high:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
+            f"likely copies of patient data. {mem.count} of {mem.total} training scans ({mem.value:.1%}) have such a "
+            f"copy. About {fpr:.1%} of genuinely new scans would also be flagged at this threshold."
+        )
+        advice = (
+            "Do not share this synthetic set as it is. Remove the flagged samples (MemoScope's release filter does "
+            "this and "
+            "records what it removed)"
+            + (f", including the {n_confirmed} pairs reviewers confirmed as copies" if n_confirmed else "")
+            + "; if the copy fraction is high, retrain the generator with more data, augmentation or fewer epochs."
+        )
     return text, advice
 
 
@@ -152,48 +171,63 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
     )
     detector = summary.detector
     pct = f", percentile {summary.threshold.percentile:g}" if summary.threshold.percentile is not None else ""
-    pair_html = "".join(
-        f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic {e(p.synthetic_id)} vs "
-        f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value {p.p_value:.3g}, "
-        f"pixel correlation {p.pixel_corr:.3f}</figcaption></figure>"
-        for p, a, b, d in _pair_images(summary, flagged, top)
-    ) or "<p>No pair is above the threshold.</p>"
+    pair_html = (
+        "".join(
+            f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic "
+            f"{e(p.synthetic_id)} vs "
+            f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value "
+            f"{p.p_value:.3g}, "
+            f"pixel correlation {p.pixel_corr:.3f}</figcaption></figure>"
+            for p, a, b, d in _pair_images(summary, flagged, top)
+        )
+        or "<p>No pair is above the threshold.</p>"
+    )
     agreement = _agreement_rows(study, pairs, tau)
     agreement_html = (
-        "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's kappa</th><th>confusion [[not,not],[not,copy]],[[copy,not],[copy,copy]]</th><th>unsure left out</th></tr>"
-        + "".join(f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{format(a.accuracy, '.1%') if a.n else 'n/a'}</td><td>{_kappa(a.kappa)}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
-                  for m, c, a in agreement)
-        + "</table>"
-    ) if agreement else "<p>No reviewer verdicts recorded.</p>"
+        (
+            "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's "
+            "kappa</th><th>confusion [[not,not],[not,copy]],[[copy,not],[copy,copy]]</th><th>unsure left out</th></tr>"
+            + "".join(
+                f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{format(a.accuracy, '.1%') if a.n else 'n/a'}</td>"
+                f"<td>{_kappa(a.kappa)}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
+                for m, c, a in agreement
+            )
+            + "</table>"
+        )
+        if agreement
+        else "<p>No reviewer verdicts recorded.</p>"
+    )
     v = summary.versions
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MemoScope report: {e(study.name)}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-right:3px}}
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
+figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-right:3px}}
 .key{{font-size:1.1em;background:#f4f4f4;padding:.6em}}</style></head><body>
 <h1>Memorization check: {e(study.name)}</h1>
-<p>Generated {now_utc()} by MemoScope {e(v.get('memoscope', '?'))}. Method: Dar et al. (arXiv 2402.01054): a self-supervised
-contrastive encoder, exact nearest-neighbour search by Pearson correlation of embeddings, and a threshold calibrated on
-real scans of patients outside the training set.</p>
+<p>Generated {now_utc()} by MemoScope {e(v.get("memoscope", "?"))}. Method: Dar et al. (arXiv 2402.01054):
+a self-supervised contrastive encoder, exact nearest-neighbour search by Pearson correlation of embeddings,
+and a threshold calibrated on real scans of patients outside the training set.</p>
 <h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
 {f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
 <table><tr><th>set</th><th>images</th><th>patients</th><th>content hash</th></tr>{rows}</table>
 <ul><li>Generator checkpoint: hash <code>{e(str(summary.checkpoint_hash)[:16])}</code></li>
-<li>Detector: {e(detector.config['arch'])} to {detector.config['embed_dim']} dimensions, {e(detector.config['augmentation'])}
-augmentation, hash <code>{e(detector.hash[:16])}</code></li>
+<li>Detector: {e(detector.config["arch"])} to {detector.config["embed_dim"]} dimensions,
+{e(detector.config["augmentation"])} augmentation, hash <code>{e(detector.hash[:16])}</code></li>
 <li>Preprocessing: <code>{e(json.dumps(summary.preprocessing.to_dict()))}</code></li>
-<li>Versions: {e(', '.join(f'{k} {val}' for k, val in sorted(v.items())))}</li></ul>
+<li>Versions: {e(", ".join(f"{k} {val}" for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>
 <ul><li>Threshold rule <b>{e(summary.threshold.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b></li>
 <li>Memorized training fraction: <b>{_pct(summary.memorized)}</b></li>
 <li>Copy fraction among synthetic samples: <b>{_pct(summary.copies)}</b></li>
 <li>Expected false-positive rate: copies {summary.expected_fpr_copy:.1%}, memorization
 {summary.expected_fpr_memorized:.1%}</li></ul>
-<p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold itself.</p>
+<p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
+itself.</p>
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
-<h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and patients are shown
-under pseudonyms only.</p>{pair_html}
+<h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and
+patients are shown under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
 </body></html>
 """
@@ -206,11 +240,19 @@ def write_pdf(html_path: Path, pdf_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p, atomic_path(pdf_path) as tmp:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"],
+        )
         page = browser.new_page()
         page.goto(html_path.resolve().as_uri(), wait_until="load")
-        page.pdf(path=str(tmp), format="A4", print_background=True, margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"})
+        page.pdf(
+            path=str(tmp),
+            format="A4",
+            print_background=True,
+            margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"},
+        )
         browser.close()
 
 
@@ -238,7 +280,9 @@ class ReleaseResult:
     removed_as_confirmed: int
 
 
-def release(study: str | Path, out: str | Path, threshold: float | None = None, exclude_confirmed: bool = False) -> ReleaseResult:
+def release(
+    study: str | Path, out: str | Path, threshold: float | None = None, exclude_confirmed: bool = False
+) -> ReleaseResult:
     """Write the synthetic samples that are not copies, their manifest, a release record and the report.
 
     A sample is removed when its nearest training similarity is above the threshold (the scan's,
@@ -253,11 +297,15 @@ def release(study: str | Path, out: str | Path, threshold: float | None = None, 
     tau = summary.tau if threshold is None else float(threshold)
     pairs = scan.pairs()
     nearest = {p.synthetic_id: p for p in nearest_pairs(pairs)}
-    confirmed = {d.synthetic_id for d in verdicts.decisions(study) if d.verdict == "copy"} if exclude_confirmed else set()
+    confirmed = (
+        {d.synthetic_id for d in verdicts.decisions(study) if d.verdict == "copy"} if exclude_confirmed else set()
+    )
     files = {r.sample_id: r.path for r in discover(summary.source("synthetic"))}
     missing = sorted(set(nearest) - set(files))
     if missing:
-        raise MemoScopeError(f"{len(missing)} synthetic samples of the scan are missing from its folder (e.g. {missing[0]}); rescan.")
+        raise MemoScopeError(
+            f"{len(missing)} synthetic samples of the scan are missing from its folder (e.g. {missing[0]}); rescan."
+        )
     over = {s for s, p in nearest.items() if p.is_copy(tau)}
     dropped_confirmed = confirmed - over
     keep = sorted(set(nearest) - over - confirmed)
@@ -272,19 +320,39 @@ def release(study: str | Path, out: str | Path, threshold: float | None = None, 
             target = tmp / "samples" / Path(sample_id).name
             shutil.copy2(source, target)
             p = nearest[sample_id]
-            rows.append([f"samples/{target.name}", names.scans[p.train_id], f"{p.similarity:.6f}", f"{p.p_value:.6g}",
-                         sha256_file(target)])
+            rows.append(
+                [
+                    f"samples/{target.name}",
+                    names.scans[p.train_id],
+                    f"{p.similarity:.6f}",
+                    f"{p.p_value:.6g}",
+                    sha256_file(target),
+                ]
+            )
         write_csv(tmp / "manifest.csv", ["path", "nearest_training", "similarity", "p_value", "sha256"], rows)
         record = {
-            "study": study.name, "released_at": now_utc(), "threshold": tau, "threshold_source": "scan" if threshold is None else "given",
-            "exclude_confirmed": exclude_confirmed, "n_synthetic": len(nearest), "kept": len(keep),
-            "removed_by_threshold": len(over), "removed_as_confirmed": len(dropped_confirmed),
-            "removed": sorted(over | confirmed), "checkpoint_hash": summary.checkpoint_hash,
-            "detector_hash": summary.detector.hash, "scan_finished_at": summary.finished_at, "versions": versions(),
+            "study": study.name,
+            "released_at": now_utc(),
+            "threshold": tau,
+            "threshold_source": "scan" if threshold is None else "given",
+            "exclude_confirmed": exclude_confirmed,
+            "n_synthetic": len(nearest),
+            "kept": len(keep),
+            "removed_by_threshold": len(over),
+            "removed_as_confirmed": len(dropped_confirmed),
+            "removed": sorted(over | confirmed),
+            "checkpoint_hash": summary.checkpoint_hash,
+            "detector_hash": summary.detector.hash,
+            "scan_finished_at": summary.finished_at,
+            "versions": versions(),
         }
         atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-        note = (f"{len(keep)} of {len(nearest)} synthetic samples released at threshold {tau:.3f} "
-                f"({'the scan' + chr(39) + 's' if threshold is None else 'given for the release'}): {len(over)} removed above it"
-                + (f", {len(dropped_confirmed)} more confirmed as copies by reviewers" if exclude_confirmed else "") + ".")
+        note = (
+            f"{len(keep)} of {len(nearest)} synthetic samples released at threshold {tau:.3f} "
+            f"({'the scan' + chr(39) + 's' if threshold is None else 'given for the release'}): {len(over)} removed "
+            "above it"
+            + (f", {len(dropped_confirmed)} more confirmed as copies by reviewers" if exclude_confirmed else "")
+            + "."
+        )
         atomic_write_text(tmp / "report.html", build_report(study, release_note=note))
     return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed))

@@ -180,13 +180,27 @@ class SavedThreshold(Config):
 
 PAIR_HEADER = ("synthetic_id", "rank", "train_id", "patient_id", "similarity", "p_value", "is_copy", "pixel_corr")
 TRAIN_HEADER = ("train_id", "patient_id", "nearest_synthetic_id", "similarity", "memorized", "nearest_val_similarity")
-NEIGHBOR_KEYS = ("synthetic_to_train_sim", "synthetic_to_train_idx", "train_to_synthetic_sim", "train_to_synthetic_idx",
-                 "train_to_val_sim", "val_to_train_sim")
+NEIGHBOR_KEYS = (
+    "synthetic_to_train_sim",
+    "synthetic_to_train_idx",
+    "train_to_synthetic_sim",
+    "train_to_synthetic_idx",
+    "train_to_val_sim",
+    "val_to_train_sim",
+)
 
 
 def _pair_line(p: Pair, tau: float) -> list[Any]:
-    line = [p.synthetic_id, p.rank, p.train_id, p.patient_id, f"{p.similarity:.6f}", f"{p.p_value:.6g}",
-            int(p.is_copy(tau)), f"{p.pixel_corr:.6f}"]
+    line = [
+        p.synthetic_id,
+        p.rank,
+        p.train_id,
+        p.patient_id,
+        f"{p.similarity:.6f}",
+        f"{p.p_value:.6g}",
+        int(p.is_copy(tau)),
+        f"{p.pixel_corr:.6f}",
+    ]
     return line + ([f"{p.ssim:.6f}"] if p.ssim is not None else [])
 
 
@@ -206,9 +220,21 @@ def write_scan(
     tau = summary.tau
     header = [*PAIR_HEADER, *(["ssim"] if pairs and pairs[0].ssim is not None else [])]
     write_csv(folder / PAIRS, header, [_pair_line(p, tau) for p in pairs])
-    write_csv(folder / TRAIN_NN, TRAIN_HEADER, [
-        [r.train_id, r.patient_id, r.nearest_synthetic_id, f"{r.similarity:.6f}", int(is_copy(r.similarity, tau)),
-         f"{r.nearest_val_similarity:.6f}"] for r in train_rows])
+    write_csv(
+        folder / TRAIN_NN,
+        TRAIN_HEADER,
+        [
+            [
+                r.train_id,
+                r.patient_id,
+                r.nearest_synthetic_id,
+                f"{r.similarity:.6f}",
+                int(is_copy(r.similarity, tau)),
+                f"{r.nearest_val_similarity:.6f}",
+            ]
+            for r in train_rows
+        ],
+    )
     missing = set(NEIGHBOR_KEYS) - set(neighbors)
     if missing:
         raise ValueError(f"neighbour tables missing {sorted(missing)}")
@@ -227,10 +253,14 @@ def _check_version(data: dict[str, Any], path: Path) -> None:
     if version == SCHEMA_VERSION:
         return
     if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise MemoScopeError(f"{path}: written by a newer MemoScope (schema {version}; this one reads "
-                             f"{SCHEMA_VERSION}); upgrade MemoScope to open this study.")
-    raise MemoScopeError(f"{path}: written by an older MemoScope (schema {version}); run "
-                         f"`python -m core upgrade-study --study {path.parent}` (or rescan) to open it.")
+        raise MemoScopeError(
+            f"{path}: written by a newer MemoScope (schema {version}; this one reads "
+            f"{SCHEMA_VERSION}); upgrade MemoScope to open this study."
+        )
+    raise MemoScopeError(
+        f"{path}: written by an older MemoScope (schema {version}); run "
+        f"`python -m core upgrade-study --study {path.parent}` (or rescan) to open it."
+    )
 
 
 def read_summary(folder: str | Path) -> ScanSummary:
@@ -269,8 +299,16 @@ class ScanResults:
     def pairs(self) -> list[Pair]:
         """Every synthetic sample's k training neighbours, in file order."""
         return [
-            Pair(r["synthetic_id"], int(r["rank"]), r["train_id"], r["patient_id"], float(r["similarity"]),
-                 float(r["p_value"]), float(r["pixel_corr"]), float(r["ssim"]) if r.get("ssim") else None)
+            Pair(
+                r["synthetic_id"],
+                int(r["rank"]),
+                r["train_id"],
+                r["patient_id"],
+                float(r["similarity"]),
+                float(r["p_value"]),
+                float(r["pixel_corr"]),
+                float(r["ssim"]) if r.get("ssim") else None,
+            )
             for r in read_csv(self._require(PAIRS))
         ]
 
@@ -280,16 +318,23 @@ class ScanResults:
 
     def train_rows(self) -> list[TrainRow]:
         return [
-            TrainRow(r["train_id"], r["patient_id"], r["nearest_synthetic_id"], float(r["similarity"]),
-                     float(r["nearest_val_similarity"]))
+            TrainRow(
+                r["train_id"],
+                r["patient_id"],
+                r["nearest_synthetic_id"],
+                float(r["similarity"]),
+                float(r["nearest_val_similarity"]),
+            )
             for r in read_csv(self._require(TRAIN_NN))
         ]
 
     def calibration(self) -> Calibration:
         """The sorted best-correlation arrays from ``neighbors.npz``."""
         with np.load(self._require(NEIGHBORS), allow_pickle=False) as data:
-            best = {key: np.sort(np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64))
-                    for key in ("train_to_val", "val_to_train", "train_to_synthetic", "synthetic_to_train")}
+            best = {
+                key: np.sort(np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64))
+                for key in ("train_to_val", "val_to_train", "train_to_synthetic", "synthetic_to_train")
+            }
         return Calibration(**best)
 
     @property
@@ -323,8 +368,9 @@ def saved_threshold(folder: str | Path, summary: ScanSummary) -> SavedThreshold 
     return choice if choice.scan_finished_at == summary.finished_at else None
 
 
-def new_saved_threshold(summary: ScanSummary, value: float, rule: str, percentile: float | None, set_by: str,
-                        note: str = "") -> SavedThreshold:
+def new_saved_threshold(
+    summary: ScanSummary, value: float, rule: str, percentile: float | None, set_by: str, note: str = ""
+) -> SavedThreshold:
     return SavedThreshold(float(value), rule, percentile, set_by, now_utc(), summary.finished_at, note)
 
 
@@ -337,17 +383,36 @@ def _summary_from_v1(data: dict[str, Any]) -> ScanSummary:
     counts = data["counts"]
     null_size = {ThresholdRule.PAPER: counts["train"], ThresholdRule.HELDOUT: counts["val"]}.get(rule, 0)
     fpr = data["expected_false_positive_rate"]
-    carried = ("inputs", "preprocessing", "detector", "versions", "finished_at", "slices", "k", "seed", "checkpoint",
-               "checkpoint_hash", "generations", "timings")
-    return ScanSummary.from_dict({
-        "threshold": {"rule": rule, "percentile": data.get("percentile"), "value": float(data["threshold"]),
-                      "null_size": null_size},
-        "memorized": data["memorized_training_fraction"],
-        "copies": data["copy_fraction"],
-        "expected_fpr_copy": fpr["copy"],
-        "expected_fpr_memorized": fpr["memorized"],
-        **{key: data[key] for key in carried if key in data},
-    }, source="summary.json (schema 1)")
+    carried = (
+        "inputs",
+        "preprocessing",
+        "detector",
+        "versions",
+        "finished_at",
+        "slices",
+        "k",
+        "seed",
+        "checkpoint",
+        "checkpoint_hash",
+        "generations",
+        "timings",
+    )
+    return ScanSummary.from_dict(
+        {
+            "threshold": {
+                "rule": rule,
+                "percentile": data.get("percentile"),
+                "value": float(data["threshold"]),
+                "null_size": null_size,
+            },
+            "memorized": data["memorized_training_fraction"],
+            "copies": data["copy_fraction"],
+            "expected_fpr_copy": fpr["copy"],
+            "expected_fpr_memorized": fpr["memorized"],
+            **{key: data[key] for key in carried if key in data},
+        },
+        source="summary.json (schema 1)",
+    )
 
 
 def upgrade_study(folder: str | Path) -> bool:

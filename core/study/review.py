@@ -53,8 +53,10 @@ def live_metrics(cal: Calibration, tau: float) -> LiveMetrics:
     """Everything the calibrate page shows for ``tau``, in O(log n) (same rule as the scan: ``> tau``)."""
     return LiveMetrics(
         tau=float(tau),
-        memorized=int(count_above(cal.train_to_synthetic, tau)), n_train=len(cal.train_to_synthetic),
-        copies=int(count_above(cal.synthetic_to_train, tau)), n_synthetic=len(cal.synthetic_to_train),
+        memorized=int(count_above(cal.train_to_synthetic, tau)),
+        n_train=len(cal.train_to_synthetic),
+        copies=int(count_above(cal.synthetic_to_train, tau)),
+        n_synthetic=len(cal.synthetic_to_train),
         fpr_copy=float(fraction_above(cal.val_to_train, [tau])[0]),
         fpr_memorized=float(fraction_above(cal.train_to_val, [tau])[0]),
     )
@@ -75,12 +77,22 @@ def threshold_curve(cal: Calibration, points: int = 201) -> dict[str, npt.NDArra
 def correlation_histogram(cal: Calibration, tau: float) -> go.Figure:
     """The four best-correlation distributions with the threshold drawn on them (Calibrate page and report)."""
     fig = go.Figure()
-    for values, name in ((cal.train_to_val, "training -> validation (paper null)"), (cal.val_to_train, "validation -> training (held-out null)"),
-                         (cal.train_to_synthetic, "training -> synthetic"), (cal.synthetic_to_train, "synthetic -> training")):
+    for values, name in (
+        (cal.train_to_val, "training -> validation (paper null)"),
+        (cal.val_to_train, "validation -> training (held-out null)"),
+        (cal.train_to_synthetic, "training -> synthetic"),
+        (cal.synthetic_to_train, "synthetic -> training"),
+    ):
         fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
     fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
-    fig.update_layout(barmode="overlay", xaxis_title="best Pearson correlation of embeddings", yaxis_title="share",
-                      height=380, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        barmode="overlay",
+        xaxis_title="best Pearson correlation of embeddings",
+        yaxis_title="share",
+        height=380,
+        margin=dict(t=30, b=40),
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
@@ -93,8 +105,16 @@ def worklist(pairs: list[Pair], tau: float, only_copies: bool = False) -> list[d
     nearest = nearest_pairs(pairs)
     group = Counter(p.train_id for p in copies(pairs, tau))
     rows = [
-        {"synthetic_id": p.synthetic_id, "train_id": p.train_id, "patient_id": p.patient_id, "similarity": round(p.similarity, 4),
-         "p_value": p.p_value, "pixel_corr": round(p.pixel_corr, 3), "copy": p.is_copy(tau), "group_size": group[p.train_id]}
+        {
+            "synthetic_id": p.synthetic_id,
+            "train_id": p.train_id,
+            "patient_id": p.patient_id,
+            "similarity": round(p.similarity, 4),
+            "p_value": p.p_value,
+            "pixel_corr": round(p.pixel_corr, 3),
+            "copy": p.is_copy(tau),
+            "group_size": group[p.train_id],
+        }
         for p in sorted(nearest, key=lambda p: (-p.similarity, p.synthetic_id))
     ]
     return [r for r in rows if r["copy"]] if only_copies else rows
@@ -113,8 +133,12 @@ def group_by_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_study_set(summary: ScanSummary, role: str) -> ImageSet:
     """The preprocessed images of one input set of a scanned study (exactly what was compared)."""
-    return load_set(summary.source(role), summary.preprocessing, role=role if role != "synthetic" else None,  # type: ignore[arg-type]
-                    slices=SliceAxis(summary.slices) if summary.slices else None)
+    return load_set(
+        summary.source(role),
+        summary.preprocessing,
+        role=role if role != "synthetic" else None,  # type: ignore[arg-type]
+        slices=SliceAxis(summary.slices) if summary.slices else None,
+    )
 
 
 def display_units(image: npt.NDArray[np.floating], spec: PreprocessSpec) -> tuple[npt.NDArray[np.float64], str]:

@@ -98,22 +98,43 @@ def pair_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet, n
         for rank in range(sims.shape[1]):
             t = int(idx[s, rank])
             a, b = synthetic.images[s, 0], train.images[t, 0]
-            pairs.append(Pair(syn_id, rank + 1, train.ids[t], train.patient_ids[t], float(sims[s, rank]),
-                              float(p_values[s, rank]), pixel_correlation(a, b), ssim(a, b) if two_d else None))
+            pairs.append(
+                Pair(
+                    syn_id,
+                    rank + 1,
+                    train.ids[t],
+                    train.patient_ids[t],
+                    float(sims[s, rank]),
+                    float(p_values[s, rank]),
+                    pixel_correlation(a, b),
+                    ssim(a, b) if two_d else None,
+                )
+            )
     return pairs
 
 
 def train_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet) -> list[TrainRow]:
     t2s = tables.train_to_synthetic
-    return [TrainRow(tid, train.patient_ids[i], synthetic.ids[int(t2s.index[i, 0])], float(t2s.best[i]),
-                     float(tables.train_to_val.best[i])) for i, tid in enumerate(train.ids)]
+    return [
+        TrainRow(
+            tid,
+            train.patient_ids[i],
+            synthetic.ids[int(t2s.index[i, 0])],
+            float(t2s.best[i]),
+            float(tables.train_to_val.best[i]),
+        )
+        for i, tid in enumerate(train.ids)
+    ]
 
 
 def neighbor_arrays(tables: NeighborTables) -> dict[str, np.ndarray]:
     return {
-        "synthetic_to_train_sim": tables.synthetic_to_train.similarity, "synthetic_to_train_idx": tables.synthetic_to_train.index,
-        "train_to_synthetic_sim": tables.train_to_synthetic.similarity, "train_to_synthetic_idx": tables.train_to_synthetic.index,
-        "train_to_val_sim": tables.train_to_val.similarity, "val_to_train_sim": tables.val_to_train.similarity,
+        "synthetic_to_train_sim": tables.synthetic_to_train.similarity,
+        "synthetic_to_train_idx": tables.synthetic_to_train.index,
+        "train_to_synthetic_sim": tables.train_to_synthetic.similarity,
+        "train_to_synthetic_idx": tables.train_to_synthetic.index,
+        "train_to_val_sim": tables.train_to_val.similarity,
+        "val_to_train_sim": tables.val_to_train.similarity,
     }
 
 
@@ -121,11 +142,23 @@ def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> 
     sets: dict[str, ImageSet] = {}
     for i, role in enumerate(results.ROLES):
         progress(ProgressEvent("load", i, len(results.ROLES), f"loading {role}"))
-        sets[role] = load_set(getattr(config, role), spec, role=role if role != "synthetic" else None,  # type: ignore[arg-type]
-                              slices=config.slices, skip_bad=config.skip_bad)
+        sets[role] = load_set(
+            getattr(config, role),
+            spec,
+            role=role if role != "synthetic" else None,  # type: ignore[arg-type]
+            slices=config.slices,
+            skip_bad=config.skip_bad,
+        )
     check_patient_overlap(sets["train"], sets["val"])
-    progress(ProgressEvent("load", 3, 3, f"loaded {len(sets['train'])} training, {len(sets['val'])} validation, "
-                                         f"{len(sets['synthetic'])} synthetic samples"))
+    progress(
+        ProgressEvent(
+            "load",
+            3,
+            3,
+            f"loaded {len(sets['train'])} training, {len(sets['val'])} validation, "
+            f"{len(sets['synthetic'])} synthetic samples",
+        )
+    )
     return sets
 
 
@@ -134,22 +167,53 @@ def _detector(config: ScanConfig, given: Detector | None, sets: dict[str, ImageS
         progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
         return given
     progress(ProgressEvent("detector", 0, 1, "training a detector"))
-    return train_and_save(sets["train"], sets["val"], Path(config.out) / results.DETECTOR, config.seed,
-                          config.detector_overrides, overwrite=True, progress=progress)
+    return train_and_save(
+        sets["train"],
+        sets["val"],
+        Path(config.out) / results.DETECTOR,
+        config.seed,
+        config.detector_overrides,
+        overwrite=True,
+        progress=progress,
+    )
 
 
-def _summary(config: ScanConfig, spec: PreprocessSpec, sets: dict[str, ImageSet], cached: dict[str, bool],
-             detector: Detector, metrics: MemorizationMetrics, timings: dict[str, float]) -> ScanSummary:
-    inputs = {role: InputSet(s.source, len(s), len(set(s.patient_ids)), s.content_hash,
-                             tuple(vars(f) for f in s.skipped), cached[role]) for role, s in sets.items()}
+def _summary(
+    config: ScanConfig,
+    spec: PreprocessSpec,
+    sets: dict[str, ImageSet],
+    cached: dict[str, bool],
+    detector: Detector,
+    metrics: MemorizationMetrics,
+    timings: dict[str, float],
+) -> ScanSummary:
+    inputs = {
+        role: InputSet(
+            s.source, len(s), len(set(s.patient_ids)), s.content_hash, tuple(vars(f) for f in s.skipped), cached[role]
+        )
+        for role, s in sets.items()
+    }
     return ScanSummary(
-        threshold=metrics.threshold, memorized=metrics.memorized, copies=metrics.copies,
-        expected_fpr_copy=metrics.expected_fpr_copy, expected_fpr_memorized=metrics.expected_fpr_memorized,
-        inputs=inputs, preprocessing=spec,
-        detector=DetectorRef(str(config.detector or Path(config.out) / results.DETECTOR), detector.detector_hash,
-                             detector.config.to_dict(), detector.best_epoch),
-        versions=versions(), finished_at=now_utc(), slices=config.slices, k=config.k, seed=config.seed,
-        timings=timings, **_checkpoint_of(config.synthetic),
+        threshold=metrics.threshold,
+        memorized=metrics.memorized,
+        copies=metrics.copies,
+        expected_fpr_copy=metrics.expected_fpr_copy,
+        expected_fpr_memorized=metrics.expected_fpr_memorized,
+        inputs=inputs,
+        preprocessing=spec,
+        detector=DetectorRef(
+            str(config.detector or Path(config.out) / results.DETECTOR),
+            detector.detector_hash,
+            detector.config.to_dict(),
+            detector.best_epoch,
+        ),
+        versions=versions(),
+        finished_at=now_utc(),
+        slices=config.slices,
+        k=config.k,
+        seed=config.seed,
+        timings=timings,
+        **_checkpoint_of(config.synthetic),
     )
 
 
@@ -191,26 +255,47 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         lap("embed")
         # 4. search
         progress(ProgressEvent("search", 0, 1, "exact nearest-neighbour search"))
-        tables = search_all(embeddings["train"].vectors, embeddings["val"].vectors, embeddings["synthetic"].vectors,
-                            SearchConfig(k=config.k))
+        tables = search_all(
+            embeddings["train"].vectors,
+            embeddings["val"].vectors,
+            embeddings["synthetic"].vectors,
+            SearchConfig(k=config.k),
+        )
         lap("search")
         # 5. threshold and metrics
         progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
         threshold = calibrate(rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed)
-        metrics = memorization_metrics(threshold, tables.train_to_synthetic.best, tables.synthetic_to_train.best,
-                                       tables.train_to_val.best, tables.val_to_train.best, seed=config.seed)
+        metrics = memorization_metrics(
+            threshold,
+            tables.train_to_synthetic.best,
+            tables.synthetic_to_train.best,
+            tables.train_to_val.best,
+            tables.val_to_train.best,
+            seed=config.seed,
+        )
         # 6. outputs, the summary last
         progress(ProgressEvent("write", 0, 1, "writing results"))
         pairs = pair_records(tables, sets["train"], sets["synthetic"], tables.val_to_train.best)
         timings["total_s"] = time.perf_counter() - clock
         summary = _summary(config, spec, sets, cached, detector, metrics, timings)
-        results.write_scan(out, summary, pairs, train_records(tables, sets["train"], sets["synthetic"]),
-                           neighbor_arrays(tables))
-        study.set_inputs({"train": config.train, "val": config.val, "synthetic": config.synthetic,
-                          "detector": summary.detector.path, "checkpoint": summary.checkpoint})
+        results.write_scan(
+            out, summary, pairs, train_records(tables, sets["train"], sets["synthetic"]), neighbor_arrays(tables)
+        )
+        study.set_inputs(
+            {
+                "train": config.train,
+                "val": config.val,
+                "synthetic": config.synthetic,
+                "detector": summary.detector.path,
+                "checkpoint": summary.checkpoint,
+            }
+        )
         record.update(summary.to_dict())
-    message = (f"threshold {threshold.value:.4f} ({rule}); memorized {metrics.memorized.count}/{metrics.memorized.total} "
-               f"({metrics.memorized.value:.1%}); copies {metrics.copies.count}/{metrics.copies.total} ({metrics.copies.value:.1%})")
+    message = (
+        f"threshold {threshold.value:.4f} ({rule}); memorized {metrics.memorized.count}/{metrics.memorized.total} "
+        f"({metrics.memorized.value:.1%}); copies {metrics.copies.count}/{metrics.copies.total} "
+        f"({metrics.copies.value:.1%})"
+    )
     logger.info(message)
     progress(ProgressEvent("write", 1, 1, message))
     return summary

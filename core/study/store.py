@@ -75,7 +75,13 @@ class Study:
         with contextlib.closing(self.connect()) as db, db:
             db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, summary_json = ?, error = ? WHERE id = ?",
-                (status, now_utc(), json.dumps(summary, sort_keys=True, default=str) if summary is not None else None, error, run_id),
+                (
+                    status,
+                    now_utc(),
+                    json.dumps(summary, sort_keys=True, default=str) if summary is not None else None,
+                    error,
+                    run_id,
+                ),
             )
 
     def runs(self) -> list[dict[str, Any]]:

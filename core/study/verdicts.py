@@ -94,14 +94,19 @@ def _select(study: str | Path, query: str, args: Sequence[Any] = ()) -> list[sql
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
         connection.row_factory = sqlite3.Row
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'").fetchone() is None:
+        if (
+            connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'").fetchone()
+            is None
+        ):
             return []
         return list(connection.execute(query, args))
     finally:
         connection.close()
 
 
-def record(study: str | Path, reviewer: str, synthetic_id: str, train_id: str, verdict: str, note: str = "", mode: str = "open") -> None:
+def record(
+    study: str | Path, reviewer: str, synthetic_id: str, train_id: str, verdict: str, note: str = "", mode: str = "open"
+) -> None:
     """Store (or replace) ``reviewer``'s verdict on a pair and append the change to the audit trail.
 
     Both writes happen in one ``BEGIN IMMEDIATE`` transaction: either both land or neither.
@@ -117,18 +122,22 @@ def record(study: str | Path, reviewer: str, synthetic_id: str, train_id: str, v
         db.execute("BEGIN IMMEDIATE")
         try:
             previous = db.execute(
-                "SELECT verdict, note FROM verdicts WHERE synthetic_id = ? AND train_id = ? AND reviewer = ? AND mode = ?",
+                "SELECT verdict, note FROM verdicts WHERE synthetic_id = ? AND train_id = ? AND reviewer = ? AND mode "
+                "= ?",
                 (synthetic_id, train_id, reviewer, mode),
             ).fetchone()
             at = now_utc()
             db.execute(
-                "INSERT INTO audit (at, reviewer, synthetic_id, train_id, mode, verdict, note, replaced_verdict, replaced_note) "
+                "INSERT INTO audit (at, reviewer, synthetic_id, train_id, mode, verdict, note, replaced_verdict, "
+                "replaced_note) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (at, reviewer, synthetic_id, train_id, mode, verdict, note, *(previous or (None, None))),
             )
             db.execute(
-                "INSERT INTO verdicts (synthetic_id, train_id, reviewer, mode, verdict, note, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (synthetic_id, train_id, reviewer, mode) DO UPDATE SET verdict = excluded.verdict, note = excluded.note, "
+                "INSERT INTO verdicts (synthetic_id, train_id, reviewer, mode, verdict, note, decided_at) VALUES (?, "
+                "?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (synthetic_id, train_id, reviewer, mode) DO UPDATE SET verdict = excluded.verdict, note = "
+                "excluded.note, "
                 "decided_at = excluded.decided_at",
                 (synthetic_id, train_id, reviewer, mode, verdict, note, at),
             )
@@ -140,7 +149,10 @@ def record(study: str | Path, reviewer: str, synthetic_id: str, train_id: str, v
 
 def decisions(study: str | Path, reviewer: str | None = None, mode: str | None = None) -> list[Decision]:
     """Current verdicts, optionally of one reviewer and/or mode."""
-    query, args = "SELECT synthetic_id, train_id, reviewer, mode, verdict, note, decided_at FROM verdicts WHERE 1 = 1", list[str]()
+    query, args = (
+        "SELECT synthetic_id, train_id, reviewer, mode, verdict, note, decided_at FROM verdicts WHERE 1 = 1",
+        list[str](),
+    )
     if reviewer is not None:
         query, args = query + " AND reviewer = ?", [*args, reviewer]
     if mode is not None:
@@ -169,7 +181,9 @@ def detector_calls(similarities: dict[tuple[str, str], float], tau: float) -> di
     return {key: ("copy" if is_copy(value, tau) else "not_copy") for key, value in similarities.items()}
 
 
-def blinded_sample(keys: Sequence[tuple[str, str]], similarities: Sequence[float], n: int, seed: int = 0) -> list[tuple[str, str]]:
+def blinded_sample(
+    keys: Sequence[tuple[str, str]], similarities: Sequence[float], n: int, seed: int = 0
+) -> list[tuple[str, str]]:
     """``n`` pairs stratified across the similarity range, in a seeded random order.
 
     The pairs are sorted by similarity and cut into ``n`` strata of (nearly) equal size; one pair
@@ -216,7 +230,9 @@ def agreement(a: dict[tuple[str, str], str], b: dict[tuple[str, str], str]) -> A
     return Agreement(len(keys), matrix, accuracy, kappa, unsure)
 
 
-def precision_recall(similarities: Sequence[float], labels: Sequence[bool], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+def precision_recall(
+    similarities: Sequence[float], labels: Sequence[bool], thresholds: Sequence[float]
+) -> dict[str, np.ndarray]:
     """The detector's precision and recall against reviewer labels at each threshold (call: ``similarity > tau``).
 
     Precision is NaN where the detector calls nothing a copy; recall is NaN without any labelled copy.

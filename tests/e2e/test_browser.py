@@ -47,9 +47,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = open(root / "streamlit.log", "wb")  # a file, not a pipe: a full pipe blocks the server
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--server.fileWatcherType", "none"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--client.toolbarMode",
+            "minimal",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -74,8 +94,17 @@ def page(server: str):  # noqa: ANN201 - playwright Page
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         page.set_default_timeout(60_000)
         page.goto(server)
@@ -136,11 +165,16 @@ def test_threshold_slider_changes_the_counts(page) -> None:  # noqa: ANN001
     slider.focus()
     for _ in range(300):  # percentile 95 -> 65 in 0.1 steps
         slider.press("ArrowLeft")
-    page.wait_for_function("b => ![...document.querySelectorAll('[data-testid=stMetricValue]')].some(e => e.innerText === b)",
-                           arg=before["Threshold"])
+    page.wait_for_function(
+        "b => ![...document.querySelectorAll('[data-testid=stMetricValue]')].some(e => e.innerText === b)",
+        arg=before["Threshold"],
+    )
     after = {label: _metric(page, label) for label in before}
     assert float(after["Threshold"]) < float(before["Threshold"])
-    counts = [(int(before[k].split("/")[0]), int(after[k].split("/")[0])) for k in ("Memorized training", "Copies among samples")]
+    counts = [
+        (int(before[k].split("/")[0]), int(after[k].split("/")[0]))
+        for k in ("Memorized training", "Copies among samples")
+    ]
     assert all(a >= b for b, a in counts) and any(a > b for b, a in counts), (before, after)
     page.screenshot(path=SHOTS / "calibrate.png", full_page=True)
 
