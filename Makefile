@@ -33,7 +33,9 @@ demo: setup
 	$(PY) -m tools.demo all --profile full
 
 bench: setup
-	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py
+	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py --write
+	PYTHONPATH=. $(PY) benchmarks/planted_copies.py --write --epochs 30 100
+	$(PY) -m tools.readme_tables
 
 screenshots: setup $(CHROMIUM)
 	$(PY) -m pytest -q tests/e2e && mkdir -p docs/screenshots && cp artifacts/screenshots/[!d]*.png docs/screenshots/

@@ -9,7 +9,6 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-Backend = Literal["faiss-flat"]
 Direction = Literal["synthetic->train", "train->synthetic", "train->val", "val->train"]
 
 
@@ -19,7 +18,6 @@ class SearchConfig:
 
     k: int = 5
     chunk_size: int = 4096
-    backend: Backend = "faiss-flat"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from core.common.provenance import atomic_write_json, now_utc
 
 DB_NAME = "study.sqlite"
 STUDY_FILE = "study.json"
-DEFAULT_ROOT = Path("studies")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -250,3 +250,34 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.get_by_text(re.compile(r"^generate finished at")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
+
+
+PAGES = ("Overview", "Generate", "Detector", "Calibrate", "Review", "Agreement", "Report")
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (1920, 1080)], ids=["1024x768", "1920x1080"])
+def test_every_page_renders_without_an_error(server: str, size: tuple[int, int]) -> None:
+    """Each page of the 2D and 3D demos opens at both window sizes without an exception (screenshots for a look)."""
+    from playwright.sync_api import sync_playwright
+
+    width, height = size
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(60_000)
+        page.goto(server)
+        page.get_by_text("Study: demo-2d").wait_for()
+        for study in ("demo-2d", "demo-3d"):
+            page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+            page.get_by_role("option", name=study, exact=True).click()
+            for name in PAGES:
+                _go(page, name)
+                page.get_by_test_id("stHeading").first.wait_for()
+                page.wait_for_timeout(1500)  # let the page's script finish
+                page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
+                errors = page.get_by_test_id("stException").count()
+                assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
+                page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
+        browser.close()
