@@ -98,4 +98,7 @@ with st.sidebar:
         if "new_study_error" in st.session_state:
             st.error(st.session_state["new_study_error"])
 
-navigation.run()
+try:
+    navigation.run()
+except MemoScopeError as exc:  # a damaged study or input: a message naming the file and what to do, not a traceback
+    st.error(str(exc))

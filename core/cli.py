@@ -166,18 +166,37 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from core.common.tables import write_csv
-    from core.io.data import discover, split_by_patient
+    from core.io.data import discover, split_by_patient, with_patients_from
 
-    records = discover(args.input)
+    records = with_patients_from(discover(args.input), args.patient_regex, args.input)
     train_idx, val_idx = split_by_patient([r.patient_id for r in records], args.val_fraction, args.seed or 0)
     roles = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
     out = Path(args.out).resolve()
+    if out.is_dir():
+        raise MemoScopeError(
+            f"--out {args.out}: is a folder; give the manifest file to write (e.g. {args.out}/split.csv)."
+        )
+    if not out.parent.is_dir():
+        raise MemoScopeError(f"--out {args.out}: the folder {out.parent} does not exist; create it first.")
     rows = [
         [Path(os.path.relpath(Path(r.path).resolve(), out.parent)).as_posix(), r.patient_id, roles[i]]
         for i, r in enumerate(records)
     ]
     write_csv(out, ["path", "patient_id", "split"], rows)
     print(f"{len(train_idx)} training and {len(val_idx)} validation samples, split by patient -> {out}")
+
+
+def cmd_verify_audit(args: argparse.Namespace) -> None:
+    from core.study.verdicts import verify_audit
+
+    check = verify_audit(args.study)
+    if not check.ok:
+        raise MemoScopeError(f"{args.study}: the audit trail failed verification: " + "; ".join(check.problems))
+    print(
+        f"{args.study}: audit trail intact ({check.rows} rows, head {check.head[:16] or 'empty'}"
+        + (f", {check.legacy_rows} rows from before the hash chain" if check.legacy_rows else "")
+        + ")"
+    )
 
 
 def cmd_upgrade_study(args: argparse.Namespace) -> None:
@@ -214,6 +233,8 @@ def cmd_release(args: argparse.Namespace) -> None:
     from core.study.report import release
 
     result = release(args.study, args.out, args.threshold, args.exclude_confirmed)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"released {result.kept} samples to {result.out}; removed {result.removed_by_threshold} above the threshold"
         f" and {result.removed_as_confirmed} more confirmed as copies by reviewers"
@@ -319,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--patient-regex", help="name patients by this regex on each file's path (its first group)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_split)
 
@@ -343,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study", required=True)
     p.set_defaults(func=cmd_upgrade_study)
+
+    p = sub.add_parser("verify-audit", help="re-walk a study's verdict audit chain; exit 2 if any row was altered")
+    p.add_argument("--study", required=True)
+    p.set_defaults(func=cmd_verify_audit)
 
     p = sub.add_parser("run-job", help="run a background job recorded by the app (jobs/<id>.json in a study)")
     p.add_argument("job", help="the job's JSON file")

@@ -36,27 +36,42 @@ def _mtime(path: Path) -> float:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _summary(study: str, mtime: float) -> ScanSummary:
-    return results.read_summary(study)
+def _scan(study: str, mtime: float) -> ScanResults:
+    return ScanResults.open(study)  # checks every result file against the summary
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _calibration(study: str, mtime: float) -> Calibration:
-    return ScanResults.open(study).calibration()
+    return _scan(study, mtime).calibration()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pairs(study: str, mtime: float) -> list[Pair]:
-    return ScanResults.open(study).pairs()
+    return _scan(study, mtime).pairs()
 
 
 def _scan_mtime(study: Path) -> float:
     return _mtime(study / results.SUMMARY)  # the summary is written last: it changes with every rescan
 
 
+def scan(study: Path) -> ScanResults | None:
+    """The study's scan results, or ``None`` before the first scan (cached until the study is rescanned).
+
+    A damaged or half-written study is shown as a message naming the file and what to do, and the page stops.
+    """
+    if not results.is_scanned(study):
+        return None
+    try:
+        return _scan(str(study), _scan_mtime(study))
+    except MemoScopeError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
 def summary(study: Path) -> ScanSummary | None:
-    """The study's scan summary, or ``None`` before the first scan (cached until the study is rescanned)."""
-    return _summary(str(study), _scan_mtime(study)) if results.is_scanned(study) else None
+    """The study's scan summary, or ``None`` before the first scan."""
+    found = scan(study)
+    return found.summary if found else None
 
 
 def require_summary(study: Path) -> ScanSummary:

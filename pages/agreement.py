@@ -25,7 +25,14 @@ mode = st.radio(
     help="blinded: the paper's rater check (no scores shown); open: verdicts given on the work-list",
 )
 nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(_ui.pairs(study))}
-by_reviewer = verdicts.by_reviewer(study, mode)
+scan = _ui.scan(study)
+by_reviewer = verdicts.by_reviewer(study, mode, scan)
+stale = verdicts.stale_decisions(study, scan) if scan else []
+if stale:
+    st.warning(
+        f"{len(stale)} verdicts were given on images this scan no longer compares (another synthetic set or "
+        "changed files); they are listed in the audit trail and not counted here."
+    )
 names = list(by_reviewer)
 if not names:
     st.info(f"No {mode} verdicts yet: record some on the Review page.")
@@ -79,4 +86,9 @@ fig.update_layout(
 )
 st.plotly_chart(fig, key="pr_curve")
 with st.expander("Audit trail (every verdict and what it replaced)"):
+    check = verdicts.verify_audit(study)
+    if check.ok:
+        st.caption(f"Hash chain verified: {check.rows} rows, head `{check.head[:16]}`.")
+    else:
+        st.error("The audit trail failed verification: " + "; ".join(check.problems[:5]))
     st.dataframe(verdicts.audit_trail(study), hide_index=True)

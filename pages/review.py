@@ -61,7 +61,8 @@ with st.container(border=True):
     n_blind = int(cols[2].number_input("Blinded pairs", 10, 1000, 100, key=f"nblind::{study}", disabled=not blinded))
     blind_seed = int(cols[3].number_input("Sample seed", 0, 2**31 - 1, 0, key=f"bseed::{study}", disabled=not blinded))
 mode = "blinded" if blinded else "open"
-mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode)} if reviewer else {}
+scan = _ui.scan(study)
+mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode, scan)} if reviewer else {}
 
 if blinded:
     nearest = nearest_pairs(pairs)
@@ -138,7 +139,7 @@ with st.container(border=True):
             if col.button(
                 f"{label} ({key})", key=f"verdict_{value}", shortcut=key, type="primary" if chosen else "secondary"
             ):
-                verdicts.record(study, reviewer, row["synthetic_id"], row["train_id"], value, note, mode)
+                verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
                 st.session_state[sel_key] = min(index + 1, len(rows) - 1)
                 st.rerun()
         done = sum(1 for r in rows if r["your verdict"])

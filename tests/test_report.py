@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from core.common.errors import MemoScopeError
 from core.io.preprocessing import PreprocessSpec
 from core.study import verdicts
 from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
-from core.study.results import read_summary
+from core.study.results import ScanResults, read_summary
 from core.study.scan import ScanConfig, run_scan
 from tests.conftest import smooth_image
 
@@ -99,8 +100,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8},
     )
     run_scan(config)
+    scan = ScanResults.open(root / "study")
     verdicts.record(
-        root / "study", "rater one", "sample_000003.png", _nearest(root / "study", "sample_000003.png"), "copy"
+        root / "study",
+        "rater one",
+        scan.pair_ref("sample_000003.png", _nearest(root / "study", "sample_000003.png")),
+        "copy",
     )
     return root / "study"
 
@@ -142,7 +147,16 @@ def test_pdf_report_text_matches_summary_and_has_no_phi(study: Path, tmp_path: P
     mem = summary.memorized
     assert f"{mem.count}/{mem.total}" in text
     _assert_no_phi(text, "PDF report")
-    assert not (tmp_path / "report.html").exists()
+    # the rendered report, not its source printed as text: a few pages, the conclusion, no markup or script
+    assert len(PdfReader(out).pages) <= 8
+    assert "Memorization check" in text and "Recommendation." in text
+    assert "<html" not in text and "function(" not in text and "plotly" not in text.lower()
+
+
+def test_building_one_format_never_deletes_the_other(study: Path, tmp_path: Path) -> None:
+    html = write_report(study, tmp_path / "report.html", "html")
+    write_report(study, tmp_path / "report.pdf", "pdf")
+    assert html.is_file() and (tmp_path / "report.pdf").is_file()
 
 
 def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path) -> None:
@@ -164,3 +178,30 @@ def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path)
     none = release(study, tmp_path / "none", threshold=1.0)
     assert none.kept == summary.inputs["synthetic"].n
     assert "released at threshold 1.000 (given for the release)" in (tmp_path / "none" / "report.html").read_text()
+
+
+def test_release_refuses_a_file_changed_after_the_scan(study: Path, tmp_path: Path) -> None:
+    """A training image copied over a scanned sample after the scan is never shipped."""
+    sample = Path(read_summary(study).source("synthetic")) / "sample_000005.png"
+    original = sample.read_bytes()
+    try:
+        shutil.copy(next((study.parent / "val").rglob("*.png")), sample)  # another real image under its name
+        with pytest.raises(MemoScopeError, match="differ from what the scan checked"):
+            release(study, tmp_path / "out", threshold=1.0)
+        assert not (tmp_path / "out").exists()
+    finally:
+        sample.write_bytes(original)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 5.0, -3.0])
+def test_release_refuses_a_threshold_outside_minus_one_to_one(study: Path, tmp_path: Path, value: float) -> None:
+    with pytest.raises(MemoScopeError, match=r"give a similarity in \[-1, 1\]"):
+        release(study, tmp_path / "out", threshold=value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_looser_release_threshold_is_warned_and_recorded(study: Path, tmp_path: Path) -> None:
+    result = release(study, tmp_path / "out", threshold=1.0)
+    record = json.loads((tmp_path / "out" / "release.json").read_text())
+    assert result.warnings and "looser than the scan's" in record["warnings"][0]
+    assert record["scan_id"] == read_summary(study).scan_id

@@ -72,3 +72,22 @@ def test_a_newer_study_asks_for_a_newer_memoscope(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(MemoScopeError, match="newer MemoScope"):
         read_summary(tmp_path)
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_a_half_committed_rescan_is_refused(tmp_path: Path) -> None:
+    """A rescan killed after pairs.csv was replaced leaves new pairs beside the old summary: refused everywhere."""
+    from core.study.report import release, write_report
+
+    study = tmp_path / "study"
+    shutil.copytree(DEMO, study)
+    lines = (study / "pairs.csv").read_text().splitlines()
+    (study / "pairs.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # another scan's rows
+    for attempt in (
+        lambda: ScanResults.open(study),
+        lambda: write_report(study, tmp_path / "r.html"),
+        lambda: release(study, tmp_path / "release"),
+    ):
+        with pytest.raises(MemoScopeError, match="does not belong to scan"):
+            attempt()
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "release").exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.study.store import open_study
@@ -26,18 +28,51 @@ def test_create_study_checks_inputs_and_names_the_bad_path(tmp_path: Path, image
     from core.common.errors import MemoScopeError
     from core.study.store import create_study
 
+    val = tmp_path / "val"  # other patients, other images (the same folder twice would be a leak)
+    (val / "p9").mkdir(parents=True)
+    np.save(val / "p9" / "v.npy", np.random.default_rng(9).normal(size=(40, 40)))
     with pytest.raises(MemoScopeError, match="nowhere/train.csv"):
-        create_study(tmp_path, "s1", {"train": "nowhere/train.csv", "val": str(image_folder)})
+        create_study(tmp_path, "s1", {"train": "nowhere/train.csv", "val": str(val)})
     with pytest.raises(MemoScopeError, match="Study name"):
-        create_study(tmp_path, "../escape", {"train": str(image_folder), "val": str(image_folder)})
+        create_study(tmp_path, "../escape", {"train": str(image_folder), "val": str(val)})
     with pytest.raises(MemoScopeError, match="no ldm.json"):
-        create_study(
-            tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "checkpoint": str(tmp_path)}
-        )
+        create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val), "checkpoint": str(tmp_path)})
     assert not (tmp_path / "s1").exists()
-    study = create_study(
-        tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder), "synthetic": "", "dims": 2}
-    )
+    study = create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val), "synthetic": "", "dims": 2})
     assert study.inputs()["train"] == str(image_folder) and study.inputs()["synthetic"] is None
     with pytest.raises(MemoScopeError, match="already exists"):
-        create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(image_folder)})
+        create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val)})
+
+
+def test_creating_a_study_catches_leaks_between_training_and_validation(tmp_path: Path) -> None:
+    """Shared patients (any case) and byte-identical files are refused when the study is created, not mid-scan."""
+    from core.common.errors import MemoScopeError
+    from core.study.store import create_study
+
+    rng = np.random.default_rng(0)
+    for folder, name in (("train/P1", "a.npy"), ("train/P2", "b.npy"), ("val/V1", "c.npy")):
+        (tmp_path / folder).mkdir(parents=True)
+        np.save(tmp_path / folder / name, rng.normal(size=(8, 8)))
+    inputs = {"train": str(tmp_path / "train"), "val": str(tmp_path / "val")}
+    shutil.copy(tmp_path / "train/P1/a.npy", tmp_path / "val/V1/copy.npy")
+    with pytest.raises(MemoScopeError, match="byte-identical to training file"):
+        create_study(tmp_path / "studies", "leak", inputs)
+    (tmp_path / "val/V1/copy.npy").unlink()
+    (tmp_path / "val/V1").rename(tmp_path / "val/p1")
+    with pytest.raises(MemoScopeError, match=r"appear in both .*without case"):
+        create_study(tmp_path / "studies", "leak", inputs)
+    assert not (tmp_path / "studies" / "leak").exists()
+
+
+def test_a_killed_run_is_marked_interrupted_when_the_study_is_next_used(tmp_path: Path) -> None:
+    import sqlite3
+
+    study = open_study(tmp_path / "s")
+    with sqlite3.connect(study.db_path) as db:  # what a SIGKILLed scan leaves: a running row of a dead process
+        db.execute(
+            "INSERT INTO runs (kind, status, started_at, config_json, pid) VALUES ('scan', 'running', 'x', '{}', ?)",
+            (2**22 + 12345,),
+        )
+    assert study.mark_interrupted() == 1
+    (run,) = study.runs()
+    assert run["status"] == "failed" and run["error"].startswith("interrupted")

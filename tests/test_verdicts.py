@@ -14,27 +14,36 @@ import pytest
 
 from core.common.errors import MemoScopeError
 from core.study import verdicts
+from core.study.results import PairRef
 from core.study.store import DB_NAME, open_study
+
+
+def _ref(synthetic_id: str, train_id: str, scan_id: str = "scan-1") -> PairRef:
+    return PairRef(synthetic_id, train_id, scan_id, f"h-{synthetic_id}", f"h-{train_id}")
 
 
 def _writer(study: str, reviewer: str, n: int) -> None:
     for i in range(n):
         verdicts.record(
-            study, reviewer, f"s{i:03d}", f"t{i % 7}", ("copy", "not_copy", "unsure")[i % 3], note=f"{reviewer} {i}"
+            study,
+            reviewer,
+            _ref(f"s{i:03d}", f"t{i % 7}"),
+            ("copy", "not_copy", "unsure")[i % 3],
+            note=f"{reviewer} {i}",
         )
 
 
 def _endless_writer(study: str) -> None:
     i = 0
     while True:
-        verdicts.record(study, "killed", f"s{i % 50:03d}", "t0", ("copy", "not_copy")[i % 2], note=str(i))
+        verdicts.record(study, "killed", _ref(f"s{i % 50:03d}", "t0"), ("copy", "not_copy")[i % 2], note=str(i))
         i += 1
 
 
 def test_a_replaced_verdict_is_kept_in_the_audit(tmp_path: Path) -> None:
     study = open_study(tmp_path / "s").path
-    verdicts.record(study, "ana", "s1", "t1", "copy", "same folds")
-    verdicts.record(study, "ana", "s1", "t1", "not_copy", "looked again")
+    verdicts.record(study, "ana", _ref("s1", "t1"), "copy", "same folds")
+    verdicts.record(study, "ana", _ref("s1", "t1"), "not_copy", "looked again")
     (current,) = verdicts.decisions(study)
     assert (current.verdict, current.note) == ("not_copy", "looked again")
     trail = verdicts.audit_trail(study)
@@ -51,9 +60,9 @@ def test_a_replaced_verdict_is_kept_in_the_audit(tmp_path: Path) -> None:
 def test_bad_input_is_refused(tmp_path: Path) -> None:
     study = open_study(tmp_path / "s").path
     with pytest.raises(MemoScopeError, match="Reviewer name"):
-        verdicts.record(study, "  ", "s1", "t1", "copy")
+        verdicts.record(study, "  ", _ref("s1", "t1"), "copy")
     with pytest.raises(MemoScopeError, match="must be one of"):
-        verdicts.record(study, "ana", "s1", "t1", "maybe")
+        verdicts.record(study, "ana", _ref("s1", "t1"), "maybe")
     assert verdicts.decisions(study) == [] and verdicts.audit_trail(study) == []
 
 
@@ -89,7 +98,7 @@ def test_a_killed_writer_leaves_a_consistent_database(tmp_path: Path) -> None:
     for entry in trail:
         last[(entry["synthetic_id"], entry["train_id"])] = (entry["verdict"], entry["note"])
     assert {(d.synthetic_id, d.train_id): (d.verdict, d.note) for d in current} == last
-    verdicts.record(study, "after", "s1", "t1", "copy")  # still writable
+    verdicts.record(study, "after", _ref("s1", "t1"), "copy")  # still writable
 
 
 def test_blinded_sample_is_stratified_seeded_and_shuffled() -> None:
@@ -131,3 +140,52 @@ def test_precision_recall_by_threshold() -> None:
     assert pr["precision"][0] == pytest.approx(2 / 3) and pr["recall"][0] == pytest.approx(1.0)
     assert pr["precision"][1] == 1.0 and pr["recall"][1] == 0.5
     assert np.isnan(pr["precision"][2]) and pr["recall"][2] == 0.0
+
+
+def test_the_audit_refuses_replace_explicit_ids_and_backdating(tmp_path: Path) -> None:
+    study = open_study(tmp_path / "s").path
+    verdicts.record(study, "ana", _ref("s1", "t1"), "copy")
+    columns = "(id, at, reviewer, synthetic_id, train_id, mode, verdict, note)"
+    with sqlite3.connect(study / DB_NAME) as db:
+        with pytest.raises(sqlite3.DatabaseError, match="no explicit ids"):
+            db.execute(
+                f"INSERT OR REPLACE INTO audit {columns} VALUES (1, '2099-01-01', 'eve', 's1', 't1', "
+                "'open', 'not_copy', '')"
+            )
+        with pytest.raises(sqlite3.DatabaseError, match="backdated"):
+            db.execute(
+                "INSERT INTO audit (at, reviewer, synthetic_id, train_id, mode, verdict, note) VALUES "
+                "('2000-01-01T00:00:00+00:00', 'eve', 's1', 't1', 'open', 'not_copy', '')"
+            )
+    assert [d.verdict for d in verdicts.decisions(study)] == ["copy"] and verdicts.verify_audit(study).ok
+
+
+def test_an_edit_behind_the_triggers_breaks_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone with a SQLite shell drops the triggers and rewrites a verdict: verify-audit and the CLI say so."""
+    from core.cli import main
+
+    study = open_study(tmp_path / "s").path
+    for verdict in ("copy", "not_copy", "copy"):
+        verdicts.record(study, "ana", _ref("s1", "t1"), verdict)
+    assert main(["verify-audit", "--study", str(study)]) == 0 and "intact (3 rows" in capsys.readouterr().out
+    with sqlite3.connect(study / DB_NAME) as db:
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("UPDATE audit SET verdict = 'not_copy' WHERE id = 3")
+    check = verdicts.verify_audit(study)
+    assert not check.ok and "row 3: its content was changed" in check.problems[0]
+    assert main(["verify-audit", "--study", str(study)]) == 2 and "failed verification" in capsys.readouterr().err
+
+
+def test_verdicts_on_other_images_are_stale_not_counted(tmp_path: Path) -> None:
+    class Scan:  # the two methods decisions() uses, for a scan whose synthetic s2 changed content
+        def pair_ref(self, synthetic_id: str, train_id: str) -> PairRef:
+            changed = "-new" if synthetic_id == "s2" else ""
+            return PairRef(synthetic_id, train_id, "scan-2", f"h-{synthetic_id}{changed}", f"h-{train_id}")
+
+    study = open_study(tmp_path / "s").path
+    verdicts.record(study, "ana", _ref("s1", "t1"), "copy")
+    verdicts.record(study, "ana", _ref("s2", "t1"), "copy")
+    scan = Scan()
+    assert [d.synthetic_id for d in verdicts.decisions(study, scan=scan)] == ["s1"]  # type: ignore[arg-type]
+    assert [d.synthetic_id for d in verdicts.stale_decisions(study, scan)] == ["s2"]  # type: ignore[arg-type]
+    assert verdicts.by_reviewer(study, "open", scan) == {"ana": {("s1", "t1"): "copy"}}  # type: ignore[arg-type]

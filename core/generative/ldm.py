@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.common.config import Config
@@ -139,6 +140,14 @@ def networks_config(path: str | Path, spatial_dims: int, image_size: tuple[int, 
     return config
 
 
+def build_networks(config: LDMConfig, source: str) -> tuple[AutoencoderKL, DiffusionModelUNet]:
+    """Both networks of ``config``; keywords MONAI refuses are reported against ``source``."""
+    try:
+        return build_autoencoder(config), build_unet(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise MemoScopeError(f"{source}: the network keywords do not build a MONAI network ({exc}).") from exc
+
+
 def build_autoencoder(config: LDMConfig) -> AutoencoderKL:
     return AutoencoderKL(**{"spatial_dims": config.spatial_dims, **config.autoencoder})
 
@@ -224,7 +233,7 @@ def load_ldm(folder: str | Path, device: str | torch.device = "cpu") -> LDM:
     """Rebuild an LDM from its folder; weights only through safetensors."""
     folder = Path(folder)
     config = read_config(folder)
-    autoencoder, unet = build_autoencoder(config), build_unet(config)
+    autoencoder, unet = build_networks(config, str(folder / CONFIG_NAME))
     for module, name in ((autoencoder, AE_WEIGHTS), (unet, UNET_WEIGHTS)):
         path = folder / name
         if not path.is_file():
@@ -255,9 +264,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MemoScopeError(f"{path}: no such file.")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as exc:
+            raise MemoScopeError(
+                f"{path}: not a valid safetensors file ({exc}); it may be truncated, or another format under this "
+                "name (a pickled .pt file must keep its .pt name to be read safely)."
+            ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (KeyError, ValueError) as exc:  # a text or other file fails inside the unpickler
+        raise MemoScopeError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {exc}).") from exc
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0][:200]
         raise MemoScopeError(
@@ -393,7 +410,7 @@ def import_checkpoint(
     except (OSError, json.JSONDecodeError) as exc:
         raise MemoScopeError(f"{config_path}: cannot read the kwargs JSON ({exc}).") from exc
     config = LDMConfig.from_dict(data, str(config_path))
-    autoencoder, unet = build_autoencoder(config), build_unet(config)
+    autoencoder, unet = build_networks(config, str(config_path))
     record: dict[str, Any] = {"imported_at": now_utc(), "versions": versions()}
     for module, path, name in ((autoencoder, autoencoder_path, "autoencoder"), (unet, unet_path, "unet")):
         report = convert_and_load(module, load_state_dict_file(path), str(path))

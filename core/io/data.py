@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ _ROLE_NAMES: dict[str, set[str]] = {
     "val": {"val", "validation", "valid"},
     "synthetic": {"synthetic", "generated", "syn"},
 }
+KNOWN_SPLITS = set().union(*_ROLE_NAMES.values()) | {"test", "exclude", "excluded"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def discover_folder(root: Path) -> list[ImageRecord]:
 def discover_manifest(manifest: Path) -> list[ImageRecord]:
     """Read a CSV manifest with columns ``path,patient_id[,split]`` (paths relative to it)."""
     try:
-        with open(manifest, newline="", encoding="utf-8") as handle:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM from Excel is not a header
             rows = list(csv.DictReader(handle))
             header = rows[0].keys() if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -181,8 +184,21 @@ def discover_manifest(manifest: Path) -> list[ImageRecord]:
             )
         seen[rel] = line
         split = (row.get("split") or "").strip() or None
+        if split is not None and split.lower() not in KNOWN_SPLITS:
+            raise MemoScopeError(
+                f"{manifest}, line {line}: split {split!r} is not one of {sorted(KNOWN_SPLITS)}; fix the 'split' "
+                "column (a typo would silently drop the row)."
+            )
+        if (manifest.parent / rel).is_dir() and not _is_dicom_series_dir(manifest.parent / rel):
+            raise MemoScopeError(
+                f"{manifest}, line {line}: {rel!r} is a folder; list image files (or a folder of one DICOM series)."
+            )
         records.append(ImageRecord(manifest.parent / rel, Path(rel).as_posix(), patient, split))
     return records
+
+
+def _is_dicom_series_dir(path: Path) -> bool:
+    return any(f.name.lower().endswith(".dcm") for f in path.iterdir())
 
 
 def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
@@ -348,14 +364,93 @@ def load_set(
     return load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad)
 
 
+def patient_key(patient_id: str) -> str:
+    """How patient IDs are compared: case and surrounding space do not make another patient."""
+    return patient_id.strip().casefold()
+
+
+def image_hashes(images: ImageSet) -> list[str]:
+    """SHA-256 of each preprocessed image (what the detector sees), for exact-duplicate checks."""
+    return [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images.images]
+
+
+def check_record_leaks(train: list[ImageRecord], val: list[ImageRecord], train_source: str, val_source: str) -> None:
+    """The same leak checks on files, before anything is loaded: shared patients, byte-identical files."""
+    train_keys = {patient_key(r.patient_id) for r in train}
+    shared = sorted({r.patient_id for r in val if patient_key(r.patient_id) in train_keys})
+    if shared:
+        raise MemoScopeError(
+            f"{len(shared)} patient(s) appear in both training ({train_source}) and validation ({val_source}), "
+            f"e.g. {shared[:3]} (IDs compared without case); split by patient (python -m core split)."
+        )
+    digests = {_file_digest(r.path): r for r in train if Path(r.path).is_file()}
+    for record in val:
+        twin = digests.get(_file_digest(record.path)) if Path(record.path).is_file() else None
+        if twin is not None:
+            raise MemoScopeError(
+                f"validation file {record.path} is byte-identical to training file {twin.path}: a leaked copy would "
+                "raise the threshold and hide real copies. Remove it from one of the sets."
+            )
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_patient_overlap(train: ImageSet, val: ImageSet) -> None:
-    """Refuse a validation set that shares patients with training: calibration needs unseen patients."""
-    shared = sorted(set(train.patient_ids) & set(val.patient_ids))
+    """Refuse a validation set that leaks training data: calibration needs real images of unseen patients.
+
+    Checks, before any work: 1. no patient in both sets (IDs compared case-insensitively);
+    2. no validation image identical to a training image after preprocessing, whatever its name.
+    """
+    train_keys = {patient_key(p) for p in train.patient_ids}
+    shared = sorted({p for p in val.patient_ids if patient_key(p) in train_keys})
     if shared:
         raise MemoScopeError(
             f"{len(shared)} patient(s) appear in both training ({train.source}) and validation "
-            f"({val.source}), e.g. {shared[:3]}; split by patient (python -m core split)."
+            f"({val.source}), e.g. {shared[:3]} (IDs compared without case); split by patient (python -m core split)."
         )
+    seen = {h: i for i, h in enumerate(image_hashes(train))}
+    same = [(j, seen[h]) for j, h in enumerate(image_hashes(val)) if h in seen]
+    if same:
+        j, i = same[0]
+        raise MemoScopeError(
+            f"{len(same)} validation image(s) are identical to training images, e.g. {val.ids[j]} ({val.source}) = "
+            f"{train.ids[i]} ({train.source}): a leaked copy would raise the threshold and hide real copies. "
+            "Remove it from one of the sets."
+        )
+
+
+def with_patients_from(records: list[ImageRecord], pattern: str | None, source: str | Path) -> list[ImageRecord]:
+    """Records whose patient is named by ``pattern`` (a regex; its first group, or the whole match, on the ID).
+
+    Without a pattern, a folder with no patient subfolders is refused: each file would become its own
+    patient and one subject's slices would land on both sides of a split.
+    """
+    if pattern is None:
+        if records and all("/" not in r.sample_id for r in records) and not str(source).lower().endswith(".csv"):
+            raise MemoScopeError(
+                f"{source}: no patient subfolders, so every file would be its own patient and one subject could be "
+                "split across training and validation. Put each patient's files in a folder, write a manifest with "
+                "patient_id, or pass --patient-regex (e.g. '^(sub-\\d+)_' on the file name)."
+            )
+        return records
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise MemoScopeError(f"--patient-regex {pattern!r} is not a regular expression ({exc}).") from exc
+    named = []
+    for record in records:
+        match = regex.search(record.sample_id)
+        if match is None:
+            raise MemoScopeError(f"--patient-regex {pattern!r} does not match {record.sample_id!r} in {source}.")
+        patient = match.group(1) if regex.groups else match.group(0)
+        named.append(ImageRecord(record.path, record.sample_id, patient, record.split))
+    return named
 
 
 def split_by_patient(patient_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -366,11 +461,12 @@ def split_by_patient(patient_ids: Sequence[str], val_fraction: float, seed: int)
     """
     if not 0.0 < val_fraction < 1.0:
         raise MemoScopeError(f"val_fraction {val_fraction} must be between 0 and 1.")
-    patients = sorted(set(patient_ids))
+    keys = [patient_key(p) for p in patient_ids]
+    patients = sorted(set(keys))
     if len(patients) < 2:
         raise MemoScopeError("a patient-level split needs at least 2 patients.")
     n_val = min(len(patients) - 1, max(1, round(val_fraction * len(patients))))
     order = np.random.default_rng(seed).permutation(len(patients))
     val_patients = {patients[i] for i in order[:n_val]}
-    is_val = np.array([p in val_patients for p in patient_ids])
+    is_val = np.array([k in val_patients for k in keys])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

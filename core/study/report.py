@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from core.study import verdicts
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import correlation_histogram, load_study_set
 
+logger = logging.getLogger(__name__)
 CHROMIUM = Path("/usr/bin/chromium")
 PSEUDONYMS = "pseudonyms.csv"
 
@@ -55,7 +58,13 @@ class Pseudonyms:
             [self.scans[train_id], train_id, self.patients[patient_id], patient_id]
             for train_id, patient_id in sorted({(p.train_id, p.patient_id) for p in pairs})
         ]
-        write_csv(study / PSEUDONYMS, ["pseudonym", "train_id", "patient_pseudonym", "patient_id"], rows)
+        try:
+            write_csv(study / PSEUDONYMS, ["pseudonym", "train_id", "patient_pseudonym", "patient_id"], rows)
+        except OSError as exc:
+            raise MemoScopeError(
+                f"{study}: cannot write the pseudonym key {PSEUDONYMS} there ({exc.strerror}); the report needs a "
+                "writable study folder (copy the study somewhere writable)."
+            ) from exc
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -104,18 +113,38 @@ def _histogram_html(scan: ScanResults, tau: float) -> str:
     return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
 
 
-def _agreement_rows(study: Path, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
+def _agreement_rows(scan: ScanResults, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
+    study = scan.folder
     nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(pairs)}
     detector = verdicts.detector_calls(nearest, tau)
     rows = []
     for mode in verdicts.MODES:
-        by = verdicts.by_reviewer(study, mode)
+        by = verdicts.by_reviewer(study, mode, scan)
         names = list(by)
         for k, name in enumerate(names, start=1):
             rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(by[name], detector)))
         for (i, a), (j, b) in combinations(enumerate(names, start=1), 2):
             rows.append((mode, f"reviewer {i} vs reviewer {j}", verdicts.agreement(by[a], by[b])))
     return rows
+
+
+def _audit_sentence(audit: verdicts.AuditCheck, n_stale: int) -> str:
+    """What the audit trail check found, in one sentence for the report."""
+    if audit.rows == 0:
+        return "No verdicts have been recorded."
+    verified = (
+        f"The audit trail ({audit.rows} verdict rows) was re-verified for this report: intact, chain head "
+        f"{audit.head[:16]}."
+        if audit.ok
+        else f"WARNING: the audit trail ({audit.rows} rows) failed verification: {'; '.join(audit.problems[:3])}."
+    )
+    if audit.legacy_rows:
+        verified += f" {audit.legacy_rows} rows predate the hash chain and cannot be verified."
+    if n_stale:
+        verified += (
+            f" {n_stale} verdicts were given on images this scan no longer compares; they are not counted above."
+        )
+    return verified
 
 
 def conclusion(summary: ScanSummary, n_confirmed: int) -> tuple[str, str]:
@@ -160,7 +189,9 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
     names.write_key(study, pairs)
     tau = summary.tau
     flagged = sorted(copies(pairs, tau), key=lambda p: -p.similarity)
-    confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study) if d.verdict == "copy"}
+    confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
+    audit = verdicts.verify_audit(study)
+    stale = verdicts.stale_decisions(study, scan)
     text, advice = conclusion(summary, len(confirmed))
     e = html.escape
     inputs = summary.inputs
@@ -182,7 +213,7 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
         )
         or "<p>No pair is above the threshold.</p>"
     )
-    agreement = _agreement_rows(study, pairs, tau)
+    agreement = _agreement_rows(scan, pairs, tau)
     agreement_html = (
         (
             "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's "
@@ -229,6 +260,7 @@ itself.</p>
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and
 patients are shown under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
+<p>{e(_audit_sentence(audit, len(stale)))}</p>
 </body></html>
 """
 
@@ -278,6 +310,48 @@ class ReleaseResult:
     kept: int
     removed_by_threshold: int
     removed_as_confirmed: int
+    warnings: tuple[str, ...] = ()
+
+
+def release_threshold(summary: ScanSummary, threshold: float | None) -> tuple[float, list[str]]:
+    """The release's tau (the scan's unless given) and warnings; a value outside [-1, 1] or not finite is refused."""
+    if threshold is None:
+        return summary.tau, []
+    value = float(threshold)
+    if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise MemoScopeError(
+            f"--threshold {threshold!r}: give a similarity in [-1, 1] (the scan's is {summary.tau:.3f})."
+        )
+    if value > summary.tau:
+        return value, [
+            f"the release threshold {value:.3f} is looser than the scan's calibrated {summary.tau:.3f}: samples the "
+            "scan called copies are released; its expected false-positive rate no longer applies."
+        ]
+    return value, []
+
+
+def check_synthetic_files(summary: ScanSummary, sample_ids: list[str]) -> dict[str, Path]:
+    """The file of each sample, after checking it is byte for byte the file the scan checked.
+
+    Refuses, naming the first offender, when a file is missing, changed or replaced since the scan.
+    """
+    recorded = summary.inputs["synthetic"].file_hashes
+    if not recorded:
+        raise MemoScopeError("this scan did not record its synthetic files' hashes; rescan before releasing.")
+    files = {r.sample_id: Path(r.path) for r in discover(summary.source("synthetic"))}
+    missing = [s for s in sample_ids if s not in files]
+    if missing:
+        raise MemoScopeError(
+            f"{len(missing)} synthetic samples of the scan are missing from {summary.source('synthetic')} "
+            f"(e.g. {missing[0]}); rescan."
+        )
+    changed = [s for s in sample_ids if recorded.get(s) != sha256_file(files[s])]
+    if changed:
+        raise MemoScopeError(
+            f"{len(changed)} synthetic file(s) differ from what the scan checked (e.g. {files[changed[0]]}); a release "
+            "only ships scanned files: rescan the study, then release."
+        )
+    return {s: files[s] for s in sample_ids}
 
 
 def release(
@@ -294,21 +368,23 @@ def release(
         raise MemoScopeError(f"{out}: exists and is not empty; choose an empty or new folder.")
     scan = ScanResults.open(study)
     summary = scan.summary
-    tau = summary.tau if threshold is None else float(threshold)
+    tau, warnings = release_threshold(summary, threshold)
     pairs = scan.pairs()
     nearest = {p.synthetic_id: p for p in nearest_pairs(pairs)}
     confirmed = (
-        {d.synthetic_id for d in verdicts.decisions(study) if d.verdict == "copy"} if exclude_confirmed else set()
+        {d.synthetic_id for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
+        if exclude_confirmed
+        else set()
     )
-    files = {r.sample_id: r.path for r in discover(summary.source("synthetic"))}
-    missing = sorted(set(nearest) - set(files))
-    if missing:
+    if summary.slices:
         raise MemoScopeError(
-            f"{len(missing)} synthetic samples of the scan are missing from its folder (e.g. {missing[0]}); rescan."
+            "this study compared 2D slices of 3D files; a release ships whole files, so rescan without "
+            "--slices to release."
         )
     over = {s for s, p in nearest.items() if p.is_copy(tau)}
     dropped_confirmed = confirmed - over
     keep = sorted(set(nearest) - over - confirmed)
+    files = check_synthetic_files(summary, keep)
     names = Pseudonyms.of(pairs)  # the same pseudonyms as the report
     if out.exists():
         out.rmdir()
@@ -317,12 +393,13 @@ def release(
         rows = []
         for sample_id in keep:
             source = Path(files[sample_id])
-            target = tmp / "samples" / Path(sample_id).name
+            target = tmp / "samples" / sample_id  # the relative ID: a/s.png and b/s.png cannot collide
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
             p = nearest[sample_id]
             rows.append(
                 [
-                    f"samples/{target.name}",
+                    f"samples/{sample_id}",
                     names.scans[p.train_id],
                     f"{p.similarity:.6f}",
                     f"{p.p_value:.6g}",
@@ -344,6 +421,9 @@ def release(
             "checkpoint_hash": summary.checkpoint_hash,
             "detector_hash": summary.detector.hash,
             "scan_finished_at": summary.finished_at,
+            "scan_id": summary.scan_id,
+            "scan_threshold": summary.tau,
+            "warnings": warnings,
             "versions": versions(),
         }
         atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -355,4 +435,6 @@ def release(
             + "."
         )
         atomic_write_text(tmp / "report.html", build_report(study, release_note=note))
-    return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed))
+    for warning in warnings:
+        logger.warning(warning)
+    return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed), tuple(warnings))

@@ -8,7 +8,14 @@ carries ``schema_version``: an older study gets a clear error and an upgrade com
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +25,10 @@ import numpy.typing as npt
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
-from core.common.provenance import atomic_path, atomic_write_json, now_utc
+from core.common.provenance import atomic_path, atomic_write_json, now_utc, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.io.data import discover
 from core.io.preprocessing import PreprocessSpec
 
 SCHEMA_VERSION = 2
@@ -40,7 +48,11 @@ NOTES = (
 
 @dataclass(frozen=True)
 class InputSet(Config):
-    """One input set of a scan: where it came from, its size and content hash, what was skipped."""
+    """One input set of a scan: where it came from, its size and content hash, what was skipped.
+
+    ``file_hashes`` (training and synthetic sets): the SHA-256 of each file as scanned, keyed by the file's
+    sample ID, so that a release ships exactly what was checked and a verdict stays tied to the images it saw.
+    """
 
     source: str
     n: int
@@ -48,6 +60,7 @@ class InputSet(Config):
     content_hash: str
     skipped: tuple[dict[str, Any], ...] = ()
     embeddings_cached: bool = False
+    file_hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class ScanSummary(Config):
         preprocessing, slices, k, seed: how the sets were compared.
         detector: the detector used; checkpoint, checkpoint_hash, generations: where the samples came from.
         versions, timings, finished_at, notes: provenance.
+        scan_id: this scan's identity (verdicts and releases refer to it).
+        files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
+            rescan, a hand edit) is refused by :meth:`ScanResults.open`.
     """
 
     threshold: Threshold
@@ -94,6 +110,8 @@ class ScanSummary(Config):
     generations: tuple[dict[str, Any], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = NOTES
+    scan_id: str = ""
+    files: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
@@ -132,6 +150,24 @@ class Pair:
 
     def is_copy(self, tau: float) -> bool:
         return bool(is_copy(self.similarity, tau))
+
+
+@dataclass(frozen=True)
+class PairRef:
+    """A pair as a reviewer judged it: IDs, the scan, and the content hashes of both images."""
+
+    synthetic_id: str
+    train_id: str
+    scan_id: str
+    synthetic_hash: str
+    train_hash: str
+
+
+def image_hash(summary: ScanSummary, role: str, sample_id: str) -> str:
+    """The content hash of one scanned image: its file's hash, plus the slice for IDs like ``f.nii.gz#axial042``."""
+    file_id, _, part = sample_id.partition("#")
+    digest = summary.inputs[role].file_hashes.get(file_id, "")
+    return f"{digest}#{part}" if digest and part else digest
 
 
 @dataclass(frozen=True)
@@ -204,20 +240,22 @@ def _pair_line(p: Pair, tau: float) -> list[Any]:
     return line + ([f"{p.ssim:.6f}"] if p.ssim is not None else [])
 
 
-def write_scan(
+RESULT_FILES = (PAIRS, TRAIN_NN, NEIGHBORS)
+
+
+def new_scan_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def write_results(
     folder: str | Path,
-    summary: ScanSummary,
+    tau: float,
     pairs: list[Pair],
     train_rows: list[TrainRow],
     neighbors: dict[str, npt.NDArray[Any]],
-) -> None:
-    """Write a scan's results: ``pairs.csv``, ``train_nn.csv``, ``neighbors.npz``, then ``summary.json`` last.
-
-    ``summary.json`` is written last, so a study either has a summary that describes the other
-    files or (after an interrupted first scan) none at all.
-    """
+) -> dict[str, str]:
+    """Write ``pairs.csv``, ``train_nn.csv`` and ``neighbors.npz`` into ``folder``; return their SHA-256."""
     folder = Path(folder)
-    tau = summary.tau
     header = [*PAIR_HEADER, *(["ssim"] if pairs and pairs[0].ssim is not None else [])]
     write_csv(folder / PAIRS, header, [_pair_line(p, tau) for p in pairs])
     write_csv(
@@ -240,7 +278,59 @@ def write_scan(
         raise ValueError(f"neighbour tables missing {sorted(missing)}")
     with atomic_path(folder / NEIGHBORS) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **neighbors)  # type: ignore[arg-type]
+    return {name: sha256_file(folder / name) for name in RESULT_FILES}
+
+
+@contextlib.contextmanager
+def staged_scan(folder: str | Path) -> Iterator[Path]:
+    """A staging folder inside the study for one scan's outputs; removed whatever happens.
+
+    The scan writes everything there; :func:`commit_scan` then moves it into place with the summary last.
+    A failed scan leaves nothing behind but its (failed) run record.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".scan-", suffix=".tmp", dir=folder))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def commit_scan(folder: str | Path, stage: Path, summary: ScanSummary) -> None:
+    """Move a staged scan into the study: folders, then result files, then ``summary.json`` last.
+
+    ``summary.json`` names the scan and the hash of every result file, so a reader can tell a complete
+    scan from one interrupted half way through its commit (the files would not match).
+    """
+    folder = Path(folder)
+    for item in sorted(stage.iterdir(), key=lambda p: (p.is_file(), p.name)):
+        target = folder / item.name
+        if item.is_dir():
+            old = folder / f".{item.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(item, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(item, target)
     atomic_write_json(folder / SUMMARY, summary.to_dict())
+
+
+def write_scan(
+    folder: str | Path,
+    summary: ScanSummary,
+    pairs: list[Pair],
+    train_rows: list[TrainRow],
+    neighbors: dict[str, npt.NDArray[Any]],
+) -> ScanSummary:
+    """Stage and commit a scan's results in one go (for callers with nothing else to stage)."""
+    with staged_scan(folder) as stage:
+        files = write_results(stage, summary.tau, pairs, train_rows, neighbors)
+        summary = summary.replace(files=files, scan_id=summary.scan_id or new_scan_id())
+        commit_scan(folder, stage, summary)
+    return summary
 
 
 def write_embeddings(folder: str | Path, role: str, ids: list[str], vectors: npt.NDArray[np.float32]) -> None:
@@ -288,7 +378,30 @@ class ScanResults:
 
     @classmethod
     def open(cls, folder: str | Path) -> ScanResults:
-        return cls(Path(folder), read_summary(folder))
+        """Open a scanned study; refuse one whose result files are not the ones its summary names."""
+        results = cls(Path(folder), read_summary(folder))
+        results.verify()
+        return results
+
+    def verify(self) -> None:
+        """Check every result file against the summary's hashes (an interrupted rescan or an edit is refused)."""
+        for name, digest in sorted(self.summary.files.items()):
+            path = self._require(name)
+            if sha256_file(path) != digest:
+                raise MemoScopeError(
+                    f"{path}: does not belong to scan {self.summary.scan_id} recorded in {SUMMARY} (an interrupted "
+                    "rescan or an edited file); rescan the study before reviewing, reporting or releasing it."
+                )
+
+    def pair_ref(self, synthetic_id: str, train_id: str) -> PairRef:
+        """What identifies a reviewed pair: this scan and the content of both images."""
+        return PairRef(
+            synthetic_id,
+            train_id,
+            self.summary.scan_id,
+            image_hash(self.summary, "synthetic", synthetic_id),
+            image_hash(self.summary, "train", train_id),
+        )
 
     def _require(self, name: str) -> Path:
         path = self.folder / name
@@ -399,6 +512,7 @@ def _summary_from_v1(data: dict[str, Any]) -> ScanSummary:
     )
     return ScanSummary.from_dict(
         {
+            "scan_id": f"upgraded-{data.get('finished_at', '')}",
             "threshold": {
                 "rule": rule,
                 "percentile": data.get("percentile"),
@@ -418,7 +532,9 @@ def _summary_from_v1(data: dict[str, Any]) -> ScanSummary:
 def upgrade_study(folder: str | Path) -> bool:
     """Rewrite an older study's ``summary.json`` in the current schema; returns whether anything changed.
 
-    Only the summary's layout changes: every number, hash and path stays as the scan wrote it.
+    Every number, hash and path stays as the scan wrote it. What schema 1 did not record is taken from the
+    files as they are now: the hashes of the result files and of the synthetic files (so a release checks
+    against the study as it was upgraded).
     """
     path = Path(folder) / SUMMARY
     if not path.is_file():
@@ -429,5 +545,24 @@ def upgrade_study(folder: str | Path) -> bool:
         return False
     if version != 1:
         _check_version(data, path)
-    atomic_write_json(path, _summary_from_v1(data).to_dict())
+    summary = _summary_from_v1(data)
+    files = {name: sha256_file(Path(folder) / name) for name in RESULT_FILES if (Path(folder) / name).is_file()}
+    inputs = dict(summary.inputs)
+    for role in HASHED_ROLES:
+        inputs[role] = inputs[role].replace(file_hashes=file_hashes(summary.source(role), role))
+    summary = summary.replace(files=files, inputs=inputs)
+    atomic_write_json(path, summary.to_dict())
     return True
+
+
+HASHED_ROLES = ("train", "synthetic")
+
+
+def file_hashes(source: str | Path, role: str | None = None) -> dict[str, str]:
+    """SHA-256 of every file of a folder or manifest, keyed by sample ID (a DICOM series: its files in order)."""
+    hashes = {}
+    for record in discover(source, role if role != "synthetic" else None):  # type: ignore[arg-type]
+        path = Path(record.path)
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        hashes[record.sample_id] = sha256_files(files) if len(files) > 1 else sha256_file(files[0])
+    return hashes

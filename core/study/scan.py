@@ -18,15 +18,17 @@ from core.common.provenance import now_utc, versions
 from core.detect.detector import Detector, embed_set, load_detector, train_and_save
 from core.detect.metrics import (
     MemorizationMetrics,
+    ThresholdRule,
     calibrate,
     empirical_p_values,
     memorization_metrics,
+    min_null_size,
     parse_rule,
     pixel_correlation,
     ssim,
 )
 from core.detect.search import NeighborTables, SearchConfig, search_all
-from core.io.data import ImageSet, SliceAxis, check_patient_overlap, load_set
+from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set
 from core.io.preprocessing import PreprocessSpec
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
@@ -162,7 +164,9 @@ def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> 
     return sets
 
 
-def _detector(config: ScanConfig, given: Detector | None, sets: dict[str, ImageSet], progress: Progress) -> Detector:
+def _detector(
+    config: ScanConfig, given: Detector | None, sets: dict[str, ImageSet], stage: Path, progress: Progress
+) -> Detector:
     if given is not None:
         progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
         return given
@@ -170,7 +174,7 @@ def _detector(config: ScanConfig, given: Detector | None, sets: dict[str, ImageS
     return train_and_save(
         sets["train"],
         sets["val"],
-        Path(config.out) / results.DETECTOR,
+        stage / results.DETECTOR,
         config.seed,
         config.detector_overrides,
         overwrite=True,
@@ -186,10 +190,18 @@ def _summary(
     detector: Detector,
     metrics: MemorizationMetrics,
     timings: dict[str, float],
+    scan_id: str,
+    files: dict[str, str],
 ) -> ScanSummary:
     inputs = {
         role: InputSet(
-            s.source, len(s), len(set(s.patient_ids)), s.content_hash, tuple(vars(f) for f in s.skipped), cached[role]
+            s.source,
+            len(s),
+            len(set(s.patient_ids)),
+            s.content_hash,
+            tuple(vars(f) for f in s.skipped),
+            cached[role],
+            results.file_hashes(s.source, role) if role in results.HASHED_ROLES else {},
         )
         for role, s in sets.items()
     }
@@ -213,8 +225,24 @@ def _summary(
         k=config.k,
         seed=config.seed,
         timings=timings,
+        scan_id=scan_id,
+        files=files,
         **_checkpoint_of(config.synthetic),
     )
+
+
+def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> None:
+    """Refuse, before any training, a validation set too small for the rule's percentile."""
+    rule, _ = parse_rule(config.threshold_rule)
+    if rule == ThresholdRule.FIXED:
+        return
+    needed = min_null_size(config.percentile)
+    if len(sets["val"]) < needed:
+        raise MemoScopeError(
+            f"the validation set ({config.val}) has {len(sets['val'])} samples; percentile {config.percentile:g} needs "
+            f"at least {needed} so that some real held-out samples lie above the threshold. Add validation images or "
+            "lower --percentile."
+        )
 
 
 def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
@@ -225,6 +253,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     metrics; 6. write every output atomically and record the run in the study database.
     """
     rule, fixed = parse_rule(config.threshold_rule)
+    for role in results.ROLES:  # every path, manifest and split column checked before anything is created
+        discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
     study = open_study(config.out)
     out = study.path
     timings: dict[str, float] = {}
@@ -233,24 +263,26 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     def lap(name: str) -> None:
         timings[f"{name}_s"] = time.perf_counter() - clock - sum(timings.values())
 
-    with study.run("scan", config.to_dict()) as record:
-        # 1. data, with the given detector's own preprocessing when it has one
+    scan_id = results.new_scan_id()
+    with study.run("scan", {**config.to_dict(), "scan_id": scan_id}) as record, results.staged_scan(out) as stage:
+        # 1. data, with the given detector's own preprocessing when it has one; every check before any training
         given = load_detector(config.detector) if config.detector else None
         spec = config.spec
         if given is not None and given.config.preprocessing is not None and given.config.preprocessing != spec:
             logger.info("using the detector's preprocessing %s", given.config.preprocessing.to_dict())
             spec = given.config.preprocessing
         sets = _load_sets(config, spec, progress)
+        check_calibration_size(config, sets)
         lap("load")
         # 2. detector
-        detector = _detector(config, given, sets, progress)
+        detector = _detector(config, given, sets, stage, progress)
         lap("detector")
         # 3. embeddings
         embeddings, cached = {}, {}
         for i, (role, images) in enumerate(sets.items()):
             progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
             embeddings[role], cached[role] = embed_set(detector, images, config.cache_dir)
-            results.write_embeddings(out, role, images.ids, embeddings[role].vectors)
+            results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
         progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
         lap("embed")
         # 4. search
@@ -273,14 +305,19 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             tables.val_to_train.best,
             seed=config.seed,
         )
-        # 6. outputs, the summary last
+        # 6. outputs: staged, then moved into place with the summary last
         progress(ProgressEvent("write", 0, 1, "writing results"))
         pairs = pair_records(tables, sets["train"], sets["synthetic"], tables.val_to_train.best)
-        timings["total_s"] = time.perf_counter() - clock
-        summary = _summary(config, spec, sets, cached, detector, metrics, timings)
-        results.write_scan(
-            out, summary, pairs, train_records(tables, sets["train"], sets["synthetic"]), neighbor_arrays(tables)
+        files = results.write_results(
+            stage,
+            threshold.value,
+            pairs,
+            train_records(tables, sets["train"], sets["synthetic"]),
+            neighbor_arrays(tables),
         )
+        timings["total_s"] = time.perf_counter() - clock
+        summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files)
+        results.commit_scan(out, stage, summary)
         study.set_inputs(
             {
                 "train": config.train,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_write_json, now_utc
+from core.io.data import check_record_leaks, discover
 
 DB_NAME = "study.sqlite"
 STUDY_FILE = "study.json"
@@ -42,9 +44,16 @@ class Study:
         return self.path / DB_NAME
 
     def connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.executescript(_SCHEMA)
+        try:
+            connection = sqlite3.connect(self.db_path, timeout=30)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            if "pid" not in {row[1] for row in connection.execute("PRAGMA table_info(runs)")}:
+                connection.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")  # studies from MemoScope 0.1
+        except sqlite3.DatabaseError as exc:
+            raise MemoScopeError(
+                f"{self.db_path}: not a readable study database ({exc}); restore it from a backup or start a new study."
+            ) from exc
         return connection
 
     def inputs(self) -> dict[str, Any]:
@@ -58,10 +67,11 @@ class Study:
     def run(self, kind: str, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Record a run: 'running' now, then 'done' with the summary put in the yielded dict, or 'failed'."""
         result: dict[str, Any] = {}
+        self.mark_interrupted()
         with contextlib.closing(self.connect()) as db, db:
             run_id = db.execute(
-                "INSERT INTO runs (kind, status, started_at, config_json) VALUES (?, 'running', ?, ?)",
-                (kind, now_utc(), json.dumps(config, sort_keys=True, default=str)),
+                "INSERT INTO runs (kind, status, started_at, config_json, pid) VALUES (?, 'running', ?, ?, ?)",
+                (kind, now_utc(), json.dumps(config, sort_keys=True, default=str), os.getpid()),
             ).lastrowid
         try:
             yield result
@@ -83,16 +93,51 @@ class Study:
                 ),
             )
 
+    def mark_interrupted(self) -> int:
+        """Mark runs whose process has ended without finishing (killed) as failed; returns how many."""
+        with contextlib.closing(self.connect()) as db, db:
+            stale = [
+                run_id
+                for run_id, pid in db.execute("SELECT id, pid FROM runs WHERE status = 'running'")
+                if pid is None or not _process_alive(int(pid))
+            ]
+            for run_id in stale:
+                db.execute(
+                    "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                    (now_utc(), "interrupted: the process ended without finishing (killed?)", run_id),
+                )
+        return len(stale)
+
     def runs(self) -> list[dict[str, Any]]:
         with contextlib.closing(self.connect()) as db:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def open_study(path: str | Path) -> Study:
-    """Open or create the study folder at ``path``."""
+    """Open or create the study folder at ``path`` (a file, or a folder we cannot write, is refused by name)."""
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise MemoScopeError(f"{folder}: is a file; give a folder for the study (new or existing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise MemoScopeError(
+            f"{folder}: cannot write the study folder ({exc.strerror}); choose a writable folder."
+        ) from exc
     study = Study(folder)
     with contextlib.closing(study.connect()):
         pass
@@ -106,17 +151,17 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     ``checkpoint`` (optional), ``dims``, ``size``, ``slices``. Each source is listed the way a
     scan will list it, so a bad path is reported now, by name, and nothing is created.
     """
-    from core.io.data import discover
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise MemoScopeError("Study name: use letters, digits, '-', '_' or '.', starting with a letter or digit.")
     folder = Path(root) / name
     if folder.exists():
         raise MemoScopeError(f"{folder} already exists; open it instead or choose another name.")
+    records = {}
     for label, role in (("Training", "train"), ("Validation", "val")):
         if not inputs.get(role):
             raise MemoScopeError(f"{label} images: enter a folder or a CSV manifest.")
-        discover(inputs[role], role)  # type: ignore[arg-type]
+        records[role] = discover(inputs[role], role)  # type: ignore[arg-type]
+    check_record_leaks(records["train"], records["val"], inputs["train"], inputs["val"])
     if inputs.get("synthetic"):
         discover(inputs["synthetic"])
     checkpoint = inputs.get("checkpoint")

@@ -9,6 +9,8 @@ verdict (with its audit row) or nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import now_utc
 from core.detect.metrics import is_copy
+from core.study.results import PairRef, ScanResults
 from core.study.store import DB_NAME
 
 Verdict = Literal["copy", "not_copy", "unsure"]
@@ -28,38 +31,57 @@ VERDICTS: tuple[str, ...] = ("copy", "not_copy", "unsure")
 MODES: tuple[str, ...] = ("open", "blinded")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS verdicts (
-    synthetic_id TEXT NOT NULL,
-    train_id TEXT NOT NULL,
-    reviewer TEXT NOT NULL,
-    mode TEXT NOT NULL CHECK (mode IN ('open', 'blinded')),
-    verdict TEXT NOT NULL CHECK (verdict IN ('copy', 'not_copy', 'unsure')),
-    note TEXT NOT NULL DEFAULT '',
-    decided_at TEXT NOT NULL,
-    PRIMARY KEY (synthetic_id, train_id, reviewer, mode)
-);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
     reviewer TEXT NOT NULL,
     synthetic_id TEXT NOT NULL,
     train_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    verdict TEXT NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ('open', 'blinded')),
+    verdict TEXT NOT NULL CHECK (verdict IN ('copy', 'not_copy', 'unsure')),
     note TEXT NOT NULL,
     replaced_verdict TEXT,
-    replaced_note TEXT
+    replaced_note TEXT,
+    scan_id TEXT,
+    synthetic_hash TEXT,
+    train_hash TEXT,
+    prev_hash TEXT,
+    row_hash TEXT
 );
+CREATE INDEX IF NOT EXISTS audit_by_pair ON audit (synthetic_id, train_id, reviewer, mode, id);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_explicit_id BEFORE INSERT ON audit WHEN NEW.id <> -1
+BEGIN SELECT RAISE(ABORT, 'audit ids are assigned by the database (no explicit ids, no REPLACE)'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_backdating BEFORE INSERT ON audit
+WHEN NEW.at < (SELECT max(at) FROM audit)
+BEGIN SELECT RAISE(ABORT, 'audit rows cannot be backdated'); END;
 """
+_ADDED = ("scan_id", "synthetic_hash", "train_hash", "prev_hash", "row_hash")  # columns MemoScope 0.1 lacked
+_CHAINED = (
+    "at",
+    "reviewer",
+    "synthetic_id",
+    "train_id",
+    "mode",
+    "verdict",
+    "note",
+    "scan_id",
+    "synthetic_hash",
+    "train_hash",
+)
+_CURRENT = """
+SELECT * FROM audit AS a WHERE id = (
+    SELECT max(id) FROM audit AS b
+    WHERE b.synthetic_id = a.synthetic_id AND b.train_id = a.train_id AND b.reviewer = a.reviewer AND b.mode = a.mode
+)"""
 
 
 @dataclass(frozen=True)
 class Decision:
-    """A reviewer's current verdict on one pair."""
+    """A reviewer's current verdict on one pair: the last audit row for (pair, reviewer, mode)."""
 
     synthetic_id: str
     train_id: str
@@ -68,11 +90,27 @@ class Decision:
     verdict: str
     note: str
     decided_at: str
+    scan_id: str | None = None
+    synthetic_hash: str | None = None
+    train_hash: str | None = None
+
+    def judged(self, ref: PairRef) -> bool:
+        """Whether this verdict was given on exactly these images (same content, whichever scan)."""
+        return bool(self.synthetic_hash) and (self.synthetic_hash, self.train_hash) == (
+            ref.synthetic_hash,
+            ref.train_hash,
+        )
+
+
+def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """The audit chain: each row's hash covers its fields and the previous row's hash."""
+    payload = json.dumps([prev_hash, *(row.get(k) for k in _CHAINED)], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 @contextlib.contextmanager
 def _connect(study: str | Path) -> Iterator[sqlite3.Connection]:
-    """A writing connection: WAL, full sync, the verdict tables created if missing."""
+    """A writing connection: WAL, full sync, the audit table created (or given its newer columns) if needed."""
     path = Path(study) / DB_NAME
     if not Path(study).is_dir():
         raise MemoScopeError(f"{study}: no such study folder.")
@@ -80,8 +118,14 @@ def _connect(study: str | Path) -> Iterator[sqlite3.Connection]:
     try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(audit)")}
+        for column in _ADDED if columns else ():
+            if column not in columns:
+                connection.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT")
         connection.executescript(_SCHEMA)
         yield connection
+    except sqlite3.DatabaseError as exc:
+        raise MemoScopeError(f"{path}: the study database cannot be written ({exc}).") from exc
     finally:
         connection.close()
 
@@ -91,25 +135,23 @@ def _select(study: str | Path, query: str, args: Sequence[Any] = ()) -> list[sql
     path = Path(study) / DB_NAME
     if not path.is_file():
         return []
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
-        connection.row_factory = sqlite3.Row
-        if (
-            connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'").fetchone()
-            is None
-        ):
-            return []
-        return list(connection.execute(query, args))
-    finally:
-        connection.close()
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            connection.row_factory = sqlite3.Row
+            found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone()
+            return list(connection.execute(query, args)) if found else []
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise MemoScopeError(f"{path}: not a readable study database ({exc}); restore it from a backup.") from exc
 
 
-def record(
-    study: str | Path, reviewer: str, synthetic_id: str, train_id: str, verdict: str, note: str = "", mode: str = "open"
-) -> None:
-    """Store (or replace) ``reviewer``'s verdict on a pair and append the change to the audit trail.
+def record(study: str | Path, reviewer: str, pair: PairRef, verdict: str, note: str = "", mode: str = "open") -> None:
+    """Append ``reviewer``'s verdict on ``pair`` to the audit trail (the current verdict is its last row).
 
-    Both writes happen in one ``BEGIN IMMEDIATE`` transaction: either both land or neither.
+    One ``BEGIN IMMEDIATE`` transaction: the time is taken and the chain extended under the write lock,
+    so rows are in time order and the chain has no forks.
     """
     reviewer = reviewer.strip()
     if not reviewer:
@@ -122,42 +164,107 @@ def record(
         db.execute("BEGIN IMMEDIATE")
         try:
             previous = db.execute(
-                "SELECT verdict, note FROM verdicts WHERE synthetic_id = ? AND train_id = ? AND reviewer = ? AND mode "
-                "= ?",
-                (synthetic_id, train_id, reviewer, mode),
+                "SELECT verdict, note FROM audit WHERE synthetic_id = ? AND train_id = ? AND reviewer = ? AND mode = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (pair.synthetic_id, pair.train_id, reviewer, mode),
             ).fetchone()
-            at = now_utc()
-            db.execute(
-                "INSERT INTO audit (at, reviewer, synthetic_id, train_id, mode, verdict, note, replaced_verdict, "
-                "replaced_note) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (at, reviewer, synthetic_id, train_id, mode, verdict, note, *(previous or (None, None))),
+            last = db.execute("SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            row: dict[str, str | None] = {
+                "at": now_utc(),
+                "reviewer": reviewer,
+                "synthetic_id": pair.synthetic_id,
+                "train_id": pair.train_id,
+                "mode": mode,
+                "verdict": verdict,
+                "note": note,
+                "scan_id": pair.scan_id,
+                "synthetic_hash": pair.synthetic_hash,
+                "train_hash": pair.train_hash,
+            }
+            prev_hash = (last[0] if last else None) or ""
+            row.update(
+                replaced_verdict=previous[0] if previous else None,
+                replaced_note=previous[1] if previous else None,
+                prev_hash=prev_hash,
+                row_hash=row_hash(prev_hash, row),
             )
-            db.execute(
-                "INSERT INTO verdicts (synthetic_id, train_id, reviewer, mode, verdict, note, decided_at) VALUES (?, "
-                "?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (synthetic_id, train_id, reviewer, mode) DO UPDATE SET verdict = excluded.verdict, note = "
-                "excluded.note, "
-                "decided_at = excluded.decided_at",
-                (synthetic_id, train_id, reviewer, mode, verdict, note, at),
-            )
+            db.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
 
-def decisions(study: str | Path, reviewer: str | None = None, mode: str | None = None) -> list[Decision]:
-    """Current verdicts, optionally of one reviewer and/or mode."""
-    query, args = (
-        "SELECT synthetic_id, train_id, reviewer, mode, verdict, note, decided_at FROM verdicts WHERE 1 = 1",
-        list[str](),
-    )
+def decisions(
+    study: str | Path, reviewer: str | None = None, mode: str | None = None, scan: ScanResults | None = None
+) -> list[Decision]:
+    """Current verdicts, optionally of one reviewer and/or mode.
+
+    With ``scan``, only verdicts given on the images that scan compared (same content hashes); the others
+    are stale (see :func:`stale_decisions`) and never counted.
+    """
+    query, args = f"SELECT * FROM ({_CURRENT}) WHERE 1 = 1", list[str]()
     if reviewer is not None:
         query, args = query + " AND reviewer = ?", [*args, reviewer]
     if mode is not None:
         query, args = query + " AND mode = ?", [*args, mode]
-    return [Decision(*row) for row in _select(study, query + " ORDER BY decided_at, synthetic_id", args)]
+    found = [
+        Decision(
+            r["synthetic_id"],
+            r["train_id"],
+            r["reviewer"],
+            r["mode"],
+            r["verdict"],
+            r["note"],
+            r["at"],
+            r["scan_id"],
+            r["synthetic_hash"],
+            r["train_hash"],
+        )
+        for r in _select(study, query + " ORDER BY at, synthetic_id", args)
+    ]
+    if scan is None:
+        return found
+    return [d for d in found if d.judged(scan.pair_ref(d.synthetic_id, d.train_id))]
+
+
+def stale_decisions(study: str | Path, scan: ScanResults) -> list[Decision]:
+    """Verdicts given on images the current scan no longer compares (another synthetic set, changed files)."""
+    return [d for d in decisions(study) if not d.judged(scan.pair_ref(d.synthetic_id, d.train_id))]
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """The result of re-walking the audit chain."""
+
+    rows: int
+    head: str
+    problems: tuple[str, ...]
+    legacy_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_audit(study: str | Path) -> AuditCheck:
+    """Recompute the audit chain row by row; any edited, removed, reordered or forged-in-place row shows."""
+    rows = [dict(r) for r in _select(study, "SELECT * FROM audit ORDER BY id")]
+    problems: list[str] = []
+    prev, legacy = "", 0
+    last_at = ""
+    for row in rows:
+        if row.get("row_hash") is None:
+            legacy += 1  # written by MemoScope 0.1, before the chain
+            continue
+        if (row.get("prev_hash") or "") != prev:
+            problems.append(f"row {row['id']}: does not follow the row before it (a row was removed or replaced)")
+        if row_hash(row.get("prev_hash") or "", row) != row["row_hash"]:
+            problems.append(f"row {row['id']}: its content was changed after it was written")
+        if row["at"] < last_at:
+            problems.append(f"row {row['id']}: dated before the row before it")
+        prev, last_at = row["row_hash"], row["at"]
+    return AuditCheck(len(rows), prev, tuple(problems), legacy)
 
 
 def audit_trail(study: str | Path) -> list[dict[str, Any]]:
@@ -165,13 +272,13 @@ def audit_trail(study: str | Path) -> list[dict[str, Any]]:
 
 
 def reviewers(study: str | Path) -> list[str]:
-    return [row[0] for row in _select(study, "SELECT DISTINCT reviewer FROM verdicts ORDER BY reviewer")]
+    return [row[0] for row in _select(study, "SELECT DISTINCT reviewer FROM audit ORDER BY reviewer")]
 
 
-def by_reviewer(study: str | Path, mode: str) -> dict[str, dict[tuple[str, str], str]]:
+def by_reviewer(study: str | Path, mode: str, scan: ScanResults | None = None) -> dict[str, dict[tuple[str, str], str]]:
     """Each reviewer's current verdicts in ``mode``: ``{reviewer: {(synthetic_id, train_id): verdict}}``."""
     grouped: dict[str, dict[tuple[str, str], str]] = {}
-    for d in decisions(study, mode=mode):
+    for d in decisions(study, mode=mode, scan=scan):
         grouped.setdefault(d.reviewer, {})[(d.synthetic_id, d.train_id)] = d.verdict
     return dict(sorted(grouped.items()))
 

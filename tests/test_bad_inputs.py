@@ -1,0 +1,260 @@
+"""A catalogue of bad inputs: each is refused with exit code 2, a message naming the file or option and what to do,
+no traceback, and nothing written or lost."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.cli import main
+from core.generative.ldm import default_config
+from core.study.results import SUMMARY
+from tests.conftest import smooth_image
+
+Setup = Callable[[Path], list[str]]
+
+
+def _png(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = smooth_image(np.random.default_rng(seed), (32, 32))
+    u16 = ((image - image.min()) / (np.ptp(image) or 1) * 65535).astype(np.uint16)
+    Image.fromarray(u16).save(path)
+
+
+def _sets(root: Path, n_val: int = 24) -> tuple[Path, Path, Path]:
+    """Training (2 patients), validation (3 patients) and synthetic folders of distinct images."""
+    for i in range(8):
+        _png(root / "train" / f"P{i % 2}" / f"{i}.png", i)
+    for i in range(n_val):
+        _png(root / "val" / f"V{i % 3}" / f"{i}.png", 100 + i)
+    for i in range(4):
+        _png(root / "synthetic" / f"s{i}.png", 200 + i)
+    return root / "train", root / "val", root / "synthetic"
+
+
+def _scan_args(root: Path, train: Path, val: Path, *extra: str) -> list[str]:
+    return [
+        "scan",
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--synthetic",
+        str(root / "synthetic"),
+        "--out",
+        str(root / "study"),
+        "--size",
+        "32",
+        "--detector-epochs",
+        "1",
+        *extra,
+    ]
+
+
+def _manifest(root: Path, rows: list[str], name: str = "m.csv", bom: bool = False) -> Path:
+    path = root / name
+    path.write_text(("\ufeff" if bom else "") + "path,patient_id,split\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def flat_folder_split(root: Path) -> list[str]:
+    for i in range(4):
+        _png(root / "flat" / f"sub-0{i // 2}_slice{i}.png", i)
+    return ["split", "--input", str(root / "flat"), "--out", str(root / "split.csv")]
+
+
+def split_out_is_a_folder(root: Path) -> list[str]:
+    train, _, _ = _sets(root)
+    return ["split", "--input", str(train), "--out", str(root)]
+
+
+def split_typo_in_manifest(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    rows = [f"train/P0/{i}.png,P0,train" for i in range(0, 8, 2)] + [f"val/V0/{i}.png,V0,validaton" for i in (0, 3)]
+    manifest = _manifest(root, rows)
+    return _scan_args(root, manifest, manifest)
+
+
+def manifest_row_is_a_folder(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    manifest = _manifest(root, ["train/P0,P0,train", "val/V0/0.png,V0,val"])
+    return _scan_args(root, manifest, manifest)
+
+
+def validation_image_equals_training_image(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    shutil.copy(train / "P0" / "0.png", val / "V0" / "copied.png")
+    return _scan_args(root, train, val)
+
+
+def patient_ids_differ_only_by_case(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    shutil.copytree(val / "V0", val / "p0")  # "p0" in validation, "P0" in training
+    shutil.rmtree(val / "V0")
+    return _scan_args(root, train, val)
+
+
+def scan_out_is_a_file(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    args = _scan_args(root, train, val)
+    (root / "study").write_text("not a folder")
+    return args
+
+
+def k_is_zero(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    return _scan_args(root, train, val, "--k", "0")
+
+
+def fixed_threshold_out_of_range(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    return _scan_args(root, train, val, "--threshold-rule", "fixed:7")
+
+
+def validation_too_small_for_the_percentile(root: Path) -> list[str]:
+    train, val, _ = _sets(root, n_val=6)
+    return _scan_args(root, train, val, "--percentile", "95")
+
+
+def garbage_study_database(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    (root / "study").mkdir()
+    (root / "study" / "study.sqlite").write_bytes(b"this is not SQLite" * 100)
+    return _scan_args(root, train, val)
+
+
+def corrupt_summary_for_report(root: Path) -> list[str]:
+    (root / "study").mkdir()
+    (root / "study" / SUMMARY).write_text('{"schema_version": 2, "threshold": ')
+    return ["report", "--study", str(root / "study")]
+
+
+def older_study_for_release(root: Path) -> list[str]:
+    (root / "study").mkdir()
+    (root / "study" / SUMMARY).write_text(json.dumps({"threshold": 0.9, "rule": "paper"}))
+    return ["release", "--study", str(root / "study"), "--out", str(root / "release")]
+
+
+def _kwargs(root: Path) -> None:
+    config = default_config(2, (32, 32)).to_dict()
+    (root / "kw.json").write_text(
+        json.dumps({k: config[k] for k in ("spatial_dims", "image_size", "autoencoder", "unet")})
+    )
+
+
+def pickle_named_safetensors(root: Path) -> list[str]:
+    (root / "ae.safetensors").write_bytes(pickle.dumps({"weight": [1.0]}))
+    (root / "unet.safetensors").write_bytes(pickle.dumps({"weight": [1.0]}))
+    _kwargs(root)
+    return [
+        "import-checkpoint",
+        "--autoencoder",
+        str(root / "ae.safetensors"),
+        "--unet",
+        str(root / "unet.safetensors"),
+        "--config",
+        str(root / "kw.json"),
+        "--out",
+        str(root / "ck"),
+    ]
+
+
+def text_file_named_pt(root: Path) -> list[str]:
+    (root / "ae.pt").write_text("hello")
+    (root / "unet.pt").write_text("hello")
+    _kwargs(root)
+    return [
+        "import-checkpoint",
+        "--autoencoder",
+        str(root / "ae.pt"),
+        "--unet",
+        str(root / "unet.pt"),
+        "--config",
+        str(root / "kw.json"),
+        "--out",
+        str(root / "ck"),
+    ]
+
+
+def network_keywords_that_do_not_build(root: Path) -> list[str]:
+    (root / "kw.json").write_text(
+        json.dumps({"spatial_dims": 2, "image_size": [32, 32], "autoencoder": {}, "unet": {}})
+    )
+    (root / "w.safetensors").write_bytes(b"")
+    return [
+        "import-checkpoint",
+        "--autoencoder",
+        str(root / "w.safetensors"),
+        "--unet",
+        str(root / "w.safetensors"),
+        "--config",
+        str(root / "kw.json"),
+        "--out",
+        str(root / "ck"),
+    ]
+
+
+def generate_zero_samples(root: Path) -> list[str]:
+    return ["generate", "--checkpoint", str(root / "none"), "--out", str(root / "g"), "--n", "0"]
+
+
+# (setup, a phrase the message must contain, a path that must not exist afterwards)
+CASES: list[tuple[Setup, str, str | None]] = [
+    (flat_folder_split, "no patient subfolders", "split.csv"),
+    (split_out_is_a_folder, "is a folder; give the manifest file", None),
+    (split_typo_in_manifest, "split 'validaton' is not one of", "study"),
+    (manifest_row_is_a_folder, "'train/P0' is a folder", "study"),
+    (validation_image_equals_training_image, "identical to training images", "study/detector"),
+    (patient_ids_differ_only_by_case, "appear in both training", "study/detector"),
+    (scan_out_is_a_file, "is a file; give a folder", None),
+    (k_is_zero, "k 0 must be in [1, inf]", "study"),
+    (fixed_threshold_out_of_range, "fixed:X needs a number X in [-1, 1]", "study"),
+    (validation_too_small_for_the_percentile, "percentile 95 needs at least 20", "study/detector"),
+    (garbage_study_database, "not a readable study database", None),
+    (corrupt_summary_for_report, "not valid JSON", "study/report.html"),
+    (older_study_for_release, "upgrade-study", "release"),
+    (pickle_named_safetensors, "ae.safetensors", "ck"),
+    (text_file_named_pt, "ae.pt", "ck"),
+    (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
+    (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+]
+
+
+@pytest.mark.parametrize(("setup", "phrase", "absent"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_bad_input_is_refused_clearly(
+    setup: Setup, phrase: str, absent: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = setup(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert phrase in captured.err, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    if absent is not None:
+        assert not (tmp_path / absent).exists(), f"{absent} was left behind"
+    assert not list(tmp_path.rglob(".scan-*.tmp")), "a staging folder was left behind"
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _sets(tmp_path)
+    rows = [f"train/P{i % 2}/{i}.png,P{i % 2},train" for i in range(8)]
+    manifest = _manifest(tmp_path, rows, bom=True)
+    assert main(["split", "--input", str(manifest), "--out", str(tmp_path / "s.csv")]) == 0, capsys.readouterr().err
+
+
+def test_split_by_a_patient_regex_keeps_subjects_together(tmp_path: Path) -> None:
+    for i in range(8):
+        _png(tmp_path / "flat" / f"sub-0{i // 2}_slice{i}.png", i)
+    out = tmp_path / "split.csv"
+    assert main(["split", "--input", str(tmp_path / "flat"), "--out", str(out), "--patient-regex", r"^(sub-\d+)_"]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    sides = {patient: {r[2] for r in rows if r[1] == patient} for _, patient, _ in rows}
+    assert len(sides) == 4 and all(len(s) == 1 for s in sides.values())
