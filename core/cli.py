@@ -87,9 +87,16 @@ def cmd_scan(args: argparse.Namespace) -> None:
     options = _options(args, *DETECTOR_FLAGS)
     config = config_from_options(ScanConfig, {**options, "detector_overrides": _detector_overrides(args)})
     bars = StageBars()
-    run_scan(config, progress=bars)
+    summary = run_scan(config, progress=bars)
     bars.close()
-    print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv")
+    for role, found in summary.inputs.items():
+        if found.skipped:
+            print(
+                f"warning: skipped {len(found.skipped)} unreadable {role} file(s), e.g. {found.skipped[0]['path']}; "
+                "all are listed in summary.json",
+                file=sys.stderr,
+            )
+    print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv (scan {summary.scan_id})")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 import streamlit as st
 
 from core.common.errors import MemoScopeError
-from core.study.report import CHROMIUM, release, write_report
+from core.study.report import CHROMIUM, release, release_folder, write_report
 from pages import _ui
 
 study = _ui.require_study()
+RELEASES = Path("releases")
 st.title("Report and release")
 summary = _ui.require_summary(study)
 
@@ -44,14 +45,21 @@ for fmt, mime in (("html", "text/html"), ("pdf", "application/pdf")):
 st.subheader("Release the samples that are not copies")
 tau = _ui.current_threshold(study, summary.tau)
 with st.form("release"):
-    out = st.text_input("Release folder (new or empty)", value=str(Path("releases") / study.name), key="release_out")
+    name = st.text_input(
+        "Release name",
+        value=study.name,
+        key="release_out",
+        help=f"The release is written to {RELEASES}/<name>/ (new or empty); copy it from there to share it.",
+    )
     use_scan = st.radio(
         "Threshold", (f"the scan's ({summary.tau:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau"
     )
     exclude = st.checkbox("Also drop samples a reviewer confirmed as copies", value=True, key="release_exclude")
     if st.form_submit_button("Write release"):
         try:
-            result = release(study, out, None if use_scan.startswith("the scan") else tau, exclude)
+            result = release(
+                study, release_folder(RELEASES, name), None if use_scan.startswith("the scan") else tau, exclude
+            )
         except MemoScopeError as exc:
             st.error(str(exc))
         else:
@@ -60,3 +68,5 @@ with st.form("release"):
                 f"threshold, {result.removed_as_confirmed} more confirmed as copies by reviewers. The folder holds "
                 "manifest.csv, release.json and report.html."
             )
+            for warning in result.warnings:
+                st.warning(warning)

@@ -224,12 +224,19 @@ def test_report_page_builds_html_and_release_refuses_a_full_folder(
     at.button(key="build_html").click().run()
     _ok(at)
     assert (study / "report.html").is_file() and len(at.get("download_button")) >= 1
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "x.txt").write_text("keep me")
-    at.text_input(key="release_out").input(str(full))
+    at.text_input(key="release_out").input(str(tmp_path / "elsewhere"))  # a typed path may not write elsewhere
     at.button[-1].click().run()
-    assert "not empty" in at.error[0].value and (full / "x.txt").read_text() == "keep me"
-    at.text_input(key="release_out").input(str(tmp_path / "release"))
-    at.button[-1].click().run()
-    assert at.success and (tmp_path / "release" / "release.json").is_file()
+    assert "Release name" in at.error[0].value and not (tmp_path / "elsewhere").exists()
+    name = f"test-{tmp_path.name}"
+    full = REPO / "releases" / name
+    try:
+        full.mkdir(parents=True)
+        (full / "x.txt").write_text("keep me")
+        at.text_input(key="release_out").input(name)
+        at.button[-1].click().run()
+        assert "not empty" in at.error[0].value and (full / "x.txt").read_text() == "keep me"
+        shutil.rmtree(full)
+        at.button[-1].click().run()
+        assert at.success and (full / "release.json").is_file()
+    finally:
+        shutil.rmtree(full, ignore_errors=True)

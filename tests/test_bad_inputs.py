@@ -205,6 +205,58 @@ def generate_zero_samples(root: Path) -> list[str]:
     return ["generate", "--checkpoint", str(root / "none"), "--out", str(root / "g"), "--n", "0"]
 
 
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = REPO / "checkpoints" / "demo-2d-noaug-e0025"
+
+
+def flipped_bytes_in_weights(root: Path) -> list[str]:
+    shutil.copytree(CHECKPOINT, root / "ck")
+    weights = root / "ck" / "unet.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 4000):
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return ["generate", "--checkpoint", str(root / "ck"), "--out", str(root / "g"), "--n", "1", "--steps", "1"]
+
+
+def resume_with_another_scheduler(root: Path) -> list[str]:
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(CHECKPOINT),
+                "--out",
+                str(root / "g"),
+                "--n",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    shutil.move(root / "g", root / "kept")  # what must stay untouched is the first run's folder
+    shutil.copytree(root / "kept", root / "g")
+    return [
+        "generate",
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--out",
+        str(root / "g"),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--scheduler",
+        "ddpm",
+        "--device",
+        "cpu",
+    ]
+
+
 # (setup, a phrase the message must contain, a path that must not exist afterwards)
 CASES: list[tuple[Setup, str, str | None]] = [
     (flat_folder_split, "no patient subfolders", "split.csv"),
@@ -224,6 +276,8 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (text_file_named_pt, "ae.pt", "ck"),
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+    (flipped_bytes_in_weights, "its bytes differ from checksums.json", "g"),
+    (resume_with_another_scheduler, "another checkpoint, seed, step count, scheduler", "g/sample_000001.png"),
 ]
 
 

@@ -119,7 +119,9 @@ def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[f
     p = count / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    # exactly 0 or 1 at the ends (rounding would otherwise leave p = 1 just outside its own interval)
+    return (0.0 if count == 0 else low, 1.0 if count == total else high)
 
 
 def fraction_with_ci(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -17,11 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
-from core.common.provenance import atomic_dir, now_utc, sha256_files, versions
+from core.common.provenance import atomic_dir, now_utc, sha256_file, sha256_files, versions
 
+logger = logging.getLogger(__name__)
 CONFIG_NAME = "ldm.json"
 AE_WEIGHTS = "autoencoder.safetensors"
 UNET_WEIGHTS = "unet.safetensors"
+CHECKSUMS = "checksums.json"  # SHA-256 of the weights, checked on every load (not part of the checkpoint hash)
 
 
 class SchedulerName(StrEnum):
@@ -226,13 +229,42 @@ def save_ldm(
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, tmp / AE_WEIGHTS)
         save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, tmp / UNET_WEIGHTS)
+        write_checksums(tmp)
     return checkpoint_hash(folder)
+
+
+def write_checksums(folder: str | Path) -> None:
+    """Record the SHA-256 of each weights file beside it, so a damaged copy is caught when loaded."""
+    folder = Path(folder)
+    sums = {name: sha256_file(folder / name) for name in (AE_WEIGHTS, UNET_WEIGHTS)}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def verify_checksums(folder: str | Path) -> bool:
+    """Check the weights against ``checksums.json``; False when the folder has none (an older checkpoint)."""
+    folder = Path(folder)
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return False
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MemoScopeError(f"{path}: not valid JSON ({exc}).") from exc
+    for name, digest in sums.items():
+        if sha256_file(folder / name) != digest:
+            raise MemoScopeError(
+                f"{folder / name}: its bytes differ from {CHECKSUMS} (a damaged or altered copy); copy the checkpoint "
+                "again from its source."
+            )
+    return True
 
 
 def load_ldm(folder: str | Path, device: str | torch.device = "cpu") -> LDM:
     """Rebuild an LDM from its folder; weights only through safetensors."""
     folder = Path(folder)
     config = read_config(folder)
+    if not verify_checksums(folder):
+        logger.warning("%s: no %s, so its weights cannot be checked for damage", folder, CHECKSUMS)
     autoencoder, unet = build_networks(config, str(folder / CONFIG_NAME))
     for module, name in ((autoencoder, AE_WEIGHTS), (unet, UNET_WEIGHTS)):
         path = folder / name

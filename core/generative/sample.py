@@ -203,9 +203,12 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
             old.get("checkpoint_hash") != ldm.checkpoint_hash
             or old.get("seed") != seed
             or old.get("steps") != config.steps
+            or old.get("scheduler", SchedulerName.DDIM) != config.scheduler
+            or old.get("precision", Precision.FP32) != config.precision
         ):
             raise MemoScopeError(
-                f"{out}: holds samples from another checkpoint, seed or step count; choose an empty folder."
+                f"{out}: holds samples from another checkpoint, seed, step count, scheduler or precision; resuming "
+                "would mix them under one label. Choose an empty folder."
             )
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]

@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -311,6 +312,16 @@ class ReleaseResult:
     removed_by_threshold: int
     removed_as_confirmed: int
     warnings: tuple[str, ...] = ()
+
+
+def release_folder(root: str | Path, name: str) -> Path:
+    """``root/name`` for a release named in a form: a plain name, so a typed path cannot write elsewhere."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name.strip()):
+        raise MemoScopeError(
+            f"Release name {name!r}: use letters, digits, '-', '_' or '.', starting with a letter or "
+            "digit (the release goes under the releases folder)."
+        )
+    return Path(root) / name.strip()
 
 
 def release_threshold(summary: ScanSummary, threshold: float | None) -> tuple[float, list[str]]:
