@@ -257,6 +257,12 @@ def resume_with_another_scheduler(root: Path) -> list[str]:
     ]
 
 
+def complex_npy(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    np.save(val / "V1" / "complex.npy", np.ones((32, 32), dtype=np.complex64))
+    return _scan_args(root, train, val)
+
+
 # (setup, a phrase the message must contain, a path that must not exist afterwards)
 CASES: list[tuple[Setup, str, str | None]] = [
     (flat_folder_split, "no patient subfolders", "split.csv"),
@@ -276,6 +282,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (text_file_named_pt, "ae.pt", "ck"),
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+    (complex_npy, "complex voxels (complex64); save the magnitude", "study/detector"),
     (flipped_bytes_in_weights, "its bytes differ from checksums.json", "g"),
     (resume_with_another_scheduler, "another checkpoint, seed, step count, scheduler", "g/sample_000001.png"),
 ]
@@ -312,3 +319,19 @@ def test_split_by_a_patient_regex_keeps_subjects_together(tmp_path: Path) -> Non
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     sides = {patient: {r[2] for r in rows if r[1] == patient} for _, patient, _ in rows}
     assert len(sides) == 4 and all(len(s) == 1 for s in sides.values())
+
+
+def test_grey_alpha_png_and_symlinked_patient_folders_are_read(tmp_path: Path) -> None:
+    from core.io.data import discover, read_raw
+
+    grey = (np.arange(64, dtype=np.uint8).reshape(8, 8)) * 3
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], axis=-1), mode="LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_raw(tmp_path / "la.png"), grey)
+    (tmp_path / "elsewhere" / "P9").mkdir(parents=True)
+    np.save(tmp_path / "elsewhere" / "P9" / "x.npy", np.ones((4, 4)))
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "P9").symlink_to(tmp_path / "elsewhere" / "P9", target_is_directory=True)
+    (tmp_path / "set" / "P9" / "loop").symlink_to(
+        tmp_path / "set", target_is_directory=True
+    )  # a cycle is not followed twice
+    assert [r.sample_id for r in discover(tmp_path / "set")] == ["P9/x.npy"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import warnings
 from collections import Counter, defaultdict
@@ -140,9 +141,24 @@ def _dicom_units(root: Path, directory: Path, files: list[Path]) -> list[tuple[P
     )
 
 
+def _walk_files(root: Path) -> list[Path]:
+    """Image files under ``root``, following symlinked patient folders (Path.rglob does not before Python 3.13)
+    but never entering the same real folder twice (a link cycle)."""
+    seen: set[str] = set()
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder) / n for n in names if _has_image_suffix(Path(n)) and not n.startswith(".")]
+    return [f for f in found if f.is_file()]
+
+
 def discover_folder(root: Path) -> list[ImageRecord]:
     """Find every image under ``root`` (recursively), with IDs from relative paths."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and _has_image_suffix(p) and not p.name.startswith("."))
+    files = sorted(_walk_files(root))
     dicom_by_dir: dict[Path, list[Path]] = defaultdict(list)
     units: list[tuple[Path, str]] = []
     for path in files:
@@ -263,17 +279,28 @@ def read_raw(path: str | Path) -> np.ndarray:
             f"{path}: cannot read the image ({type(exc).__name__}: {exc}); the file may be "
             "truncated or of another format. Replace it, or pass --skip-bad to leave it out."
         ) from exc
-    if array.ndim == 3 and path.name.lower().endswith(".png") and array.shape[-1] in (3, 4):
-        rgb = array[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+    if array.ndim == 3 and path.name.lower().endswith(".png") and array.shape[-1] in (2, 3, 4):
+        colour = array[..., : 1 if array.shape[-1] == 2 else 3]  # grey+alpha keeps its grey channel
+        if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[-1])):
             raise MemoScopeError(f"{path}: a colour PNG; save it as single-channel greyscale.")
-        array = rgb[..., 0]
+        array = colour[..., 0]
+    if path.is_file() and path.name.lower().endswith(".dcm") and _samples_per_pixel(path) > 1:
+        raise MemoScopeError(f"{path}: a colour (RGB) DICOM image; MemoScope compares greyscale scans only.")
     return np.squeeze(array)
+
+
+def _samples_per_pixel(path: Path) -> int:
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SamplesPerPixel"])
+    return int(getattr(header, "SamplesPerPixel", 1) or 1)
 
 
 def _check_values(path: Path, array: np.ndarray) -> None:
     if not np.issubdtype(array.dtype, np.number):
         raise MemoScopeError(f"{path}: voxel type {array.dtype} is not numeric.")
+    if np.iscomplexobj(array):
+        raise MemoScopeError(
+            f"{path}: complex voxels ({array.dtype}); save the magnitude (np.abs) so no part is dropped silently."
+        )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise MemoScopeError(f"{path}: {bad} NaN/Inf voxels; fix or remove the image.")
