@@ -263,6 +263,40 @@ def complex_npy(root: Path) -> list[str]:
     return _scan_args(root, train, val)
 
 
+def truncated_detector_weights(root: Path) -> list[str]:
+    shutil.copytree(REPO / "checkpoints" / "demo-2d-detector", root / "det")
+    weights = root / "det" / "detector.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return [
+        "embed",
+        "--detector",
+        str(root / "det"),
+        "--input",
+        str(REPO / "studies" / "demo-2d" / "synthetic"),
+        "--out",
+        str(root / "e.npz"),
+    ]
+
+
+def image_size_as_text(root: Path) -> list[str]:
+    config = default_config(2, (32, 32)).to_dict()
+    (root / "kw.json").write_text(
+        json.dumps({**{k: config[k] for k in ("spatial_dims", "autoencoder", "unet")}, "image_size": "32"})
+    )
+    (root / "w.safetensors").write_bytes(b"")
+    return [
+        "import-checkpoint",
+        "--autoencoder",
+        str(root / "w.safetensors"),
+        "--unet",
+        str(root / "w.safetensors"),
+        "--config",
+        str(root / "kw.json"),
+        "--out",
+        str(root / "ck"),
+    ]
+
+
 # (setup, a phrase the message must contain, a path that must not exist afterwards)
 CASES: list[tuple[Setup, str, str | None]] = [
     (flat_folder_split, "no patient subfolders", "split.csv"),
@@ -283,6 +317,8 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
     (complex_npy, "complex voxels (complex64); save the magnitude", "study/detector"),
+    (truncated_detector_weights, "detector.safetensors: not a readable safetensors file", "e.npz"),
+    (image_size_as_text, "image_size '32' must be a list of integers", "ck"),
     (flipped_bytes_in_weights, "its bytes differ from checksums.json", "g"),
     (resume_with_another_scheduler, "another checkpoint, seed, step count, scheduler", "g/sample_000001.png"),
 ]

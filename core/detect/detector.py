@@ -18,6 +18,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.nets import resnet18, resnet50
 from monai.transforms import Compose
 from pytorch_metric_learning.losses import NTXentLoss
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -73,11 +74,15 @@ class DetectorConfig(Config):
     preprocessing: PreprocessSpec | None = None
 
     def validate(self) -> None:
+        if not isinstance(self.image_size, list | tuple) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 4 for s in self.image_size
+        ):
+            raise MemoScopeError(f"detector image_size {self.image_size!r} must be a list of integers of at least 4.")
         if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
             raise MemoScopeError(
                 f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree."
             )
-        self.image_size = [int(s) for s in self.image_size]
+        self.image_size = list(self.image_size)
         check_range("detector embed_dim", self.embed_dim, 1)
         check_range("detector epochs", self.epochs, 1)
         check_range("detector batch_size", self.batch_size, 2)
@@ -347,7 +352,13 @@ def load_detector(folder: str | Path) -> Detector:
         raise MemoScopeError(f"{config_path}: invalid detector config ({exc}).") from exc
     model = build_encoder(config)
     try:
-        model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+        state = load_file(folder / WEIGHTS_NAME)
+    except (SafetensorError, OSError) as exc:
+        raise MemoScopeError(
+            f"{folder / WEIGHTS_NAME}: not a readable safetensors file ({exc}); it may be truncated."
+        ) from exc
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise MemoScopeError(
             f"{folder / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} ({str(exc).splitlines()[0]})."

@@ -73,6 +73,13 @@ class LDMConfig(Config):
         return (int(self.autoencoder["latent_channels"]), *(s // factor for s in self.image_size))
 
     def validate(self) -> None:
+        if not isinstance(self.image_size, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in self.image_size
+        ):
+            raise MemoScopeError(f"image_size {self.image_size!r} must be a list of integers of at least 4.")
+        for part in ("autoencoder", "unet", "scheduler"):
+            if not isinstance(getattr(self, part), dict):
+                raise MemoScopeError(f"{part} must be a JSON object of keyword arguments.")
         if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
             raise MemoScopeError(f"spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree.")
         for part in ("autoencoder", "unet"):
