@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
+from core.common.processes import process_alive
 from core.common.progress import Progress, ProgressEvent
 from core.common.provenance import atomic_write_json, now_utc
 from core.detect.detector import TrainDetectorConfig
@@ -97,26 +98,6 @@ def _write(path: Path, job: Job) -> None:
     atomic_write_json(path, asdict(job))
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (reaps it first if it is our own finished child)."""
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def read_job(path: str | Path) -> Job:
     """Read a job back; a 'running' job whose process has gone is reported as failed."""
     path = Path(path)
@@ -124,7 +105,7 @@ def read_job(path: str | Path) -> Job:
         job = Job(**json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, TypeError) as exc:
         raise MemoScopeError(f"{path}: not a readable job record ({exc}).") from exc
-    if job.active and job.pid is not None and not _alive(job.pid):
+    if job.active and job.pid is not None and not process_alive(job.pid):
         try:  # the worker may have finished between the two reads
             job = Job(**json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError, TypeError):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.common.errors import MemoScopeError
+from core.common.processes import process_alive
 from core.common.provenance import atomic_write_json, now_utc
 from core.io.data import check_record_leaks, discover
 
@@ -99,7 +100,7 @@ class Study:
             stale = [
                 run_id
                 for run_id, pid in db.execute("SELECT id, pid FROM runs WHERE status = 'running'")
-                if pid is None or not _process_alive(int(pid))
+                if pid is None or not process_alive(int(pid))
             ]
             for run_id in stale:
                 db.execute(
@@ -112,16 +113,6 @@ class Study:
         with contextlib.closing(self.connect()) as db:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_study(path: str | Path) -> Study:
