@@ -94,6 +94,14 @@ def validation_image_equals_training_image(root: Path) -> list[str]:
     return _scan_args(root, train, val)
 
 
+def validation_image_nearly_equals_training_image(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    image = np.asarray(Image.open(train / "P0" / "0.png"), dtype=np.float64)
+    noisy = image + np.random.default_rng(0).normal(0, 200, image.shape)  # a re-encoded copy, not byte-identical
+    Image.fromarray(np.clip(noisy, 0, 65535).astype(np.uint16)).save(val / "V0" / "near.png")
+    return _scan_args(root, train, val, "--threshold-rule", "heldout", "--percentile", "90")
+
+
 def patient_ids_differ_only_by_case(root: Path) -> list[str]:
     train, val, _ = _sets(root)
     shutil.copytree(val / "V0", val / "p0")  # "p0" in validation, "P0" in training
@@ -304,6 +312,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (split_typo_in_manifest, "split 'validaton' is not one of", "study"),
     (manifest_row_is_a_folder, "'train/P0' is a folder", "study"),
     (validation_image_equals_training_image, "identical to training images", "study/detector"),
+    (validation_image_nearly_equals_training_image, "is a near-copy of training image", "study/detector"),
     (patient_ids_differ_only_by_case, "appear in both training", "study/detector"),
     (scan_out_is_a_file, "is a file; give a folder", None),
     (k_is_zero, "k 0 must be in [1, inf]", "study"),

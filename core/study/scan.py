@@ -21,6 +21,7 @@ from core.detect.metrics import (
     ThresholdRule,
     calibrate,
     empirical_p_values,
+    is_copy,
     memorization_metrics,
     min_null_size,
     parse_rule,
@@ -231,6 +232,24 @@ def _summary(
     )
 
 
+NEAR_DUPLICATE_R = 0.95  # pixel correlation; real scans of different patients stay far below (demo: at most 0.75)
+
+
+def check_near_duplicates(tables: NeighborTables, train: ImageSet, val: ImageSet, tau: float) -> None:
+    """Refuse validation images that are near-copies of training images (the detector calls them copies and their
+    pixels agree): they would raise the threshold and hide real copies. Exact duplicates were refused earlier."""
+    best, index = tables.val_to_train.best, tables.val_to_train.index[:, 0]
+    for j in np.flatnonzero(is_copy(best, tau)):
+        i = int(index[j])
+        r = pixel_correlation(val.images[j, 0], train.images[i, 0])
+        if r >= NEAR_DUPLICATE_R:
+            raise MemoScopeError(
+                f"validation image {val.ids[j]} ({val.source}) is a near-copy of training image {train.ids[i]} "
+                f"({train.source}): similarity {best[j]:.3f} above the threshold and pixel correlation {r:.3f}. "
+                "A leaked image would distort the calibration; remove it from one of the sets."
+            )
+
+
 def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> None:
     """Refuse, before any training, a validation set too small for the rule's percentile."""
     rule, _ = parse_rule(config.threshold_rule)
@@ -297,6 +316,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         # 5. threshold and metrics
         progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
         threshold = calibrate(rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed)
+        check_near_duplicates(tables, sets["train"], sets["val"], threshold.value)
         metrics = memorization_metrics(
             threshold,
             tables.train_to_synthetic.best,
