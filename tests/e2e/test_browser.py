@@ -89,7 +89,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(server: str):  # noqa: ANN201 - playwright Page
+def browser(server: str):  # noqa: ANN201 - playwright Browser (one sync Playwright per module)
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -105,11 +105,17 @@ def page(server: str):  # noqa: ANN201 - playwright Page
                 "--disable-sync",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.set_default_timeout(60_000)
-        page.goto(server)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server: str):  # noqa: ANN001, ANN201 - playwright Page
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.set_default_timeout(60_000)
+    page.goto(server)
+    yield page
+    page.close()
 
 
 def _metric(page, label: str) -> str:  # noqa: ANN001
@@ -256,28 +262,22 @@ PAGES = ("Overview", "Generate", "Detector", "Calibrate", "Review", "Agreement",
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (1920, 1080)], ids=["1024x768", "1920x1080"])
-def test_every_page_renders_without_an_error(server: str, size: tuple[int, int]) -> None:
+def test_every_page_renders_without_an_error(browser, server: str, size: tuple[int, int]) -> None:  # noqa: ANN001
     """Each page of the 2D and 3D demos opens at both window sizes without an exception (screenshots for a look)."""
-    from playwright.sync_api import sync_playwright
-
     width, height = size
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": width, "height": height})
-        page.set_default_timeout(60_000)
-        page.goto(server)
-        page.get_by_text("Study: demo-2d").wait_for()
-        for study in ("demo-2d", "demo-3d"):
-            page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-            page.get_by_role("option", name=study, exact=True).click()
-            for name in PAGES:
-                _go(page, name)
-                page.get_by_test_id("stHeading").first.wait_for()
-                page.wait_for_timeout(1500)  # let the page's script finish
-                page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
-                errors = page.get_by_test_id("stException").count()
-                assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
-                page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
-        browser.close()
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(server)
+    page.get_by_text("Study: demo-2d").wait_for()
+    for study in ("demo-2d", "demo-3d"):
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name=study, exact=True).click()
+        for name in PAGES:
+            _go(page, name)
+            page.get_by_test_id("stHeading").first.wait_for()
+            page.wait_for_timeout(1500)  # let the page's script finish
+            page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
+            errors = page.get_by_test_id("stException").count()
+            assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
+            page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
+    page.close()
