@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import MemoScopeError
-from core.study import jobs, results
+from core.study import jobs, results, verdicts
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
 from core.study.store import Study
 
@@ -96,13 +96,18 @@ def inputs(study: Path) -> dict[str, Any]:
     return Study(study).inputs()  # reading does not touch the database
 
 
-def threshold_key(study: Path) -> str:
-    return f"tau::{study}"
+def study_threshold(study: Path) -> verdicts.StudyThreshold:
+    """The threshold the study is judged at: the last one saved on Calibrate for this scan, else the scan's."""
+    scanned = require_scan(study)
+    return verdicts.study_threshold(study, scanned)
 
 
-def current_threshold(study: Path, default: float) -> float:
-    """The threshold chosen on the Calibrate page for this study (the scan's until moved)."""
-    return float(st.session_state.get(threshold_key(study), default))
+def require_scan(study: Path) -> ScanResults:
+    found = scan(study)
+    if found is None:
+        require_summary(study)  # says where to scan and stops
+        raise AssertionError("unreachable")
+    return found
 
 
 def start(study: Path, kind: str, options: dict[str, Any]) -> bool:

@@ -16,7 +16,8 @@ from pages import _ui
 study = _ui.require_study()
 st.title("Agreement")
 summary = _ui.require_summary(study)
-tau = _ui.current_threshold(study, summary.tau)
+chosen = _ui.study_threshold(study)
+tau = chosen.value
 mode = st.radio(
     "Verdicts",
     ("blinded", "open"),
@@ -56,6 +57,7 @@ def show(label: str, result: verdicts.Agreement, row_name: str, col_name: str) -
 
 
 st.subheader(f"Detector (tau {tau:.3f}) against each reviewer")
+st.caption(f"Study threshold: {chosen.label}.")
 st.dataframe(
     [show(f"detector vs {n}", verdicts.agreement(by_reviewer[n], detector), "reviewer", "detector") for n in names],
     hide_index=True,

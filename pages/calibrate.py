@@ -8,7 +8,8 @@ import streamlit as st
 
 from core.common.config import choices
 from core.common.errors import MemoScopeError
-from core.detect.metrics import ThresholdRule
+from core.detect.metrics import Threshold, ThresholdRule
+from core.study import verdicts
 from core.study.review import correlation_histogram, live_metrics, threshold_curve
 from pages import _ui
 
@@ -16,7 +17,31 @@ study = _ui.require_study()
 st.title("Calibrate the threshold")
 summary = _ui.require_summary(study)
 cal = _ui.calibration(study)
-key = _ui.threshold_key(study)
+saved = _ui.study_threshold(study)
+st.caption(f"Study threshold: {saved.label}. Review, Agreement, the report and the release use it.")
+
+
+def save_form(rule: str, percentile: float | None, tau: float) -> None:
+    """Save the slider's threshold as the study's (who and when are recorded; earlier choices stay in the history)."""
+    if abs(tau - saved.value) < 1e-12 and rule == saved.rule:
+        return
+    cols = st.columns([2, 3, 1], vertical_alignment="bottom")
+    reviewer = cols[0].text_input("Your name", value=st.session_state.get("reviewer", ""), key=f"save_by::{study}")
+    note = cols[1].text_input("Why (optional)", key=f"save_note::{study}")
+    if cols[2].button(f"Save tau {tau:.3f} for the study", key="save_threshold", type="primary"):
+        try:
+            verdicts.save_threshold(
+                study,
+                reviewer,
+                _ui.require_scan(study),
+                Threshold(ThresholdRule(rule), percentile, float(tau), 0),
+                note,
+            )
+        except MemoScopeError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["reviewer"] = reviewer.strip()
+            st.rerun(scope="app")
 
 
 @st.fragment
@@ -27,18 +52,22 @@ def controls() -> None:
         ("paper", "heldout", "fixed"),
         horizontal=True,
         key=f"rule::{study}",
-        index=choices(ThresholdRule).index(summary.threshold.rule),
+        index=choices(ThresholdRule).index(saved.rule),
         help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; "
         "fixed: your value",
     )
     if rule == "fixed":
-        tau = cols[1].slider(
-            "Threshold", -1.0, 1.0, float(st.session_state.get(key, summary.tau)), 0.001, key=f"fixed::{study}"
-        )
+        tau = cols[1].slider("Threshold", -1.0, 1.0, float(saved.value), 0.001, key=f"fixed::{study}")
+        percentile = None
         note = "fixed by hand"
     else:
         percentile = cols[1].slider(
-            "Percentile", 50.0, 99.9, float(summary.threshold.percentile or 95.0), 0.1, key=f"pct::{study}"
+            "Percentile",
+            50.0,
+            99.9,
+            float(saved.percentile or summary.threshold.percentile or 95.0),
+            0.1,
+            key=f"pct::{study}",
         )
         try:
             tau = cal.threshold(rule, percentile).value
@@ -46,7 +75,7 @@ def controls() -> None:
             st.error(str(exc))
             return
         note = f"{rule} rule at the {percentile:g}th percentile"
-    st.session_state[key] = tau
+    save_form(rule, percentile, tau)
     m = live_metrics(cal, tau)
     (ml, mh), (cl, ch) = m.memorized_interval, m.copy_interval
     cols = st.columns(4)

@@ -18,7 +18,7 @@ summary = _ui.require_summary(study)
 st.subheader("Ethics-board report")
 st.caption(
     "Self-contained: images and plot embedded; training scans and patients under pseudonyms only (the key, "
-    "pseudonyms.csv, stays in the study folder). Numbers are the scan's (summary.json)."
+    "pseudonyms.csv, stays in the study folder). Numbers are at the study threshold (below)."
 )
 cols = st.columns(3)
 top = cols[0].number_input("Copy pairs shown as images", 0, 64, 8, key="report_top")
@@ -43,7 +43,8 @@ for fmt, mime in (("html", "text/html"), ("pdf", "application/pdf")):
         )
 
 st.subheader("Release the samples that are not copies")
-tau = _ui.current_threshold(study, summary.tau)
+chosen = _ui.study_threshold(study)
+st.caption(f"The report and the release use the study threshold: {chosen.label}. Change it on Calibrate.")
 with st.form("release"):
     name = st.text_input(
         "Release name",
@@ -51,15 +52,10 @@ with st.form("release"):
         key="release_out",
         help=f"The release is written to {RELEASES}/<name>/ (new or empty); copy it from there to share it.",
     )
-    use_scan = st.radio(
-        "Threshold", (f"the scan's ({summary.tau:.3f})", f"the Calibrate page's ({tau:.3f})"), key="release_tau"
-    )
     exclude = st.checkbox("Also drop samples a reviewer confirmed as copies", value=True, key="release_exclude")
     if st.form_submit_button("Write release"):
         try:
-            result = release(
-                study, release_folder(RELEASES, name), None if use_scan.startswith("the scan") else tau, exclude
-            )
+            result = release(study, release_folder(RELEASES, name), None, exclude)
         except MemoScopeError as exc:
             st.error(str(exc))
         else:

@@ -31,7 +31,8 @@ from pages import _ui
 study = _ui.require_study()
 st.title("Review pairs")
 summary = _ui.require_summary(study)
-tau = _ui.current_threshold(study, summary.tau)
+chosen = _ui.study_threshold(study)
+tau = chosen.value
 pairs = _ui.pairs(study)
 
 
@@ -85,7 +86,7 @@ else:
         key=f"group::{study}",
         help="Several samples copying one training scan are judged once",
     )
-    cols[2].caption(f"Threshold {tau:.3f} (set on Calibrate). Sorted by similarity, highest first.")
+    cols[2].caption(f"Study threshold: {chosen.label}. Sorted by similarity, highest first.")
     rows = worklist(pairs, tau, only_copies)
     if grouped:
         rows = group_by_training(rows)

@@ -240,3 +240,29 @@ def test_report_page_builds_html_and_release_refuses_a_full_folder(
         assert at.success and (full / "release.json").is_file()
     finally:
         shutil.rmtree(full, ignore_errors=True)
+
+
+@needs_demo
+def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrate saves the study threshold (who, when); Review, Agreement and Report use it and say so."""
+    from core.study import verdicts
+    from core.study.results import ScanResults
+
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    at = _app(str(study))
+    at.switch_page("pages/calibrate.py").run()
+    at.slider(key=f"pct::{study}").set_value(85.0).run()
+    tau = float({m.label: m.value for m in at.metric}["Threshold"])
+    at.text_input(key=f"save_by::{study}").input("Dr Ada").run()
+    at.button(key="save_threshold").click().run()
+    _ok(at)
+    saved = verdicts.study_threshold(study, ScanResults.open(study))
+    assert saved.set_by == "Dr Ada" and f"{saved.value:.3f}" == f"{tau:.3f}" and saved.percentile == 85.0
+    at.switch_page("pages/review.py").run()
+    _ok(at)
+    assert any("saved by Dr Ada" in c.value for c in at.caption)
+    at.switch_page("pages/calibrate.py").run()
+    assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"  # Calibrate starts from it
+    at.switch_page("pages/report.py").run()
+    assert any("saved by Dr Ada" in c.value for c in at.caption)

@@ -205,3 +205,19 @@ def test_a_looser_release_threshold_is_warned_and_recorded(study: Path, tmp_path
     record = json.loads((tmp_path / "out" / "release.json").read_text())
     assert result.warnings and "looser than the scan's" in record["warnings"][0]
     assert record["scan_id"] == read_summary(study).scan_id
+
+
+def test_the_report_and_release_use_the_saved_study_threshold(study: Path, tmp_path: Path) -> None:
+    from core.detect.metrics import Threshold, ThresholdRule
+
+    work = tmp_path / "work"
+    shutil.copytree(study.parent, work, ignore=shutil.ignore_patterns("pseudonyms.csv", "report.*"))
+    copied = work / "study"
+    scan = ScanResults.open(copied)
+    verdicts.save_threshold(copied, "rater one", scan, Threshold(ThresholdRule.FIXED, None, 1.0, 0), "release all")
+    text = write_report(copied, tmp_path / "r.html").read_text()
+    assert "tau = <b>1.000</b>, saved by rater one" in text and "None of the 6 synthetic samples" in text
+    result = release(copied, tmp_path / "rel")
+    record = json.loads((tmp_path / "rel" / "release.json").read_text())
+    assert result.removed_by_threshold == 0 and record["threshold_source"] == "saved by rater one"
+    assert result.warnings  # looser than the scan's calibration: said and recorded

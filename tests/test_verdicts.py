@@ -189,3 +189,26 @@ def test_verdicts_on_other_images_are_stale_not_counted(tmp_path: Path) -> None:
     assert [d.synthetic_id for d in verdicts.decisions(study, scan=scan)] == ["s1"]  # type: ignore[arg-type]
     assert [d.synthetic_id for d in verdicts.stale_decisions(study, scan)] == ["s2"]  # type: ignore[arg-type]
     assert verdicts.by_reviewer(study, "open", scan) == {"ana": {("s1", "t1"): "copy"}}  # type: ignore[arg-type]
+
+
+def test_a_saved_threshold_belongs_to_its_scan_and_keeps_its_history(tmp_path: Path) -> None:
+    from core.detect.metrics import Threshold, ThresholdRule
+
+    class Scan:
+        def __init__(self, scan_id: str) -> None:
+            threshold = Threshold(ThresholdRule.PAPER, 95.0, 0.9, 100)
+            self.summary = type("S", (), {"scan_id": scan_id, "threshold": threshold})()
+
+    study = open_study(tmp_path / "s").path
+    first, rescan = Scan("scan-1"), Scan("scan-2")
+    assert verdicts.study_threshold(study, first).set_by is None  # the scan's until someone saves one
+    verdicts.save_threshold(study, "ana", first, Threshold(ThresholdRule.HELDOUT, 85.0, 0.88, 0), "stricter FPR")
+    verdicts.save_threshold(study, "bo", first, Threshold(ThresholdRule.FIXED, None, 0.93, 0))
+    current = verdicts.study_threshold(study, first)
+    assert (current.value, current.set_by, current.rule) == (0.93, "bo", "fixed") and "saved by bo" in current.label
+    assert verdicts.study_threshold(study, rescan).value == 0.9  # a rescan starts from its own calibration
+    assert [r["set_by"] for r in verdicts.threshold_history(study)] == ["ana", "bo"]
+    with pytest.raises(MemoScopeError, match=r"\[-1, 1\]"):
+        verdicts.save_threshold(study, "bo", first, Threshold(ThresholdRule.FIXED, None, float("nan"), 0))
+    with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE thresholds SET value = 0.5")

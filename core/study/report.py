@@ -25,12 +25,13 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
-from core.detect.metrics import Fraction
+from core.detect.metrics import Fraction, MemorizationMetrics
 from core.io.data import discover
 from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
 from core.study import verdicts
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
-from core.study.review import correlation_histogram, load_study_set
+from core.study.review import correlation_histogram, load_study_set, metrics_at
+from core.study.verdicts import StudyThreshold
 
 logger = logging.getLogger(__name__)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -148,9 +149,9 @@ def _audit_sentence(audit: verdicts.AuditCheck, n_stale: int) -> str:
     return verified
 
 
-def conclusion(summary: ScanSummary, n_confirmed: int) -> tuple[str, str]:
-    """A plain-language conclusion and recommendation from the numbers."""
-    copies, mem, fpr = summary.copies, summary.memorized, summary.expected_fpr_copy
+def conclusion(metrics: MemorizationMetrics, n_confirmed: int) -> tuple[str, str]:
+    """A plain-language conclusion and recommendation from the numbers at the study's threshold."""
+    copies, mem, fpr = metrics.copies, metrics.memorized, metrics.expected_fpr_copy
     if copies.count == 0:
         text = (
             f"None of the {copies.total} synthetic samples was closer to a training scan than the calibrated threshold "
@@ -177,9 +178,12 @@ def conclusion(summary: ScanSummary, n_confirmed: int) -> tuple[str, str]:
     return text, advice
 
 
-def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str:
+def build_report(
+    study: str | Path, top: int = 8, release_note: str = "", threshold: StudyThreshold | None = None
+) -> str:
     """The self-contained HTML report of a scanned study (images and plot embedded).
 
+    ``threshold``: the threshold the report judges at (default: the study's, saved or the scan's).
     ``release_note``: for a report written with a release, what the release did (kept, removed, its threshold).
     """
     study = Path(study)
@@ -188,12 +192,14 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
     pairs = scan.pairs()
     names = Pseudonyms.of(pairs)
     names.write_key(study, pairs)
-    tau = summary.tau
+    chosen = threshold or verdicts.study_threshold(study, scan)
+    tau = chosen.value
+    metrics = metrics_at(scan, tau, chosen.rule, chosen.percentile)
     flagged = sorted(copies(pairs, tau), key=lambda p: -p.similarity)
     confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
     audit = verdicts.verify_audit(study)
     stale = verdicts.stale_decisions(study, scan)
-    text, advice = conclusion(summary, len(confirmed))
+    text, advice = conclusion(metrics, len(confirmed))
     e = html.escape
     inputs = summary.inputs
     rows = "".join(
@@ -202,7 +208,13 @@ def build_report(study: str | Path, top: int = 8, release_note: str = "") -> str
         for role in ROLES
     )
     detector = summary.detector
-    pct = f", percentile {summary.threshold.percentile:g}" if summary.threshold.percentile is not None else ""
+    pct = f", percentile {chosen.percentile:g}" if chosen.percentile is not None else ""
+    if chosen.set_by is None:
+        source = "the scan's calibration"
+    elif chosen.set_at:
+        source = f"saved by {chosen.set_by} on {chosen.set_at[:10]} (the scan calibrated {summary.tau:.3f})"
+    else:
+        source = f"given for {chosen.set_by} (the scan calibrated {summary.tau:.3f})"
     pair_html = (
         "".join(
             f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic "
@@ -250,11 +262,11 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <li>Preprocessing: <code>{e(json.dumps(summary.preprocessing.to_dict()))}</code></li>
 <li>Versions: {e(", ".join(f"{k} {val}" for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>
-<ul><li>Threshold rule <b>{e(summary.threshold.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b></li>
-<li>Memorized training fraction: <b>{_pct(summary.memorized)}</b></li>
-<li>Copy fraction among synthetic samples: <b>{_pct(summary.copies)}</b></li>
-<li>Expected false-positive rate: copies {summary.expected_fpr_copy:.1%}, memorization
-{summary.expected_fpr_memorized:.1%}</li></ul>
+<ul><li>Threshold rule <b>{e(chosen.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b>, {e(source)}</li>
+<li>Memorized training fraction: <b>{_pct(metrics.memorized)}</b></li>
+<li>Copy fraction among synthetic samples: <b>{_pct(metrics.copies)}</b></li>
+<li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization
+{metrics.expected_fpr_memorized:.1%}</li></ul>
 <p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
 itself.</p>
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
@@ -324,10 +336,8 @@ def release_folder(root: str | Path, name: str) -> Path:
     return Path(root) / name.strip()
 
 
-def release_threshold(summary: ScanSummary, threshold: float | None) -> tuple[float, list[str]]:
-    """The release's tau (the scan's unless given) and warnings; a value outside [-1, 1] or not finite is refused."""
-    if threshold is None:
-        return summary.tau, []
+def release_threshold(summary: ScanSummary, threshold: float) -> tuple[float, list[str]]:
+    """The release's tau and warnings; a value outside [-1, 1] or not finite is refused."""
     value = float(threshold)
     if not (math.isfinite(value) and -1.0 <= value <= 1.0):
         raise MemoScopeError(
@@ -379,7 +389,8 @@ def release(
         raise MemoScopeError(f"{out}: exists and is not empty; choose an empty or new folder.")
     scan = ScanResults.open(study)
     summary = scan.summary
-    tau, warnings = release_threshold(summary, threshold)
+    chosen = verdicts.study_threshold(study, scan)
+    tau, warnings = release_threshold(summary, chosen.value if threshold is None else threshold)
     pairs = scan.pairs()
     nearest = {p.synthetic_id: p for p in nearest_pairs(pairs)}
     confirmed = (
@@ -422,7 +433,9 @@ def release(
             "study": study.name,
             "released_at": now_utc(),
             "threshold": tau,
-            "threshold_source": "scan" if threshold is None else "given",
+            "threshold_source": "given"
+            if threshold is not None
+            else (f"saved by {chosen.set_by}" if chosen.set_by else "scan"),
             "exclude_confirmed": exclude_confirmed,
             "n_synthetic": len(nearest),
             "kept": len(keep),
@@ -440,12 +453,13 @@ def release(
         atomic_write_text(tmp / "release.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         note = (
             f"{len(keep)} of {len(nearest)} synthetic samples released at threshold {tau:.3f} "
-            f"({'the scan' + chr(39) + 's' if threshold is None else 'given for the release'}): {len(over)} removed "
+            f"({'given for the release' if threshold is not None else chosen.label}): {len(over)} removed "
             "above it"
             + (f", {len(dropped_confirmed)} more confirmed as copies by reviewers" if exclude_confirmed else "")
             + "."
         )
-        atomic_write_text(tmp / "report.html", build_report(study, release_note=note))
+        report_threshold = chosen if threshold is None else verdicts.StudyThreshold(tau, "fixed", None, "the release")
+        atomic_write_text(tmp / "report.html", build_report(study, release_note=note, threshold=report_threshold))
     for warning in warnings:
         logger.warning(warning)
     return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed), tuple(warnings))

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
-from core.common.provenance import atomic_path, atomic_write_json, now_utc, sha256_file, sha256_files
+from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
 from core.io.data import discover
@@ -38,7 +38,6 @@ TRAIN_NN = "train_nn.csv"
 NEIGHBORS = "neighbors.npz"
 EMBEDDINGS = "embeddings"
 DETECTOR = "detector"
-SAVED_THRESHOLD = "threshold.json"
 ROLES = ("train", "val", "synthetic")
 NOTES = (
     "Intervals resample samples with the threshold held fixed; they omit calibration uncertainty.",
@@ -199,19 +198,6 @@ class Calibration:
 
     def threshold(self, rule: str, percentile: float = 95.0, fixed: float | None = None) -> Threshold:
         return calibrate(ThresholdRule(rule), self.train_to_val, self.val_to_train, percentile, fixed)
-
-
-@dataclass(frozen=True)
-class SavedThreshold(Config):
-    """A threshold a reviewer chose and saved for a study (``threshold.json``); it outranks the scan's."""
-
-    value: float
-    rule: str
-    percentile: float | None
-    set_by: str
-    set_at: str
-    scan_finished_at: str
-    note: str = ""
 
 
 PAIR_HEADER = ("synthetic_id", "rank", "train_id", "patient_id", "similarity", "p_value", "is_copy", "pixel_corr")
@@ -463,28 +449,6 @@ def nearest_pairs(pairs: list[Pair]) -> list[Pair]:
 def copies(pairs: list[Pair], tau: float) -> list[Pair]:
     """The nearest pairs that are copies at ``tau``."""
     return [p for p in nearest_pairs(pairs) if p.is_copy(tau)]
-
-
-# ---------------------------------------------------------------- the reviewer's saved threshold
-
-
-def save_threshold(folder: str | Path, choice: SavedThreshold) -> None:
-    atomic_write_json(Path(folder) / SAVED_THRESHOLD, choice.to_dict())
-
-
-def saved_threshold(folder: str | Path, summary: ScanSummary) -> SavedThreshold | None:
-    """The saved threshold, if any and if it was chosen on this scan (a rescan makes it stale)."""
-    path = Path(folder) / SAVED_THRESHOLD
-    if not path.is_file():
-        return None
-    choice = SavedThreshold.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
-    return choice if choice.scan_finished_at == summary.finished_at else None
-
-
-def new_saved_threshold(
-    summary: ScanSummary, value: float, rule: str, percentile: float | None, set_by: str, note: str = ""
-) -> SavedThreshold:
-    return SavedThreshold(float(value), rule, percentile, set_by, now_utc(), summary.finished_at, note)
 
 
 # ---------------------------------------------------------------- upgrading older studies

@@ -14,10 +14,18 @@ import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
 
-from core.detect.metrics import count_above, fraction_above, wilson_interval
+from core.detect.metrics import (
+    MemorizationMetrics,
+    Threshold,
+    ThresholdRule,
+    count_above,
+    fraction_above,
+    memorization_metrics,
+    wilson_interval,
+)
 from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
-from core.study.results import Calibration, Pair, ScanSummary, copies, nearest_pairs
+from core.study.results import Calibration, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,29 @@ class LiveMetrics:
     @property
     def copy_interval(self) -> tuple[float, float]:
         return wilson_interval(self.copies, self.n_synthetic)
+
+
+def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | None) -> MemorizationMetrics:
+    """Both fractions with intervals, and the expected FPRs, at a chosen threshold.
+
+    At the scan's own threshold these are the scan's numbers; at another (a saved study threshold) they are
+    recomputed from the study's best-correlation arrays with the same interval method and seed.
+    """
+    summary = scan.summary
+    if value == summary.tau:
+        return MemorizationMetrics(
+            summary.threshold,
+            summary.memorized,
+            summary.copies,
+            summary.expected_fpr_copy,
+            summary.expected_fpr_memorized,
+        )
+    cal = scan.calibration()
+    null_size = {"paper": len(cal.train_to_val), "heldout": len(cal.val_to_train)}.get(rule, 0)
+    threshold = Threshold(ThresholdRule(rule), percentile, float(value), null_size)
+    return memorization_metrics(
+        threshold, cal.train_to_synthetic, cal.synthetic_to_train, cal.train_to_val, cal.val_to_train, seed=summary.seed
+    )
 
 
 def live_metrics(cal: Calibration, tau: float) -> LiveMetrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import now_utc
-from core.detect.metrics import is_copy
+from core.detect.metrics import Threshold, is_copy
 from core.study.results import PairRef, ScanResults
 from core.study.store import DB_NAME
 
@@ -58,6 +59,20 @@ BEGIN SELECT RAISE(ABORT, 'audit ids are assigned by the database (no explicit i
 CREATE TRIGGER IF NOT EXISTS audit_no_backdating BEFORE INSERT ON audit
 WHEN NEW.at < (SELECT max(at) FROM audit)
 BEGIN SELECT RAISE(ABORT, 'audit rows cannot be backdated'); END;
+CREATE TABLE IF NOT EXISTS thresholds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    scan_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    percentile REAL,
+    value REAL NOT NULL CHECK (value BETWEEN -1 AND 1),
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS thresholds_no_update BEFORE UPDATE ON thresholds
+BEGIN SELECT RAISE(ABORT, 'saved thresholds are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS thresholds_no_delete BEFORE DELETE ON thresholds
+BEGIN SELECT RAISE(ABORT, 'saved thresholds are append-only'); END;
 """
 _ADDED = ("scan_id", "synthetic_hash", "train_hash", "prev_hash", "row_hash")  # columns MemoScope 0.1 lacked
 _CHAINED = (
@@ -269,6 +284,66 @@ def verify_audit(study: str | Path) -> AuditCheck:
 
 def audit_trail(study: str | Path) -> list[dict[str, Any]]:
     return [dict(row) for row in _select(study, "SELECT * FROM audit ORDER BY id")]
+
+
+@dataclass(frozen=True)
+class StudyThreshold:
+    """The threshold a study is judged at: the last one a reviewer saved for this scan, else the scan's own."""
+
+    value: float
+    rule: str
+    percentile: float | None
+    set_by: str | None = None  # None: the scan's calibrated threshold
+    set_at: str | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        how = f"{self.rule}" + (f", {self.percentile:g}th percentile" if self.percentile is not None else "")
+        if self.set_by is None:
+            return f"tau {self.value:.3f}, the scan's ({how})"
+        return f"tau {self.value:.3f}, saved by {self.set_by} on {(self.set_at or '')[:10]} ({how})"
+
+
+def save_threshold(
+    study: str | Path, reviewer: str, scan: ScanResults, threshold: Threshold, note: str = ""
+) -> StudyThreshold:
+    """Save ``threshold`` as the study's threshold for this scan (append-only: the history stays)."""
+    reviewer = reviewer.strip()
+    if not reviewer:
+        raise MemoScopeError("Reviewer name: enter your name before saving the study threshold.")
+    if not (math.isfinite(threshold.value) and -1.0 <= threshold.value <= 1.0):
+        raise MemoScopeError(f"threshold {threshold.value!r} must be a similarity in [-1, 1].")
+    at = now_utc()
+    with _connect(study) as db:
+        db.execute(
+            "INSERT INTO thresholds (at, set_by, scan_id, rule, percentile, value, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, reviewer, scan.summary.scan_id, str(threshold.rule), threshold.percentile, threshold.value, note),
+        )
+    return StudyThreshold(threshold.value, str(threshold.rule), threshold.percentile, reviewer, at, note)
+
+
+def study_threshold(study: str | Path, scan: ScanResults) -> StudyThreshold:
+    """The saved threshold of this scan, or the scan's own (a rescan starts again from its calibration)."""
+    rows = _select(study, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'thresholds'")
+    found = (
+        _select(study, "SELECT * FROM thresholds WHERE scan_id = ? ORDER BY id DESC LIMIT 1", (scan.summary.scan_id,))
+        if rows
+        else []
+    )
+    if found:
+        r = found[0]
+        return StudyThreshold(r["value"], r["rule"], r["percentile"], r["set_by"], r["at"], r["note"])
+    th = scan.summary.threshold
+    return StudyThreshold(th.value, str(th.rule), th.percentile)
+
+
+def threshold_history(study: str | Path) -> list[dict[str, Any]]:
+    return (
+        [dict(r) for r in _select(study, "SELECT * FROM thresholds ORDER BY id")]
+        if _select(study, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'thresholds'")
+        else []
+    )
 
 
 def reviewers(study: str | Path) -> list[str]:
