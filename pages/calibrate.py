@@ -28,7 +28,9 @@ def save_form(rule: str, percentile: float | None, tau: float) -> None:
     cols = st.columns([2, 3, 1], vertical_alignment="bottom")
     reviewer = cols[0].text_input("Your name", value=st.session_state.get("reviewer", ""), key=f"save_by::{study}")
     note = cols[1].text_input("Why (optional)", key=f"save_note::{study}")
-    if cols[2].button(f"Save tau {tau:.3f} for the study", key="save_threshold", type="primary"):
+    if cols[2].button(
+        f"Save {tau:.3f}", key="save_threshold", type="primary", help="Make this the study threshold", width="stretch"
+    ):
         try:
             verdicts.save_threshold(
                 study,
