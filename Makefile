@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "installing the pinned requirements into $(VENV) (first run: a few minutes)"
+	$(PY) -m pip install --progress-bar on -r requirements.txt
 	touch $@
 
 setup: $(VENV)/.installed

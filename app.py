@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.common.errors import MemoScopeError
-from core.study.store import create_study
+from core.study.store import create_study, working_copy
 
 DEFAULT_STUDY = "demo-2d"  # built by `make demo`, committed, opened first
 STUDIES = Path("studies")
@@ -35,7 +35,7 @@ def _studies() -> list[str]:
 
 
 def _open_chosen() -> None:
-    st.session_state["study"] = str(STUDIES / st.session_state["study_select"])
+    st.session_state["study"] = str(working_copy(STUDIES / st.session_state["study_select"]))
 
 
 def _submit_new_study() -> None:
@@ -67,7 +67,9 @@ with st.sidebar:
     st.markdown("**MemoScope**: patient-data copies among synthetic scans")
     names = _studies()
     if "study" not in st.session_state and names:
-        st.session_state["study"] = str(STUDIES / (DEFAULT_STUDY if DEFAULT_STUDY in names else names[0]))
+        first = DEFAULT_STUDY if DEFAULT_STUDY in names else names[0]
+        st.session_state["study"] = str(working_copy(STUDIES / first))
+        st.session_state["study_select"] = first
     current = Path(st.session_state["study"]) if st.session_state.get("study") else None
     if names:
         if "study_select" not in st.session_state:  # a study may also live outside studies/: then none is selected

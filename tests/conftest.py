@@ -17,6 +17,7 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEMOSCOPE_HOME", str(tmp_path / "home"))  # working copies of demo studies stay in the test
 
 
 def smooth_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

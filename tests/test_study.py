@@ -76,3 +76,30 @@ def test_a_killed_run_is_marked_interrupted_when_the_study_is_next_used(tmp_path
     assert study.mark_interrupted() == 1
     (run,) = study.runs()
     assert run["status"] == "failed" and run["error"].startswith("interrupted")
+
+
+def test_a_committed_demo_study_is_used_through_a_per_user_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reviewing the demo never changes the repository: the app works on a copy in MEMOSCOPE_HOME."""
+    from core.study.store import DEMO_MARKER, working_copy
+
+    demo = tmp_path / "repo" / "studies" / "demo"
+    demo.mkdir(parents=True)
+    (demo / DEMO_MARKER).write_text("demo")
+    (demo / "summary.json").write_text('{"scan": 1}')
+    (demo / "pseudonyms.csv").write_text("never copied")
+    monkeypatch.setenv("MEMOSCOPE_HOME", str(tmp_path / "home"))
+    copy = working_copy(demo)
+    assert copy == tmp_path / "home" / "studies" / "demo" and (copy / "summary.json").is_file()
+    assert not (copy / DEMO_MARKER).exists() and not (copy / "pseudonyms.csv").exists()
+    (copy / "verdicts-entered-here").write_text("a reviewer's work")
+    assert working_copy(demo) == copy and (copy / "verdicts-entered-here").is_file()  # reused, not recopied
+    (demo / "summary.json").write_text('{"scan": 2}')  # the demo was rebuilt
+    fresh = working_copy(demo)
+    kept = [p for p in (tmp_path / "home" / "studies").iterdir() if p.name.startswith("demo.before-")]
+    assert (fresh / "summary.json").read_text() == '{"scan": 2}' and len(kept) == 1
+    assert (kept[0] / "verdicts-entered-here").is_file()  # nothing a reviewer entered is lost
+    plain = tmp_path / "mine"
+    plain.mkdir()
+    assert working_copy(plain) == plain

@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from core.common.provenance import atomic_write_json, now_utc
 from core.io.data import check_record_leaks, discover
 
 DB_NAME = "study.sqlite"
+DEMO_MARKER = ".memoscope-demo"  # in a committed demo study: the app works on a per-user copy of it
 STUDY_FILE = "study.json"
 
 _SCHEMA = """
@@ -161,3 +164,35 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     study = open_study(folder)
     study.set_inputs({key: value or None for key, value in inputs.items()})
     return study
+
+
+def user_home() -> Path:
+    """Where MemoScope keeps per-user data (``$MEMOSCOPE_HOME``, else ``~/.local/share/memoscope``)."""
+    return Path(os.environ.get("MEMOSCOPE_HOME") or Path.home() / ".local" / "share" / "memoscope")
+
+
+def working_copy(folder: str | Path) -> Path:
+    """The folder to work in for ``folder``: itself, or for a committed demo study a per-user copy of it.
+
+    Verdicts, reports, keys and thresholds then land in the copy, so using the app never changes the
+    repository. The copy is refreshed when the demo is rebuilt (another ``summary.json``); the old copy,
+    with whatever reviewers entered in it, is kept beside it under a dated name.
+    """
+    folder = Path(folder)
+    if not (folder / DEMO_MARKER).is_file():
+        return folder
+    target = user_home() / "studies" / folder.name
+    summary = folder / "summary.json"
+    if target.is_dir() and (target / "summary.json").read_bytes() == summary.read_bytes():
+        return target
+    if target.exists():
+        os.replace(target, target.with_name(f"{target.name}.before-{now_utc()[:19].replace(':', '')}"))
+    skip = shutil.ignore_patterns("jobs", "report.*", "pseudonyms.csv", "*.sqlite-wal", "*.sqlite-shm", DEMO_MARKER)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=target.parent))
+    try:
+        shutil.copytree(folder, staging / folder.name, ignore=skip)
+        os.replace(staging / folder.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -69,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "MEMOSCOPE_HOME": str(root / "home")},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
