@@ -150,6 +150,21 @@ def older_study_for_release(root: Path) -> list[str]:
     return ["release", "--study", str(root / "study"), "--out", str(root / "release")]
 
 
+def _import_args(root: Path, autoencoder: str, unet: str) -> list[str]:
+    """``import-checkpoint`` of two weight files in ``root`` with ``root/kw.json``, into ``root/ck``."""
+    return [
+        "import-checkpoint",
+        "--autoencoder",
+        str(root / autoencoder),
+        "--unet",
+        str(root / unet),
+        "--config",
+        str(root / "kw.json"),
+        "--out",
+        str(root / "ck"),
+    ]
+
+
 def _kwargs(root: Path) -> None:
     config = default_config(2, (32, 32)).to_dict()
     (root / "kw.json").write_text(
@@ -161,34 +176,14 @@ def pickle_named_safetensors(root: Path) -> list[str]:
     (root / "ae.safetensors").write_bytes(pickle.dumps({"weight": [1.0]}))
     (root / "unet.safetensors").write_bytes(pickle.dumps({"weight": [1.0]}))
     _kwargs(root)
-    return [
-        "import-checkpoint",
-        "--autoencoder",
-        str(root / "ae.safetensors"),
-        "--unet",
-        str(root / "unet.safetensors"),
-        "--config",
-        str(root / "kw.json"),
-        "--out",
-        str(root / "ck"),
-    ]
+    return _import_args(root, "ae.safetensors", "unet.safetensors")
 
 
 def text_file_named_pt(root: Path) -> list[str]:
     (root / "ae.pt").write_text("hello")
     (root / "unet.pt").write_text("hello")
     _kwargs(root)
-    return [
-        "import-checkpoint",
-        "--autoencoder",
-        str(root / "ae.pt"),
-        "--unet",
-        str(root / "unet.pt"),
-        "--config",
-        str(root / "kw.json"),
-        "--out",
-        str(root / "ck"),
-    ]
+    return _import_args(root, "ae.pt", "unet.pt")
 
 
 def network_keywords_that_do_not_build(root: Path) -> list[str]:
@@ -196,17 +191,7 @@ def network_keywords_that_do_not_build(root: Path) -> list[str]:
         json.dumps({"spatial_dims": 2, "image_size": [32, 32], "autoencoder": {}, "unet": {}})
     )
     (root / "w.safetensors").write_bytes(b"")
-    return [
-        "import-checkpoint",
-        "--autoencoder",
-        str(root / "w.safetensors"),
-        "--unet",
-        str(root / "w.safetensors"),
-        "--config",
-        str(root / "kw.json"),
-        "--out",
-        str(root / "ck"),
-    ]
+    return _import_args(root, "w.safetensors", "w.safetensors")
 
 
 def generate_zero_samples(root: Path) -> list[str]:
@@ -292,17 +277,7 @@ def image_size_as_text(root: Path) -> list[str]:
         json.dumps({**{k: config[k] for k in ("spatial_dims", "autoencoder", "unet")}, "image_size": "32"})
     )
     (root / "w.safetensors").write_bytes(b"")
-    return [
-        "import-checkpoint",
-        "--autoencoder",
-        str(root / "w.safetensors"),
-        "--unet",
-        str(root / "w.safetensors"),
-        "--config",
-        str(root / "kw.json"),
-        "--out",
-        str(root / "ck"),
-    ]
+    return _import_args(root, "w.safetensors", "w.safetensors")
 
 
 # (setup, a phrase the message must contain, a path that must not exist afterwards)
