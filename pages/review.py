@@ -41,18 +41,43 @@ def images(study_path: str, finished_at: str, role: str) -> ImageSet:  # finishe
     return load_study_set(summary, role)
 
 
+NEW_REVIEWER = "+ add a reviewer"
+
+
+def _use_reviewer(name: str) -> None:
+    """Review as ``name`` from now on; kept in the URL, so a reload or a shared link keeps it."""
+    st.session_state["reviewer"] = name
+    st.query_params["reviewer"] = name
+
+
+def _add_reviewer() -> None:
+    name = st.session_state.get("reviewer_input", "").strip()
+    if name:
+        _use_reviewer(name)
+        st.session_state.pop(f"reviewer_pick::{study}", None)
+
+
+if "reviewer" not in st.session_state and st.query_params.get("reviewer"):
+    st.session_state["reviewer"] = st.query_params["reviewer"]
 reviewer = st.session_state.get("reviewer", "")
 with st.container(border=True):
     cols = st.columns([2, 1, 1, 1])
-    name = cols[0].text_input(
+    names = sorted(set(verdicts.reviewers(study)) | ({reviewer} if reviewer else set()))
+    pick = cols[0].selectbox(
         "Reviewer",
-        value=reviewer,
-        key="reviewer_input",
-        placeholder="your name (once per session)",
-        help="Recorded with every verdict in the study's audit trail",
+        [*names, NEW_REVIEWER],
+        index=names.index(reviewer) if reviewer else None,
+        key=f"reviewer_pick::{study}",
+        placeholder="choose your name, or add it",
+        help="Recorded with every verdict in the study's audit trail; a new name is added only when you confirm it",
     )
-    if name.strip() != reviewer:
-        st.session_state["reviewer"] = reviewer = name.strip()
+    if pick == NEW_REVIEWER:
+        with cols[0].form("new_reviewer", border=False):
+            st.text_input("New reviewer's name", key="reviewer_input")
+            st.form_submit_button("Add and review as this name", on_click=_add_reviewer)
+    elif pick and pick != reviewer:
+        _use_reviewer(pick)
+        reviewer = pick
     blinded = cols[1].toggle(
         "Blinded check",
         key=f"blind::{study}",
@@ -138,14 +163,18 @@ with st.container(border=True):
         ):
             chosen = current is not None and current.verdict == value
             if col.button(
-                f"{label} ({key})", key=f"verdict_{value}", shortcut=key, type="primary" if chosen else "secondary"
+                f"{label} ({key})",
+                key=f"verdict_{value}",
+                shortcut=key,
+                type="primary" if chosen else "secondary",
+                help=f"record '{label}' as {reviewer}",
             ):
                 verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
                 st.session_state[sel_key] = min(index + 1, len(rows) - 1)
                 st.rerun()
         done = sum(1 for r in rows if r["your verdict"])
         st.caption(
-            f"{reviewer}: {done}/{len(rows)} judged in this list ({mode})"
+            f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
             + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
         )
 

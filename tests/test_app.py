@@ -177,16 +177,22 @@ def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monke
     at = _app(str(study))
     at.switch_page("pages/review.py").run()
     at.toggle(key=f"only::{study}").set_value(False).run()
-    at.text_input(key="reviewer_input").input("rater one").run()
+    at.selectbox(key=f"reviewer_pick::{study}").set_value("+ add a reviewer").run()
+    at.text_input(key="reviewer_input").input("rater one")
+    at.button[[b.label for b in at.button].index("Add and review as this name")].click().run()
+    assert at.session_state["reviewer"] == "rater one" and at.query_params["reviewer"] in ("rater one", ["rater one"])
     for verdict in ("copy", "not_copy", "unsure"):
         at.button(key=f"verdict_{verdict}").click().run()
         _ok(at)
     assert [d.verdict for d in verdicts.decisions(study, "rater one")] == ["copy", "not_copy", "unsure"]
-    assert any(c.value.startswith("rater one: 3/") for c in at.caption)
-    # a new session resumes at the first pair this reviewer has not judged
-    again = _app(str(study))
-    again.session_state["reviewer"] = "rater one"
+    assert any(c.value.startswith("Recording as **rater one**: 3/") for c in at.caption)
+    # a new session (a reload with the same URL) resumes as this reviewer, at the first pair not yet judged
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.session_state["study"] = str(study)
+    again.query_params["reviewer"] = "rater one"
+    again.run()
     again.switch_page("pages/review.py").run()
+    assert again.selectbox(key=f"reviewer_pick::{study}").value == "rater one"
     again.toggle(key=f"only::{study}").set_value(False).run()
     assert any(m.value.startswith("**4 /") for m in again.markdown)
     at.switch_page("pages/agreement.py").run()

@@ -221,9 +221,12 @@ def test_3d_slice_moves(page) -> None:  # noqa: ANN001
 
 
 def _reviewer(page, name: str) -> None:  # noqa: ANN001
-    box = page.get_by_label("Reviewer", exact=True)
-    box.fill(name)
-    box.press("Enter")
+    """Add ``name`` as a new reviewer (chosen from the list, then confirmed)."""
+    main = page.get_by_test_id("stMainBlockContainer")
+    main.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="+ add a reviewer").click()
+    page.get_by_label("New reviewer's name").fill(name)
+    page.get_by_role("button", name="Add and review as this name").click()
     page.get_by_role("button", name=re.compile(r"^Copy")).wait_for()
 
 
@@ -235,12 +238,14 @@ def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
     _reviewer(page, "e2e rater")
     for label, n in (("^Copy", 1), ("^Not a copy", 2), ("^Unsure", 3)):
         page.get_by_role("button", name=re.compile(label)).click()
-        page.get_by_text(re.compile(f"^e2e rater: {n}/")).wait_for()
+        page.get_by_text(re.compile(f"as e2e rater: {n}/")).wait_for()
     page.reload()
     _show_all_if_no_copies(page)
-    _reviewer(page, "e2e rater")
-    page.get_by_text(re.compile(r"^e2e rater: 3/")).wait_for()  # read back from the study database
+    # the reviewer is kept in the URL: no need to choose again after a reload
+    page.get_by_text(re.compile(r"as e2e rater: 3/")).wait_for()  # read back from the study database
     page.get_by_text(re.compile(r"^4 / \d+")).first.wait_for()  # resumed at the first pair not yet judged
+    page.get_by_test_id("stImage").first.wait_for()
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
     page.screenshot(path=SHOTS / "verdicts.png", full_page=True)
 
 
