@@ -25,15 +25,27 @@ train, val, synthetic = (inputs.get(role) or (summary.source(role) if summary el
 detector = inputs.get("detector") or (summary.detector.path if summary else None)
 st.caption(f"Training `{train}` · validation `{val}` · synthetic `{synthetic}` · {dims}D at {size} per axis")
 
+folder = detector or str(study / results.DETECTOR)
+record = None
+if is_detector_folder(folder):
+    try:
+        record = read_detector_record(folder)
+    except MemoScopeError as exc:
+        st.error(str(exc))
+current = record.config if record is not None else None  # the form starts from the study's detector
+archs = list(choices(Arch)) if dims == 2 else [Arch.CONVRES.value, Arch.RESNET18.value]
+policies = list(choices(AugmentPolicy))
 train_tab, load_tab = st.tabs(["Train a detector", "Use an existing detector"])
 with train_tab, st.form("train_detector"):
     cols = st.columns(4)
-    arch = cols[0].selectbox("Encoder", choices(Arch) if dims == 2 else (Arch.CONVRES.value, Arch.RESNET18.value))
-    epochs = cols[1].number_input("Epochs", 1, 1000, 100)
-    augmentation = cols[2].selectbox(
-        "Augmentation", choices(AugmentPolicy), index=choices(AugmentPolicy).index("strong")
+    arch = cols[0].selectbox(
+        "Encoder", archs, index=archs.index(current.arch) if current and current.arch in archs else 0
     )
-    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
+    epochs = cols[1].number_input("Epochs", 1, 1000, current.epochs if current else 100)
+    augmentation = cols[2].selectbox(
+        "Augmentation", policies, index=policies.index(current.augmentation if current else "strong")
+    )
+    seed = cols[3].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
     if st.form_submit_button("Train", disabled=not (train and val)):
         out = str(study / results.DETECTOR)
         if _ui.start(
@@ -62,13 +74,6 @@ with load_tab, st.form("load_detector"):
             st.rerun()
 _ui.job_panel(study, "train-detector")
 
-folder = detector or str(study / results.DETECTOR)
-record = None
-if is_detector_folder(folder):
-    try:
-        record = read_detector_record(folder)
-    except MemoScopeError as exc:
-        st.error(str(exc))
 if record is not None:
     history = record.history
     st.subheader("Training and validation loss (NT-Xent)")

@@ -52,6 +52,7 @@ def test_overview_opens_the_demo_with_its_numbers(monkeypatch: pytest.MonkeyPatc
     at = _app()
     _ok(at)
     assert at.selectbox(key="study_select").value == "demo-2d"
+    assert not Path(at.session_state["study"]).is_relative_to(REPO)  # a per-user working copy, never the repo
     summary = read_summary(DEMO_2D)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Threshold"] == f"{summary.tau:.3f}"
@@ -127,6 +128,7 @@ def test_detector_page_shows_the_loss_curve_and_refuses_a_bad_folder(monkeypatch
     at.switch_page("pages/detector.py").run()
     _ok(at)
     assert len(at.get("plotly_chart")) == 1
+    assert at.selectbox[0].value == "convres" and at.number_input[0].value == 100  # the form starts from the study's
     at.text_input[0].input("no/such/detector")
     at.button[1].click().run()  # "Use this detector"
     assert "no/such/detector" in at.error[0].value
