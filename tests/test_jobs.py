@@ -164,3 +164,14 @@ def test_a_bad_option_is_refused_before_a_job_starts(tmp_path: Path) -> None:
             tmp_path, "scan", {"train": "t", "val": "v", "synthetic": "s", "out": str(tmp_path), "percentile": 150}
         )
     assert not (tmp_path / "jobs").exists()
+
+
+def test_a_finished_job_says_what_it_did(tmp_path: Path, checkpoint: Path) -> None:
+    study = tmp_path / "study"
+    job = jobs.start_job(
+        study,
+        "generate",
+        {"checkpoint": str(checkpoint), "out": str(tmp_path / "g"), "n": 2, "steps": 1, "device": "cpu"},
+    )
+    done = _wait(study, job.id)
+    assert done.status == "done" and "written 2" in done.message and "generate" not in done.message

@@ -205,7 +205,8 @@ def run_job(path: str | Path) -> Job:
         kind = KINDS[job.kind]
         job.result = kind.run(kind.config.from_dict(job.params, source=f"{path} params"), reporter)
         job.status = "done"
-        reporter(ProgressEvent(job.stage, job.total or 1, job.total or 1, f"{job.kind} finished"))
+        outcome = "; ".join(f"{k.replace('_', ' ')} {_short(v)}" for k, v in job.result.items())
+        reporter(ProgressEvent(job.stage, job.total or 1, job.total or 1, outcome or "done"))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded for the page
         job.status = "failed"
         job.error = str(exc) if isinstance(exc, MemoScopeError) else f"{type(exc).__name__}: {exc}"
@@ -213,6 +214,14 @@ def run_job(path: str | Path) -> Job:
     job.finished_at = now_utc()
     reporter.flush(force=True)
     return job
+
+
+def _short(value: Any) -> str:
+    return (
+        f"{value:.3g}"
+        if isinstance(value, float)
+        else (value[:12] if isinstance(value, str) and len(value) == 64 else str(value))
+    )
 
 
 def _run_generate(config: Any, progress: Progress) -> dict[str, Any]:
