@@ -9,6 +9,7 @@ import streamlit as st
 from core.detect.detector import is_detector_folder
 from core.study import jobs, results
 from core.study.results import ROLES
+from core.study.review import metrics_at
 from pages import _ui
 
 study = _ui.require_study()
@@ -19,10 +20,11 @@ st.title(f"Study: {study.name}")
 if summary is None:
     st.info("Not scanned yet: no memorization numbers until the detector has embedded the sets.")
 else:
-    mem, cop, th = summary.memorized, summary.copies, summary.threshold
-    pct = f", percentile {th.percentile:g}" if th.percentile is not None else ""
+    chosen = _ui.study_threshold(study)  # the same threshold Review, Agreement, the report and the release use
+    at = metrics_at(_ui.require_scan(study), chosen.value, chosen.rule, chosen.percentile)
+    mem, cop = at.memorized, at.copies
     cols = st.columns(4)
-    cols[0].metric("Threshold", f"{th.value:.3f}", help=f"rule {th.rule}{pct}")
+    cols[0].metric("Threshold", f"{chosen.value:.3f}", help=f"study threshold: {chosen.label}")
     cols[1].metric(
         "Memorized training",
         f"{mem.value:.1%}",
@@ -35,13 +37,13 @@ else:
     )
     cols[3].metric(
         "Expected FPR (copy)",
-        f"{summary.expected_fpr_copy:.1%}",
+        f"{at.expected_fpr_copy:.1%}",
         help="share of real held-out scans the threshold would call copies",
     )
     st.caption(
         f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
         f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample samples with "
-        "the threshold held fixed."
+        f"the threshold held fixed. Study threshold: {chosen.label}."
     )
 
 st.subheader("Data and models")

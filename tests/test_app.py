@@ -274,3 +274,7 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"  # Calibrate starts from it
     at.switch_page("pages/report.py").run()
     assert any("saved by Dr Ada" in c.value for c in at.caption)
+    at.switch_page("pages/overview.py").run()
+    _ok(at)
+    assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
+    assert any("saved by Dr Ada" in c.value for c in at.caption)

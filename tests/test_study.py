@@ -103,3 +103,29 @@ def test_a_committed_demo_study_is_used_through_a_per_user_copy(
     plain = tmp_path / "mine"
     plain.mkdir()
     assert working_copy(plain) == plain
+
+
+def test_a_session_that_loses_the_race_to_copy_the_demo_uses_the_winners_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sessions open the demo at once: the one whose copy lands second must not fail."""
+    from core.study import store
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / store.DEMO_MARKER).write_text("demo")
+    (demo / "summary.json").write_text('{"scan": 1}')
+    monkeypatch.setenv("MEMOSCOPE_HOME", str(tmp_path / "home"))
+    real_copytree = shutil.copytree
+
+    def copy_while_another_session_finishes_first(src: Path, dst: Path, **kwargs: object) -> Path:
+        winner = tmp_path / "home" / "studies" / "demo"
+        if not winner.exists():
+            real_copytree(src, winner, **kwargs)  # type: ignore[arg-type]
+            (winner / "verdict-by-the-winner").write_text("kept")
+        return real_copytree(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.shutil, "copytree", copy_while_another_session_finishes_first)
+    copy = store.working_copy(demo)
+    assert (copy / "verdict-by-the-winner").is_file()
+    assert not [p for p in copy.parent.iterdir() if p.name.startswith(".")]  # no staging left behind

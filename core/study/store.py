@@ -186,13 +186,21 @@ def working_copy(folder: str | Path) -> Path:
     if target.is_dir() and (target / "summary.json").read_bytes() == summary.read_bytes():
         return target
     if target.exists():
-        os.replace(target, target.with_name(f"{target.name}.before-{now_utc()[:19].replace(':', '')}"))
+        with contextlib.suppress(FileNotFoundError):  # another session may have moved it already
+            os.replace(target, target.with_name(f"{target.name}.before-{now_utc()[:19].replace(':', '')}"))
     skip = shutil.ignore_patterns("jobs", "report.*", "pseudonyms.csv", "*.sqlite-wal", "*.sqlite-shm", DEMO_MARKER)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=target.parent))
     try:
         shutil.copytree(folder, staging / folder.name, ignore=skip)
-        os.replace(staging / folder.name, target)
+        try:
+            os.replace(staging / folder.name, target)
+        except OSError:  # another session made the copy meanwhile: use it if it is of this demo
+            if (
+                not (target / "summary.json").is_file()
+                or (target / "summary.json").read_bytes() != summary.read_bytes()
+            ):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -323,14 +323,16 @@ def save_threshold(
     return StudyThreshold(threshold.value, str(threshold.rule), threshold.percentile, reviewer, at, note)
 
 
+def _thresholds(study: str | Path, where: str = "", args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Saved-threshold rows (none in a database from before saved thresholds; reading never creates the table)."""
+    if not _select(study, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'thresholds'"):
+        return []
+    return _select(study, f"SELECT * FROM thresholds {where}", args)
+
+
 def study_threshold(study: str | Path, scan: ScanResults) -> StudyThreshold:
     """The saved threshold of this scan, or the scan's own (a rescan starts again from its calibration)."""
-    rows = _select(study, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'thresholds'")
-    found = (
-        _select(study, "SELECT * FROM thresholds WHERE scan_id = ? ORDER BY id DESC LIMIT 1", (scan.summary.scan_id,))
-        if rows
-        else []
-    )
+    found = _thresholds(study, "WHERE scan_id = ? ORDER BY id DESC LIMIT 1", (scan.summary.scan_id,))
     if found:
         r = found[0]
         return StudyThreshold(r["value"], r["rule"], r["percentile"], r["set_by"], r["at"], r["note"])
@@ -339,11 +341,7 @@ def study_threshold(study: str | Path, scan: ScanResults) -> StudyThreshold:
 
 
 def threshold_history(study: str | Path) -> list[dict[str, Any]]:
-    return (
-        [dict(r) for r in _select(study, "SELECT * FROM thresholds ORDER BY id")]
-        if _select(study, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'thresholds'")
-        else []
-    )
+    return [dict(r) for r in _thresholds(study, "ORDER BY id")]
 
 
 def reviewers(study: str | Path) -> list[str]:
