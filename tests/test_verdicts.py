@@ -212,3 +212,22 @@ def test_a_saved_threshold_belongs_to_its_scan_and_keeps_its_history(tmp_path: P
         verdicts.save_threshold(study, "bo", first, Threshold(ThresholdRule.FIXED, None, float("nan"), 0))
     with sqlite3.connect(study / DB_NAME) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("UPDATE thresholds SET value = 0.5")
+
+
+def test_reading_a_study_writes_nothing_beside_it(tmp_path: Path) -> None:
+    """Reading verdicts, the audit and thresholds leaves the folder as it was, even a read-only one.
+
+    (A WAL database would make every reader create -wal/-shm files; CI caught that on the committed demo.)
+    """
+    study = open_study(tmp_path / "s").path
+    verdicts.record(study, "ana", _ref("s1", "t1"), "copy")
+    before = sorted(p.name for p in study.iterdir())
+    assert not [name for name in before if name.endswith(("-wal", "-shm", "-journal"))]
+    study.chmod(0o555)
+    try:
+        assert [d.verdict for d in verdicts.decisions(study)] == ["copy"]
+        assert verdicts.verify_audit(study).ok
+        assert verdicts.threshold_history(study) == []
+    finally:
+        study.chmod(0o755)
+    assert sorted(p.name for p in study.iterdir()) == before

@@ -50,7 +50,7 @@ class Study:
     def connect(self) -> sqlite3.Connection:
         try:
             connection = sqlite3.connect(self.db_path, timeout=30)
-            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA journal_mode=DELETE")  # see verdicts._connect
             connection.executescript(_SCHEMA)
             if "pid" not in {row[1] for row in connection.execute("PRAGMA table_info(runs)")}:
                 connection.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")  # studies from MemoScope 0.1

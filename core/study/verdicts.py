@@ -1,7 +1,7 @@
 """Reviewer verdicts on synthetic/training pairs: an SQLite store with an append-only audit trail,
 a blinded sample for the paper's rater check, and agreement statistics.
 
-Verdicts live in the study's ``study.sqlite`` (WAL mode, one transaction per verdict), so several
+Verdicts live in the study's ``study.sqlite`` (rollback journal, one transaction per verdict), so several
 reviewers in separate processes can record at once and a killed process leaves either the whole
 verdict (with its audit row) or nothing.
 """
@@ -125,13 +125,18 @@ def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _connect(study: str | Path) -> Iterator[sqlite3.Connection]:
-    """A writing connection: WAL, full sync, the audit table created (or given its newer columns) if needed."""
+    """A writing connection: rollback journal, full sync, the audit table created (or given newer columns) if needed.
+
+    The rollback journal (not WAL) keeps reading free of side effects: a WAL database makes every reader,
+    even a read-only one, create ``-wal``/``-shm`` files beside it, which a read-only or shared study folder
+    cannot take. Writers still serialise through ``BEGIN IMMEDIATE``; readers wait up to a minute.
+    """
     path = Path(study) / DB_NAME
     if not Path(study).is_dir():
         raise MemoScopeError(f"{study}: no such study folder.")
     connection = sqlite3.connect(path, timeout=60, isolation_level=None)
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA journal_mode=DELETE")
         connection.execute("PRAGMA synchronous=FULL")
         columns = {row[1] for row in connection.execute("PRAGMA table_info(audit)")}
         for column in _ADDED if columns else ():
