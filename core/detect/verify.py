@@ -1,0 +1,372 @@
+"""Second stage of the copy call: align each retrieved candidate to its query, then score the aligned overlap.
+
+Retrieval (the contrastive embedding, optionally merged with a blurred-pixel search) proposes ``k``
+training scans per query; verification decides. For each candidate it searches small rigid rotations
+(2D: about the image centre; 3D: about each axis in turn), finds the translation by phase correlation
+within ``max_shift``, and scores the aligned pair on the central overlap that every allowed shift keeps:
+
+- ``structure``: Pearson correlation of the band-passed images (difference of Gaussians,
+  ``fine_sigma`` - ``coarse_sigma`` voxels). It ignores linear intensity changes, most noise and
+  slight blur, and the overall head shape that every scan shares; the copy decision uses it.
+- ``pixel``: Pearson correlation of the aligned images themselves (the pixel-space cross-check).
+
+Everything is batched torch on the given device (resampling with MONAI's ``AffineTransform``,
+filtering with MONAI's separable Gaussian), so a GPU verifies thousands of pairs per second. The
+same code scores the null (validation -> training, between different patients) and the synthetic
+samples, so the threshold is calibrated on exactly the statistic it is applied to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.networks.layers import AffineTransform, separable_filtering
+from monai.networks.layers.convutils import gaussian_1d
+
+from core.common.config import Config, check_range
+from core.detect.search import ExactIndex, Neighbors, NeighborTables, SearchConfig
+
+
+class MatchMethod(StrEnum):
+    """How a scan decides that a synthetic sample copies a training scan."""
+
+    PAPER = "paper"  # as in Dar et al.: the contrastive embedding's correlation decides
+    VERIFIED = "verified"  # retrieval by embedding (+ blurred pixels), then aligned structure correlation decides
+
+
+@dataclass(frozen=True)
+class VerifyConfig(Config):
+    """Retrieval and verification settings.
+
+    Attributes:
+        candidates: embedding neighbours verified per query.
+        pixel_candidates: further candidates from a blurred-pixel search (0: embedding only); they catch
+            copies the embedding ranks low (large shifts, strong blur).
+        max_angle, angle_step: rotation search in degrees, ``-max_angle..max_angle``.
+        max_shift: largest translation searched, as a fraction of each side.
+        fine_sigma, coarse_sigma: the band-pass (voxels): below ``fine_sigma`` is noise and the blur a
+            generator adds; above ``coarse_sigma`` is the head shape all scans share.
+        batch_pairs: aligned pairs per batch (bounds memory: about ``batch_pairs x orientations`` images).
+    """
+
+    candidates: int = 5
+    pixel_candidates: int = 5
+    max_angle: float = 8.0
+    angle_step: float = 2.0
+    max_shift: float = 0.1
+    fine_sigma: float = 1.0
+    coarse_sigma: float = 4.0
+    batch_pairs: int = 64
+
+    def validate(self) -> None:
+        check_range("candidates", self.candidates, 1)
+        check_range("pixel_candidates", self.pixel_candidates, 0)
+        check_range("max_angle", self.max_angle, 0.0, 45.0)
+        check_range("angle_step", self.angle_step, 0.1, 45.0)
+        check_range("max_shift", self.max_shift, 0.0, 0.45)
+        check_range("fine_sigma", self.fine_sigma, 0.0)
+        check_range("coarse_sigma", self.coarse_sigma, self.fine_sigma + 1e-6)
+        check_range("batch_pairs", self.batch_pairs, 1)
+
+    def angles(self) -> list[float]:
+        n = int(math.floor(self.max_angle / self.angle_step + 1e-9))
+        return [0.0] + [s * i * self.angle_step for i in range(1, n + 1) for s in (-1.0, 1.0)]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How a candidate was moved onto its query: rotation (degrees, about ``axis``) and shift (voxels)."""
+
+    axis: int
+    angle: float
+    shift: tuple[int, ...]
+
+    def label(self) -> str:
+        moved = [f"rotated {self.angle:+g} deg" + (f" about axis {self.axis}" if self.axis >= 0 else "")] * bool(
+            self.angle
+        )
+        if any(self.shift):
+            moved.append("shifted " + ",".join(f"{s:+d}" for s in self.shift) + " px")
+        return "; ".join(moved) or "as generated"
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Verification of ``(Q, C)`` query/candidate pairs, best first per query.
+
+    Attributes:
+        neighbors: ``structure`` scores (the decision score) and the database rows, sorted best first.
+        retrieval: the embedding correlation of each pair (NaN for a pixel-search candidate not in the
+            embedding's list).
+        pixel: Pearson correlation of the aligned images.
+        alignments: the alignment found for each pair.
+    """
+
+    neighbors: Neighbors
+    retrieval: npt.NDArray[np.float32]
+    pixel: npt.NDArray[np.float32]
+    alignments: list[list[Alignment]]
+
+    @property
+    def best(self) -> npt.NDArray[np.float32]:
+        return self.neighbors.best
+
+
+def _orientations(spatial_dims: int, config: VerifyConfig) -> list[tuple[int, float]]:
+    """(axis, angle) pairs: 2D rotates in-plane (axis -1); 3D about each axis in turn (identity once)."""
+    angles = config.angles()
+    if spatial_dims == 2:
+        return [(-1, a) for a in angles]
+    return [(-1, 0.0)] + [(axis, a) for axis in range(3) for a in angles if a]
+
+
+def _rotation_matrix(spatial_dims: int, axis: int, degrees: float) -> torch.Tensor:
+    """Homogeneous (d+1, d+1) rotation about the image centre (MONAI ``AffineTransform``, zero-centred, pull).
+
+    The sign follows ``scipy.ndimage.rotate(image, degrees)`` in 2D, so an alignment reads as the move applied.
+    """
+    t = -math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    m = torch.eye(spatial_dims + 1, dtype=torch.float32)
+    if spatial_dims == 3 and axis < 0:
+        return m
+    i, j = (0, 1) if spatial_dims == 2 else [a for a in range(3) if a != axis]
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def band_pass(images: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
+    """Difference of Gaussians with edge-replicating borders: ``(B, 1, *S)`` -> same shape."""
+    dims = images.ndim - 2
+
+    def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if sigma <= 0:
+            return x
+        kernel = gaussian_1d(torch.tensor(sigma), truncated=3.0, normalize=True).to(x)
+        return separable_filtering(x, [kernel] * dims, mode="replicate")
+
+    return blur(images, config.fine_sigma) - blur(images, config.coarse_sigma)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of ``(B, V)`` tensors; 0 where either row is constant."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    denom = torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
+    return torch.where(denom > 0, (a * b).sum(dim=1) / denom.clamp_min(1e-12), torch.zeros_like(denom))
+
+
+class Verifier:
+    """Aligns and scores pairs of same-sized images on one device (see the module docstring)."""
+
+    def __init__(self, shape: tuple[int, ...], config: VerifyConfig | None = None, device: str = "cpu") -> None:
+        self.config = config or VerifyConfig()
+        self.shape = tuple(int(s) for s in shape)
+        self.dims = len(self.shape)
+        if self.dims not in (2, 3):
+            raise ValueError(f"verification needs 2D or 3D images, got shape {self.shape}")
+        self.device = torch.device(device)
+        self.orientations = _orientations(self.dims, self.config)
+        matrices = torch.stack([_rotation_matrix(self.dims, axis, a) for axis, a in self.orientations])
+        self._matrices = matrices.to(self.device)
+        self._warp = AffineTransform(
+            spatial_size=self.shape, normalized=False, padding_mode="border", align_corners=True, zero_centered=True
+        )
+        self.margin = tuple(int(math.ceil(self.config.max_shift * s)) for s in self.shape)
+        # allowed shifts: |shift| <= margin along each axis (phase-correlation peaks elsewhere are ignored)
+        grids = torch.meshgrid(*[torch.fft.fftfreq(s, 1.0 / s) for s in self.shape], indexing="ij")
+        allowed = torch.ones(self.shape, dtype=torch.bool)
+        for g, m in zip(grids, self.margin, strict=True):
+            allowed &= g.abs() <= m
+        self._allowed = allowed.to(self.device)
+        self._crop = tuple(slice(m, s - m) for m, s in zip(self.margin, self.shape, strict=True))
+
+    def _align_scores(
+        self, queries: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best orientation and shift of each candidate onto its query: scores (P,), pixel (P,), orient (P,), shift."""
+        p, o = len(queries), len(self.orientations)
+        theta = self._matrices.repeat(p, *([1] * 2))  # (P*O, d+1, d+1), orientation fastest
+        moved = self._warp(candidates.repeat_interleave(o, dim=0), theta)  # (P*O, 1, *S)
+        q_band = band_pass(queries, self.config).repeat_interleave(o, dim=0)
+        m_band = band_pass(moved, self.config)
+        dims = tuple(range(2, 2 + self.dims))
+        cross = torch.fft.fftn(q_band, dim=dims) * torch.conj(torch.fft.fftn(m_band, dim=dims))
+        surface = torch.fft.ifftn(cross / cross.abs().clamp_min(1e-12), dim=dims).real[:, 0]
+        surface = surface.masked_fill(~self._allowed, -math.inf)
+        flat = surface.reshape(len(surface), -1).argmax(dim=1)
+        shift = torch.stack(torch.unravel_index(flat, self.shape), dim=1)  # (P*O, d) in [0, s)
+        sizes = torch.tensor(self.shape, device=shift.device)
+        shift = torch.where(shift > sizes // 2, shift - sizes, shift)
+        structure = _pearson(self._crop_of(q_band), self._shifted_crop(m_band, shift)).reshape(p, o)
+        best = structure.argmax(dim=1)
+        rows = torch.arange(p, device=best.device) * o + best
+        pixel = _pearson(self._crop_of(queries), self._shifted_crop(moved[rows], shift[rows]))
+        return structure.max(dim=1).values, pixel, best, shift[rows]
+
+    def _crop_of(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0][(slice(None), *self._crop)].flatten(1)
+
+    def _shifted_crop(self, images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The central crop of each image rolled by its shift (``torch.roll`` per row, vectorised): ``(B, V)``."""
+        index: list[torch.Tensor] = []
+        for axis, (size, m) in enumerate(zip(self.shape, self.margin, strict=True)):
+            k = torch.arange(m, size - m, device=images.device)
+            rolled = (k[None, :] - shift[:, axis : axis + 1]) % size  # (B, n_axis)
+            view = [len(images)] + [1] * self.dims
+            view[1 + axis] = len(k)
+            index.append(rolled.reshape(view))
+        batch = torch.arange(len(images), device=images.device).reshape([-1] + [1] * self.dims)
+        return images[:, 0][tuple([batch, *index])].flatten(1)
+
+    @torch.no_grad()
+    def score(
+        self, queries: npt.ArrayLike, database: npt.ArrayLike, candidates: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[list[Alignment]]]:
+        """Align ``database[candidates[q, c]]`` onto ``queries[q]``: structure and pixel ``(Q, C)``, alignments."""
+        q_images = np.asarray(queries, dtype=np.float32)
+        d_images = np.asarray(database, dtype=np.float32)
+        cand = np.asarray(candidates, dtype=np.int64)
+        if q_images.shape[2:] != self.shape or d_images.shape[2:] != self.shape:
+            raise ValueError(f"images must be (N, 1, *{self.shape}); got {q_images.shape} and {d_images.shape}")
+        n_q, n_c = cand.shape
+        pairs_q = np.repeat(np.arange(n_q), n_c)
+        pairs_d = cand.ravel()
+        structure = np.empty(n_q * n_c, np.float32)
+        pixel = np.empty(n_q * n_c, np.float32)
+        orient = np.empty(n_q * n_c, np.int64)
+        shifts = np.empty((n_q * n_c, self.dims), np.int64)
+        step = self.config.batch_pairs
+        for start in range(0, len(pairs_q), step):
+            sl = slice(start, start + step)
+            q = torch.from_numpy(q_images[pairs_q[sl]]).to(self.device)
+            d = torch.from_numpy(d_images[pairs_d[sl]]).to(self.device)
+            s, px, o, sh = self._align_scores(q, d)
+            structure[sl], pixel[sl] = s.cpu().numpy(), px.cpu().numpy()
+            orient[sl], shifts[sl] = o.cpu().numpy(), sh.cpu().numpy()
+        alignments = [
+            [
+                Alignment(*self.orientations[int(orient[i * n_c + c])], tuple(int(v) for v in shifts[i * n_c + c]))
+                for c in range(n_c)
+            ]
+            for i in range(n_q)
+        ]
+        return structure.reshape(n_q, n_c), pixel.reshape(n_q, n_c), alignments
+
+    def apply(self, image: npt.ArrayLike, alignment: Alignment) -> npt.NDArray[np.float32]:
+        """Move one ``(*S)`` image by ``alignment`` (for showing the aligned overlay)."""
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].to(self.device)
+        theta = _rotation_matrix(self.dims, alignment.axis, alignment.angle)[None].to(self.device)
+        moved = self._warp(x, theta)[0, 0]
+        return torch.roll(moved, alignment.shift, tuple(range(self.dims))).cpu().numpy()
+
+
+def pixel_descriptors(images: npt.ArrayLike, size: int = 16) -> npt.NDArray[np.float32]:
+    """Blurred, downsampled pixels as vectors (the pixel retrieval's embedding): ``(N, size**d)``."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    pooled = torch.nn.functional.adaptive_avg_pool2d if x.ndim == 4 else torch.nn.functional.adaptive_avg_pool3d
+    return pooled(x, size).flatten(1).numpy()
+
+
+def candidate_lists(
+    query_vectors: npt.ArrayLike,
+    database_vectors: npt.ArrayLike,
+    query_images: npt.ArrayLike,
+    database_images: npt.ArrayLike,
+    config: VerifyConfig,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The rows to verify per query (embedding top ``candidates`` merged with pixel top ``pixel_candidates``,
+    filled from further embedding neighbours so every row has the same number of distinct rows), and the
+    embedding correlation of each."""
+    n_db = len(np.asarray(database_vectors))
+    width = min(config.candidates + config.pixel_candidates, n_db)
+    emb = ExactIndex(database_vectors, SearchConfig(k=width)).search(query_vectors)
+    extra = (
+        ExactIndex(pixel_descriptors(database_images), SearchConfig(k=config.pixel_candidates))
+        .search(pixel_descriptors(query_images))
+        .index
+        if config.pixel_candidates
+        else np.zeros((len(emb.index), 0), np.int64)
+    )
+    out = np.empty((len(emb.index), width), np.int64)
+    retrieval = np.full((len(emb.index), width), np.nan, np.float32)
+    for q in range(len(out)):
+        first = emb.index[q, : config.candidates].tolist()
+        merged = list(dict.fromkeys(itertools.chain(first, extra[q].tolist(), emb.index[q].tolist())))[:width]
+        out[q] = merged
+        known = dict(zip(emb.index[q].tolist(), emb.similarity[q].tolist(), strict=True))
+        retrieval[q] = [known.get(r, np.nan) for r in merged]
+    return out, retrieval
+
+
+def verify(
+    query_vectors: npt.ArrayLike,
+    database_vectors: npt.ArrayLike,
+    query_images: npt.ArrayLike,
+    database_images: npt.ArrayLike,
+    k: int,
+    config: VerifyConfig | None = None,
+    device: str = "cpu",
+) -> Verified:
+    """Retrieve candidates, verify each, and keep the ``k`` best verified per query (best first)."""
+    config = config or VerifyConfig()
+    q_images = np.asarray(query_images, dtype=np.float32)
+    rows, retrieval = candidate_lists(query_vectors, database_vectors, q_images, database_images, config)
+    verifier = Verifier(q_images.shape[2:], config, device)
+    structure, pixel, alignments = verifier.score(q_images, database_images, rows)
+    order = np.argsort(-structure, axis=1, kind="stable")[:, : min(k, rows.shape[1])]
+    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return Verified(
+        Neighbors(np.clip(take(structure), -1.0, 1.0).astype(np.float32), take(rows)),
+        take(retrieval),
+        take(pixel),
+        [[alignments[q][int(c)] for c in order[q]] for q in range(len(order))],
+    )
+
+
+@dataclass(frozen=True)
+class VerifiedTables:
+    """The four directions of :class:`~core.detect.search.NeighborTables`, each verified.
+
+    ``tables`` holds the verified (structure) scores, so every rule and metric that reads a
+    ``NeighborTables`` works on them unchanged; ``synthetic_to_train`` keeps the retrieval score, the
+    aligned pixel correlation and the alignment of each pair for the study's pairs and the Review page.
+    """
+
+    tables: NeighborTables
+    synthetic_to_train: Verified
+
+
+def verify_tables(
+    vectors: dict[str, npt.NDArray[np.float32]],
+    images: dict[str, npt.NDArray[np.float32]],
+    k: int,
+    config: VerifyConfig | None = None,
+    device: str = "cpu",
+) -> VerifiedTables:
+    """Verify all four directions (``vectors`` and ``images`` keyed ``train``, ``val``, ``synthetic``).
+
+    The null (validation -> training, and training -> validation for the paper's rule) goes through the
+    same retrieval and verification as the synthetic samples: the threshold is calibrated on the
+    statistic it is applied to.
+    """
+
+    def run(query: str, database: str) -> Verified:
+        return verify(vectors[query], vectors[database], images[query], images[database], k, config, device)
+
+    s2t = run("synthetic", "train")
+    return VerifiedTables(
+        NeighborTables(
+            synthetic_to_train=s2t.neighbors,
+            train_to_synthetic=run("train", "synthetic").neighbors,
+            train_to_val=run("train", "val").neighbors,
+            val_to_train=run("val", "train").neighbors,
+        ),
+        s2t,
+    )
