@@ -13,6 +13,7 @@ from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.common.progress import StageBars
 from core.detect.detector import Arch
+from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
 from core.generative.sample import ImageFormat, Precision
 from core.io.augment import AugmentPolicy
@@ -66,6 +67,22 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 DETECTOR_FLAGS = ("detector_epochs", "augmentation", "arch", "batch_size")
+VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift")
+
+
+def _verify_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=choices(MatchMethod),
+        help="verified (default): embedding retrieval, then aligned structure correlation decides; paper: the "
+        "embedding correlation decides, as in Dar et al.",
+    )
+    parser.add_argument("--candidates", type=int, help="embedding candidates verified per sample (default 5)")
+    parser.add_argument("--pixel-candidates", type=int, help="extra candidates from blurred pixels (default 5; 0 off)")
+    parser.add_argument("--max-angle", type=float, help="rotation searched, degrees either way (default 8)")
+    parser.add_argument("--max-shift", type=float, help="translation searched, fraction of each side (default 0.1)")
+
+
 TRAIN_LDM_FLAGS = (
     "ae_epochs",
     "epochs",
@@ -84,8 +101,11 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from core.io.preprocessing import config_from_options
     from core.study.scan import ScanConfig, run_scan
 
-    options = _options(args, *DETECTOR_FLAGS)
-    config = config_from_options(ScanConfig, {**options, "detector_overrides": _detector_overrides(args)})
+    options = _options(args, *DETECTOR_FLAGS, *VERIFY_FLAGS)
+    verify = {k: getattr(args, k) for k in VERIFY_FLAGS if getattr(args, k) is not None}
+    config = config_from_options(
+        ScanConfig, {**options, "detector_overrides": _detector_overrides(args), "verify": verify}
+    )
     bars = StageBars()
     summary = run_scan(config, progress=bars)
     bars.close()
@@ -213,6 +233,25 @@ def cmd_upgrade_study(args: argparse.Namespace) -> None:
     print(f"{args.study}: {'upgraded to' if changed else 'already at'} schema {SCHEMA_VERSION}")
 
 
+def cmd_selftest(args: argparse.Namespace) -> None:
+    from core.study.selftest import SelfTestConfig, run_selftest
+
+    options = {"study": args.study, "per_kind": args.per_kind, "levels": args.levels, "seed": args.seed}
+    bars = StageBars()
+    result = run_selftest(SelfTestConfig.from_dict({k: v for k, v in options.items() if v is not None}), bars)
+    bars.close()
+    print(
+        f"self-test of scan {result.scan_id} ({result.method}, {result.rule}, tau {result.tau:.3f}): unseen-patient "
+        f"scans called copies {result.unseen_fpr.count}/{result.unseen_fpr.total}; precision {result.precision:.2f}; "
+        f"F1 {result.f1:.2f}; AUROC {result.auroc:.3f}"
+    )
+    table = result.recall_table()
+    print("  " + "".join(f"{k:>11}" for k in table[0]))
+    for row in table:
+        print("  " + "".join(f"{v:>11}" for v in row.values()))
+    print(f"wrote {Path(args.study) / 'selftest.json'}")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from core.generative.ldm import checkpoint_hash, read_config
 
@@ -268,14 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
     p.add_argument("--out", required=True, help="study folder for the outputs")
     p.add_argument("--detector", help="a trained detector folder (default: train one on --train)")
-    p.add_argument("--threshold-rule", help="paper | heldout | fixed:X (default paper)")
-    p.add_argument("--percentile", type=float, help="percentile for paper/heldout (default 95)")
+    p.add_argument(
+        "--threshold-rule",
+        help="paper | heldout | heldout-ucb | fixed:X (default: the method's own; heldout-ucb for verified)",
+    )
+    p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/memoscope or $MEMOSCOPE_CACHE_DIR)")
     _spec_args(p)
     _detector_args(p)
+    _verify_args(p)
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("selftest", help="plant changed copies of the study's training scans and measure the call")
+    p.add_argument("--study", required=True, help="a scanned study folder")
+    p.add_argument("--per-kind", type=int, help="copies per change and level (default 10)")
+    p.add_argument("--levels", type=int, nargs="+", help="strength levels, of 1 2 3 (default 1 2)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("generate", help="sample images from an LDM checkpoint")
     p.add_argument("--checkpoint", required=True)

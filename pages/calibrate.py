@@ -51,12 +51,12 @@ def controls() -> None:
     cols = st.columns([1, 2])
     rule = cols[0].radio(
         "Rule",
-        ("paper", "heldout", "fixed"),
+        choices(ThresholdRule),
         horizontal=True,
         key=f"rule::{study}",
         index=choices(ThresholdRule).index(saved.rule),
-        help="paper: percentile of training->nearest validation; heldout: of validation->nearest training; "
-        "fixed: your value",
+        help="paper: percentile of training->nearest validation; heldout: of validation->nearest training (the "
+        "null built like the test); heldout-ucb: a 95 % upper confidence bound on that percentile; fixed: your value",
     )
     if rule == "fixed":
         tau = cols[1].slider("Threshold", -1.0, 1.0, float(saved.value), 0.001, key=f"fixed::{study}")

@@ -8,6 +8,8 @@ import streamlit as st
 from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.detect.detector import Arch, is_detector_folder, read_detector_record
+from core.detect.metrics import ThresholdRule
+from core.detect.verify import MatchMethod
 from core.io.augment import AugmentPolicy
 from core.study import results
 from core.study.store import open_study
@@ -91,12 +93,24 @@ if record is not None:
 
 st.subheader("Embed all sets and scan")
 with st.form("scan"):
-    cols = st.columns(3)
-    rule = cols[0].selectbox("Threshold rule", ("paper", "heldout"))
-    percentile = cols[1].number_input(
+    cols = st.columns(4)
+    method = cols[0].selectbox(
+        "Copy call",
+        choices(MatchMethod),
+        index=choices(MatchMethod).index(MatchMethod.VERIFIED),
+        help="verified: the embedding proposes candidates, then each is aligned (rotation, shift) and the aligned "
+        "structure correlation decides. paper: the embedding correlation decides, as in Dar et al.",
+    )
+    rule = cols[1].selectbox(
+        "Threshold rule",
+        ("the method's own", *(r for r in choices(ThresholdRule) if r != ThresholdRule.FIXED)),
+        help="The method's own: heldout-ucb for verified (an upper confidence bound on the 95th percentile of "
+        "validation -> training scores), paper for paper.",
+    )
+    percentile = cols[2].number_input(
         "Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0)
     )
-    k = cols[2].number_input("Neighbours kept", 1, 50, int(summary.k if summary else 5))
+    k = cols[3].number_input("Neighbours kept", 1, 50, int(summary.k if summary else 5))
     ready = bool(train and val and synthetic and record is not None)
     if st.form_submit_button("Embed and scan", disabled=not ready):
         _ui.start(
@@ -111,7 +125,8 @@ with st.form("scan"):
                 "dims": dims,
                 "size": size,
                 "slices": inputs.get("slices"),
-                "threshold_rule": rule,
+                "method": method,
+                "threshold_rule": "" if rule == "the method's own" else rule,
                 "percentile": float(percentile),
                 "k": int(k),
             },
@@ -119,3 +134,19 @@ with st.form("scan"):
 if not (synthetic and record is not None):
     st.caption("Needs synthetic samples (Generate) and a detector (above).")
 _ui.job_panel(study, "scan")
+
+st.subheader("Self-test: what this detector catches on your data")
+st.caption(
+    "Plants changed copies of your training scans (noise, blur, intensity, shift, rotation, warp, mixed; two "
+    "strength levels) among real scans of half of the validation patients, calibrates on the other half exactly as "
+    "the scan did, and measures what the copy call finds. The Overview page and the report show the result."
+)
+with st.form("selftest"):
+    cols = st.columns(3)
+    per_kind = cols[0].number_input("Copies per change and level", 1, 100, 10)
+    seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0)
+    if st.form_submit_button("Run the self-test", disabled=summary is None):
+        _ui.start(study, "selftest", {"study": str(study), "per_kind": int(per_kind), "seed": int(seed)})
+if summary is None:
+    st.caption("Needs a scan first (above).")
+_ui.job_panel(study, "selftest")

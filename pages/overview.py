@@ -10,6 +10,7 @@ from core.detect.detector import is_detector_folder
 from core.study import jobs, results
 from core.study.results import ROLES
 from core.study.review import metrics_at
+from core.study.selftest import read_selftest
 from pages import _ui
 
 study = _ui.require_study()
@@ -45,6 +46,48 @@ else:
         f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample samples with "
         f"the threshold held fixed. Study threshold: {chosen.label}."
     )
+    st.caption(
+        "Copy call: "
+        + (
+            "**verified**: the embedding proposes training scans, each is aligned (rotation, shift) and the "
+            "correlation of the aligned structure decides."
+            if summary.method == "verified"
+            else "**paper** (Dar et al.): the embedding correlation decides."
+        )
+    )
+    unseen = summary.fpr_unseen
+    if unseen is None and summary.method == "verified":
+        st.caption(
+            "How this threshold transfers to patients it was not calibrated on could not be measured: that needs "
+            "validation scans of at least 2 patients, and enough scans left when one patient is held out for the "
+            f"{summary.threshold.rule} rule. Run the self-test below for a direct measurement."
+        )
+    if unseen is not None:
+        where = "" if chosen.value == summary.tau else f" (measured at the scan's threshold {summary.tau:.3f})"
+        st.caption(
+            f"Real scans of patients the threshold was not calibrated on called copies: **{unseen.value:.1%}** "
+            f"({unseen.count}/{unseen.total}; 95 % CI {unseen.low:.1%} to {unseen.high:.1%}; {unseen.method})"
+            f"{where}."
+        )
+
+    tested = read_selftest(study, summary.scan_id)
+    st.subheader("What this detector catches on your data")
+    if tested is None:
+        st.caption(
+            "No self-test of this scan yet: the Detector page (or `python -m core selftest --study ...`) plants "
+            "changed copies of your training scans among real scans of validation patients kept out of the "
+            "calibration and measures what the copy call finds."
+        )
+    else:
+        fpr = tested.unseen_fpr
+        st.caption(
+            f"Self-test ({tested.method}, {tested.rule}, tau {tested.tau:.3f} calibrated on "
+            f"{tested.calibration_patients} validation patients): real scans of {tested.unseen_patients} unseen "
+            f"patients called copies **{fpr.count}/{fpr.total}** (95 % CI {fpr.low:.0%} to {fpr.high:.0%}); "
+            f"precision {tested.precision:.2f}, F1 {tested.f1:.2f}, AUROC {tested.auroc:.3f}. Copies found per change "
+            "(a copy counts when flagged and matched to its source):"
+        )
+        st.dataframe(tested.recall_table(), hide_index=True)
 
 st.subheader("Data and models")
 rows = []

@@ -25,7 +25,7 @@ from core.io.viewer import (
 )
 from core.study import verdicts
 from core.study.results import nearest_pairs
-from core.study.review import display_units, group_by_training, load_study_set, worklist
+from core.study.review import aligned_training, display_units, group_by_training, load_study_set, worklist
 from pages import _ui
 
 study = _ui.require_study()
@@ -143,10 +143,13 @@ row: dict[str, Any] = rows[index]
 if blinded:
     nav[2].markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
 else:
+    score = "verified score" if "alignment" in row else "similarity"
+    retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
     nav[2].markdown(
         f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
-        f"`{row['patient_id']}`) · similarity **{row['similarity']:.3f}** · p-value {row['p_value']:.3g} · "
+        f"`{row['patient_id']}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
+        + (f" · training {row['alignment']} to match" if "alignment" in row else "")
     )
 
 with st.container(border=True):
@@ -186,8 +189,22 @@ train_index = {s: i for i, s in enumerate(train.ids)}
 if row["synthetic_id"] not in syn_index or row["train_id"] not in train_index:
     st.error("The images of this pair are no longer where the scan found them; rescan the study.")
     st.stop()
+pair = next((p for p in pairs if p.synthetic_id == row["synthetic_id"] and p.train_id == row["train_id"]), None)
+training_image = train.images[train_index[row["train_id"]], 0]
+if (
+    pair is not None
+    and pair.alignment is not None
+    and st.toggle(
+        "Align the training scan as verified",
+        value=True,
+        key="align",
+        help="Move the training scan by the rotation and shift the verification found, so that the difference "
+        "shows what remains after alignment (what the verified score measured).",
+    )
+):
+    training_image = aligned_training(summary, pair, training_image)
 a, unit = display_units(synthetic.images[syn_index[row["synthetic_id"]], 0], spec)
-b, _ = display_units(train.images[train_index[row["train_id"]], 0], spec)
+b, _ = display_units(training_image, spec)
 
 
 def window_controls(a: np.ndarray, b: np.ndarray) -> Window:

@@ -28,7 +28,7 @@ def _png(path: Path, seed: int) -> None:
     Image.fromarray(u16).save(path)
 
 
-def _sets(root: Path, n_val: int = 24) -> tuple[Path, Path, Path]:
+def _sets(root: Path, n_val: int = 60) -> tuple[Path, Path, Path]:
     """Training (2 patients), validation (3 patients) and synthetic folders of distinct images."""
     for i in range(8):
         _png(root / "train" / f"P{i % 2}" / f"{i}.png", i)
@@ -128,7 +128,12 @@ def fixed_threshold_out_of_range(root: Path) -> list[str]:
 
 def validation_too_small_for_the_percentile(root: Path) -> list[str]:
     train, val, _ = _sets(root, n_val=6)
-    return _scan_args(root, train, val, "--percentile", "95")
+    return _scan_args(root, train, val, "--percentile", "95", "--threshold-rule", "paper")
+
+
+def validation_too_small_for_the_confidence_bound(root: Path) -> list[str]:
+    train, val, _ = _sets(root, n_val=6)
+    return _scan_args(root, train, val)  # the default: verified, heldout-ucb at the 95th percentile
 
 
 def garbage_study_database(root: Path) -> list[str]:
@@ -293,6 +298,11 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (k_is_zero, "k 0 must be in [1, inf]", "study"),
     (fixed_threshold_out_of_range, "fixed:X needs a number X in [-1, 1]", "study"),
     (validation_too_small_for_the_percentile, "percentile 95 needs at least 20", "study/detector"),
+    (
+        validation_too_small_for_the_confidence_bound,
+        "heldout-ucb rule at percentile 95 needs at least 59",
+        "study/detector",
+    ),
     (garbage_study_database, "not a readable study database", None),
     (corrupt_summary_for_report, "not valid JSON", "study/report.html"),
     (older_study_for_release, "upgrade-study", "release"),

@@ -81,3 +81,47 @@ def test_pixel_checks() -> None:
     assert pixel_correlation(a, 0.5 * a + 0.1) == pytest.approx(1.0)
     assert ssim(a, a) == pytest.approx(1.0)
     assert abs(pixel_correlation(a, rng.uniform(-1, 1, (16, 16)))) < 0.3
+
+
+def test_ucb_rule_is_the_order_statistic_above_the_percentile_with_95_percent_confidence() -> None:
+    from scipy import stats
+
+    from core.detect.metrics import ThresholdRule, min_null_size, ucb_order_statistic
+
+    assert min_null_size(95.0, ThresholdRule.HELDOUT_UCB) == 59  # 0.95**59 < 0.05 <= 0.95**58
+    assert ucb_order_statistic(58, 95.0) is None and ucb_order_statistic(59, 95.0) == 59
+    for n in (59, 100, 1000):
+        r = ucb_order_statistic(n, 95.0)
+        assert r is not None
+        # P(X_(r) >= q95) = P(Binomial(n, .95) <= r - 1) >= 0.95, and r is the smallest such rank
+        assert stats.binom.cdf(r - 1, n, 0.95) >= 0.95 > stats.binom.cdf(r - 2, n, 0.95)
+    null = np.linspace(0, 1, 100)
+    tau = calibrate(ThresholdRule.HELDOUT_UCB, np.zeros(3), null, 95.0)
+    assert tau.value == pytest.approx(null[98])
+    assert tau.value > calibrate(ThresholdRule.HELDOUT, np.zeros(3), null, 95.0).value
+    with pytest.raises(MemoScopeError, match="at least 59"):
+        calibrate(ThresholdRule.HELDOUT_UCB, np.zeros(3), null[:40], 95.0)
+
+
+def test_ucb_threshold_holds_its_false_positive_rate_by_simulation() -> None:
+    """Over many null samples, the heldout-ucb tau leaves more than 5 % of new scans above it only ~5 % of the time."""
+    from core.detect.metrics import ThresholdRule
+
+    rng = np.random.default_rng(0)
+    for rule, n, low, high in ((ThresholdRule.HELDOUT_UCB, 200, 0.0, 0.07), (ThresholdRule.HELDOUT, 200, 0.3, 0.7)):
+        exceed = [
+            np.mean(rng.normal(size=4000) > calibrate(rule, [0], rng.normal(size=n), 95.0).value) for _ in range(400)
+        ]
+        # ucb: FPR above 5 % in at most ~1 - confidence of studies; the plain percentile: in about half
+        assert low <= np.mean(np.array(exceed) > 0.05) <= high, rule
+
+
+def test_crossfit_fpr_leaves_each_patient_out() -> None:
+    from core.detect.metrics import crossfit_fpr
+
+    # patient a scores low, patient b high: calibrated on a, b's scans are all above tau, and vice versa none
+    null = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.85, 0.9, 0.95])
+    fpr = crossfit_fpr(null, ["a"] * 4 + ["b"] * 4, 50.0)
+    assert fpr is not None and (fpr.count, fpr.total) == (4, 8) and fpr.low < 0.5 < fpr.high
+    assert "2 patients" in fpr.method
+    assert crossfit_fpr(null, ["a"] * 8, 50.0) is None  # one patient: no transfer to measure

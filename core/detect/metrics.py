@@ -19,7 +19,16 @@ from core.common.errors import MemoScopeError
 class ThresholdRule(StrEnum):
     PAPER = "paper"
     HELDOUT = "heldout"
+    HELDOUT_UCB = "heldout-ucb"
     FIXED = "fixed"
+
+    @property
+    def uses_heldout_null(self) -> bool:
+        """Calibrated on validation -> training scores (the null built like the test statistic)."""
+        return self in (ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB)
+
+
+UCB_CONFIDENCE = 0.95
 
 
 def is_copy(similarity: npt.ArrayLike, tau: float) -> npt.NDArray[np.bool_]:
@@ -33,7 +42,9 @@ class Threshold(Config):
 
     Attributes:
         rule: ``paper`` (percentile of train->nearest-validation correlations), ``heldout``
-            (percentile of validation->nearest-train), or ``fixed``.
+            (percentile of validation->nearest-train), ``heldout-ucb`` (a 95 % upper confidence bound on that
+            percentile: the order statistic that lies above it with 95 % confidence, so the false-positive
+            rate is at most ``1 - percentile/100`` with that confidence), or ``fixed``.
         percentile: the percentile used (``None`` for fixed).
         value: tau.
         null_size: how many null correlations calibrated it (0 for fixed).
@@ -46,8 +57,8 @@ class Threshold(Config):
 
 
 def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
-    """Parse ``paper``, ``heldout`` or ``fixed:X`` (X in [-1, 1])."""
-    if text in (ThresholdRule.PAPER, ThresholdRule.HELDOUT):
+    """Parse ``paper``, ``heldout``, ``heldout-ucb`` or ``fixed:X`` (X in [-1, 1])."""
+    if text in (ThresholdRule.PAPER, ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB):
         return ThresholdRule(text), None
     if text.startswith("fixed:"):
         try:
@@ -57,12 +68,43 @@ def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
         if not -1.0 <= value <= 1.0:
             raise MemoScopeError(f"--threshold-rule {text!r}: fixed:X needs a number X in [-1, 1].")
         return ThresholdRule.FIXED, value
-    raise MemoScopeError(f"--threshold-rule {text!r} must be paper, heldout or fixed:X.")
+    raise MemoScopeError(f"--threshold-rule {text!r} must be paper, heldout, heldout-ucb or fixed:X.")
 
 
-def min_null_size(percentile: float) -> int:
-    """Smallest sample whose ``percentile`` leaves at least one value above it."""
-    return math.ceil(100.0 / (100.0 - percentile)) if percentile < 100 else math.inf  # type: ignore[return-value]
+def min_null_size(percentile: float, rule: ThresholdRule = ThresholdRule.PAPER) -> int:
+    """Smallest null sample the rule can use: one whose ``percentile`` leaves a value above it, or (for
+    ``heldout-ucb``) one whose largest value exceeds the percentile with 95 % confidence."""
+    if percentile >= 100:
+        return math.inf  # type: ignore[return-value]
+    if rule == ThresholdRule.HELDOUT_UCB:
+        return math.ceil(math.log(1 - UCB_CONFIDENCE) / math.log(percentile / 100.0))
+    return math.ceil(100.0 / (100.0 - percentile))
+
+
+def ucb_order_statistic(n: int, percentile: float, confidence: float = UCB_CONFIDENCE) -> int | None:
+    """The 1-based rank r of the sorted null whose value exceeds the ``percentile`` with ``confidence``.
+
+    ``P(X_(r) >= q_p) = P(Binomial(n, p) <= r - 1)``; the smallest r reaching ``confidence``, or ``None``
+    when even the largest value is not enough (``n`` below :func:`min_null_size`).
+    """
+    r = int(stats.binom.ppf(confidence, n, percentile / 100.0)) + 1
+    while r > 1 and stats.binom.cdf(r - 2, n, percentile / 100.0) >= confidence:
+        r -= 1
+    return r if r <= n else None
+
+
+def percentile_threshold(null: npt.ArrayLike, percentile: float, rule: ThresholdRule) -> float:
+    """tau from a null sample: its percentile, or the order statistic bounding it (``heldout-ucb``)."""
+    values = np.sort(np.asarray(null, dtype=np.float64))
+    if rule != ThresholdRule.HELDOUT_UCB:
+        return float(np.percentile(values, percentile))
+    r = ucb_order_statistic(len(values), percentile)
+    if r is None:
+        raise MemoScopeError(
+            f"the heldout-ucb rule at percentile {percentile:g} needs at least {min_null_size(percentile, rule)} "
+            f"validation samples; there are {len(values)}. Add validation images or use another rule."
+        )
+    return float(values[r - 1])
 
 
 def calibrate(
@@ -88,15 +130,15 @@ def calibrate(
     if not 0.0 < percentile < 100.0:
         raise MemoScopeError(f"--percentile {percentile} must be between 0 and 100.")
     n_val = len(np.asarray(val_to_train))
-    needed = min_null_size(percentile)
+    needed = min_null_size(percentile, rule)
     if n_val < needed:
         raise MemoScopeError(
-            f"the validation set has {n_val} samples; percentile {percentile:g} needs at least "
+            f"the validation set has {n_val} samples; the {rule} rule at percentile {percentile:g} needs at least "
             f"{needed} so that some real held-out samples lie above the threshold. Add "
             "validation images or lower --percentile."
         )
-    null = np.asarray(train_to_val if rule == "paper" else val_to_train, dtype=np.float64)
-    return Threshold(rule, percentile, float(np.percentile(null, percentile)), len(null))
+    null = np.asarray(train_to_val if rule == ThresholdRule.PAPER else val_to_train, dtype=np.float64)
+    return Threshold(rule, percentile, percentile_threshold(null, percentile, rule), len(null))
 
 
 @dataclass(frozen=True)
@@ -152,6 +194,42 @@ def fraction_with_ci(
         )
     ci = result.confidence_interval
     return Fraction(count, total, value, float(ci.low), float(ci.high), "percentile bootstrap")
+
+
+def crossfit_fpr(
+    null: npt.ArrayLike,
+    patients: list[str],
+    percentile: float,
+    rule: ThresholdRule = ThresholdRule.HELDOUT,
+    confidence: float = 0.95,
+) -> Fraction | None:
+    """How often real scans of patients the threshold was *not* calibrated on are called copies.
+
+    Leave one patient out: for each validation patient, tau is set by ``rule`` (``heldout`` or ``heldout-ucb``)
+    on the other patients' null scores (validation -> training, built like the test statistic) and that
+    patient's scans above it are false positives. Pooled over patients with a Wilson interval. ``None`` with
+    fewer than two patients, or when a fold has too few scans for the rule.
+
+    Args:
+        null: ``(N_val,)`` each validation scan's best score to training.
+        patients: the patient of each validation scan.
+    """
+    values = np.asarray(null, dtype=np.float64)
+    labels = np.asarray(patients)
+    groups = sorted(set(patients))
+    if len(groups) < 2:
+        return None
+    flagged = 0
+    for patient in groups:
+        held = labels == patient
+        if (~held).sum() < min_null_size(percentile, rule):
+            return None
+        tau = percentile_threshold(values[~held], percentile, rule)
+        flagged += int(is_copy(values[held], tau).sum())
+    low, high = wilson_interval(flagged, len(values), confidence)
+    return Fraction(
+        flagged, len(values), flagged / len(values), low, high, f"leave-one-patient-out over {len(groups)} patients"
+    )
 
 
 def empirical_p_values(scores: npt.ArrayLike, null: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -28,6 +28,7 @@ import numpy.typing as npt
 import torch
 from monai.networks.layers import AffineTransform, separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.utils import to_norm_affine
 
 from core.common.config import Config, check_range
 from core.detect.search import ExactIndex, Neighbors, NeighborTables, SearchConfig
@@ -48,7 +49,8 @@ class VerifyConfig(Config):
         candidates: embedding neighbours verified per query.
         pixel_candidates: further candidates from a blurred-pixel search (0: embedding only); they catch
             copies the embedding ranks low (large shifts, strong blur).
-        max_angle, angle_step: rotation search in degrees, ``-max_angle..max_angle``.
+        max_angle, angle_step: rotation search in degrees, ``-max_angle..max_angle`` (2D: in-plane).
+        angle_step_3d: the step in 3D, where each axis is searched in turn (8 deg at 4 deg steps: 13 orientations).
         max_shift: largest translation searched, as a fraction of each side.
         fine_sigma, coarse_sigma: the band-pass (voxels): below ``fine_sigma`` is noise and the blur a
             generator adds; above ``coarse_sigma`` is the head shape all scans share.
@@ -59,6 +61,7 @@ class VerifyConfig(Config):
     pixel_candidates: int = 5
     max_angle: float = 8.0
     angle_step: float = 2.0
+    angle_step_3d: float = 4.0
     max_shift: float = 0.1
     fine_sigma: float = 1.0
     coarse_sigma: float = 4.0
@@ -69,14 +72,16 @@ class VerifyConfig(Config):
         check_range("pixel_candidates", self.pixel_candidates, 0)
         check_range("max_angle", self.max_angle, 0.0, 45.0)
         check_range("angle_step", self.angle_step, 0.1, 45.0)
+        check_range("angle_step_3d", self.angle_step_3d, 0.1, 45.0)
         check_range("max_shift", self.max_shift, 0.0, 0.45)
         check_range("fine_sigma", self.fine_sigma, 0.0)
         check_range("coarse_sigma", self.coarse_sigma, self.fine_sigma + 1e-6)
         check_range("batch_pairs", self.batch_pairs, 1)
 
-    def angles(self) -> list[float]:
-        n = int(math.floor(self.max_angle / self.angle_step + 1e-9))
-        return [0.0] + [s * i * self.angle_step for i in range(1, n + 1) for s in (-1.0, 1.0)]
+    def angles(self, spatial_dims: int = 2) -> list[float]:
+        step = self.angle_step if spatial_dims == 2 else self.angle_step_3d
+        n = int(math.floor(self.max_angle / step + 1e-9))
+        return [0.0] + [s * i * step for i in range(1, n + 1) for s in (-1.0, 1.0)]
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class Verified:
 
 def _orientations(spatial_dims: int, config: VerifyConfig) -> list[tuple[int, float]]:
     """(axis, angle) pairs: 2D rotates in-plane (axis -1); 3D about each axis in turn (identity once)."""
-    angles = config.angles()
+    angles = config.angles(spatial_dims)
     if spatial_dims == 2:
         return [(-1, a) for a in angles]
     return [(-1, 0.0)] + [(axis, a) for axis in range(3) for a in angles if a]
@@ -178,6 +183,7 @@ class Verifier:
         self._warp = AffineTransform(
             spatial_size=self.shape, normalized=False, padding_mode="border", align_corners=True, zero_centered=True
         )
+        self._grids = self._sampling_grids(self._matrices)  # (O, *S, d): one per orientation, reused for every pair
         self.margin = tuple(int(math.ceil(self.config.max_shift * s)) for s in self.shape)
         # allowed shifts: |shift| <= margin along each axis (phase-correlation peaks elsewhere are ignored)
         grids = torch.meshgrid(*[torch.fft.fftfreq(s, 1.0 / s) for s in self.shape], indexing="ij")
@@ -187,28 +193,57 @@ class Verifier:
         self._allowed = allowed.to(self.device)
         self._crop = tuple(slice(m, s - m) for m, s in zip(self.margin, self.shape, strict=True))
 
+    def _sampling_grids(self, matrices: torch.Tensor) -> torch.Tensor:
+        """The grids MONAI's ``AffineTransform`` would build for ``matrices`` (computed once, not per pair)."""
+        theta = to_norm_affine(matrices, self.shape, self.shape, align_corners=True, zero_centered=True)
+        reverse = torch.arange(self.dims - 1, -1, -1, device=theta.device)
+        theta[:, : self.dims] = theta[:, reverse]
+        theta[:, :, : self.dims] = theta[:, :, reverse]
+        size = [len(matrices), 1, *self.shape]
+        return torch.nn.functional.affine_grid(theta[:, : self.dims], size, align_corners=True)
+
+    def _rotate(self, images: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
+        """Resample ``(B, 1, *S)`` images, each at its orientation index, with border padding."""
+        return torch.nn.functional.grid_sample(
+            images, self._grids[orientation], mode="bilinear", padding_mode="border", align_corners=True
+        )
+
     def _align_scores(
-        self, queries: torch.Tensor, candidates: torch.Tensor
+        self, q_raw: torch.Tensor, q_band: torch.Tensor, d_raw: torch.Tensor, d_band: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best orientation and shift of each candidate onto its query: scores (P,), pixel (P,), orient (P,), shift."""
-        p, o = len(queries), len(self.orientations)
-        theta = self._matrices.repeat(p, *([1] * 2))  # (P*O, d+1, d+1), orientation fastest
-        moved = self._warp(candidates.repeat_interleave(o, dim=0), theta)  # (P*O, 1, *S)
-        q_band = band_pass(queries, self.config).repeat_interleave(o, dim=0)
-        m_band = band_pass(moved, self.config)
+        """Best orientation and shift of each candidate onto its query: scores (P,), pixel (P,), orient (P,), shift.
+
+        The band-passed candidate is rotated (a Gaussian band-pass commutes with rotation), so each image is
+        filtered once per call, not once per orientation; the query's spectrum is taken once per pair.
+        """
+        p, o = len(q_raw), len(self.orientations)
+        orientation = torch.arange(o, device=q_raw.device).repeat(p)  # (P*O,), orientation fastest
+        m_band = self._rotate(d_band.repeat_interleave(o, dim=0), orientation)  # (P*O, 1, *S)
         dims = tuple(range(2, 2 + self.dims))
-        cross = torch.fft.fftn(q_band, dim=dims) * torch.conj(torch.fft.fftn(m_band, dim=dims))
-        surface = torch.fft.ifftn(cross / cross.abs().clamp_min(1e-12), dim=dims).real[:, 0]
+        q_spec = torch.fft.rfftn(q_band, dim=dims).repeat_interleave(o, dim=0)
+        cross = q_spec * torch.conj(torch.fft.rfftn(m_band, dim=dims))
+        surface = torch.fft.irfftn(cross, s=self.shape, dim=dims)[:, 0]  # circular cross-correlation
         surface = surface.masked_fill(~self._allowed, -math.inf)
         flat = surface.reshape(len(surface), -1).argmax(dim=1)
         shift = torch.stack(torch.unravel_index(flat, self.shape), dim=1)  # (P*O, d) in [0, s)
         sizes = torch.tensor(self.shape, device=shift.device)
         shift = torch.where(shift > sizes // 2, shift - sizes, shift)
-        structure = _pearson(self._crop_of(q_band), self._shifted_crop(m_band, shift)).reshape(p, o)
+        q_crop = self._crop_of(q_band).repeat_interleave(o, dim=0)
+        structure = _pearson(q_crop, self._shifted_crop(m_band, shift)).reshape(p, o)
         best = structure.argmax(dim=1)
         rows = torch.arange(p, device=best.device) * o + best
-        pixel = _pearson(self._crop_of(queries), self._shifted_crop(moved[rows], shift[rows]))
+        moved = self._rotate(d_raw, best)
+        pixel = _pearson(self._crop_of(q_raw), self._shifted_crop(moved, shift[rows]))
         return structure.max(dim=1).values, pixel, best, shift[rows]
+
+    def _band(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Band-pass every image once, in batches on the device."""
+        out = np.empty_like(images)
+        step = max(1, self.config.batch_pairs)
+        for start in range(0, len(images), step):
+            batch = torch.from_numpy(images[start : start + step]).to(self.device)
+            out[start : start + step] = band_pass(batch, self.config).cpu().numpy()
+        return out
 
     def _crop_of(self, images: torch.Tensor) -> torch.Tensor:
         return images[:, 0][(slice(None), *self._crop)].flatten(1)
@@ -242,12 +277,18 @@ class Verifier:
         pixel = np.empty(n_q * n_c, np.float32)
         orient = np.empty(n_q * n_c, np.int64)
         shifts = np.empty((n_q * n_c, self.dims), np.int64)
+        q_band, d_band = self._band(q_images), self._band(d_images)
         step = self.config.batch_pairs
+
+        def batch(array: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> torch.Tensor:
+            return torch.from_numpy(array[rows]).to(self.device)
+
         for start in range(0, len(pairs_q), step):
             sl = slice(start, start + step)
-            q = torch.from_numpy(q_images[pairs_q[sl]]).to(self.device)
-            d = torch.from_numpy(d_images[pairs_d[sl]]).to(self.device)
-            s, px, o, sh = self._align_scores(q, d)
+            q, d = pairs_q[sl], pairs_d[sl]
+            s, px, o, sh = self._align_scores(
+                batch(q_images, q), batch(q_band, q), batch(d_images, d), batch(d_band, d)
+            )
             structure[sl], pixel[sl] = s.cpu().numpy(), px.cpu().numpy()
             orient[sl], shifts[sl] = o.cpu().numpy(), sh.cpu().numpy()
         alignments = [

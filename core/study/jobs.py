@@ -30,6 +30,8 @@ from core.generative.sample import GenerateConfig
 from core.io.preprocessing import config_from_options
 from core.study.scan import STAGES as SCAN_STAGES
 from core.study.scan import ScanConfig
+from core.study.selftest import STAGES as SELFTEST_STAGES
+from core.study.selftest import SelfTestConfig
 
 JOBS_DIR = "jobs"
 JobStatus = Literal["queued", "running", "done", "failed"]
@@ -245,6 +247,13 @@ def _run_scan(config: Any, progress: Progress) -> dict[str, Any]:
     return {"threshold": summary.tau, "copies": summary.copies.count, "memorized": summary.memorized.count}
 
 
+def _run_selftest(config: Any, progress: Progress) -> dict[str, Any]:
+    from core.study.selftest import run_selftest
+
+    result = run_selftest(config, progress)
+    return {"unseen_flagged": result.unseen_fpr.count, "f1": round(result.f1, 3), "auroc": round(result.auroc, 3)}
+
+
 @dataclass(frozen=True)
 class JobKind:
     """A kind of background job: its config class, its ordered stages (for the bar) and its runner."""
@@ -258,4 +267,5 @@ KINDS: dict[str, JobKind] = {
     "generate": JobKind(GenerateConfig, ("sample",), _run_generate),
     "train-detector": JobKind(TrainDetectorConfig, ("train detector",), _run_train_detector),
     "scan": JobKind(ScanConfig, SCAN_STAGES, _run_scan),
+    "selftest": JobKind(SelfTestConfig, SELFTEST_STAGES, _run_selftest),
 }

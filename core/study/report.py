@@ -30,7 +30,8 @@ from core.io.data import discover
 from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
 from core.study import verdicts
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
-from core.study.review import correlation_histogram, load_study_set, metrics_at
+from core.study.review import aligned_training, correlation_histogram, load_study_set, metrics_at
+from core.study.selftest import read_selftest
 from core.study.verdicts import StudyThreshold
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 
 def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tuple[Pair, bytes, bytes, bytes]]:
-    """PNG thumbnails (synthetic, training, difference; one shared 1-99 % window) of the top copy pairs."""
+    """PNG thumbnails (synthetic, training, difference; one shared 1-99 % window) of the top copy pairs; for a
+    verified scan the training scan is shown moved by the alignment that was scored."""
     if top <= 0 or not pairs:
         return []
     synthetic = load_study_set(summary, "synthetic")
@@ -96,7 +98,7 @@ def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tupl
     out = []
     for p in pairs[:top]:
         a = _display(synthetic.images[s_index[p.synthetic_id], 0])
-        b = _display(train.images[t_index[p.train_id], 0])
+        b = _display(aligned_training(summary, p, train.images[t_index[p.train_id], 0]))
         window = percentile_window([a, b], 1, 99)
         out.append(
             (
@@ -266,9 +268,11 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <li>Memorized training fraction: <b>{_pct(metrics.memorized)}</b></li>
 <li>Copy fraction among synthetic samples: <b>{_pct(metrics.copies)}</b></li>
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization
-{metrics.expected_fpr_memorized:.1%}</li></ul>
+{metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}</ul>
+<p>{e(_method_sentence(summary))}</p>
 <p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
 itself.</p>
+{_selftest_html(study, summary)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and
 patients are shown under pseudonyms only.</p>{pair_html}
@@ -276,6 +280,52 @@ patients are shown under pseudonyms only.</p>{pair_html}
 <p>{e(_audit_sentence(audit, len(stale)))}</p>
 </body></html>
 """
+
+
+def _selftest_html(study: Path, summary: ScanSummary) -> str:
+    tested = read_selftest(study, summary.scan_id)
+    if tested is None:
+        return (
+            "<h2>What this detector catches on this data</h2><p>No self-test was run on this scan "
+            "(<code>python -m core selftest</code>).</p>"
+        )
+    fpr = tested.unseen_fpr
+    table = tested.recall_table()
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in table[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in table)
+    return (
+        "<h2>What this detector catches on this data</h2>"
+        f"<p>Self-test: changed copies of this study's training scans were planted among real scans of "
+        f"{tested.unseen_patients} validation patient(s) kept out of the calibration; the threshold was calibrated on "
+        f"the other {tested.calibration_patients} exactly as the scan did ({html.escape(str(tested.rule))}, tau "
+        f"{tested.tau:.3f}). Real scans of the unseen patients called copies: <b>{fpr.count}/{fpr.total}</b> (95 % CI "
+        f"{fpr.low:.0%} to {fpr.high:.0%}); precision {tested.precision:.2f}, F1 {tested.f1:.2f}, AUROC "
+        f"{tested.auroc:.3f}. Copies found (flagged and matched to their source) per change and strength:</p>"
+        f"<table><tr>{head}</tr>{body}</table>"
+    )
+
+
+def _method_sentence(summary: ScanSummary) -> str:
+    if summary.method == "verified":
+        return (
+            "Copy call: verified. The contrastive embedding (and a blurred-pixel search) proposes training scans; "
+            "each is aligned to the synthetic sample by a small rotation and shift, and the correlation of the "
+            "aligned fine structure is the score above. The threshold is calibrated on the same score between "
+            "real scans of different patients."
+        )
+    return "Copy call: as in Dar et al., the correlation of the contrastive embeddings is the score above."
+
+
+def _unseen_html(summary: ScanSummary, tau: float) -> str:
+    unseen = summary.fpr_unseen
+    if unseen is None:
+        return ""
+    where = "" if tau == summary.tau else f" (measured at the scan's threshold {summary.tau:.3f})"
+    return (
+        f"<li>Real scans of patients the threshold was not calibrated on that are called copies: "
+        f"<b>{unseen.value:.1%}</b> ({unseen.count}/{unseen.total}, 95 % CI {unseen.low:.1%} to {unseen.high:.1%}; "
+        f"{html.escape(unseen.method)}){html.escape(where)}</li>"
+    )
 
 
 def write_pdf(html_path: Path, pdf_path: Path) -> None:

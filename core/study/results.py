@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.data import discover
 from core.io.preprocessing import PreprocessSpec
 
@@ -86,6 +88,11 @@ class ScanSummary(Config):
         preprocessing, slices, k, seed: how the sets were compared.
         detector: the detector used; checkpoint, checkpoint_hash, generations: where the samples came from.
         versions, timings, finished_at, notes: provenance.
+        method: ``paper`` (the embedding correlation decides, as in Dar et al.) or ``verified`` (retrieval, then
+            alignment and the aligned structure correlation decide; ``verify`` holds its settings). Every
+            similarity, threshold and fraction of the scan is on the method's score.
+        fpr_unseen: share of real scans of patients the threshold was not calibrated on that are called copies
+            (leave-one-patient-out for held-out rules; the validation scans above tau for the paper rule).
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
             rescan, a hand edit) is refused by :meth:`ScanResults.open`.
@@ -111,6 +118,9 @@ class ScanSummary(Config):
     notes: tuple[str, ...] = NOTES
     scan_id: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    method: MatchMethod = MatchMethod.PAPER
+    verify: VerifyConfig | None = None
+    fpr_unseen: Fraction | None = None
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
@@ -141,6 +151,8 @@ class Pair:
     p_value: float
     pixel_corr: float
     ssim: float | None
+    retrieval: float | None = None
+    alignment: Alignment | None = None
 
     @property
     def nearest(self) -> bool:
@@ -223,7 +235,23 @@ def _pair_line(p: Pair, tau: float) -> list[Any]:
         int(p.is_copy(tau)),
         f"{p.pixel_corr:.6f}",
     ]
-    return line + ([f"{p.ssim:.6f}"] if p.ssim is not None else [])
+    line += [f"{p.ssim:.6f}"] if p.ssim is not None else []
+    if p.alignment is not None:
+        retrieval = "" if p.retrieval is None or math.isnan(p.retrieval) else f"{p.retrieval:.6f}"
+        shift = " ".join(str(v) for v in p.alignment.shift)
+        line += [retrieval, p.alignment.axis, f"{p.alignment.angle:g}", shift]
+    return line
+
+
+VERIFIED_HEADER = ("retrieval_similarity", "align_axis", "align_angle", "align_shift")
+
+
+def _alignment(row: dict[str, str]) -> tuple[float | None, Alignment | None]:
+    if not row.get("align_shift") and not row.get("align_angle"):
+        return None, None
+    retrieval = float(row["retrieval_similarity"]) if row.get("retrieval_similarity") else math.nan
+    shift = tuple(int(v) for v in row["align_shift"].split())
+    return retrieval, Alignment(int(row["align_axis"]), float(row["align_angle"]), shift)
 
 
 RESULT_FILES = (PAIRS, TRAIN_NN, NEIGHBORS)
@@ -243,6 +271,7 @@ def write_results(
     """Write ``pairs.csv``, ``train_nn.csv`` and ``neighbors.npz`` into ``folder``; return their SHA-256."""
     folder = Path(folder)
     header = [*PAIR_HEADER, *(["ssim"] if pairs and pairs[0].ssim is not None else [])]
+    header += list(VERIFIED_HEADER) if pairs and pairs[0].alignment is not None else []
     write_csv(folder / PAIRS, header, [_pair_line(p, tau) for p in pairs])
     write_csv(
         folder / TRAIN_NN,
@@ -407,6 +436,7 @@ class ScanResults:
                 float(r["p_value"]),
                 float(r["pixel_corr"]),
                 float(r["ssim"]) if r.get("ssim") else None,
+                *_alignment(r),
             )
             for r in read_csv(self._require(PAIRS))
         ]

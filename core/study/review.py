@@ -6,6 +6,7 @@ viewer do no search or model work: the threshold only moves over presorted array
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from core.detect.metrics import (
     memorization_metrics,
     wilson_interval,
 )
+from core.detect.verify import Verifier, VerifyConfig
 from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary, copies, nearest_pairs
@@ -73,8 +75,10 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
             summary.expected_fpr_memorized,
         )
     cal = scan.calibration()
-    null_size = {"paper": len(cal.train_to_val), "heldout": len(cal.val_to_train)}.get(rule, 0)
-    threshold = Threshold(ThresholdRule(rule), percentile, float(value), null_size)
+    kind = ThresholdRule(rule)
+    null = cal.val_to_train if kind.uses_heldout_null else cal.train_to_val
+    null_size = 0 if kind == ThresholdRule.FIXED else len(null)
+    threshold = Threshold(kind, percentile, float(value), null_size)
     return memorization_metrics(
         threshold, cal.train_to_synthetic, cal.synthetic_to_train, cal.train_to_val, cal.val_to_train, seed=summary.seed
     )
@@ -145,6 +149,11 @@ def worklist(pairs: list[Pair], tau: float, only_copies: bool = False) -> list[d
             "pixel_corr": round(p.pixel_corr, 3),
             "copy": p.is_copy(tau),
             "group_size": group[p.train_id],
+            **(
+                {"retrieval": None if p.retrieval is None else round(p.retrieval, 4), "alignment": p.alignment.label()}
+                if p.alignment is not None
+                else {}
+            ),
         }
         for p in sorted(nearest, key=lambda p: (-p.similarity, p.synthetic_id))
     ]
@@ -179,3 +188,16 @@ def display_units(image: npt.NDArray[np.floating], spec: PreprocessSpec) -> tupl
         low, high = spec.ct_window
         return low + (x + 1.0) / 2.0 * (high - low), "HU"
     return x, "a.u."
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(shape: tuple[int, ...], config: VerifyConfig) -> Verifier:
+    return Verifier(shape, config)
+
+
+def aligned_training(summary: ScanSummary, pair: Pair, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The training image of ``pair`` moved by the alignment the verified scan found (unchanged otherwise), so
+    that it can be compared with the synthetic image exactly as it was scored."""
+    if pair.alignment is None:
+        return image
+    return _verifier(tuple(image.shape), summary.verify or VerifyConfig()).apply(image, pair.alignment)

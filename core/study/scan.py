@@ -17,9 +17,12 @@ from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import now_utc, versions
 from core.detect.detector import Detector, embed_set, load_detector, train_and_save
 from core.detect.metrics import (
+    Fraction,
     MemorizationMetrics,
+    Threshold,
     ThresholdRule,
     calibrate,
+    crossfit_fpr,
     empirical_p_values,
     is_copy,
     memorization_metrics,
@@ -27,8 +30,10 @@ from core.detect.metrics import (
     parse_rule,
     pixel_correlation,
     ssim,
+    wilson_interval,
 )
 from core.detect.search import NeighborTables, SearchConfig, search_all
+from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
 from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set
 from core.io.preprocessing import PreprocessSpec
 from core.study import results
@@ -36,7 +41,7 @@ from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRo
 from core.study.store import open_study
 
 logger = logging.getLogger(__name__)
-STAGES = ("load", "detector", "train detector", "embed", "search", "calibrate", "write")
+STAGES = ("load", "detector", "train detector", "embed", "search", "verify", "calibrate", "write")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,11 @@ class ScanConfig(Config):
         train, val, synthetic: folders or CSV manifests; ``out``: the study folder.
         spec: preprocessing of all three sets (a given detector's own spec wins, and is logged).
         slices: take 2D slices of 3D files along this axis.
-        threshold_rule: ``paper``, ``heldout`` or ``fixed:X``; percentile: for paper/heldout.
+        method: ``verified`` (default: embedding retrieval, then alignment verification decides; ``verify`` holds
+            its settings) or ``paper`` (the embedding correlation decides, as in Dar et al.).
+        threshold_rule: ``paper``, ``heldout``, ``heldout-ucb`` or ``fixed:X``; empty: the method's own
+            (``heldout-ucb`` for verified: a 95 % upper bound on the percentile of the null built exactly like the
+            test statistic; ``paper`` for paper). percentile: for the percentile rules.
         k: neighbours kept per synthetic sample; seed: detector training and bootstrap.
         skip_bad: skip unreadable files (listed in the summary) instead of stopping.
         detector: a trained detector folder; without one a detector is trained into ``out/detector``
@@ -61,7 +70,9 @@ class ScanConfig(Config):
     out: str
     spec: PreprocessSpec
     slices: SliceAxis | None = None
-    threshold_rule: str = "paper"
+    method: MatchMethod = MatchMethod.VERIFIED
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    threshold_rule: str = ""
     percentile: float = 95.0
     k: int = 5
     seed: int = 0
@@ -70,8 +81,14 @@ class ScanConfig(Config):
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
 
+    @property
+    def rule(self) -> str:
+        """The threshold rule text in force (the method's own when none was given)."""
+        own = ThresholdRule.PAPER if self.method == MatchMethod.PAPER else ThresholdRule.HELDOUT_UCB
+        return self.threshold_rule or own
+
     def validate(self) -> None:
-        parse_rule(self.threshold_rule)
+        parse_rule(self.rule)
         check_range("percentile", self.percentile, 0.0, 100.0)
         check_range("k", self.k, 1)
         if self.slices and self.spec.spatial_dims != 2:
@@ -91,16 +108,32 @@ def _checkpoint_of(synthetic_source: str) -> dict[str, Any]:
     }
 
 
-def pair_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet, null: np.ndarray) -> list[Pair]:
-    """One pair per synthetic sample and neighbour rank, with the pixel-space cross-check."""
+def pair_records(
+    tables: NeighborTables,
+    train: ImageSet,
+    synthetic: ImageSet,
+    null: np.ndarray,
+    verified: Verified | None = None,
+    verify_config: VerifyConfig | None = None,
+) -> list[Pair]:
+    """One pair per synthetic sample and neighbour rank, with the pixel-space cross-check.
+
+    With ``verified`` (the verified method) each pair also keeps its retrieval similarity and the alignment
+    found, and the pixel correlation and SSIM are measured after that alignment.
+    """
     sims, idx = tables.synthetic_to_train.similarity, tables.synthetic_to_train.index
     p_values = empirical_p_values(sims.ravel(), null).reshape(sims.shape)
     two_d = train.spec.spatial_dims == 2
+    verifier = Verifier(train.images.shape[2:], verify_config) if verified is not None else None
     pairs = []
     for s, syn_id in enumerate(synthetic.ids):
         for rank in range(sims.shape[1]):
             t = int(idx[s, rank])
             a, b = synthetic.images[s, 0], train.images[t, 0]
+            retrieval, alignment = None, None
+            if verified is not None and verifier is not None:
+                retrieval, alignment = float(verified.retrieval[s, rank]), verified.alignments[s][rank]
+                b = verifier.apply(b, alignment)
             pairs.append(
                 Pair(
                     syn_id,
@@ -111,6 +144,8 @@ def pair_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet, n
                     float(p_values[s, rank]),
                     pixel_correlation(a, b),
                     ssim(a, b) if two_d else None,
+                    retrieval,
+                    alignment,
                 )
             )
     return pairs
@@ -232,6 +267,29 @@ def _summary(
     )
 
 
+NOTES_BY_METHOD = {
+    MatchMethod.PAPER: results.NOTES,
+    MatchMethod.VERIFIED: (
+        *results.NOTES,
+        "Similarities are verified scores: the correlation of band-passed images after the best rigid alignment of "
+        "each retrieved candidate; the threshold is calibrated on the same score between different patients.",
+    ),
+}
+
+
+def unseen_fpr(threshold: Threshold, val_to_train: np.ndarray, val_patients: list[str]) -> Fraction | None:
+    """The false-positive rate on patients the threshold was not calibrated on (see ``ScanSummary.fpr_unseen``)."""
+    rule = ThresholdRule(threshold.rule)
+    if rule.uses_heldout_null and threshold.percentile is not None:
+        return crossfit_fpr(val_to_train, val_patients, threshold.percentile, rule)
+    flagged = is_copy(val_to_train, threshold.value)
+    count, total = int(flagged.sum()), len(flagged)
+    if total == 0:
+        return None
+    low, high = wilson_interval(count, total)
+    return Fraction(count, total, count / total, low, high, "validation scans above tau (not used to set it)")
+
+
 NEAR_DUPLICATE_R = 0.95  # pixel correlation; real scans of different patients stay far below (demo: at most 0.75)
 
 
@@ -252,15 +310,22 @@ def check_near_duplicates(tables: NeighborTables, train: ImageSet, val: ImageSet
 
 def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> None:
     """Refuse, before any training, a validation set too small for the rule's percentile."""
-    rule, _ = parse_rule(config.threshold_rule)
+    rule, _ = parse_rule(config.rule)
     if rule == ThresholdRule.FIXED:
         return
-    needed = min_null_size(config.percentile)
+    needed = min_null_size(config.percentile, rule)
     if len(sets["val"]) < needed:
         raise MemoScopeError(
-            f"the validation set ({config.val}) has {len(sets['val'])} samples; percentile {config.percentile:g} needs "
-            f"at least {needed} so that some real held-out samples lie above the threshold. Add validation images or "
-            "lower --percentile."
+            f"the validation set ({config.val}) has {len(sets['val'])} samples; the {rule} rule at percentile "
+            f"{config.percentile:g} needs at least {needed} so that some real held-out samples lie above the "
+            "threshold. Add validation images, lower --percentile or choose another --threshold-rule."
+        )
+    patients = len(set(sets["val"].patient_ids))
+    if rule.uses_heldout_null and patients < 2:
+        raise MemoScopeError(
+            f"the validation set ({config.val}) has scans of {patients} patient; the {rule} rule measures how the "
+            "threshold transfers to patients it was not calibrated on and needs validation scans of at least 2 "
+            "patients. Add another patient's scans or choose --threshold-rule paper."
         )
 
 
@@ -271,7 +336,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     3. embed (cached); 4. exact search in four directions; 5. calibrate tau and compute the
     metrics; 6. write every output atomically and record the run in the study database.
     """
-    rule, fixed = parse_rule(config.threshold_rule)
+    rule, fixed = parse_rule(config.rule)
     for role in results.ROLES:  # every path, manifest and split column checked before anything is created
         discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
     study = open_study(config.out)
@@ -313,6 +378,17 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             SearchConfig(k=config.k),
         )
         lap("search")
+        verified = None
+        if config.method == MatchMethod.VERIFIED:
+            progress(ProgressEvent("verify", 0, 1, "aligning each retrieved candidate and scoring the overlap"))
+            checked = verify_tables(
+                {role: e.vectors for role, e in embeddings.items()},
+                {role: images.images for role, images in sets.items()},
+                config.k,
+                config.verify,
+            )
+            tables, verified = checked.tables, checked.synthetic_to_train
+            lap("verify")
         # 5. threshold and metrics
         progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
         threshold = calibrate(rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed)
@@ -327,7 +403,9 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         )
         # 6. outputs: staged, then moved into place with the summary last
         progress(ProgressEvent("write", 0, 1, "writing results"))
-        pairs = pair_records(tables, sets["train"], sets["synthetic"], tables.val_to_train.best)
+        pairs = pair_records(
+            tables, sets["train"], sets["synthetic"], tables.val_to_train.best, verified, config.verify
+        )
         files = results.write_results(
             stage,
             threshold.value,
@@ -336,7 +414,12 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             neighbor_arrays(tables),
         )
         timings["total_s"] = time.perf_counter() - clock
-        summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files)
+        summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files).replace(
+            method=config.method,
+            verify=config.verify if config.method == MatchMethod.VERIFIED else None,
+            fpr_unseen=unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids),
+            notes=NOTES_BY_METHOD[config.method],
+        )
         results.commit_scan(out, stage, summary)
         study.set_inputs(
             {
