@@ -23,8 +23,8 @@ run: setup
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false
 
 lint: setup
-	$(PY) -m ruff check core tools tests benchmarks app.py pages
-	$(PY) -m ruff format --check core tools tests benchmarks app.py pages
+	$(PY) -m ruff check core tools tests benchmarks app.py views
+	$(PY) -m ruff format --check core tools tests benchmarks app.py views
 	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)

@@ -1,4 +1,8 @@
-"""MemoScope review app: navigation and the sidebar that opens or creates a study. Pages live in pages/."""
+"""MemoScope review app: navigation and the sidebar that opens or creates a study.
+
+Pages live in views/, not pages/: Streamlit serves a pages/ folder as its own multipage app, so a direct
+URL such as /review would open that page without this script (no study, no navigation).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,24 @@ STUDIES = Path("studies")
 
 st.set_page_config(page_title="MemoScope", layout="wide")
 
+overview = st.Page("views/overview.py", title="Overview", url_path="overview")
+
+
+def _home() -> None:
+    """``/`` opens the Overview at its own URL, keeping the query (``?reviewer=``): the default page's URL would
+    otherwise be ``/`` only, and a bookmarked ``/overview`` would not exist."""
+    st.switch_page(overview, query_params=st.query_params.to_dict())
+
+
 pages = [
-    st.Page("pages/overview.py", title="Overview", url_path="overview", default=True),
-    st.Page("pages/generate.py", title="Generate", url_path="generate"),
-    st.Page("pages/detector.py", title="Detector", url_path="detector"),
-    st.Page("pages/calibrate.py", title="Calibrate", url_path="calibrate"),
-    st.Page("pages/review.py", title="Review", url_path="review"),
-    st.Page("pages/agreement.py", title="Agreement", url_path="agreement"),
-    st.Page("pages/report.py", title="Report", url_path="report"),
+    st.Page(_home, title="Home", url_path="home", default=True, visibility="hidden"),
+    overview,
+    st.Page("views/generate.py", title="Generate", url_path="generate"),
+    st.Page("views/detector.py", title="Detector", url_path="detector"),
+    st.Page("views/calibrate.py", title="Calibrate", url_path="calibrate"),
+    st.Page("views/review.py", title="Review", url_path="review"),
+    st.Page("views/agreement.py", title="Agreement", url_path="agreement"),
+    st.Page("views/report.py", title="Report", url_path="report"),
 ]
 navigation = st.navigation(pages)
 

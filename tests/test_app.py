@@ -65,7 +65,7 @@ def test_calibrate_slider_moves_the_threshold_and_counts(monkeypatch: pytest.Mon
     monkeypatch.chdir(REPO)
     study = str(Path("studies") / "demo-2d")
     at = _app(study)
-    at.switch_page("pages/calibrate.py").run()
+    at.switch_page("views/calibrate.py").run()
     _ok(at)
     summary = read_summary(DEMO_2D)
     metrics = {m.label: m.value for m in at.metric}
@@ -89,7 +89,7 @@ def test_calibrate_slider_moves_the_threshold_and_counts(monkeypatch: pytest.Mon
 def test_review_worklist_navigation_window_and_compare_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     at = _app(str(Path("studies") / "demo-2d"))
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     _ok(at)
     at.toggle(key=f"only::{Path('studies') / 'demo-2d'}").set_value(False).run()
     first = [m.value for m in at.markdown if m.value.startswith("**1 /")]
@@ -111,7 +111,7 @@ def test_review_3d_has_three_synchronised_planes(monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(REPO)
     study = Path("studies") / "demo-3d"
     at = _app(str(study))
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     at.toggle(key=f"only::{study}").set_value(False).run()
     _ok(at)
     assert [s.label for s in at.slider] == ["axial slice", "coronal slice", "sagittal slice"]
@@ -125,7 +125,7 @@ def test_review_3d_has_three_synchronised_planes(monkeypatch: pytest.MonkeyPatch
 def test_detector_page_shows_the_loss_curve_and_refuses_a_bad_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     at = _app(str(Path("studies") / "demo-2d"))
-    at.switch_page("pages/detector.py").run()
+    at.switch_page("views/detector.py").run()
     _ok(at)
     assert len(at.get("plotly_chart")) == 1
     assert at.selectbox[0].value == "convres" and at.number_input[0].value == 100  # the form starts from the study's
@@ -143,7 +143,7 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
         json.dumps({"train": "data/demo/2d/manifest.csv", "val": "data/demo/2d/manifest.csv"})
     )
     at = _app(str(study))
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("views/generate.py").run()
     _ok(at)
     assert any(c.value.startswith("Device:") for c in at.caption)
     at.selectbox[0].select("other path...").run()
@@ -177,7 +177,7 @@ def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monke
     monkeypatch.chdir(REPO)
     study = _copy_demo(tmp_path)
     at = _app(str(study))
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     at.toggle(key=f"only::{study}").set_value(False).run()
     at.selectbox(key=f"reviewer_pick::{study}").set_value("+ add a reviewer").run()
     at.text_input(key="reviewer_input").input("rater one")
@@ -193,11 +193,11 @@ def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monke
     again.session_state["study"] = str(study)
     again.query_params["reviewer"] = "rater one"
     again.run()
-    again.switch_page("pages/review.py").run()
+    again.switch_page("views/review.py").run()
     assert again.selectbox(key=f"reviewer_pick::{study}").value == "rater one"
     again.toggle(key=f"only::{study}").set_value(False).run()
     assert any(m.value.startswith("**4 /") for m in again.markdown)
-    at.switch_page("pages/agreement.py").run()
+    at.switch_page("views/agreement.py").run()
     at.radio(key="agreement_mode").set_value("open").run()
     _ok(at)
     assert len(at.dataframe) >= 1 and len(at.get("plotly_chart")) == 1
@@ -209,7 +209,7 @@ def test_blinded_mode_hides_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     study = _copy_demo(tmp_path)
     at = _app(str(study))
     at.session_state["reviewer"] = "rater two"
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     at.toggle(key=f"blind::{study}").set_value(True).run()
     _ok(at)
     header = next(m.value for m in at.markdown if m.value.startswith("**") and " / " in m.value)
@@ -222,29 +222,33 @@ def test_blinded_mode_hides_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @needs_demo
+def _release_button(at: AppTest):  # noqa: ANN202 - the form's submit button
+    return next(b for b in at.button if b.label == "Write release")
+
+
 def test_report_page_builds_html_and_release_refuses_a_full_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO)
     study = _copy_demo(tmp_path)
     at = _app(str(study))
-    at.switch_page("pages/report.py").run()
+    at.switch_page("views/report.py").run()
     at.button(key="build_html").click().run()
     _ok(at)
     assert (study / "report.html").is_file() and len(at.get("download_button")) >= 1
     at.text_input(key="release_out").input(str(tmp_path / "elsewhere"))  # a typed path may not write elsewhere
-    at.button[-1].click().run()
-    assert "Release name" in at.error[0].value and not (tmp_path / "elsewhere").exists()
+    _release_button(at).click().run()
+    assert any("Release name" in e.value for e in at.error) and not (tmp_path / "elsewhere").exists()
     name = f"test-{tmp_path.name}"
     full = REPO / "releases" / name
     try:
         full.mkdir(parents=True)
         (full / "x.txt").write_text("keep me")
         at.text_input(key="release_out").input(name)
-        at.button[-1].click().run()
-        assert "not empty" in at.error[0].value and (full / "x.txt").read_text() == "keep me"
+        _release_button(at).click().run()
+        assert any("not empty" in e.value for e in at.error) and (full / "x.txt").read_text() == "keep me"
         shutil.rmtree(full)
-        at.button[-1].click().run()
+        _release_button(at).click().run()
         assert at.success and (full / "release.json").is_file()
     finally:
         shutil.rmtree(full, ignore_errors=True)
@@ -259,7 +263,7 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(REPO)
     study = _copy_demo(tmp_path)
     at = _app(str(study))
-    at.switch_page("pages/calibrate.py").run()
+    at.switch_page("views/calibrate.py").run()
     at.slider(key=f"pct::{study}").set_value(85.0).run()
     tau = float({m.label: m.value for m in at.metric}["Threshold"])
     at.text_input(key=f"save_by::{study}").input("Dr Ada").run()
@@ -267,14 +271,14 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     _ok(at)
     saved = verdicts.study_threshold(study, ScanResults.open(study))
     assert saved.set_by == "Dr Ada" and f"{saved.value:.3f}" == f"{tau:.3f}" and saved.percentile == 85.0
-    at.switch_page("pages/review.py").run()
+    at.switch_page("views/review.py").run()
     _ok(at)
     assert any("saved by Dr Ada" in c.value for c in at.caption)
-    at.switch_page("pages/calibrate.py").run()
+    at.switch_page("views/calibrate.py").run()
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"  # Calibrate starts from it
-    at.switch_page("pages/report.py").run()
+    at.switch_page("views/report.py").run()
     assert any("saved by Dr Ada" in c.value for c in at.caption)
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("views/overview.py").run()
     _ok(at)
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
     assert any("saved by Dr Ada" in c.value for c in at.caption)

@@ -52,7 +52,7 @@ def violations() -> list[str]:
             continue
         for name in _imports(path):
             top = name.split(".")[0]
-            if top in ("streamlit", "tools", "pages", "app"):
+            if top in ("streamlit", "tools", "views", "app"):
                 found.append(f"{path.relative_to(REPO)} imports {name}: core must not depend on the app or tools")
                 continue
             target = _package(name)
@@ -88,7 +88,7 @@ def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch: pytest.
 def test_pages_never_read_study_files() -> None:
     """Pages call core; they do not open, glob or parse files themselves."""
     offenders = []
-    for page in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+    for page in [REPO / "app.py", *sorted((REPO / "views").glob("*.py"))]:
         text = page.read_text(encoding="utf-8")
         for needle in (r"json\.load", r"read_text\(", r"\.glob\(", r"(?<![.\w])open\(", r"\bcsv\.", r"np\.load"):
             if re.search(needle, text):

@@ -98,7 +98,7 @@ class Alignment:
         )
         if any(self.shift):
             moved.append("shifted " + ",".join(f"{s:+d}" for s in self.shift) + " px")
-        return "; ".join(moved) or "as generated"
+        return "; ".join(moved) or "not moved"
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,20 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
             assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
             page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
     page.close()
+
+
+def test_direct_page_urls_open_the_app_with_its_navigation(browser, server: str) -> None:  # noqa: ANN001
+    """A bookmarked /review or /calibrate opens that page of the app (study and navigation), not a bare script."""
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{server}/overview")
+        page.get_by_text("Study: demo-2d").wait_for()
+        assert not page.get_by_text("Page not found").count()
+        page.goto(f"{server}/calibrate")
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Overview").wait_for()
+        page.get_by_role("heading", name=re.compile("Calibrate")).first.wait_for()
+        assert not page.get_by_text("Open or create a study in the sidebar first").count()
+        assert not page.get_by_test_id("stSidebarNav").get_by_role("link", name="_ui").count()
+    finally:
+        page.close()

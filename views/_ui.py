@@ -79,7 +79,7 @@ def require_summary(study: Path) -> ScanSummary:
     found = summary(study)
     if found is None:
         st.info("This study has not been scanned yet: embed and scan it on the Detector page first.")
-        st.page_link("pages/detector.py", label="Go to Detector")
+        st.page_link("views/detector.py", label="Go to Detector")
         st.stop()
     return found
 

@@ -13,7 +13,7 @@ from core.detect.verify import MatchMethod
 from core.io.augment import AugmentPolicy
 from core.study import results
 from core.study.store import open_study
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 inputs = _ui.inputs(study)

@@ -11,7 +11,7 @@ from core.study import jobs, results
 from core.study.results import ROLES
 from core.study.review import metrics_at
 from core.study.selftest import read_selftest
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 inputs = _ui.inputs(study)
@@ -123,14 +123,14 @@ st.subheader("To do")
 synthetic = inputs.get("synthetic") or (summary.source("synthetic") if summary else None)
 todo = []
 if not synthetic or not Path(synthetic).exists():
-    todo.append(("No synthetic samples yet.", "pages/generate.py", "Generate samples"))
+    todo.append(("No synthetic samples yet.", "views/generate.py", "Generate samples"))
 if not (detector or inputs.get("detector") or is_detector_folder(study / results.DETECTOR)):
-    todo.append(("No detector yet.", "pages/detector.py", "Train or load a detector"))
+    todo.append(("No detector yet.", "views/detector.py", "Train or load a detector"))
 if summary is None:
-    todo.append(("Not embedded and scanned yet.", "pages/detector.py", "Embed and scan"))
+    todo.append(("Not embedded and scanned yet.", "views/detector.py", "Embed and scan"))
 else:
-    todo.append(("Check the threshold against the null distributions.", "pages/calibrate.py", "Calibrate"))
-    todo.append((f"Review the {summary.copies.count} flagged copies.", "pages/review.py", "Review pairs"))
+    todo.append(("Check the threshold against the null distributions.", "views/calibrate.py", "Calibrate"))
+    todo.append((f"Review the {summary.copies.count} flagged copies.", "views/review.py", "Review pairs"))
 for text, page, label in todo:
     cols = st.columns([3, 1])
     cols[0].write(text)

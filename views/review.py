@@ -26,7 +26,7 @@ from core.io.viewer import (
 from core.study import verdicts
 from core.study.results import nearest_pairs
 from core.study.review import aligned_training, display_units, group_by_training, load_study_set, worklist
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 st.title("Review pairs")
@@ -149,7 +149,7 @@ else:
         f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
         f"`{row['patient_id']}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
-        + (f" · training {row['alignment']} to match" if "alignment" in row else "")
+        + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )
 
 with st.container(border=True):

@@ -11,7 +11,7 @@ from core.common.errors import MemoScopeError
 from core.detect.metrics import Threshold, ThresholdRule
 from core.study import verdicts
 from core.study.review import correlation_histogram, live_metrics, threshold_curve
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 st.title("Calibrate the threshold")

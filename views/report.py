@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.common.errors import MemoScopeError
 from core.study.report import CHROMIUM, release, release_folder, write_report
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 RELEASES = Path("releases")

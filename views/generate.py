@@ -14,7 +14,7 @@ from core.generative.sample import device_description, resolve_device
 from core.io.data import discover, read_raw
 from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
 from core.study.store import open_study
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 inputs = _ui.inputs(study)

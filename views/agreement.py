@@ -11,7 +11,7 @@ import streamlit as st
 from core.study import verdicts
 from core.study.results import nearest_pairs
 from core.study.review import threshold_curve
-from pages import _ui
+from views import _ui
 
 study = _ui.require_study()
 st.title("Agreement")
