@@ -102,6 +102,24 @@ def study_threshold(study: Path) -> verdicts.StudyThreshold:
     return verdicts.study_threshold(study, scanned)
 
 
+def show_caveats(study: Path, collapsed: bool = False) -> None:
+    """The study's caveats at its threshold: a warning box (Overview), or a collapsed expander (Review)."""
+    from core.study.caveats import caveats
+    from core.study.review import metrics_at
+
+    scanned = require_scan(study)
+    chosen = study_threshold(study)
+    found = caveats(scanned.summary, metrics_at(scanned, chosen.value, chosen.rule, chosen.percentile), pairs(study))
+    if not found:
+        return
+    text = "\n".join(f"- {c.text}" for c in found)
+    if collapsed:
+        with st.expander(f"{len(found)} caveat(s) about these numbers"):
+            st.markdown(text)
+    else:
+        st.warning("**Before relying on these numbers**\n\n" + text)
+
+
 def require_scan(study: Path) -> ScanResults:
     found = scan(study)
     if found is None:

@@ -70,6 +70,7 @@ else:
             f"{where}."
         )
 
+    _ui.show_caveats(study)
     tested = read_selftest(study, summary.scan_id)
     st.subheader("What this detector catches on your data")
     if tested is None:

@@ -34,6 +34,7 @@ summary = _ui.require_summary(study)
 chosen = _ui.study_threshold(study)
 tau = chosen.value
 pairs = _ui.pairs(study)
+_ui.show_caveats(study, collapsed=True)
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading images...")

@@ -29,6 +29,7 @@ from core.detect.metrics import Fraction, MemorizationMetrics
 from core.io.data import discover
 from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
 from core.study import verdicts
+from core.study.caveats import caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import aligned_training, correlation_histogram, load_study_set, metrics_at
 from core.study.selftest import read_selftest
@@ -270,6 +271,7 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization
 {metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}</ul>
 <p>{e(_method_sentence(summary))}</p>
+{_caveats_html(summary, metrics, pairs)}
 <p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
 itself.</p>
 {_selftest_html(study, summary)}
@@ -303,6 +305,14 @@ def _selftest_html(study: Path, summary: ScanSummary) -> str:
         f"{tested.auroc:.3f}. Copies found (flagged and matched to their source) per change and strength:</p>"
         f"<table><tr>{head}</tr>{body}</table>"
     )
+
+
+def _caveats_html(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair]) -> str:
+    found = caveats(summary, metrics, pairs)
+    if not found:
+        return ""
+    items = "".join(f"<li>{html.escape(c.text)}</li>" for c in found)
+    return f"<h3>Before relying on these numbers</h3><ul>{items}</ul>"
 
 
 def _method_sentence(summary: ScanSummary) -> str:

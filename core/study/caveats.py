@@ -1,0 +1,91 @@
+"""What a reader must know before trusting a study's numbers, computed from the study itself.
+
+Each caveat is a sentence a board can read, with the number that triggered it. Overview, Review and the
+report show the same list, so nobody sees the copy fraction without its limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.detect.metrics import MemorizationMetrics
+from core.study.results import Pair, ScanSummary, copies
+
+HIGH_FPR = 0.10  # above this share of real held-out scans called copies, say so
+FEW_PATIENTS = 5  # fewer validation patients than this: the threshold rests on few people
+PIXEL_DISAGREES = 0.5  # a flagged pair whose pixels correlate below this is not a visible copy
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """One limit of the numbers: ``key`` (stable, for tests and styling) and the sentence."""
+
+    key: str
+    text: str
+
+
+def caveats(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair]) -> list[Caveat]:
+    """The caveats that apply to a study judged at ``metrics.threshold`` (see the module docstring)."""
+    found: list[Caveat] = []
+    tau = metrics.threshold.value
+    if metrics.expected_fpr_copy > HIGH_FPR:
+        found.append(
+            Caveat(
+                "high_fpr",
+                f"{metrics.expected_fpr_copy:.0%} of real held-out scans would be called copies at this threshold: "
+                "the copy fraction overstates copying by about that much.",
+            )
+        )
+    unseen = summary.fpr_unseen
+    if unseen is not None and unseen.value > HIGH_FPR:
+        found.append(
+            Caveat(
+                "threshold_transfer",
+                f"On validation patients left out of the calibration, {unseen.value:.0%} of real scans were called "
+                f"copies (95 % CI {unseen.low:.0%} to {unseen.high:.0%}): the threshold may not transfer to new "
+                "patients.",
+            )
+        )
+    val = summary.inputs["val"]
+    if val.n_patients < FEW_PATIENTS:
+        found.append(
+            Caveat(
+                "few_patients",
+                f"The threshold was calibrated on scans of {val.n_patients} validation patient(s) ({val.n} scans): "
+                "patients differ more than scans do, so treat it as provisional until at least "
+                f"{FEW_PATIENTS} are used.",
+            )
+        )
+    smallest_p = 1.0 / (1 + metrics.threshold.null_size) if metrics.threshold.null_size else None
+    if smallest_p is not None and smallest_p > ALPHA:
+        found.append(
+            Caveat(
+                "p_values",
+                f"With {metrics.threshold.null_size} held-out scans the smallest possible p-value is {smallest_p:.2f}: "
+                f"no single sample can be shown to be a copy at the {ALPHA:g} level.",
+            )
+        )
+    flagged = copies(pairs, tau)
+    if flagged:
+        low = [p for p in flagged if p.pixel_corr < PIXEL_DISAGREES]
+        if len(low) / len(flagged) > 0.2:
+            found.append(
+                Caveat(
+                    "pixel_disagrees",
+                    f"{len(low)} of {len(flagged)} flagged pairs have pixel correlation below {PIXEL_DISAGREES} "
+                    f"(median {np.median([p.pixel_corr for p in flagged]):.2f}): the detector sees a resemblance the "
+                    "pixels do not confirm; review them before calling them copies.",
+                )
+            )
+    if summary.method == "paper":
+        found.append(
+            Caveat(
+                "paper_method",
+                "Scanned with the paper's copy call (embedding correlation only), which on MemoScope's planted-copy "
+                "benchmark misses most shifted and mixed copies; rescan with the verified call for those.",
+            )
+        )
+    return found

@@ -1,0 +1,69 @@
+"""Caveats are computed from the study: each appears exactly when its number says so."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from core.detect.metrics import Fraction, Threshold, ThresholdRule
+from core.study.caveats import caveats
+from core.study.results import Pair, ScanResults
+from core.study.review import metrics_at
+
+DEMO = Path(__file__).resolve().parents[1] / "studies" / "demo-2d"
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_the_demo_gets_the_caveats_its_numbers_call_for() -> None:
+    scan = ScanResults.open(DEMO)
+    summary, pairs = scan.summary, scan.pairs()
+    at = metrics_at(scan, summary.tau, summary.threshold.rule, summary.threshold.percentile)
+    keys = {c.key for c in caveats(summary, at, pairs)}
+    # 3 validation patients, the paper's call; 147 null values allow p < 0.05; FPR at the paper tau is low
+    assert keys == {"few_patients", "paper_method"} or keys == {"few_patients", "paper_method", "high_fpr"}
+    assert ("high_fpr" in keys) == (at.expected_fpr_copy > 0.10)
+
+    # a verified scan of many patients, with a small null, a poor transfer and flagged pairs the pixels do not confirm
+    val = dataclasses.replace(summary.inputs["val"], n_patients=12)
+    verified = summary.replace(
+        method="verified",
+        inputs={**summary.inputs, "val": val},
+        fpr_unseen=Fraction(6, 30, 0.2, 0.1, 0.37, "leave-one-patient-out over 12 patients"),
+    )
+    small = dataclasses.replace(at, threshold=Threshold(ThresholdRule.HELDOUT, 95.0, summary.tau, 15))
+    unlike = [dataclasses.replace(p, pixel_corr=0.1) if p.nearest else p for p in pairs]
+    found = {c.key: c.text for c in caveats(verified, small, unlike)}
+    assert set(found) >= {"threshold_transfer", "p_values", "pixel_disagrees"}
+    assert "few_patients" not in found and "paper_method" not in found
+    assert "smallest possible p-value is 0.06" in found["p_values"]
+    assert "20%" in found["threshold_transfer"]
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_no_caveat_without_its_cause() -> None:
+    scan = ScanResults.open(DEMO)
+    summary = scan.summary
+    at = metrics_at(scan, summary.tau, summary.threshold.rule, summary.threshold.percentile)
+    val = dataclasses.replace(summary.inputs["val"], n_patients=40)
+    clean = summary.replace(method="verified", inputs={**summary.inputs, "val": val}, fpr_unseen=None)
+    quiet = dataclasses.replace(at, expected_fpr_copy=0.01)
+    pairs: list[Pair] = [p for p in scan.pairs() if p.pixel_corr > 0.9]
+    assert caveats(clean, quiet, pairs) == []
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_the_report_carries_the_same_caveats(tmp_path: Path) -> None:
+    import shutil
+
+    from core.study.report import build_report
+
+    study = tmp_path / "study"
+    shutil.copytree(DEMO, study)
+    scan = ScanResults.open(study)
+    at = metrics_at(scan, scan.summary.tau, scan.summary.threshold.rule, scan.summary.threshold.percentile)
+    html = build_report(study, top=1)
+    assert "Before relying on these numbers" in html
+    for caveat in caveats(scan.summary, at, scan.pairs()):
+        assert caveat.text.split(":")[0].replace("'", "&#x27;") in html
