@@ -2,8 +2,9 @@
 
 Retrieval (the contrastive embedding, optionally merged with a blurred-pixel search) proposes ``k``
 training scans per query; verification decides. For each candidate it searches small rigid rotations
-(2D: about the image centre; 3D: about each axis in turn), finds the translation by phase correlation
-within ``max_shift``, and scores the aligned pair on the central overlap that every allowed shift keeps:
+(2D: about the image centre; 3D: about each axis in turn), finds the translation within ``max_shift`` by
+FFT cross-correlation of the band-passed images, and scores the aligned pair on the central overlap that
+every allowed shift keeps:
 
 - ``structure``: Pearson correlation of the band-passed images (difference of Gaussians,
   ``fine_sigma`` - ``coarse_sigma`` voxels). It ignores linear intensity changes, most noise and
@@ -185,7 +186,7 @@ class Verifier:
         )
         self._grids = self._sampling_grids(self._matrices)  # (O, *S, d): one per orientation, reused for every pair
         self.margin = tuple(int(math.ceil(self.config.max_shift * s)) for s in self.shape)
-        # allowed shifts: |shift| <= margin along each axis (phase-correlation peaks elsewhere are ignored)
+        # allowed shifts: |shift| <= margin along each axis (cross-correlation peaks elsewhere are ignored)
         grids = torch.meshgrid(*[torch.fft.fftfreq(s, 1.0 / s) for s in self.shape], indexing="ij")
         allowed = torch.ones(self.shape, dtype=torch.bool)
         for g, m in zip(grids, self.margin, strict=True):
