@@ -10,7 +10,9 @@ import streamlit as st
 
 from core.common.errors import MemoScopeError
 from core.study import jobs, results, verdicts
+from core.study.caveats import caveats
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
+from core.study.review import metrics_at
 from core.study.store import Study
 
 STUDIES = Path("studies")
@@ -104,9 +106,6 @@ def study_threshold(study: Path) -> verdicts.StudyThreshold:
 
 def show_caveats(study: Path, collapsed: bool = False) -> None:
     """The study's caveats at its threshold: a warning box (Overview), or a collapsed expander (Review)."""
-    from core.study.caveats import caveats
-    from core.study.review import metrics_at
-
     scanned = require_scan(study)
     chosen = study_threshold(study)
     found = caveats(scanned.summary, metrics_at(scanned, chosen.value, chosen.rule, chosen.percentile), pairs(study))

@@ -130,9 +130,10 @@ def pair_records(
         for rank in range(sims.shape[1]):
             t = int(idx[s, rank])
             a, b = synthetic.images[s, 0], train.images[t, 0]
-            retrieval, alignment = None, None
+            retrieval, alignment, pixel = None, None, None
             if verified is not None and verifier is not None:
                 retrieval, alignment = float(verified.retrieval[s, rank]), verified.alignments[s][rank]
+                pixel = float(verified.pixel[s, rank])  # on the overlap every allowed shift keeps
                 b = verifier.apply(b, alignment)
             pairs.append(
                 Pair(
@@ -142,7 +143,7 @@ def pair_records(
                     train.patient_ids[t],
                     float(sims[s, rank]),
                     float(p_values[s, rank]),
-                    pixel_correlation(a, b),
+                    pixel_correlation(a, b) if pixel is None else pixel,
                     ssim(a, b) if two_d else None,
                     retrieval,
                     alignment,
