@@ -28,8 +28,8 @@ from sklearn.metrics import roc_auc_score
 from core.detect.detector import DetectorConfig, embed, train_detector
 from core.detect.metrics import ThresholdRule, calibrate, crossfit_fpr, is_copy, min_null_size, wilson_interval
 from core.detect.planted import CHANGES, LEVELS, PlantedSet, plant_copies
-from core.detect.search import Neighbors, search, search_all
-from core.detect.verify import MatchMethod, VerifyConfig, verify
+from core.detect.search import Neighbors
+from core.detect.verify import MatchMethod, best_match
 from core.io.data import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from core.io.sample_data import REAL_VOLUMES, axial_slices, volume_cube
@@ -81,18 +81,14 @@ def _score(
     planted: dict[int, PlantedSet],
     planted_vectors: dict[int, np.ndarray],
 ) -> Scored:
-    if method == MatchMethod.PAPER:
-        tables = search_all(vectors["train"], vectors["val"], vectors["train"][:1])
-        found = {level: search(planted_vectors[level], vectors["train"]) for level in planted}
-        return Scored(tables.train_to_val.best, tables.val_to_train.best, found)
-    config = VerifyConfig()
-
     def run(q_vec: np.ndarray, q_img: np.ndarray, db: str) -> Neighbors:
-        return verify(q_vec, vectors[db], q_img, images[db], 1, config).neighbors
+        return best_match(method, q_vec, vectors[db], q_img, images[db])
 
     val_to_train = run(vectors["val"], images["val"], "train").best
+    # the paper's rule calibrates on training -> nearest validation; the held-out rules on validation -> training
+    null = run(vectors["train"], images["train"], "val").best if method == MatchMethod.PAPER else val_to_train
     found = {lvl: run(planted_vectors[lvl], p.images, "train") for lvl, p in planted.items()}
-    return Scored(val_to_train, val_to_train, found)
+    return Scored(null, val_to_train, found)
 
 
 def _bootstrap_f1(found: np.ndarray, flagged: np.ndarray, is_copy_: np.ndarray, seed: int) -> tuple[float, float]:

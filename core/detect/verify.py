@@ -372,6 +372,22 @@ def verify(
     )
 
 
+def best_match(
+    method: MatchMethod,
+    query_vectors: npt.ArrayLike,
+    database_vectors: npt.ArrayLike,
+    query_images: npt.ArrayLike,
+    database_images: npt.ArrayLike,
+    config: VerifyConfig | None = None,
+    device: str = "cpu",
+) -> Neighbors:
+    """Each query's best database match under the copy call ``method`` (k = 1): the one place a caller picks
+    between the paper's embedding search and retrieval + verification."""
+    if method == MatchMethod.PAPER:
+        return ExactIndex(database_vectors, SearchConfig(k=1)).search(query_vectors)
+    return verify(query_vectors, database_vectors, query_images, database_images, 1, config, device).neighbors
+
+
 @dataclass(frozen=True)
 class VerifiedTables:
     """The four directions of :class:`~core.detect.search.NeighborTables`, each verified.

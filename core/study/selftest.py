@@ -29,8 +29,7 @@ from core.common.provenance import atomic_write_json, now_utc, versions
 from core.detect.detector import embed, load_detector
 from core.detect.metrics import Fraction, ThresholdRule, calibrate, is_copy, min_null_size, wilson_interval
 from core.detect.planted import CHANGES, LEVELS, plant_copies
-from core.detect.search import search
-from core.detect.verify import MatchMethod, VerifyConfig, verify
+from core.detect.verify import MatchMethod, VerifyConfig, best_match
 from core.study.results import ScanResults
 from core.study.review import load_study_set
 
@@ -149,10 +148,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     def nearest(
         q_vec: np.ndarray, q_img: np.ndarray, db_vec: np.ndarray, db_img: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if summary.method == MatchMethod.PAPER:
-            found = search(q_vec, db_vec)
-        else:
-            found = verify(q_vec, db_vec, q_img, db_img, 1, verify_config).neighbors
+        found = best_match(summary.method, q_vec, db_vec, q_img, db_img, verify_config)
         return found.best, found.index[:, 0]
 
     progress(ProgressEvent("score", 0, len(planted) + 1, "calibrating on half of the validation patients"))
