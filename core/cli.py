@@ -313,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")
+    p.add_argument(
+        "--patient-top",
+        type=int,
+        help="patient resemblance averages the best N matches among one patient's scans (default 3)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/memoscope or $MEMOSCOPE_CACHE_DIR)")
     _spec_args(p)

@@ -134,6 +134,12 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded
     assert "train-00001" in text and "patient-0001" in text
     _assert_no_phi(text, "HTML report")
+    resemblance = summary.patient_resemblance
+    assert resemblance is not None and resemblance.null_size == 8
+    assert "Resemble a training patient (a separate finding, not counted as copies): " in text
+    rows = ScanResults.open(study).patient_rows()
+    assert sorted(rows) == [f"sample_{i:06d}.png" for i in range(6)]
+    assert sum(r.resembles for r in rows.values()) == resemblance.fraction.count
     key = (study / PSEUDONYMS).read_text()
     assert "PHI-12345" in key  # the re-identification key stays in the study folder only
 

@@ -76,3 +76,17 @@ def test_live_counts_at_the_scan_threshold_equal_the_scan(name: str) -> None:
     assert (m.memorized, m.copies) == (summary.memorized.count, summary.copies.count)
     assert m.fpr_copy == pytest.approx(summary.expected_fpr_copy)
     assert cal.threshold(summary.threshold.rule, summary.threshold.percentile).value == pytest.approx(summary.tau)
+
+
+def test_the_worklist_says_which_samples_resemble_a_training_patient_without_changing_the_copy_call() -> None:
+    from core.study.results import PatientRow
+
+    pairs = [
+        Pair("s1", 1, "t1", "p1", 0.95, 0.01, 0.9, None),
+        Pair("s2", 1, "t2", "p2", 0.50, 0.40, 0.2, None),
+    ]
+    patients = {"s1": PatientRow("s1", "p1", 0.9, False), "s2": PatientRow("s2", "p2", 0.8, True)}
+    rows = {r["synthetic_id"]: r for r in worklist(pairs, 0.8, patients=patients)}
+    assert rows["s2"]["resembles_patient"] and not rows["s2"]["copy"]
+    assert rows["s1"]["copy"] and not rows["s1"]["resembles_patient"]
+    assert "resembles_patient" not in worklist(pairs, 0.8)[0]

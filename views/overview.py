@@ -70,6 +70,9 @@ else:
             f"{where}."
         )
 
+    if summary.patient_resemblance is not None:
+        st.caption(summary.patient_resemblance.describe())
+
     _ui.show_caveats(study)
     tested = read_selftest(study, summary.scan_id)
     st.subheader("What this detector catches on your data")

@@ -113,7 +113,7 @@ else:
         help="Several samples copying one training scan are judged once",
     )
     cols[2].caption(f"Study threshold: {chosen.label}. Sorted by similarity, highest first.")
-    rows = worklist(pairs, tau, only_copies)
+    rows = worklist(pairs, tau, only_copies, scan.patient_rows())
     if grouped:
         rows = group_by_training(rows)
 if not rows:

@@ -269,7 +269,7 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <li>Memorized training fraction: <b>{_pct(metrics.memorized)}</b></li>
 <li>Copy fraction among synthetic samples: <b>{_pct(metrics.copies)}</b></li>
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization
-{metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}</ul>
+{metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}{_resemblance_html(summary)}</ul>
 <p>{e(_method_sentence(summary))}</p>
 {_caveats_html(summary, metrics, pairs)}
 <p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
@@ -324,6 +324,11 @@ def _method_sentence(summary: ScanSummary) -> str:
             "real scans of different patients."
         )
     return "Copy call: as in Dar et al., the correlation of the contrastive embeddings is the score above."
+
+
+def _resemblance_html(summary: ScanSummary) -> str:
+    found = summary.patient_resemblance
+    return "" if found is None else f"<li>{html.escape(found.describe())}</li>"
 
 
 def _unseen_html(summary: ScanSummary, tau: float) -> str:

@@ -29,6 +29,7 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.detect.resemblance import PatientResemblance
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.data import discover
 from core.io.preprocessing import PreprocessSpec
@@ -38,6 +39,7 @@ SUMMARY = "summary.json"
 PAIRS = "pairs.csv"
 TRAIN_NN = "train_nn.csv"
 NEIGHBORS = "neighbors.npz"
+PATIENTS = "patients.csv"
 EMBEDDINGS = "embeddings"
 DETECTOR = "detector"
 ROLES = ("train", "val", "synthetic")
@@ -93,6 +95,9 @@ class ScanSummary(Config):
             similarity, threshold and fraction of the scan is on the method's score.
         fpr_unseen: share of real scans of patients the threshold was not calibrated on that are called copies
             (leave-one-patient-out for held-out rules; the validation scans above tau for the paper rule).
+        patient_resemblance: synthetic samples whose nearest training *patient* is closer than real unseen
+            patients usually are (``patients.csv``; see :mod:`core.detect.resemblance`). A separate finding:
+            never part of ``copies``.
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
             rescan, a hand edit) is refused by :meth:`ScanResults.open`.
@@ -121,6 +126,7 @@ class ScanSummary(Config):
     method: MatchMethod = MatchMethod.PAPER
     verify: VerifyConfig | None = None
     fpr_unseen: Fraction | None = None
+    patient_resemblance: PatientResemblance | None = None
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
@@ -254,7 +260,18 @@ def _alignment(row: dict[str, str]) -> tuple[float | None, Alignment | None]:
     return retrieval, Alignment(int(row["align_axis"]), float(row["align_angle"]), shift)
 
 
-RESULT_FILES = (PAIRS, TRAIN_NN, NEIGHBORS)
+RESULT_FILES = (PAIRS, TRAIN_NN, NEIGHBORS, PATIENTS)
+PATIENT_HEADER = ("synthetic_id", "nearest_patient", "patient_similarity", "resembles_patient")
+
+
+@dataclass(frozen=True)
+class PatientRow:
+    """A synthetic sample's nearest training patient (a row of ``patients.csv``)."""
+
+    synthetic_id: str
+    patient_id: str
+    similarity: float
+    resembles: bool
 
 
 def new_scan_id() -> str:
@@ -267,8 +284,10 @@ def write_results(
     pairs: list[Pair],
     train_rows: list[TrainRow],
     neighbors: dict[str, npt.NDArray[Any]],
+    patients: list[PatientRow] | None = None,
 ) -> dict[str, str]:
-    """Write ``pairs.csv``, ``train_nn.csv`` and ``neighbors.npz`` into ``folder``; return their SHA-256."""
+    """Write ``pairs.csv``, ``train_nn.csv``, ``neighbors.npz`` (and ``patients.csv`` when given) into
+    ``folder``; return their SHA-256."""
     folder = Path(folder)
     header = [*PAIR_HEADER, *(["ssim"] if pairs and pairs[0].ssim is not None else [])]
     header += list(VERIFIED_HEADER) if pairs and pairs[0].alignment is not None else []
@@ -293,7 +312,13 @@ def write_results(
         raise ValueError(f"neighbour tables missing {sorted(missing)}")
     with atomic_path(folder / NEIGHBORS) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **neighbors)  # type: ignore[arg-type]
-    return {name: sha256_file(folder / name) for name in RESULT_FILES}
+    if patients is not None:
+        write_csv(
+            folder / PATIENTS,
+            PATIENT_HEADER,
+            [[r.synthetic_id, r.patient_id, f"{r.similarity:.6f}", int(r.resembles)] for r in patients],
+        )
+    return {name: sha256_file(folder / name) for name in RESULT_FILES if (folder / name).is_file()}
 
 
 @contextlib.contextmanager
@@ -444,6 +469,17 @@ class ScanResults:
     def nearest(self) -> list[Pair]:
         """One pair per synthetic sample: its nearest training scan."""
         return nearest_pairs(self.pairs())
+
+    def patient_rows(self) -> dict[str, PatientRow]:
+        """Each synthetic sample's nearest training patient, by synthetic ID (empty for scans before v0.3)."""
+        if PATIENTS not in self.summary.files:
+            return {}
+        return {
+            r["synthetic_id"]: PatientRow(
+                r["synthetic_id"], r["nearest_patient"], float(r["patient_similarity"]), r["resembles_patient"] == "1"
+            )
+            for r in read_csv(self._require(PATIENTS))
+        }
 
     def train_rows(self) -> list[TrainRow]:
         return [

@@ -27,7 +27,7 @@ from core.detect.metrics import (
 from core.detect.verify import Verifier, VerifyConfig
 from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
-from core.study.results import Calibration, Pair, ScanResults, ScanSummary, copies, nearest_pairs
+from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,14 @@ def correlation_histogram(cal: Calibration, tau: float) -> go.Figure:
     return fig
 
 
-def worklist(pairs: list[Pair], tau: float, only_copies: bool = False) -> list[dict[str, Any]]:
+def worklist(
+    pairs: list[Pair], tau: float, only_copies: bool = False, patients: dict[str, PatientRow] | None = None
+) -> list[dict[str, Any]]:
     """One row per synthetic sample (its nearest training scan), most similar first.
 
     Each row says whether it is a copy at ``tau`` and how many samples copy the same training
-    scan (``group_size``), so that one patient's scan can be judged once.
+    scan (``group_size``), so that one patient's scan can be judged once. With ``patients`` (the scan's
+    ``patients.csv``) each row also says whether the sample resembles a training patient, a separate finding.
     """
     nearest = nearest_pairs(pairs)
     group = Counter(p.train_id for p in copies(pairs, tau))
@@ -152,6 +155,11 @@ def worklist(pairs: list[Pair], tau: float, only_copies: bool = False) -> list[d
             **(
                 {"retrieval": None if p.retrieval is None else round(p.retrieval, 4), "alignment": p.alignment.label()}
                 if p.alignment is not None
+                else {}
+            ),
+            **(
+                {"resembles_patient": patients[p.synthetic_id].resembles}
+                if patients and p.synthetic_id in patients
                 else {}
             ),
         }

@@ -32,6 +32,7 @@ from core.detect.metrics import (
     ssim,
     wilson_interval,
 )
+from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
 from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set
@@ -62,6 +63,8 @@ class ScanConfig(Config):
         detector: a trained detector folder; without one a detector is trained into ``out/detector``
             with ``detector_overrides`` (keys of :class:`core.detect.detector.DetectorConfig`).
         cache_dir: the embedding cache.
+        patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
+            scans (see :mod:`core.detect.resemblance`).
     """
 
     train: str
@@ -80,6 +83,7 @@ class ScanConfig(Config):
     detector: str | None = None
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
+    patient_top: int = 3
 
     @property
     def rule(self) -> str:
@@ -91,6 +95,7 @@ class ScanConfig(Config):
         parse_rule(self.rule)
         check_range("percentile", self.percentile, 0.0, 100.0)
         check_range("k", self.k, 1)
+        check_range("patient_top", self.patient_top, 1)
         if self.slices and self.spec.spatial_dims != 2:
             raise MemoScopeError("slices takes 2D slices of 3D files; use it with 2D preprocessing (--dims 2).")
 
@@ -291,6 +296,21 @@ def unseen_fpr(threshold: Threshold, val_to_train: np.ndarray, val_patients: lis
     return Fraction(count, total, count / total, low, high, "validation scans above tau (not used to set it)")
 
 
+def _patient_resemblance(
+    config: ScanConfig, rule: ThresholdRule, embeddings: dict[str, Any], sets: dict[str, ImageSet]
+) -> tuple[PatientResemblance, list[results.PatientRow]]:
+    """Each synthetic sample's nearest training patient, calibrated on validation -> training patients."""
+    train, patients = embeddings["train"].vectors, sets["train"].patient_ids
+    synthetic = nearest_patients(embeddings["synthetic"].vectors, train, patients, config.patient_top)
+    null = nearest_patients(embeddings["val"].vectors, train, patients, config.patient_top)
+    resemblance = patient_resemblance(synthetic, null, config.percentile, rule, config.patient_top)
+    rows = [
+        results.PatientRow(sid, patient, float(sim), bool(sim > resemblance.tau))
+        for sid, patient, sim in zip(sets["synthetic"].ids, synthetic.patient, synthetic.similarity, strict=True)
+    ]
+    return resemblance, rows
+
+
 NEAR_DUPLICATE_R = 0.95  # pixel correlation; real scans of different patients stay far below (demo: at most 0.75)
 
 
@@ -402,6 +422,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             tables.val_to_train.best,
             seed=config.seed,
         )
+        resemblance, patient_rows = _patient_resemblance(config, rule, embeddings, sets)
         # 6. outputs: staged, then moved into place with the summary last
         progress(ProgressEvent("write", 0, 1, "writing results"))
         pairs = pair_records(
@@ -413,6 +434,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             pairs,
             train_records(tables, sets["train"], sets["synthetic"]),
             neighbor_arrays(tables),
+            patient_rows,
         )
         timings["total_s"] = time.perf_counter() - clock
         summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files).replace(
@@ -420,6 +442,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             verify=config.verify if config.method == MatchMethod.VERIFIED else None,
             fpr_unseen=unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids),
             notes=NOTES_BY_METHOD[config.method],
+            patient_resemblance=resemblance,
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(
