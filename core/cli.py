@@ -236,7 +236,13 @@ def cmd_upgrade_study(args: argparse.Namespace) -> None:
 def cmd_selftest(args: argparse.Namespace) -> None:
     from core.study.selftest import SelfTestConfig, run_selftest
 
-    options = {"study": args.study, "per_kind": args.per_kind, "levels": args.levels, "seed": args.seed}
+    options = {
+        "study": args.study,
+        "per_kind": args.per_kind,
+        "levels": args.levels,
+        "seed": args.seed,
+        "device": args.device,
+    }
     bars = StageBars()
     result = run_selftest(SelfTestConfig.from_dict({k: v for k, v in options.items() if v is not None}), bars)
     bars.close()
@@ -302,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="the whole job: detector, embeddings, search, calibrated metrics")
+    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
     p.add_argument("--train", required=True, help="training images: folder or CSV manifest")
     p.add_argument("--val", required=True, help="held-out real images (other patients)")
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
@@ -326,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("selftest", help="plant changed copies of the study's training scans and measure the call")
+    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
     p.add_argument("--study", required=True, help="a scanned study folder")
     p.add_argument("--per-kind", type=int, help="copies per change and level (default 10)")
     p.add_argument("--levels", type=int, nargs="+", help="strength levels, of 1 2 3 (default 1 2)")
@@ -338,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--steps", type=int)
     p.add_argument("--scheduler", choices=choices(SchedulerName), help="default ddim")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per pass (default 0: fit to the device)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda[:i] | mps")
     p.add_argument("--precision", choices=choices(Precision), help="mixed precision on GPU (default fp32)")
@@ -371,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_ldm)
 
     p = sub.add_parser("train-detector", help="train the contrastive copy detector")
+    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
     p.add_argument("--train", required=True)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.cli import main
@@ -119,6 +120,11 @@ def scan_out_is_a_file(root: Path) -> list[str]:
 def k_is_zero(root: Path) -> list[str]:
     train, val, _ = _sets(root)
     return _scan_args(root, train, val, "--k", "0")
+
+
+def scan_on_a_missing_gpu(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    return _scan_args(root, train, val, "--device", "cuda:0" if not torch.cuda.is_available() else "cuda:99")
 
 
 def fixed_threshold_out_of_range(root: Path) -> list[str]:
@@ -296,6 +302,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (patient_ids_differ_only_by_case, "appear in both training", "study/detector"),
     (scan_out_is_a_file, "is a file; give a folder", None),
     (k_is_zero, "k 0 must be in [1, inf]", "study"),
+    (scan_on_a_missing_gpu, "--device cuda", "study"),
     (fixed_threshold_out_of_range, "fixed:X needs a number X in [-1, 1]", "study"),
     (validation_too_small_for_the_percentile, "percentile 95 needs at least 20", "study/detector"),
     (

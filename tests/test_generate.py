@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from core.common.errors import MemoScopeError
-from core.generative.ldm import build_autoencoder, build_unet, default_config, load_ldm, save_ldm
+from core.generative.ldm import build_autoencoder, build_scheduler, build_unet, default_config, load_ldm, save_ldm
 from core.generative.sample import GenerateConfig, generate, sample, sample_seed
 
 
@@ -35,6 +35,28 @@ def test_sample_depends_only_on_seed_and_index(checkpoint_2d: Path, scheduler: s
     np.testing.assert_allclose(together, alone, atol=1e-5)
     assert not np.allclose(together[0], together[1])
     np.testing.assert_array_equal(together, sample(ldm, seeds, 4, scheduler))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_the_batched_sampler_matches_monai_stepping_each_sample_with_its_own_generator(
+    checkpoint_2d: Path, scheduler: str
+) -> None:
+    """The reference: MONAI's scheduler.step per sample, each drawing its noise from that sample's CPU generator."""
+    ldm = load_ldm(checkpoint_2d)
+    seeds = [sample_seed(3, i) for i in range(3)]
+    reference = []
+    for seed in seeds:
+        steps = build_scheduler(ldm.config, scheduler)  # type: ignore[arg-type]
+        steps.set_timesteps(num_inference_steps=5)  # type: ignore[operator]
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(ldm.config.latent_shape, generator=g)[None]
+        with torch.inference_mode():
+            for t in steps.timesteps:
+                eps = ldm.unet(x, timesteps=torch.full((1,), int(t), dtype=torch.long))
+                x = steps.step(eps, int(t), x, generator=g)[0]  # type: ignore[operator]
+            image = ldm.autoencoder.decode_stage_2_outputs(x / ldm.config.scale_factor)
+        reference.append(image.clamp(-1, 1).numpy())
+    np.testing.assert_allclose(sample(ldm, seeds, 5, scheduler), np.concatenate(reference), atol=1e-5)  # type: ignore[arg-type]
 
 
 def test_generate_writes_png16_manifest_and_resumes(checkpoint_2d: Path, tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import streamlit as st
 
 from core.common.config import choices
+from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.generative.ldm import SchedulerName, list_checkpoints, read_config
-from core.generative.sample import device_description, resolve_device
 from core.io.data import discover, read_raw
 from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
 from core.study.store import open_study
@@ -53,7 +53,7 @@ with st.form("generate"):
     steps = cols[1].number_input("Steps", 1, 1000, 50)
     scheduler = cols[2].selectbox("Scheduler", choices(SchedulerName), index=choices(SchedulerName).index("ddim"))
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
-    batch = cols[4].number_input("Batch size", 1, 512, 8)
+    batch = cols[4].number_input("Batch size", 0, 4096, 0, help="0: the largest that fits the device")
     out = st.text_input(
         "Output folder",
         value=str(study / "synthetic"),

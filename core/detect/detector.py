@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.common.config import Config, check_range
+from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
@@ -167,6 +168,7 @@ def _epoch_loss(
     loss_fn: NTXentLoss,
     batch_size: int,
     optimizer: torch.optim.Optimizer | None,
+    device: torch.device,
 ) -> float:
     total, batches = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -174,7 +176,8 @@ def _epoch_loss(
         if len(idx) < 2:  # a single image has no negatives
             continue
         batch = images[idx]
-        views = augment_batch(transform, batch)
+        views = augment_batch(transform, batch).to(device, non_blocking=True)  # MONAI augments on the CPU
+        batch = batch.to(device, non_blocking=True)
         if optimizer is None:
             with torch.no_grad():
                 loss = nt_xent(model, batch, views, loss_fn)
@@ -188,8 +191,17 @@ def _epoch_loss(
     return total / max(batches, 1)
 
 
-def train_detector(train: ImageSet, val: ImageSet, config: DetectorConfig, progress: Progress = silent) -> Detector:
-    """Train the encoder on ``train``; keep the epoch with the lowest validation NT-Xent loss.
+def train_detector(
+    train: ImageSet,
+    val: ImageSet,
+    config: DetectorConfig,
+    progress: Progress = silent,
+    device: torch.device | str = "cpu",
+) -> Detector:
+    """Train the encoder on ``train`` on ``device``; keep the epoch with the lowest validation NT-Xent loss.
+
+    The weights are initialised and the batches shuffled and augmented on the CPU from ``config.seed``, so a
+    GPU starts from exactly the CPU's network and sees the same batches.
 
     Steps: 1. seed everything; 2. each epoch, shuffle, embed each batch and its augmented
     view, minimise NT-Xent; 3. compute the validation loss with a fixed augmentation seed;
@@ -201,8 +213,9 @@ def train_detector(train: ImageSet, val: ImageSet, config: DetectorConfig, progr
         raise MemoScopeError(
             f"training images are {list(train.images.shape[2:])} but the detector expects {config.image_size}."
         )
+    device = torch.device(device)
     torch.manual_seed(config.seed)
-    model = build_encoder(config)
+    model = build_encoder(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
     loss_fn = NTXentLoss(temperature=config.temperature)
@@ -215,13 +228,15 @@ def train_detector(train: ImageSet, val: ImageSet, config: DetectorConfig, progr
     for epoch in range(config.epochs):
         model.train()
         train_loss = _epoch_loss(
-            model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer
+            model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer, device
         )
         scheduler.step()
         model.eval()
         val_transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
         val_transform.set_random_state(seed=config.seed + 1)
-        val_loss = _epoch_loss(model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None)
+        val_loss = _epoch_loss(
+            model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None, device
+        )
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
@@ -234,9 +249,10 @@ def train_detector(train: ImageSet, val: ImageSet, config: DetectorConfig, progr
             )
         )
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     provenance = {
         "trained_at": now_utc(),
+        "device": device_description(device),
         "train_set": {"source": train.source, "n": len(train), "content_hash": train.content_hash},
         "val_set": {"source": val.source, "n": len(val), "content_hash": val.content_hash},
         "versions": versions(),
@@ -252,6 +268,7 @@ def train_and_save(
     overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Progress = silent,
+    device: torch.device | str = "cpu",
 ) -> Detector:
     """Train a detector with the default config for these sets (plus ``overrides``) and save it to ``out``.
 
@@ -263,7 +280,7 @@ def train_and_save(
     config = DetectorConfig.for_dims(
         spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {})
     )
-    detector = train_detector(train, val, config, progress=progress)
+    detector = train_detector(train, val, config, progress=progress, device=device)
     save_detector(detector, out, overwrite=overwrite)
     return detector
 
@@ -281,13 +298,15 @@ class TrainDetectorConfig(Config):
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    device: str = "auto"
 
 
 def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent) -> Detector:
     """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
     train = load_set(config.train, config.spec, role="train", slices=config.slices, skip_bad=config.skip_bad)
     val = load_set(config.val, config.spec, role="val", slices=config.slices, skip_bad=config.skip_bad)
-    return train_and_save(train, val, config.out, config.seed, config.overrides, config.overwrite, progress)
+    device = resolve_device(config.device)
+    return train_and_save(train, val, config.out, config.seed, config.overrides, config.overwrite, progress, device)
 
 
 def save_detector(detector: Detector, folder: str | Path, overwrite: bool = False) -> str:
@@ -383,7 +402,7 @@ class Embeddings:
 
 
 def embed(
-    model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: str = "cpu"
+    model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: torch.device | str = "cpu"
 ) -> npt.NDArray[np.float32]:
     """Embed ``(N, 1, *S)`` float32 images in [-1, 1] -> ``(N, D)`` float32 (eval, no grad)."""
     model = model.to(device).eval()
@@ -392,6 +411,7 @@ def embed(
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
             out.append(model(batch).float().cpu().numpy())
+    model.cpu()
     return np.concatenate(out).astype(np.float32)
 
 
@@ -400,7 +420,11 @@ def default_cache_dir() -> Path:
 
 
 def embed_set(
-    detector: Detector, images: ImageSet, cache_dir: str | Path | None = None, batch_size: int = 64
+    detector: Detector,
+    images: ImageSet,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
 ) -> tuple[Embeddings, bool]:
     """Embed an image set, reusing the on-disk cache keyed by detector hash and input content.
 
@@ -417,7 +441,7 @@ def embed_set(
     if detector.detector_hash and path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             return Embeddings(list(cached["ids"]), cached["vectors"]), True
-    vectors = embed(detector.model, images.images, batch_size)
+    vectors = embed(detector.model, images.images, batch_size, device)
     if detector.detector_hash:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:

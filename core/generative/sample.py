@@ -15,9 +15,11 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import torch
+from monai.networks.schedulers import DDPMScheduler, Scheduler
 from PIL import Image
 
 from core.common.config import Config, check_range
+from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
@@ -42,33 +44,37 @@ MANIFEST = "manifest.csv"
 RECORD = "generation.json"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; ``cuda[:i]``/``mps``/``cpu`` are checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise MemoScopeError(f"--device {name!r} is not a device; use auto, cpu, cuda[:i] or mps.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MemoScopeError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto.")
-    return device
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    return device.type
-
-
 def sample_seed(seed: int, index: int) -> int:
     """The seed of sample ``index``: a function of (seed, index) only, so batching cannot change it."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def denoise_step(
+    scheduler: Scheduler,
+    noise_pred: torch.Tensor,
+    timestep: int,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """One scheduler step for the whole batch.
+
+    DDIM (eta 0) draws no noise: one batched ``scheduler.step``. DDPM adds posterior noise, which MONAI draws
+    for the whole batch from one generator on the tensors' device; here each sample's noise comes from its own
+    CPU generator instead (so batch size and device cannot change it), replacing what MONAI drew from a probe
+    generator whose draw is reproduced exactly.
+    """
+    if not isinstance(scheduler, DDPMScheduler) or timestep <= 0:
+        return scheduler.step(noise_pred, timestep, latents)[0]  # type: ignore[operator,no-any-return]
+    probe = torch.Generator(device=latents.device)
+    state = probe.get_state()
+    stepped: torch.Tensor = scheduler.step(noise_pred, timestep, latents, generator=probe)[0]
+    probe.set_state(state)
+    drawn = torch.randn(
+        noise_pred.size(), dtype=noise_pred.dtype, layout=noise_pred.layout, generator=probe, device=latents.device
+    )
+    own = torch.stack([torch.randn(noise_pred.shape[1:], generator=g) for g in generators])
+    sigma = scheduler._get_variance(timestep) ** 0.5  # the scale MONAI's step gave its own noise
+    return stepped + sigma * (own.to(device=latents.device, dtype=noise_pred.dtype) - drawn)
 
 
 def sample(
@@ -79,10 +85,11 @@ def sample(
     device: torch.device | str = "cpu",
     precision: Precision = Precision.FP32,
 ) -> npt.NDArray[np.float32]:
-    """Generate one image per seed.
+    """Generate one image per seed, the whole batch through each denoising step at once.
 
-    Each sample draws its initial latent and every DDPM noise term from its own generator,
-    so sample i is the same whichever batch it is computed in.
+    The initial latent and every DDPM noise term of sample i come from a CPU generator seeded by its seed
+    alone, so sample i is the same whichever batch it is computed in and, up to floating-point differences,
+    on whichever device.
 
     Returns:
         ``(len(seeds), 1, *image_size)`` float32, clipped to [-1, 1].
@@ -90,22 +97,18 @@ def sample(
     device = torch.device(device)
     scheduler = build_scheduler(ldm.config, scheduler_name)
     scheduler.set_timesteps(num_inference_steps=steps, device=device)  # type: ignore[operator]
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    shape = ldm.config.latent_shape
-    latents = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    latents = torch.stack([torch.randn(ldm.config.latent_shape, generator=g) for g in generators]).to(device)
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode():
         for t in scheduler.timesteps:
             timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
-            noise_pred = ldm.unet(latents, timesteps=timesteps).float()
-            latents = torch.cat(
-                [
-                    scheduler.step(noise_pred[i : i + 1], int(t), latents[i : i + 1], generator=generators[i])[0]  # type: ignore[operator]
-                    for i in range(len(seeds))
-                ]
-            )
-        images = ldm.autoencoder.decode_stage_2_outputs(latents / ldm.config.scale_factor).float()
+            with autocast:
+                noise_pred = ldm.unet(latents, timesteps=timesteps).float()
+            latents = denoise_step(scheduler, noise_pred, int(t), latents, generators)
+        with autocast:
+            images = ldm.autoencoder.decode_stage_2_outputs(latents / ldm.config.scale_factor).float()
     return images.clamp(-1.0, 1.0).cpu().numpy()
 
 
@@ -143,7 +146,8 @@ class GenerateConfig(Config):
         out: the output folder; a rerun with the same checkpoint, seed and steps resumes.
         n: number of samples; sample ``i`` is seeded by ``(seed, i)`` only.
         steps, scheduler: denoising steps and DDIM/DDPM.
-        batch_size: samples per forward pass (does not change any sample).
+        batch_size: samples per forward pass (does not change any sample); 0 fits it to the device (see
+            :func:`fit_batch_size`).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:i]`` or ``mps``.
         precision: autocast dtype on GPU.
         format: 2D file format (3D is always NIfTI).
@@ -154,7 +158,7 @@ class GenerateConfig(Config):
     n: int
     steps: int = 50
     scheduler: SchedulerName = SchedulerName.DDIM
-    batch_size: int = 8
+    batch_size: int = 0
     seed: int = 0
     device: str = "auto"
     precision: Precision = Precision.FP32
@@ -163,8 +167,33 @@ class GenerateConfig(Config):
     def validate(self) -> None:
         check_range("n", self.n, 1)
         check_range("steps", self.steps, 1)
-        check_range("batch_size", self.batch_size, 1)
+        check_range("batch_size", self.batch_size, 0)
         check_range("seed", self.seed, 0)
+
+
+CPU_BATCH = 16  # on CPU larger batches gain nothing (measured: benchmarks/generate_speed.py)
+MAX_GPU_BATCH = 1024
+
+
+def fit_batch_size(ldm: LDM, device: torch.device, precision: Precision = Precision.FP32) -> int:
+    """The largest batch (at most 1,024, halving from there) whose denoiser and decoder passes fit on a GPU;
+    16 on CPU."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    batch = MAX_GPU_BATCH
+    while batch > 1:
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                latents = torch.zeros((batch, *ldm.config.latent_shape), device=device)
+                ldm.unet(latents, timesteps=torch.zeros(batch, dtype=torch.long, device=device))
+                ldm.autoencoder.decode_stage_2_outputs(latents)
+            return batch
+        except torch.OutOfMemoryError:
+            batch //= 2
+        finally:
+            torch.cuda.empty_cache()
+    return 1
 
 
 @dataclass
@@ -213,10 +242,12 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]
     start = time.perf_counter()
-    logger.info("generating %d of %d samples on %s", len(todo), n, record["device"])
+    batch_size = config.batch_size or fit_batch_size(ldm, torch_device, config.precision)
+    record["batch_size_used"] = batch_size
+    logger.info("generating %d of %d samples on %s, %d at a time", len(todo), n, record["device"], batch_size)
     progress(ProgressEvent("sample", n - len(todo), n))
-    for b in range(0, len(todo), config.batch_size):
-        indices = todo[b : b + config.batch_size]
+    for b in range(0, len(todo), batch_size):
+        indices = todo[b : b + batch_size]
         seeds = [sample_seed(seed, i) for i in indices]
         images = sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision)
         for i, image in zip(indices, images, strict=True):

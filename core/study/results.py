@@ -98,6 +98,7 @@ class ScanSummary(Config):
         patient_resemblance: synthetic samples whose nearest training *patient* is closer than real unseen
             patients usually are (``patients.csv``; see :mod:`core.detect.resemblance`). A separate finding:
             never part of ``copies``.
+        device: where the detector trained and embedded and pairs were verified.
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
             rescan, a hand edit) is refused by :meth:`ScanResults.open`.
@@ -127,6 +128,7 @@ class ScanSummary(Config):
     verify: VerifyConfig | None = None
     fpr_unseen: Fraction | None = None
     patient_resemblance: PatientResemblance | None = None
+    device: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.common.config import Config, check_range
+from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import now_utc, versions
@@ -63,6 +65,8 @@ class ScanConfig(Config):
         detector: a trained detector folder; without one a detector is trained into ``out/detector``
             with ``detector_overrides`` (keys of :class:`core.detect.detector.DetectorConfig`).
         cache_dir: the embedding cache.
+        device: where the detector trains and embeds and pairs are verified: ``auto`` (CUDA, then MPS, then CPU),
+            ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
             scans (see :mod:`core.detect.resemblance`).
     """
@@ -84,6 +88,7 @@ class ScanConfig(Config):
     detector_overrides: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     patient_top: int = 3
+    device: str = "auto"
 
     @property
     def rule(self) -> str:
@@ -207,7 +212,12 @@ def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> 
 
 
 def _detector(
-    config: ScanConfig, given: Detector | None, sets: dict[str, ImageSet], stage: Path, progress: Progress
+    config: ScanConfig,
+    given: Detector | None,
+    sets: dict[str, ImageSet],
+    stage: Path,
+    progress: Progress,
+    device: torch.device,
 ) -> Detector:
     if given is not None:
         progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
@@ -220,6 +230,7 @@ def _detector(
         config.seed,
         config.detector_overrides,
         overwrite=True,
+        device=device,
         progress=progress,
     )
 
@@ -358,6 +369,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     metrics; 6. write every output atomically and record the run in the study database.
     """
     rule, fixed = parse_rule(config.rule)
+    device = resolve_device(config.device)
     for role in results.ROLES:  # every path, manifest and split column checked before anything is created
         discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
     study = open_study(config.out)
@@ -380,13 +392,13 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         check_calibration_size(config, sets)
         lap("load")
         # 2. detector
-        detector = _detector(config, given, sets, stage, progress)
+        detector = _detector(config, given, sets, stage, progress, device)
         lap("detector")
         # 3. embeddings
         embeddings, cached = {}, {}
         for i, (role, images) in enumerate(sets.items()):
             progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
-            embeddings[role], cached[role] = embed_set(detector, images, config.cache_dir)
+            embeddings[role], cached[role] = embed_set(detector, images, config.cache_dir, device=device)
             results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
         progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
         lap("embed")
@@ -407,6 +419,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
                 {role: images.images for role, images in sets.items()},
                 config.k,
                 config.verify,
+                str(device),
             )
             tables, verified = checked.tables, checked.synthetic_to_train
             lap("verify")
@@ -443,6 +456,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             fpr_unseen=unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids),
             notes=NOTES_BY_METHOD[config.method],
             patient_resemblance=resemblance,
+            device=device_description(device),
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(

@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from core.common.config import Config, check_range
+from core.common.devices import resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_write_json, now_utc, versions
@@ -40,12 +41,14 @@ STAGES = ("load", "embed", "score", "write")
 
 @dataclass(frozen=True)
 class SelfTestConfig(Config):
-    """A self-test of a scanned study: ``per_kind`` copies of each change at each of ``levels``."""
+    """A self-test of a scanned study: ``per_kind`` copies of each change at each of ``levels``, embedded and
+    verified on ``device`` (``auto``: CUDA, then MPS, then CPU)."""
 
     study: str
     per_kind: int = 10
     levels: tuple[int, ...] = (1, 2)
     seed: int = 0
+    device: str = "auto"
 
     def validate(self) -> None:
         check_range("per_kind", self.per_kind, 1, 1000)
@@ -133,6 +136,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
             f"percentile {percentile:g} needs {needed}. Add validation scans, or rescan with a lower --percentile."
         )
     detector = load_detector(scan.detector_folder)
+    device = resolve_device(config.device)
     progress(ProgressEvent("load", 1, 1, f"{len(calib)} calibration and {len(unseen)} unseen-patient scans"))
     x_train, x_cal, x_unseen = train.images, val.images[calib], val.images[unseen]
     planted = {
@@ -140,15 +144,15 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
         for level in config.levels
     }
     progress(ProgressEvent("embed", 0, 1, "embedding"))
-    v_train, v_cal = embed(detector.model, x_train), embed(detector.model, x_cal)
-    v_planted = {level: embed(detector.model, p.images) for level, p in planted.items()}
+    v_train, v_cal = embed(detector.model, x_train, device=device), embed(detector.model, x_cal, device=device)
+    v_planted = {level: embed(detector.model, p.images, device=device) for level, p in planted.items()}
     progress(ProgressEvent("embed", 1, 1, "embedded"))
     verify_config = summary.verify or VerifyConfig()
 
     def nearest(
         q_vec: np.ndarray, q_img: np.ndarray, db_vec: np.ndarray, db_img: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        found = best_match(summary.method, q_vec, db_vec, q_img, db_img, verify_config)
+        found = best_match(summary.method, q_vec, db_vec, q_img, db_img, verify_config, str(device))
         return found.best, found.index[:, 0]
 
     progress(ProgressEvent("score", 0, len(planted) + 1, "calibrating on half of the validation patients"))

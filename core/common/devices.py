@@ -1,0 +1,37 @@
+"""Which device a stage runs on: ``auto`` (CUDA, then MPS, then CPU) or a named one, checked before any work."""
+
+from __future__ import annotations
+
+import torch
+
+from core.common.errors import MemoScopeError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; ``cuda[:i]``/``mps``/``cpu`` are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise MemoScopeError(f"--device {name!r} is not a device; use auto, cpu, cuda[:i] or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MemoScopeError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MemoScopeError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible (cuda:0 ...); pick one of them."
+        )
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MemoScopeError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto.")
+    return device
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return device.type
