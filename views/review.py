@@ -61,10 +61,10 @@ def _add_reviewer() -> None:
 if "reviewer" not in st.session_state and st.query_params.get("reviewer"):
     st.session_state["reviewer"] = st.query_params["reviewer"]
 reviewer = st.session_state.get("reviewer", "")
-with st.container(border=True):
-    cols = st.columns([2, 1, 1, 1])
+with st.sidebar:  # the settings of this review session: the main column is for the images
+    st.subheader("Review settings")
     names = sorted(set(verdicts.reviewers(study)) | ({reviewer} if reviewer else set()))
-    pick = cols[0].selectbox(
+    pick = st.selectbox(
         "Reviewer",
         [*names, NEW_REVIEWER],
         index=names.index(reviewer) if reviewer else None,
@@ -73,20 +73,31 @@ with st.container(border=True):
         help="Recorded with every verdict in the study's audit trail; a new name is added only when you confirm it",
     )
     if pick == NEW_REVIEWER:
-        with cols[0].form("new_reviewer", border=False):
+        with st.form("new_reviewer", border=False):
             st.text_input("New reviewer's name", key="reviewer_input")
             st.form_submit_button("Add and review as this name", on_click=_add_reviewer)
     elif pick and pick != reviewer:
         _use_reviewer(pick)
         reviewer = pick
-    blinded = cols[1].toggle(
+    blinded = st.toggle(
         "Blinded check",
         key=f"blind::{study}",
         help="A seeded random sample stratified across the similarity range, in random order, without the "
         "similarity or the detector's call (Dar et al.'s rater check)",
     )
-    n_blind = int(cols[2].number_input("Blinded pairs", 10, 1000, 100, key=f"nblind::{study}", disabled=not blinded))
-    blind_seed = int(cols[3].number_input("Sample seed", 0, 2**31 - 1, 0, key=f"bseed::{study}", disabled=not blinded))
+    if blinded:
+        n_blind = int(st.number_input("Blinded pairs", 10, 1000, 100, key=f"nblind::{study}"))
+        blind_seed = int(st.number_input("Sample seed", 0, 2**31 - 1, 0, key=f"bseed::{study}"))
+        only_copies = grouped = False
+    else:
+        only_copies = st.toggle("Only copies (above threshold)", value=True, key=f"only::{study}")
+        grouped = st.toggle(
+            "One row per training scan",
+            value=False,
+            key=f"group::{study}",
+            help="Several samples copying one training scan are judged once",
+        )
+        st.caption(f"Study threshold: {chosen.label}. Sorted by similarity, highest first.")
 mode = "blinded" if blinded else "open"
 scan = _ui.scan(study)
 mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode, scan)} if reviewer else {}
@@ -101,18 +112,8 @@ if blinded:
         {"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id}
         for i, (s, t) in enumerate(sample)
     ]
-    only_copies = grouped = False
     st.caption(f"Blinded: {len(rows)} pairs (seed {blind_seed}); similarity and the detector's call are hidden.")
 else:
-    cols = st.columns([1, 1, 2])
-    only_copies = cols[0].toggle("Only copies (above threshold)", value=True, key=f"only::{study}")
-    grouped = cols[1].toggle(
-        "One row per training scan",
-        value=False,
-        key=f"group::{study}",
-        help="Several samples copying one training scan are judged once",
-    )
-    cols[2].caption(f"Study threshold: {chosen.label}. Sorted by similarity, highest first.")
     rows = worklist(pairs, tau, only_copies, scan.patient_rows())
     if grouped:
         rows = group_by_training(rows)
@@ -126,61 +127,32 @@ for r in rows:
 sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
 if sel_key not in st.session_state:  # resume where this reviewer left off
     st.session_state[sel_key] = next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
-event = st.dataframe(
-    rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=f"worklist::{sel_key}", height=260
-)
-picked = event.selection.rows[0] if event.selection.rows else None
+# The work list is drawn below the images; its selection (kept by Streamlit under the table's key) is read here.
+table_key = f"worklist::{sel_key}"
+selected = st.session_state.get(table_key)
+picked = selected["selection"]["rows"][0] if selected and selected["selection"]["rows"] else None
 if picked is not None and picked != st.session_state.get(f"{sel_key}::picked"):  # a new click in the table wins once
     st.session_state[sel_key] = picked
 st.session_state[f"{sel_key}::picked"] = picked
 index = min(int(st.session_state.get(sel_key, 0)), len(rows) - 1)
-nav = st.columns([1, 1, 6])
-if nav[0].button("Previous", disabled=index == 0, key="prev", shortcut="k"):
+nav = st.container(horizontal=True, vertical_alignment="center")
+if nav.button("Previous", disabled=index == 0, key="prev", shortcut="k"):
     index -= 1
-if nav[1].button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
+if nav.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
     index += 1
 st.session_state[sel_key] = index
 row: dict[str, Any] = rows[index]
 if blinded:
-    nav[2].markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
+    nav.markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
 else:
     score = "verified score" if "alignment" in row else "similarity"
     retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
-    nav[2].markdown(
+    nav.markdown(
         f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
         f"`{row['patient_id']}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
         + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )
-
-with st.container(border=True):
-    if not reviewer:
-        st.caption("Enter your name above to record verdicts.")
-    else:
-        current = mine.get((row["synthetic_id"], row["train_id"]))
-        cols = st.columns([3, 1, 1, 1])
-        note = cols[0].text_input(
-            "Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else ""
-        )
-        for col, (label, value, key) in zip(
-            cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")), strict=True
-        ):
-            chosen = current is not None and current.verdict == value
-            if col.button(
-                f"{label} ({key})",
-                key=f"verdict_{value}",
-                shortcut=key,
-                type="primary" if chosen else "secondary",
-                help=f"record '{label}' as {reviewer}",
-            ):
-                verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
-                st.session_state[sel_key] = min(index + 1, len(rows) - 1)
-                st.rerun()
-        done = sum(1 for r in rows if r["your verdict"])
-        st.caption(
-            f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
-            + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
-        )
 
 synthetic = images(str(study), summary.finished_at, "synthetic")
 train = images(str(study), summary.finished_at, "train")
@@ -285,6 +257,37 @@ if spec.spatial_dims == 2:
     viewer_2d()
 else:
     viewer_3d()
+
+with st.container(border=True):
+    if not reviewer:
+        st.caption("Choose or add your name under Review settings in the sidebar to record verdicts.")
+    else:
+        current = mine.get((row["synthetic_id"], row["train_id"]))
+        cols = st.columns([3, 1, 1, 1])
+        note = cols[0].text_input(
+            "Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else ""
+        )
+        for col, (label, value, key) in zip(
+            cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")), strict=True
+        ):
+            chosen = current is not None and current.verdict == value
+            if col.button(
+                f"{label} ({key})",
+                key=f"verdict_{value}",
+                shortcut=key,
+                type="primary" if chosen else "secondary",
+                help=f"record '{label}' as {reviewer}",
+            ):
+                verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
+                st.session_state[sel_key] = min(index + 1, len(rows) - 1)
+                st.rerun()
+        done = sum(1 for r in rows if r["your verdict"])
+        st.caption(
+            f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
+            + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
+        )
+
+st.dataframe(rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=table_key, height=260)
 
 if blinded:
     st.stop()  # the neighbours show similarities: not in the blinded check

@@ -171,13 +171,13 @@ class GenerateConfig(Config):
         check_range("seed", self.seed, 0)
 
 
-CPU_BATCH = 16  # on CPU larger batches gain nothing (measured: benchmarks/generate_speed.py)
+CPU_BATCH = 32  # CPU throughput still grows up to here (benchmarks/results/generate_speed_cpu.md)
 MAX_GPU_BATCH = 1024
 
 
 def fit_batch_size(ldm: LDM, device: torch.device, precision: Precision = Precision.FP32) -> int:
     """The largest batch (at most 1,024, halving from there) whose denoiser and decoder passes fit on a GPU;
-    16 on CPU."""
+    32 on CPU."""
     if device.type != "cuda":
         return CPU_BATCH
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -189,6 +189,7 @@ def test_review_select_a_pair_and_change_the_window(page) -> None:  # noqa: ANN0
     _show_all_if_no_copies(page)
     page.get_by_text(re.compile(r"^1 / \d+")).first.wait_for()
     grid = page.get_by_test_id("stDataFrame").first
+    grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
     assert box is not None
     page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 * 2 + 17)  # the third data row's selection box
@@ -221,8 +222,7 @@ def test_3d_slice_moves(page) -> None:  # noqa: ANN001
 
 def _reviewer(page, name: str) -> None:  # noqa: ANN001
     """Add ``name`` as a new reviewer (chosen from the list, then confirmed)."""
-    main = page.get_by_test_id("stMainBlockContainer")
-    main.get_by_test_id("stSelectbox").first.click()
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Reviewer").click()
     page.get_by_role("option", name="+ add a reviewer").click()
     page.get_by_label("New reviewer's name").fill(name)
     page.get_by_role("button", name="Add and review as this name").click()
@@ -284,6 +284,11 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
             errors = page.get_by_test_id("stException").count()
             assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
             page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
+            if name == "Review":  # the pair's images come first: their top is on screen without scrolling
+                first = page.get_by_test_id("stImage").first
+                first.wait_for()
+                box = first.bounding_box()
+                assert box is not None and box["y"] < height, f"{study} review images start at {box}"
     page.close()
 
 
