@@ -35,6 +35,7 @@ pages = [
     st.Page("views/calibrate.py", title="Calibrate", url_path="calibrate"),
     st.Page("views/review.py", title="Review", url_path="review"),
     st.Page("views/agreement.py", title="Agreement", url_path="agreement"),
+    st.Page("views/compare.py", title="Compare", url_path="compare"),
     st.Page("views/report.py", title="Report", url_path="report"),
 ]
 navigation = st.navigation(pages)
@@ -98,6 +99,17 @@ with st.sidebar:
         )
     else:
         st.caption("No study yet: run `make demo`, or create one below.")
+    if "presentation" not in st.session_state:  # kept in the URL: a reload or a shared link stays pseudonymous
+        st.session_state["presentation"] = st.query_params.get("present") == "1"
+    if st.toggle(
+        "Presentation mode",
+        key="presentation",
+        help="Show training scans and patients under the report's pseudonyms on every page, for showing the app "
+        "to an ethics board. Synthetic sample IDs are not patient data and stay as they are.",
+    ):
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
     with st.expander("New study", expanded="new_study_error" in st.session_state), st.form("new_study"):
         st.text_input("Name", placeholder="knee-ldm-v2", key="new_name")
         st.text_input("Training images (folder or manifest)", placeholder="data/demo/2d/manifest.csv", key="new_train")

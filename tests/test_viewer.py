@@ -14,6 +14,8 @@ from core.io.viewer import (
     apply_window,
     checkerboard,
     difference,
+    difference_bar,
+    difference_limit,
     flicker_gif,
     orthogonal_slice,
     percentile_window,
@@ -44,7 +46,15 @@ def test_percentile_window_is_shared_by_both_images() -> None:
 
 def test_difference_and_checkerboard() -> None:
     a, b = np.ones((8, 8)), np.zeros((8, 8))
-    assert difference(a, b).min() == 255 and difference(b, a).max() == 0 and difference(a, a).tolist()[0][0] == 128
+    brighter, darker, same = difference(a, b, 1.0)[0, 0], difference(b, a, 1.0)[0, 0], difference(a, a, 1.0)[0, 0]
+    assert brighter[0] > 3 * brighter[2] and darker[2] > 3 * darker[0]  # red above zero, blue below
+    assert same.min() >= 240  # white at zero
+    # a fixed scale: a small difference stays pale instead of being stretched to the full colour
+    faint = difference(a * 0.01, b, 1.0)[0, 0]
+    assert faint.min() >= 230 and np.array_equal(difference(a * 5, b, 1.0)[0, 0], brighter)
+    bar = difference_bar(101, 4)
+    assert bar.shape == (4, 101, 3) and np.array_equal(bar[0, 0], darker) and np.array_equal(bar[0, -1], brighter)
+    assert difference_limit(Window(2.0, 0.0)) == 1.0
     wa, wb = np.full((8, 8), 200, np.uint8), np.full((8, 8), 10, np.uint8)
     board = checkerboard(wa, wb, tiles=2)
     assert board[0, 0] == 200 and board[0, 7] == 10 and board[7, 7] == 200

@@ -11,9 +11,11 @@ import streamlit as st
 from core.common.errors import MemoScopeError
 from core.study import jobs, results, verdicts
 from core.study.caveats import caveats
+from core.study.compare import StudyRow, compare_studies
+from core.study.report import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
 from core.study.review import metrics_at
-from core.study.store import Study
+from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
 CHECKPOINTS = Path("checkpoints")
@@ -92,6 +94,47 @@ def calibration(study: Path) -> Calibration:
 
 def pairs(study: Path) -> list[Pair]:
     return _pairs(str(study), _scan_mtime(study))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pseudonyms(study: str, mtime: float) -> Pseudonyms:
+    return Pseudonyms.of(_pairs(study, mtime))
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the studies...")
+def _compare_rows(folders: tuple[str, ...], mtimes: tuple[float, ...]) -> list[StudyRow]:
+    return compare_studies(list(folders))
+
+
+def scanned_studies() -> list[str]:
+    """The names of the scanned studies under ``studies/``."""
+    if not STUDIES.is_dir():
+        return []
+    return sorted(p.name for p in STUDIES.iterdir() if p.is_dir() and results.is_scanned(p))
+
+
+def compare_rows(names: tuple[str, ...]) -> list[StudyRow]:
+    """The studies ``names`` (under ``studies/``; a demo study through its working copy, where its saved threshold
+    lives) as comparison rows; cached until one is rescanned or its threshold is saved."""
+    folders = tuple(working_copy(STUDIES / n) for n in names)
+    mtimes = tuple(m for f in folders for m in (_scan_mtime(f), _mtime(f / "study.sqlite")))
+    return _compare_rows(tuple(str(f) for f in folders), mtimes)
+
+
+def presenting() -> bool:
+    """Presentation mode (the sidebar switch): training scans and patients under pseudonyms everywhere."""
+    return bool(st.session_state.get("presentation"))
+
+
+def shown_scan(study: Path, train_id: str) -> str:
+    """A training scan's ID as the app shows it: its report pseudonym in presentation mode."""
+    return _pseudonyms(str(study), _scan_mtime(study)).scans.get(train_id, "train-?") if presenting() else train_id
+
+
+def shown_patient(study: Path, patient_id: str) -> str:
+    """A patient ID as the app shows it: its report pseudonym in presentation mode."""
+    names = _pseudonyms(str(study), _scan_mtime(study))
+    return names.patients.get(patient_id, "patient-?") if presenting() else patient_id
 
 
 def inputs(study: Path) -> dict[str, Any]:

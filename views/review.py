@@ -17,6 +17,8 @@ from core.io.viewer import (
     apply_window,
     checkerboard,
     difference,
+    difference_bar,
+    difference_limit,
     flicker_gif,
     orthogonal_slice,
     percentile_window,
@@ -143,13 +145,16 @@ if nav.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j")
 st.session_state[sel_key] = index
 row: dict[str, Any] = rows[index]
 if blinded:
-    nav.markdown(f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{row['train_id']}`")
+    nav.markdown(
+        f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{_ui.shown_scan(study, row['train_id'])}`"
+    )
 else:
     score = "verified score" if "alignment" in row else "similarity"
     retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
+    scan_name, patient_name = _ui.shown_scan(study, row["train_id"]), _ui.shown_patient(study, row["patient_id"])
     nav.markdown(
-        f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{row['train_id']}` (patient "
-        f"`{row['patient_id']}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
+        f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{scan_name}` "
+        f"(patient `{patient_name}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
         + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )
@@ -210,6 +215,16 @@ def view_controls(suffix: str) -> tuple[Window, str, int]:
     return window, mode, scale
 
 
+def difference_legend(window: Window) -> None:
+    """The difference colour bar with its fixed scale (the same for every pair in this window)."""
+    limit = difference_limit(window)
+    cols = st.columns([2, 1])
+    cols[1].image(png_bytes(difference_bar(192, 10)), width="stretch")
+    cols[1].caption(
+        f"difference synthetic - training: blue -{limit:.3g}, white 0, red +{limit:.3g} {unit} (half the window)"
+    )
+
+
 @st.fragment
 def viewer_2d() -> None:
     window, mode, scale = view_controls("")
@@ -218,8 +233,9 @@ def viewer_2d() -> None:
     if mode == "side by side":
         c = st.columns(3)
         c[0].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}")
-        c[1].image(png_bytes(wb, scale), caption=f"nearest training {row['train_id']}")
-        c[2].image(png_bytes(difference(a, b), scale), caption="difference (synthetic - training; grey = 0)")
+        c[1].image(png_bytes(wb, scale), caption=f"nearest training {_ui.shown_scan(study, row['train_id'])}")
+        c[2].image(png_bytes(difference(a, b, difference_limit(window)), scale), caption="difference")
+        difference_legend(window)
     elif mode == "flicker":
         st.image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training, 0.6 s each")
     else:
@@ -249,8 +265,10 @@ def viewer_3d() -> None:
         if mode == "flicker":
             c[2].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training")
         else:
-            overlay = difference(sa, sb) if mode == "side by side" else checkerboard(wa, wb)
+            overlay = difference(sa, sb, difference_limit(window)) if mode == "side by side" else checkerboard(wa, wb)
             c[2].image(png_bytes(overlay, scale), caption="difference" if mode == "side by side" else "checkerboard")
+    if mode == "side by side":
+        difference_legend(window)
 
 
 if spec.spatial_dims == 2:
@@ -300,5 +318,6 @@ for col, p in zip(cols, neighbours, strict=False):
         image = orthogonal_slice(image, "axial", image.shape[2] // 2)
     col.image(
         png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
-        caption=f"#{p.rank} {p.train_id} · r {p.similarity:.3f}" + (" · copy" if p.is_copy(tau) else ""),
+        caption=f"#{p.rank} {_ui.shown_scan(study, p.train_id)} · r {p.similarity:.3f}"
+        + (" · copy" if p.is_copy(tau) else ""),
     )

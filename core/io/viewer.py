@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+from plotly.colors import sample_colorscale
 
 # OHIF's CT presets in Hounsfield units: (width, level).
 CT_PRESETS: dict[str, tuple[float, float]] = {
@@ -68,11 +69,34 @@ def apply_window(image: npt.ArrayLike, window: Window) -> npt.NDArray[np.uint8]:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def difference(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-    """Signed difference ``a - b`` shown with mid-grey at zero, scaled to its largest magnitude."""
+def _diverging_lut(name: str = "RdBu_r", size: int = 256) -> npt.NDArray[np.uint8]:
+    """``(size, 3)`` RGB of plotly's diverging colour scale (blue below zero, white at zero, red above)."""
+    colours = sample_colorscale(name, list(np.linspace(0.0, 1.0, size)), colortype="tuple")
+    return np.round(np.array(colours, dtype=np.float64) * 255.0).astype(np.uint8)
+
+
+DIFFERENCE_LUT = _diverging_lut()
+
+
+def difference_limit(window: Window) -> float:
+    """The difference colour scale: +-half the display window, the same for every pair shown in that window
+    (a near-identical pair is near-white; a contrast as large as the window saturates)."""
+    return window.width / 2
+
+
+def difference(a: npt.ArrayLike, b: npt.ArrayLike, limit: float) -> npt.NDArray[np.uint8]:
+    """Signed difference ``a - b`` as RGB on a fixed symmetric scale ``[-limit, +limit]``: white at zero,
+    red where the synthetic image is brighter, blue where it is darker (see :func:`difference_bar`)."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    scale = float(np.abs(d).max()) or 1.0
-    return np.round((d / scale * 0.5 + 0.5) * 255.0).astype(np.uint8)
+    x = np.clip(d / max(limit, 1e-12), -1.0, 1.0)
+    return DIFFERENCE_LUT[np.round((x + 1.0) / 2.0 * (len(DIFFERENCE_LUT) - 1)).astype(np.int64)]
+
+
+def difference_bar(width: int = 256, height: int = 12) -> npt.NDArray[np.uint8]:
+    """The colour bar of :func:`difference`: ``-limit`` on the left, 0 in the middle, ``+limit`` on the right."""
+    x = np.linspace(-1.0, 1.0, width)
+    row = DIFFERENCE_LUT[np.round((x + 1.0) / 2.0 * (len(DIFFERENCE_LUT) - 1)).astype(np.int64)]
+    return np.repeat(row[None], height, axis=0)
 
 
 def checkerboard(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], tiles: int = 8) -> npt.NDArray[np.uint8]:
@@ -103,9 +127,10 @@ def plane_size(shape: tuple[int, ...], plane: str) -> int:
 
 
 def png_bytes(image: npt.NDArray[np.uint8], scale: int = 1) -> bytes:
-    """Lossless PNG of a uint8 image, optionally enlarged by pixel repetition (no smoothing)."""
+    """Lossless PNG of a uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` image, optionally enlarged by pixel
+    repetition (no smoothing)."""
     if scale > 1:
-        image = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

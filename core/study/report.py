@@ -27,7 +27,15 @@ from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, n
 from core.common.tables import write_csv
 from core.detect.metrics import Fraction, MemorizationMetrics
 from core.io.data import discover
-from core.io.viewer import apply_window, difference, orthogonal_slice, percentile_window, png_bytes
+from core.io.viewer import (
+    apply_window,
+    difference,
+    difference_bar,
+    difference_limit,
+    orthogonal_slice,
+    percentile_window,
+    png_bytes,
+)
 from core.study import verdicts
 from core.study.caveats import caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
@@ -106,7 +114,7 @@ def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tupl
                 p,
                 png_bytes(apply_window(a, window), 3),
                 png_bytes(apply_window(b, window), 3),
-                png_bytes(difference(a, b), 3),
+                png_bytes(difference(a, b, difference_limit(window)), 3),
             )
         )
     return out
@@ -276,8 +284,9 @@ and a threshold calibrated on real scans of patients outside the training set.</
 itself.</p>
 {_selftest_html(study, summary)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
-<h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. Training scans and
-patients are shown under pseudonyms only.</p>{pair_html}
+<h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. The difference is
+synthetic minus training on a fixed scale of half that window: {_img(png_bytes(difference_bar(160, 8)), "colour bar")}
+blue darker, white equal, red brighter. Training scans and patients are shown under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
 <p>{e(_audit_sentence(audit, len(stale)))}</p>
 </body></html>

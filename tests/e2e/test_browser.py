@@ -262,7 +262,7 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
 
 
-PAGES = ("Overview", "Generate", "Detector", "Calibrate", "Review", "Agreement", "Report")
+PAGES = ("Overview", "Generate", "Detector", "Calibrate", "Review", "Agreement", "Compare", "Report")
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (1920, 1080)], ids=["1024x768", "1920x1080"])
@@ -305,5 +305,28 @@ def test_direct_page_urls_open_the_app_with_its_navigation(browser, server: str)
         page.get_by_role("heading", name=re.compile("Calibrate")).first.wait_for()
         assert not page.get_by_text("Open or create a study in the sidebar first").count()
         assert not page.get_by_test_id("stSidebarNav").get_by_role("link", name="_ui").count()
+    finally:
+        page.close()
+
+
+def test_presentation_mode_shows_pseudonyms_on_the_review_page(browser, server: str) -> None:  # noqa: ANN001
+    """With the sidebar switch on, no training scan or patient name of the demo is on the Review page, and the
+    switch survives a reload (it is kept in the URL)."""
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{server}/review")
+        page.get_by_text(re.compile(r"^\d+ / \d+:")).first.wait_for()
+        assert "mni152" in page.get_by_test_id("stMainBlockContainer").inner_text()
+        page.get_by_test_id("stSidebar").get_by_text("Presentation mode").click()
+        page.get_by_text(re.compile(r"\(patient patient-\d{4}\)")).first.wait_for()
+        page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
+        main = page.get_by_test_id("stMainBlockContainer")
+        assert "mni152" not in main.inner_text() and "train-0" in main.inner_text()
+        page.screenshot(path=SHOTS / "presentation-mode.png")
+        assert "present=1" in page.url
+        page.reload()
+        page.get_by_text(re.compile(r"\(patient patient-\d{4}\)")).first.wait_for()
+        assert "mni152" not in page.get_by_test_id("stMainBlockContainer").inner_text()
     finally:
         page.close()

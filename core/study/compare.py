@@ -1,0 +1,161 @@
+"""Studies side by side: which checkpoint, how it was trained, and what each scan found, with intervals.
+
+Each row is read from a study's own files (``summary.json``, the saved study threshold, ``selftest.json``) and
+the checkpoint's ``ldm.json`` provenance; nothing is recomputed except the fractions at the study threshold
+when one was saved (the same numbers the study's Overview shows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.common.errors import MemoScopeError
+from core.detect.metrics import Fraction
+from core.study import verdicts
+from core.study.results import ScanResults
+from core.study.review import metrics_at
+from core.study.selftest import read_selftest
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One study in a comparison."""
+
+    study: str
+    dims: int
+    checkpoint: str | None
+    unet_epochs: int | None
+    augmentation: bool | None
+    method: str
+    threshold: str
+    tau: float
+    memorized: Fraction
+    copies: Fraction
+    expected_fpr_copy: float
+    unseen_fpr: Fraction | None
+    resemble_patient: Fraction | None
+    selftest_f1: float | None
+
+    def table_row(self) -> dict[str, Any]:
+        """The row as the Compare page's table shows it (fractions as ``value [low, high]``)."""
+
+        def pct(f: Fraction | None) -> str:
+            return "" if f is None else f"{f.value:.1%} [{f.low:.1%}, {f.high:.1%}]"
+
+        return {
+            "study": self.study,
+            "dims": f"{self.dims}D",
+            "checkpoint": self.checkpoint or "",
+            "UNet epochs": self.unet_epochs,
+            "augmentation": {True: "yes", False: "no", None: ""}[self.augmentation],
+            "copy call": self.method,
+            "threshold": self.threshold,
+            "memorized training": pct(self.memorized),
+            "synthetic copies": pct(self.copies),
+            "expected FPR": f"{self.expected_fpr_copy:.1%}",
+            "unseen-patient FPR": pct(self.unseen_fpr),
+            "resemble a patient": pct(self.resemble_patient),
+            "self-test F1": None if self.selftest_f1 is None else round(self.selftest_f1, 3),
+        }
+
+
+def _training(checkpoint: str | None) -> tuple[int | None, bool | None]:
+    """UNet epochs and augmentation from the checkpoint's provenance, when the checkpoint is at hand."""
+    if not checkpoint:
+        return None, None
+    path = Path(checkpoint) / "ldm.json"
+    if not path.is_file():
+        return None, None
+    training = json.loads(path.read_text(encoding="utf-8")).get("provenance", {}).get("training", {})
+    epochs = training.get("unet_epochs_done")
+    augment = training.get("augment")
+    return (int(epochs) if epochs is not None else None), (bool(augment) if augment is not None else None)
+
+
+def study_row(folder: str | Path) -> StudyRow:
+    """A scanned study as a comparison row, at its study threshold (saved, or the scan's own)."""
+    folder = Path(folder)
+    scan = ScanResults.open(folder)
+    summary = scan.summary
+    chosen = verdicts.study_threshold(folder, scan)
+    at = metrics_at(scan, chosen.value, chosen.rule, chosen.percentile)
+    checkpoint = summary.checkpoint if isinstance(summary.checkpoint, str) else None
+    epochs, augment = _training(checkpoint)
+    tested = read_selftest(folder, summary.scan_id)
+    resemblance = summary.patient_resemblance
+    return StudyRow(
+        folder.name,
+        summary.preprocessing.spatial_dims,
+        Path(checkpoint).name if checkpoint else None,
+        epochs,
+        augment,
+        str(summary.method),
+        chosen.label,
+        chosen.value,
+        at.memorized,
+        at.copies,
+        at.expected_fpr_copy,
+        summary.fpr_unseen,
+        resemblance.fraction if resemblance is not None else None,
+        tested.f1 if tested is not None else None,
+    )
+
+
+def compare_studies(folders: list[str | Path]) -> list[StudyRow]:
+    """The scanned studies among ``folders`` as rows, ordered by dimensionality, augmentation and training length;
+    a study that is not scanned yet is refused by name."""
+    rows = []
+    for folder in folders:
+        try:
+            rows.append(study_row(folder))
+        except MemoScopeError as exc:
+            raise MemoScopeError(f"cannot compare {Path(folder).name}: {exc}") from exc
+    return sorted(rows, key=lambda r: (r.dims, str(r.augmentation), r.unet_epochs or 0, r.study))
+
+
+def fractions_by_epochs(rows: list[StudyRow]) -> go.Figure:
+    """Copies and memorized training against UNet epochs, one line per augmentation setting, with 95 % intervals
+    (studies without known training length are left out of the plot, not the table)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("synthetic copies", "memorized training"), shared_yaxes=True)
+    groups: dict[str, list[StudyRow]] = {}
+    for row in rows:
+        if row.unet_epochs is not None:
+            name = (
+                f"{row.dims}D, "
+                + {True: "augmented", False: "not augmented", None: "augmentation unknown"}[row.augmentation]
+            )
+            groups.setdefault(name, []).append(row)
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    for i, (name, members) in enumerate(sorted(groups.items())):
+        members = sorted(members, key=lambda r: r.unet_epochs or 0)
+        x = [r.unet_epochs for r in members]
+        for col, pick in ((1, lambda r: r.copies), (2, lambda r: r.memorized)):
+            values = [pick(r) for r in members]
+            fig.add_scatter(
+                x=x,
+                y=[v.value for v in values],
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[v.high - v.value for v in values],
+                    arrayminus=[v.value - v.low for v in values],
+                ),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                line=dict(color=palette[i % len(palette)]),
+                hovertext=[r.study for r in members],
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(type="log", title_text="UNet training epochs")
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    fig.update_layout(height=380, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig

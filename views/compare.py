@@ -1,0 +1,36 @@
+"""Compare: scanned studies side by side (training length, augmentation, both fractions with intervals)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.study.compare import fractions_by_epochs
+from views import _ui
+
+st.title("Compare studies")
+names = _ui.scanned_studies()
+if not names:
+    st.info("No scanned study yet: scan one first (Detector page).")
+    st.stop()
+current = _ui.current_study()
+chosen = st.multiselect(
+    "Studies",
+    names,
+    default=[n for n in names if n != "demo-3d"] if current is None or "3d" not in current.name else names,
+    help="Each at its study threshold (saved on Calibrate, or the scan's own), as its Overview shows it",
+)
+if not chosen:
+    st.info("Choose at least one study.")
+    st.stop()
+rows = _ui.compare_rows(tuple(chosen))
+st.dataframe([r.table_row() for r in rows], hide_index=True)
+st.caption(
+    "Fractions: value [95 % interval]. Expected FPR: the share of real held-out scans the threshold calls copies. "
+    "Unseen-patient FPR: the same for patients the threshold was not calibrated on (verified scans). Copies and "
+    "patient resemblance are separate findings. Studies scanned with different copy calls or thresholds are not "
+    "directly comparable: check the 'copy call' and 'threshold' columns."
+)
+if any(r.unet_epochs is not None for r in rows):
+    st.plotly_chart(fractions_by_epochs(rows), config={"displayModeBar": False})
+else:
+    st.caption("No training length is recorded in these studies' checkpoints, so there is no plot against epochs.")
