@@ -134,6 +134,12 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded
     assert "train-00001" in text and "patient-0001" in text
     _assert_no_phi(text, "HTML report")
+    body, _, appendix = text.partition("<h2>Appendix: settings</h2>")
+    assert "<h2>Glossary</h2>" in body and "ct_window" not in body and "ct_window" in appendix
+    assert "every image resized to 32 x 32 voxels" in body
+    agreement = body.partition("<h2>Reviewer agreement</h2>")[2]
+    assert ": not a copy</th>" in agreement and "[[" not in agreement, agreement[:800]  # a labelled 2 x 2 table
+    assert body.count("marker") >= 4 and "#0072B2" in body  # the histogram's series have their own colours
     resemblance = summary.patient_resemblance
     assert resemblance is not None and resemblance.null_size == 8
     assert "Resemble a training patient (a separate finding, not counted as copies): " in text

@@ -104,7 +104,7 @@ def controls() -> None:
         f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed."
     )
 
-    st.plotly_chart(correlation_histogram(cal, tau), key="histograms")
+    st.plotly_chart(correlation_histogram(cal, tau, str(summary.method)), key="histograms")
 
     curve = threshold_curve(cal)
     fig2 = go.Figure()

@@ -54,6 +54,19 @@ class PreprocessSpec(Config):
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     percentiles: tuple[float, float] = (1.0, 99.0)
 
+    def describe(self) -> str:
+        """One plain sentence (the report's body; the settings themselves go to its appendix)."""
+        size = " x ".join(str(v) for v in self.spatial_size)
+        fit = "resized" if self.resize == ResizeMode.RESIZE else "cropped or padded"
+        scale = {
+            IntensityRule.MINMAX: "each image's own minimum to maximum",
+            IntensityRule.CT: f"the CT window {self.ct_window[0]:g} to {self.ct_window[1]:g} HU",
+            IntensityRule.PERCENTILE: (
+                f"each image's {self.percentiles[0]:g}th to {self.percentiles[1]:g}th percentile"
+            ),
+        }.get(self.intensity, str(self.intensity))
+        return f"every image {fit} to {size} voxels, intensities scaled from {scale} to [-1, 1]"
+
     def validate(self) -> None:
         object.__setattr__(self, "spatial_size", tuple(int(s) for s in self.spatial_size))
         if len(self.spatial_size) not in (2, 3) or any(s < 4 for s in self.spatial_size):

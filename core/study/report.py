@@ -121,7 +121,7 @@ def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tupl
 
 
 def _histogram_html(scan: ScanResults, tau: float) -> str:
-    fig = correlation_histogram(scan.calibration(), tau)
+    fig = correlation_histogram(scan.calibration(), tau, str(scan.summary.method))
     fig.update_layout(width=900)  # fixed width for print
     return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
 
@@ -241,10 +241,10 @@ def build_report(
     agreement_html = (
         (
             "<table><tr><th>verdicts</th><th>comparison</th><th>pairs</th><th>agreement</th><th>Cohen's "
-            "kappa</th><th>confusion [[not,not],[not,copy]],[[copy,not],[copy,copy]]</th><th>unsure left out</th></tr>"
+            "kappa</th><th>who said what (pairs)</th><th>unsure left out</th></tr>"
             + "".join(
                 f"<tr><td>{m}</td><td>{c}</td><td>{a.n}</td><td>{format(a.accuracy, '.1%') if a.n else 'n/a'}</td>"
-                f"<td>{_kappa(a.kappa)}</td><td>{a.matrix}</td><td>{a.excluded_unsure}</td></tr>"
+                f"<td>{_kappa(a.kappa)}</td><td>{_confusion_html(c, a.matrix)}</td><td>{a.excluded_unsure}</td></tr>"
                 for m, c, a in agreement
             )
             + "</table>"
@@ -270,7 +270,7 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <ul><li>Generator checkpoint: hash <code>{e(str(summary.checkpoint_hash)[:16])}</code></li>
 <li>Detector: {e(detector.config["arch"])} to {detector.config["embed_dim"]} dimensions,
 {e(detector.config["augmentation"])} augmentation, hash <code>{e(detector.hash[:16])}</code></li>
-<li>Preprocessing: <code>{e(json.dumps(summary.preprocessing.to_dict()))}</code></li>
+<li>Preprocessing: {e(summary.preprocessing.describe())} (settings in the appendix)</li>
 <li>Versions: {e(", ".join(f"{k} {val}" for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>
 <ul><li>Threshold rule <b>{e(chosen.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b>, {e(source)}</li>
@@ -289,8 +289,38 @@ synthetic minus training on a fixed scale of half that window: {_img(png_bytes(d
 blue darker, white equal, red brighter. Training scans and patients are shown under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
 <p>{e(_audit_sentence(audit, len(stale)))}</p>
+{GLOSSARY_HTML}
+<h2>Appendix: settings</h2><p>Preprocessing:</p><pre>{e(json.dumps(summary.preprocessing.to_dict(), indent=1))}</pre>
 </body></html>
 """
+
+
+def _confusion_html(comparison: str, matrix: list[list[int]]) -> str:
+    """The 2 x 2 agreement table with its rows and columns named (``first vs second``)."""
+    first, _, second = comparison.partition(" vs ")
+    (nn, nc), (cn, cc) = matrix
+    e = html.escape
+    return (
+        f"<table><tr><th></th><th>{e(second)}: not a copy</th><th>{e(second)}: copy</th></tr>"
+        f"<tr><th>{e(first)}: not a copy</th><td>{nn}</td><td>{nc}</td></tr>"
+        f"<tr><th>{e(first)}: copy</th><td>{cn}</td><td>{cc}</td></tr></table>"
+    )
+
+
+GLOSSARY_HTML = """<h2>Glossary</h2><dl>
+<dt>Threshold (tau)</dt><dd>The similarity above which a synthetic sample is called a copy of its most similar
+training scan. It is set from real scans of patients who were not in the training data: how similar do
+different people's scans get? The rule and the percentile used are stated above.</dd>
+<dt>95 % interval (CI)</dt><dd>The range of values consistent with the data at the usual 95 % level: had other
+samples been drawn from the same model, the fraction would usually have fallen in this range.</dd>
+<dt>p-value</dt><dd>For one pair: the share of real scans of other patients at least as similar to a training scan.
+It cannot be smaller than one over the number of such real scans, so with a small validation set no single pair
+can be called significant.</dd>
+<dt>Expected false-positive rate</dt><dd>The share of real scans of patients outside the training data that the
+threshold would call copies. A copy fraction close to it means little: real new patients would score as high.</dd>
+<dt>Unseen-patient false-positive rate</dt><dd>The same, measured on validation patients the threshold was not
+calibrated on (each held out in turn): how the threshold carries over to new people.</dd>
+</dl>"""
 
 
 def _selftest_html(study: Path, summary: ScanSummary) -> str:

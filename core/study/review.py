@@ -109,20 +109,36 @@ def threshold_curve(cal: Calibration, points: int = 201) -> dict[str, npt.NDArra
     }
 
 
-def correlation_histogram(cal: Calibration, tau: float) -> go.Figure:
+HISTOGRAM_COLOURS = ("#0072B2", "#009E73", "#E69F00", "#CC79A7")  # Okabe-Ito: distinguishable by colour-blind readers
+
+
+def score_label(method: str) -> str:
+    """What the similarity axis is, for a scan's copy call."""
+    if method == "verified":
+        return "verified score: aligned structure correlation with the best training match"
+    return "best Pearson correlation of embeddings"
+
+
+def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
     """The four best-correlation distributions with the threshold drawn on them (Calibrate page and report)."""
     fig = go.Figure()
-    for values, name in (
-        (cal.train_to_val, "training -> validation (paper null)"),
-        (cal.val_to_train, "validation -> training (held-out null)"),
-        (cal.train_to_synthetic, "training -> synthetic"),
-        (cal.synthetic_to_train, "synthetic -> training"),
+    for (values, name), colour in zip(
+        (
+            (cal.train_to_val, "training -> validation (paper null)"),
+            (cal.val_to_train, "validation -> training (held-out null)"),
+            (cal.train_to_synthetic, "training -> synthetic"),
+            (cal.synthetic_to_train, "synthetic -> training"),
+        ),
+        HISTOGRAM_COLOURS,
+        strict=True,
     ):
-        fig.add_histogram(x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01))
+        fig.add_histogram(
+            x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01), marker_color=colour
+        )
     fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
     fig.update_layout(
         barmode="overlay",
-        xaxis_title="best Pearson correlation of embeddings",
+        xaxis_title=score_label(method),
         yaxis_title="share",
         height=380,
         margin=dict(t=30, b=40),
