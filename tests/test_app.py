@@ -160,7 +160,8 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
         time.sleep(0.3)
     assert jobs.read_job(jobs.job_file(study, job.id)).status == "done"
     at.run()
-    assert len(list((study / "synthetic").glob("*.png"))) == 2
+    written = list((study / "generated").rglob("*.png"))  # a new folder by default, not the study's own samples
+    assert len(written) == 2 and not (study / "synthetic").exists()
     assert any("2 samples in" in c.value for c in at.caption)
 
 

@@ -175,3 +175,25 @@ def test_a_finished_job_says_what_it_did(tmp_path: Path, checkpoint: Path) -> No
     )
     done = _wait(study, job.id)
     assert done.status == "done" and "written 2" in done.message and "generate" not in done.message
+
+
+def test_progress_line_has_count_rate_and_an_eta_from_the_first_finished_stage() -> None:
+    now = time.time()
+    job = jobs.Job(
+        id="x",
+        kind="scan",
+        params={},
+        study="s",
+        status="running",
+        stage="embed",
+        stages=["load", "embed"],
+        done=0,
+        total=3,
+        started=now - 20,
+        stage_started=now - 1,
+    )
+    assert job.fraction == 0.5 and job.rate(now) is None
+    assert job.progress_line(now) == "embed 0/3 · ETA 00:20"  # one of two stages done in 20 s
+    job.done = 2
+    line = job.progress_line(now)
+    assert line.startswith("embed 2/3 · 2.00/s · ETA ") and "estimating" not in line

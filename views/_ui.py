@@ -202,12 +202,13 @@ def job_panel(study: Path, kind: str) -> jobs.Job | None:
         if latest is None:
             return
         if latest.active:
-            st.progress(
-                latest.fraction,
-                text=f"{latest.kind}: {latest.message or 'starting'} · ETA {fmt_seconds(latest.eta_seconds())}",
-            )
+            st.progress(latest.fraction, text=f"{latest.kind}: {latest.progress_line()}")
+            if latest.message:
+                st.caption(latest.message)
         elif latest.status == "done":
-            st.success(f"{latest.kind} finished at {latest.finished_at}: {latest.message}")
+            took = f" in {fmt_seconds(latest.updated - latest.started)}" if latest.updated and latest.started else ""
+            when = (latest.finished_at or "")[:19].replace("T", " ")
+            st.success(f"{latest.kind} finished{took} ({when} UTC): {latest.message}")
             if st.session_state.get(f"seen::{latest.id}") is None:
                 st.session_state[f"seen::{latest.id}"] = True
                 st.rerun(scope="app")  # refresh the page's results once

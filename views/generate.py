@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,10 @@ with st.form("generate"):
     batch = cols[4].number_input("Batch size", 0, 4096, 0, help="0: the largest that fits the device")
     out = st.text_input(
         "Output folder",
-        value=str(study / "synthetic"),
-        help="A rerun with the same checkpoint and seed resumes; another checkpoint needs an empty folder.",
+        value=str(study / "generated" / f"{Path(path or 'ldm').name}-{time.strftime('%Y%m%d-%H%M%S')}"),
+        help="A new folder for each run by default (the study's existing samples stay as they are). Give an "
+        "earlier run's folder to resume it: the same checkpoint, seed, steps and scheduler continue where it "
+        "stopped; anything else is refused.",
     )
     submitted = st.form_submit_button("Start generation", disabled=config is None)
 if submitted and config is not None:

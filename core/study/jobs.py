@@ -47,7 +47,7 @@ class Job:
         stage, stages: the current stage of the kind's ordered stages.
         done, total: progress within the stage, in its own units (samples, epochs, sets).
         message: the latest progress line; log: the last lines.
-        started, updated: ``time.time()`` stamps, for the ETA.
+        started, updated, stage_started: ``time.time()`` stamps, for the rate and the ETA.
     """
 
     id: str
@@ -66,6 +66,7 @@ class Job:
     error: str | None = None
     started: float | None = None
     updated: float | None = None
+    stage_started: float | None = None
     log: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -84,12 +85,33 @@ class Job:
         return self.status in ("queued", "running")
 
     def eta_seconds(self, now: float | None = None) -> float | None:
-        """Seconds left at the rate so far (``None`` until there is a rate)."""
-        if self.status != "running" or not self.started or not self.done or not self.total:
+        """Seconds left at the overall rate so far (``None`` until some progress is made)."""
+        share = self.fraction
+        if self.status != "running" or not self.started or share <= 0:
             return None
         elapsed = (now or time.time()) - self.started
-        share = self.fraction
-        return max(0.0, elapsed / share * (1.0 - share)) if share > 0 else None
+        return max(0.0, elapsed / share * (1.0 - share))
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Units of the current stage (samples, epochs, pairs) per second since the stage began."""
+        if not self.stage_started or not self.done:
+            return None
+        elapsed = (now or time.time()) - self.stage_started
+        return self.done / elapsed if elapsed > 0 else None
+
+    def progress_line(self, now: float | None = None) -> str:
+        """``stage done/total · rate · ETA`` for a progress bar."""
+        parts = [f"{self.stage or self.kind} {self.done}/{self.total}" if self.total else (self.stage or self.kind)]
+        rate = self.rate(now)
+        if rate is not None:
+            parts.append(f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s")
+        eta = self.eta_seconds(now)
+        parts.append("ETA " + ("estimating" if eta is None else _clock(eta)))
+        return " · ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
 
 
 def job_file(study: str | Path, job_id: str) -> Path:
@@ -183,6 +205,8 @@ class _Reporter:
     def __call__(self, event: ProgressEvent) -> None:
         job = self.job
         new_stage = event.stage != job.stage
+        if new_stage:
+            job.stage_started = time.time()
         job.stage, job.done, job.total = event.stage, event.done, event.total
         if event.message:
             job.message = event.message

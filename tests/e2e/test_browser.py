@@ -255,9 +255,10 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.get_by_text("Device:").wait_for()
     page.get_by_label("Samples", exact=True).fill("3")
     page.get_by_label("Steps", exact=True).fill("3")
+    assert "/generated/" in page.get_by_label("Output folder", exact=True).input_value()  # a new folder by default
     page.get_by_label("Output folder", exact=True).fill("studies/demo-2d/synthetic-browser")
     page.get_by_role("button", name="Start generation").click()
-    page.get_by_text(re.compile(r"^generate finished at")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"^generate finished in")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
 
