@@ -73,7 +73,10 @@ with load_tab, st.form("load_detector"):
             st.error(f"{path}: not a detector folder (needs its config and weights).")
         else:
             open_study(study).set_inputs({"detector": path})
+            st.session_state["detector_chosen"] = path
             st.rerun()
+if st.session_state.get("detector_chosen") == detector and detector:
+    st.success(f"This study now uses the detector in `{detector}`; the next scan embeds with it.")
 _ui.job_panel(study, "train-detector")
 
 if record is not None:
