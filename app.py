@@ -112,8 +112,24 @@ with st.sidebar:
         st.query_params.pop("present", None)
     with st.expander("New study", expanded="new_study_error" in st.session_state), st.form("new_study"):
         st.text_input("Name", placeholder="knee-ldm-v2", key="new_name")
-        st.text_input("Training images (folder or manifest)", placeholder="data/demo/2d/manifest.csv", key="new_train")
-        st.text_input("Validation images (other patients)", placeholder="data/demo/2d/manifest.csv", key="new_val")
+        manifest_help = (
+            "A folder with one subfolder per patient, or a CSV manifest with columns path,patient_id[,split]: "
+            "paths relative to the CSV; with a split column (train / val) one manifest serves both sets, each "
+            "taking its own rows (`python -m core split` writes one by patient). Training and validation must not "
+            "share a patient: this is checked before the study is created."
+        )
+        st.text_input(
+            "Training images (folder or manifest)",
+            placeholder="data/demo/2d/manifest.csv",
+            key="new_train",
+            help=manifest_help,
+        )
+        st.text_input(
+            "Validation images (other patients)",
+            placeholder="data/demo/2d/manifest.csv",
+            key="new_val",
+            help=manifest_help,
+        )
         st.text_input(
             "LDM checkpoint folder (optional)", placeholder="checkpoints/demo-2d-noaug-e0300", key="new_checkpoint"
         )
