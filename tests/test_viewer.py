@@ -9,10 +9,13 @@ import pytest
 from PIL import Image
 
 from core.io.viewer import (
+    CROSSHAIR,
     CT_PRESETS,
+    PLANES,
     Window,
     apply_window,
     checkerboard,
+    crosshair_at,
     difference,
     difference_bar,
     difference_limit,
@@ -21,6 +24,7 @@ from core.io.viewer import (
     percentile_window,
     plane_size,
     png_bytes,
+    with_crosshair,
 )
 
 
@@ -78,3 +82,21 @@ def test_png_is_lossless_and_gif_has_two_frames() -> None:
     assert np.array(Image.open(io.BytesIO(png_bytes(image, 3)))).shape == (48, 48)
     gif = Image.open(io.BytesIO(flicker_gif(image, 255 - image)))
     assert gif.n_frames == 2
+
+
+def test_the_crosshair_of_each_plane_passes_through_the_voxel_the_other_planes_cut() -> None:
+    volume = np.zeros((7, 9, 11))
+    x, y, z = 2, 6, 3
+    volume[x, y, z] = 1.0
+    position = {"sagittal": x, "coronal": y, "axial": z}
+    for plane in PLANES:
+        shown = orthogonal_slice(volume, plane, position[plane])
+        row, col = crosshair_at(volume.shape, plane, position)
+        assert shown[row, col] == 1.0, plane
+        drawn = with_crosshair(np.zeros(shown.shape, np.uint8), row, col, scale=3)
+        assert drawn.shape == (shown.shape[0] * 3, shown.shape[1] * 3, 3)
+        assert (
+            drawn[row * 3 + 1, 0].tolist() == CROSSHAIR.tolist()
+            and drawn[0, col * 3 + 1].tolist() == CROSSHAIR.tolist()
+        )
+        assert drawn[row * 3, 0].tolist() == [0, 0, 0]  # one pixel thin

@@ -16,6 +16,7 @@ from core.io.viewer import (
     Window,
     apply_window,
     checkerboard,
+    crosshair_at,
     difference,
     difference_bar,
     difference_limit,
@@ -24,6 +25,7 @@ from core.io.viewer import (
     percentile_window,
     plane_size,
     png_bytes,
+    with_crosshair,
 )
 from core.study import verdicts
 from core.study.results import nearest_pairs
@@ -42,6 +44,23 @@ _ui.show_caveats(study, collapsed=True)
 @st.cache_data(max_entries=8, show_spinner="Loading images...")
 def images(study_path: str, finished_at: str, role: str) -> ImageSet:  # finished_at: a rescan invalidates
     return load_study_set(summary, role)
+
+
+def from_url(param: str, key: str, options: Any, default: Any, cast: Any = str) -> None:
+    """Start widget ``key`` from the URL's ``param`` when it names one of ``options``, else from ``default`` (a
+    reload or a shared link shows the same view). The widget is then drawn without a value of its own."""
+    if key in st.session_state and st.session_state[key] in options:
+        return
+    try:
+        value = cast(st.query_params[param]) if param in st.query_params else default
+    except ValueError:
+        value = default
+    st.session_state[key] = value if value in options else default
+
+
+def to_url(param: str, value: Any) -> None:
+    if st.query_params.get(param) != str(value):
+        st.query_params[param] = str(value)
 
 
 NEW_REVIEWER = "+ add a reviewer"
@@ -127,8 +146,13 @@ for r in rows:
     r["your verdict"] = decision.verdict if decision else ""
 
 sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
-if sel_key not in st.session_state:  # resume where this reviewer left off
-    st.session_state[sel_key] = next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
+if sel_key not in st.session_state:  # the pair in the URL (a reload, a shared link), else where this reviewer left off
+    asked = st.query_params.get("pair", "")
+    st.session_state[sel_key] = (
+        int(asked) - 1
+        if asked.isdigit() and 1 <= int(asked) <= len(rows)
+        else next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
+    )
 # The work list is drawn below the images; its selection (kept by Streamlit under the table's key) is read here.
 table_key = f"worklist::{sel_key}"
 selected = st.session_state.get(table_key)
@@ -143,6 +167,7 @@ if nav.button("Previous", disabled=index == 0, key="prev", shortcut="k"):
 if nav.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
     index += 1
 st.session_state[sel_key] = index
+to_url("pair", index + 1)
 row: dict[str, Any] = rows[index]
 if blinded:
     nav.markdown(
@@ -188,7 +213,9 @@ b, _ = display_units(training_image, spec)
 def window_controls(a: np.ndarray, b: np.ndarray) -> Window:
     presets = [*(f"CT {k}" for k in CT_PRESETS)] if unit == "HU" else []
     presets += [f"percentile {k}" for k in PERCENTILE_PRESETS] + ["custom"]
-    choice = st.selectbox("Window", presets, index=presets.index("percentile 1-99 %"), key="window_preset")
+    from_url("window", "window_preset", presets, "percentile 1-99 %")
+    choice = st.selectbox("Window", presets, key="window_preset")
+    to_url("window", choice)
     if choice.startswith("CT "):
         width, level = CT_PRESETS[choice[3:]]
         return Window(width, level)
@@ -203,16 +230,28 @@ def window_controls(a: np.ndarray, b: np.ndarray) -> Window:
     return Window(width, level)
 
 
-def view_controls(suffix: str) -> tuple[Window, str, int]:
-    """The row shared by both viewers: window, comparison mode, zoom."""
+ZOOMS = ("fit", "1x", "2x", "4x", "8x")
+MODES = ("side by side", "flicker", "checkerboard")
+
+
+def view_controls(suffix: str) -> tuple[Window, str, int, bool]:
+    """The row shared by both viewers: window, comparison mode, zoom (all kept in the URL).
+
+    Returns the window, the mode, the pixel scale the PNGs are rendered at, and whether the images fill their
+    columns (``fit``: as large as the window allows, still nearest-neighbour sharp).
+    """
     cols = st.columns([2, 2, 1])
     with cols[0]:
         window = window_controls(a, b)
-    mode = cols[1].radio(
-        "Compare", ("side by side", "flicker", "checkerboard"), horizontal=True, key=f"compare_mode{suffix}"
-    )
-    scale = cols[2].select_slider("Zoom", (1, 2, 4, 6, 8), value=4, key=f"zoom{suffix}")
-    return window, mode, scale
+    from_url("compare", f"compare_mode{suffix}", MODES, MODES[0])
+    mode = cols[1].radio("Compare", MODES, horizontal=True, key=f"compare_mode{suffix}")
+    from_url("zoom", f"zoom{suffix}", ZOOMS, "fit")
+    zoom = cols[2].select_slider("Zoom", ZOOMS, key=f"zoom{suffix}")
+    to_url("compare", mode)
+    to_url("zoom", zoom)
+    fit = zoom == "fit"
+    scale = max(1, 512 // max(a.shape[:2])) if fit else int(zoom[:-1])
+    return window, mode, scale, fit
 
 
 def difference_legend(window: Window) -> None:
@@ -227,46 +266,64 @@ def difference_legend(window: Window) -> None:
 
 @st.fragment
 def viewer_2d() -> None:
-    window, mode, scale = view_controls("")
+    window, mode, scale, fit = view_controls("")
+    width = "stretch" if fit else "content"
     wa, wb = apply_window(a, window), apply_window(b, window)
     st.caption(f"Window width {window.width:.4g}, level {window.level:.4g} {unit}, applied to both images.")
     if mode == "side by side":
         c = st.columns(3)
-        c[0].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}")
-        c[1].image(png_bytes(wb, scale), caption=f"nearest training {_ui.shown_scan(study, row['train_id'])}")
-        c[2].image(png_bytes(difference(a, b, difference_limit(window)), scale), caption="difference")
+        c[0].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}", width=width)
+        c[1].image(
+            png_bytes(wb, scale), caption=f"nearest training {_ui.shown_scan(study, row['train_id'])}", width=width
+        )
+        c[2].image(png_bytes(difference(a, b, difference_limit(window)), scale), caption="difference", width=width)
         difference_legend(window)
-    elif mode == "flicker":
-        st.image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training, 0.6 s each")
     else:
-        tiles = st.slider("Tiles", 2, 16, 8, key="tiles")
-        st.image(png_bytes(checkerboard(wa, wb, tiles), scale), caption="checkerboard: synthetic and training tiles")
+        c = st.columns([2, 1]) if fit else [st.container()]
+        if mode == "flicker":
+            c[0].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training, 0.6 s each", width=width)
+        else:
+            tiles = st.slider("Tiles", 2, 16, 8, key="tiles")
+            c[0].image(
+                png_bytes(checkerboard(wa, wb, tiles), scale),
+                caption="checkerboard: synthetic and training tiles",
+                width=width,
+            )
 
 
 @st.fragment
 def viewer_3d() -> None:
-    window, mode, scale = view_controls("_3d")
+    window, mode, scale, fit = view_controls("_3d")
+    width = "stretch" if fit else "content"
     sliders = st.columns(3)
-    position = {
-        plane: sliders[i].slider(
-            f"{plane} slice", 0, plane_size(a.shape, plane) - 1, plane_size(a.shape, plane) // 2, key=f"slice_{plane}"
-        )
-        for i, plane in enumerate(PLANES)
-    }
+    position = {}
+    for i, plane in enumerate(PLANES):
+        n = plane_size(a.shape, plane)
+        from_url(plane, f"slice_{plane}", range(n), n // 2, int)
+        position[plane] = sliders[i].slider(f"{plane} slice", 0, n - 1, key=f"slice_{plane}")
+        to_url(plane, position[plane])
+    cross = st.toggle("Crosshair", value=True, key="crosshair", help="Where the other two planes cut each plane")
     st.caption(
         f"One slice position for both volumes; window width {window.width:.4g}, level {window.level:.4g} {unit}."
     )
+    limit = difference_limit(window)
     for plane in PLANES:
         sa, sb = orthogonal_slice(a, plane, position[plane]), orthogonal_slice(b, plane, position[plane])
         wa, wb = apply_window(sa, window), apply_window(sb, window)
-        c = st.columns(3)
-        c[0].image(png_bytes(wa, scale), caption=f"synthetic · {plane} {position[plane]}")
-        c[1].image(png_bytes(wb, scale), caption=f"training · {plane} {position[plane]}")
         if mode == "flicker":
-            c[2].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training")
+            shown = [wa, wb]
         else:
-            overlay = difference(sa, sb, difference_limit(window)) if mode == "side by side" else checkerboard(wa, wb)
-            c[2].image(png_bytes(overlay, scale), caption="difference" if mode == "side by side" else "checkerboard")
+            shown = [wa, wb, difference(sa, sb, limit) if mode == "side by side" else checkerboard(wa, wb)]
+        at = crosshair_at(a.shape, plane, position)
+        pictures = [png_bytes(with_crosshair(x, *at, scale) if cross else x, 1 if cross else scale) for x in shown]
+        captions = [f"synthetic · {plane} {position[plane]}", f"training · {plane} {position[plane]}"]
+        c = st.columns(3)
+        c[0].image(pictures[0], caption=captions[0], width=width)
+        c[1].image(pictures[1], caption=captions[1], width=width)
+        if mode == "flicker":
+            c[2].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training", width=width)
+        else:
+            c[2].image(pictures[2], caption="difference" if mode == "side by side" else "checkerboard", width=width)
     if mode == "side by side":
         difference_legend(window)
 

@@ -126,6 +126,33 @@ def plane_size(shape: tuple[int, ...], plane: str) -> int:
     return shape[{"sagittal": 0, "coronal": 1, "axial": 2}[plane]]
 
 
+def crosshair_at(shape: tuple[int, ...], plane: str, position: dict[str, int]) -> tuple[int, int]:
+    """Where the other two planes cut ``plane`` as displayed by :func:`orthogonal_slice`: ``(row, column)``.
+
+    ``position`` holds the slice index of each plane (``axial`` = z, ``coronal`` = y, ``sagittal`` = x).
+    """
+    nx, ny, nz = shape
+    x, y, z = position["sagittal"], position["coronal"], position["axial"]
+    return {
+        "axial": (ny - 1 - y, x),
+        "coronal": (nz - 1 - z, x),
+        "sagittal": (nz - 1 - z, y),
+    }[plane]
+
+
+CROSSHAIR = np.array([255, 200, 0], dtype=np.uint8)  # amber: visible on grey and on the difference colours
+
+
+def with_crosshair(image: npt.NDArray[np.uint8], row: int, col: int, scale: int = 1) -> npt.NDArray[np.uint8]:
+    """``image`` (grey or RGB) enlarged by ``scale`` with a one-pixel crosshair through pixel ``(row, col)``."""
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    big = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1).copy()
+    r, c = row * scale + scale // 2, col * scale + scale // 2
+    big[r, :] = CROSSHAIR
+    big[:, c] = CROSSHAIR
+    return big
+
+
 def png_bytes(image: npt.NDArray[np.uint8], scale: int = 1) -> bytes:
     """Lossless PNG of a uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` image, optionally enlarged by pixel
     repetition (no smoothing)."""

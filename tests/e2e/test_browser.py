@@ -331,3 +331,27 @@ def test_presentation_mode_shows_pseudonyms_on_the_review_page(browser, server: 
         assert "mni152" not in page.get_by_test_id("stMainBlockContainer").inner_text()
     finally:
         page.close()
+
+
+def test_the_view_is_kept_in_the_url_and_typing_a_note_never_records_a_verdict(browser, server: str) -> None:  # noqa: ANN001
+    """A shared link opens the same pair, window and zoom; keys typed into the note box stay in the note."""
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{server}/review?pair=3&zoom=2x&window=percentile%20full%20range&compare=flicker")
+        page.get_by_text(re.compile(r"^3 / \d+:")).first.wait_for()
+        page.get_by_text("flicker: synthetic / training").wait_for()
+        page.get_by_text(re.compile(r"^Window width 2, level 0 ")).wait_for()  # the full range of [-1, 1]
+        page.get_by_role("button", name=re.compile(r"^Next")).click()
+        page.get_by_text(re.compile(r"^4 / \d+:")).first.wait_for()
+        page.wait_for_function("() => location.search.includes('pair=4')")
+        _reviewer(page, "note taker")
+        note = page.get_by_label("Note (optional)")
+        note.click()
+        note.press_sequentially("yes, unsure")  # y, n and u are verdict shortcuts outside text fields
+        page.wait_for_timeout(1500)
+        assert note.input_value() == "yes, unsure"
+        page.get_by_text(re.compile(r"as note taker: 0/")).wait_for()  # nothing recorded
+        page.screenshot(path=SHOTS / "review-url-state.png")
+    finally:
+        page.close()
