@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.detect.metrics import Threshold, ThresholdRule
 from core.study import verdicts
-from core.study.review import correlation_histogram, live_metrics, threshold_curve
+from core.study.review import calibration_figure, live_metrics
 from views import _ui
 
 study = _ui.require_study()
@@ -83,39 +82,29 @@ def controls() -> None:
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{tau:.3f}", help=note)
     cols[1].metric(
-        "Memorized training",
-        f"{m.memorized}/{m.n_train}",
-        help=f"{m.memorized_fraction:.1%}; 95 % Wilson CI {ml:.1%} to {mh:.1%}",
+        "Memorized",
+        f"{m.memorized_fraction:.1%}",
+        help=f"training scans with a synthetic copy: {m.memorized}/{m.n_train}; 95 % Wilson CI {ml:.1%} to {mh:.1%}",
     )
     cols[2].metric(
-        "Copies among samples",
-        f"{m.copies}/{m.n_synthetic}",
-        help=f"{m.copy_fraction:.1%}; 95 % Wilson CI {cl:.1%} to {ch:.1%}",
+        "Copies",
+        f"{m.copy_fraction:.1%}",
+        help=f"synthetic samples that copy a training scan: {m.copies}/{m.n_synthetic}; 95 % Wilson CI {cl:.1%} "
+        f"to {ch:.1%}",
     )
     cols[3].metric(
-        "Expected FPR (copy)",
+        "Expected FPR",
         f"{m.fpr_copy:.1%}",
-        help=f"real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}",
+        help=f"expected false-positive rate: real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}",
     )
     st.caption(
-        f"Memorized training {m.memorized_fraction:.1%} (95 % Wilson CI {ml:.1%} to {mh:.1%}); copies "
-        f"{m.copy_fraction:.1%} "
+        f"Memorized training {m.memorized_fraction:.1%} ({m.memorized}/{m.n_train}; 95 % Wilson CI {ml:.1%} to "
+        f"{mh:.1%}); copies {m.copy_fraction:.1%} ({m.copies}/{m.n_synthetic}) "
         f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
         f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed."
     )
 
-    st.plotly_chart(correlation_histogram(cal, tau, str(summary.method)), key="histograms")
-
-    curve = threshold_curve(cal)
-    fig2 = go.Figure()
-    fig2.add_scatter(x=curve["tau"], y=curve["copy_fraction"], name="copy fraction")
-    fig2.add_scatter(x=curve["tau"], y=curve["memorized_fraction"], name="memorized fraction")
-    fig2.add_scatter(x=curve["tau"], y=curve["expected_fpr_copy"], name="expected FPR (copy)", line=dict(dash="dot"))
-    fig2.add_vline(x=tau, line_color="red")
-    fig2.update_layout(
-        xaxis_title="threshold", yaxis_title="fraction", yaxis_range=[0, 1.02], height=320, margin=dict(t=30, b=40)
-    )
-    st.plotly_chart(fig2, key="curve")
+    st.plotly_chart(calibration_figure(cal, tau, str(summary.method)), key="calibration")
     st.caption(
         f"Null sizes: {len(cal.train_to_val)} training and {len(cal.val_to_train)} validation samples; "
         f"median synthetic->training {float(np.median(cal.synthetic_to_train)):.3f}."

@@ -27,19 +27,21 @@ else:
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{chosen.value:.3f}", help=f"study threshold: {chosen.label}")
     cols[1].metric(
-        "Memorized training",
+        "Memorized",
         f"{mem.value:.1%}",
-        help=f"{mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to {mem.high:.1%} ({mem.method})",
+        help=f"training scans with a synthetic copy: {mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to "
+        f"{mem.high:.1%} ({mem.method})",
     )
     cols[2].metric(
-        "Synthetic copies",
+        "Copies",
         f"{cop.value:.1%}",
-        help=f"{cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to {cop.high:.1%} ({cop.method})",
+        help=f"synthetic samples that copy a training scan: {cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to "
+        f"{cop.high:.1%} ({cop.method})",
     )
     cols[3].metric(
-        "Expected FPR (copy)",
+        "Expected FPR",
         f"{at.expected_fpr_copy:.1%}",
-        help="share of real held-out scans the threshold would call copies",
+        help="expected false-positive rate: the share of real held-out scans the threshold would call copies",
     )
     st.caption(
         f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "

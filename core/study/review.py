@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from core.detect.metrics import (
     MemorizationMetrics,
@@ -144,6 +145,27 @@ def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -
         margin=dict(t=30, b=40),
         legend=dict(orientation="h", y=-0.25),
     )
+    return fig
+
+
+def calibration_figure(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
+    """The Calibrate page's figure: the four distributions above, the fractions against the threshold below,
+    on one shared threshold axis (so the two tau lines are one vertical line)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.06)
+    for trace in correlation_histogram(cal, tau, method).data:
+        fig.add_trace(trace, row=1, col=1)
+    curve = threshold_curve(cal)
+    for key, name, dash in (
+        ("copy_fraction", "copy fraction", None),
+        ("memorized_fraction", "memorized fraction", None),
+        ("expected_fpr_copy", "expected FPR (copy)", "dot"),
+    ):
+        fig.add_scatter(x=curve["tau"], y=curve[key], name=name, line=dict(dash=dash), row=2, col=1)
+    fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
+    fig.update_layout(barmode="overlay", height=620, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.12))
+    fig.update_yaxes(title_text="share of samples", row=1, col=1)
+    fig.update_yaxes(title_text="fraction above tau", tickformat=".0%", range=[0, 1.02], row=2, col=1)
+    fig.update_xaxes(title_text=score_label(method), row=2, col=1)
     return fig
 
 
