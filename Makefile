@@ -39,8 +39,11 @@ bench: setup
 	PYTHONPATH=. $(PY) benchmarks/planted_copies.py --write --dims 3 2 --epochs 30 --per-kind 10
 	$(PY) -m tools.readme_tables
 
+SHOWN = overview.png calibrate.png review-2d.png review-3d.png verdicts.png generate.png presentation-mode.png \
+	page-demo-2d-compare-1920x1080.png page-demo-2d-review-1024x768.png
+
 screenshots: setup $(CHROMIUM)
-	$(PY) -m pytest -q tests/e2e && mkdir -p docs/screenshots && cp artifacts/screenshots/[!d]*.png docs/screenshots/
+	$(PY) -m pytest -q tests/e2e && mkdir -p docs/screenshots && cd artifacts/screenshots && cp $(SHOWN) ../../docs/screenshots/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

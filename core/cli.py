@@ -321,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")
     p.add_argument(
+        "--approximate-above",
+        type=int,
+        help="training sets larger than this are searched with an HNSW index, its recall@1 recorded (default 1e6)",
+    )
+    p.add_argument(
         "--patient-top",
         type=int,
         help="patient resemblance averages the best N matches among one patient's scans (default 3)",

@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from core.common.errors import MemoScopeError
-from core.io.data import discover, load_set, read_raw, split_by_patient
+from core.io.data import discover, load_records, load_set, read_raw, split_by_patient
 from core.io.preprocessing import PreprocessSpec
 
 SPEC2 = PreprocessSpec((32, 32))
@@ -106,3 +106,27 @@ def test_split_by_patient_never_shares_a_patient() -> None:
     assert len(train) + len(val) == 30 and len({patients[i] for i in val}) == 3
     again = split_by_patient(patients, 0.3, seed=1)
     assert np.array_equal(again[1], val)
+
+
+def test_a_set_past_its_memory_budget_is_memory_mapped_identically_and_leaves_no_file(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEMOSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = PreprocessSpec((16, 16))
+    in_memory = load_records(discover(image_folder), spec, str(image_folder))
+    spilled = load_records(discover(image_folder), spec, str(image_folder), budget=16 * 16 * 4)  # one image
+    assert isinstance(spilled.images, np.memmap) and not isinstance(in_memory.images, np.memmap)
+    np.testing.assert_array_equal(spilled.images, in_memory.images)
+    assert spilled.ids == in_memory.ids and spilled.content_hash == in_memory.content_hash
+    assert not list((tmp_path / "cache").iterdir())  # unlinked once mapped: nothing left behind
+    np.testing.assert_array_equal(spilled.subset([2, 0]).images, in_memory.images[[2, 0]])
+
+
+def test_hashing_in_chunks_matches_hashing_whole() -> None:
+    import hashlib
+
+    from core.common.provenance import sha256_array
+
+    array = np.random.default_rng(0).normal(size=(1000, 1, 8, 8)).astype(np.float32)
+    whole = hashlib.sha256(b"float32" + str(array.shape).encode() + array.tobytes()).hexdigest()
+    assert sha256_array(array, chunk_rows=7) == sha256_array(array) == whole

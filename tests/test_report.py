@@ -140,6 +140,8 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     agreement = body.partition("<h2>Reviewer agreement</h2>")[2]
     assert ": not a copy</th>" in agreement and "[[" not in agreement, agreement[:800]  # a labelled 2 x 2 table
     assert body.count("marker") >= 4 and "#0072B2" in body  # the histogram's series have their own colours
+    assert summary.device == "cpu" and summary.search is not None  # where and how the scan searched, recorded
+    assert summary.search.index == "exact (faiss flat)" and summary.search.recall_at_1 == 1.0
     resemblance = summary.patient_resemblance
     assert resemblance is not None and resemblance.null_size == 8
     assert "Resemble a training patient (a separate finding, not counted as copies): " in text

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.detect.search import SearchConfig, brute_force, pearson_normalize, search, search_all
+from core.detect.search import (
+    ExactIndex,
+    HNSWIndex,
+    SearchConfig,
+    TorchIndex,
+    brute_force,
+    make_index,
+    pearson_normalize,
+    recall_at_1,
+    search,
+    search_all,
+)
 
 
 def test_pearson_normalize_gives_correlation() -> None:
@@ -38,3 +49,34 @@ def test_four_directions_shapes() -> None:
     t = search_all(rng.normal(size=(20, 4)), rng.normal(size=(10, 4)), rng.normal(size=(30, 4)), SearchConfig(k=3))
     assert t.synthetic_to_train.index.shape == (30, 3) and t.train_to_synthetic.index.shape == (20, 3)
     assert t.train_to_val.index.shape == (20, 3) and t.val_to_train.index.shape == (10, 3)
+
+
+def _clustered(rng: np.random.Generator, n: int, d: int = 32, clusters: int = 50) -> np.ndarray:
+    centres = rng.normal(size=(clusters, d))
+    return (centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_torch_search_equals_faiss_exact_search() -> None:
+    rng = np.random.default_rng(0)
+    database, queries = _clustered(rng, 500), _clustered(rng, 77)
+    exact = ExactIndex(database, SearchConfig(k=5, chunk_size=16)).search(queries)
+    torch_index = TorchIndex(database, SearchConfig(k=5, chunk_size=16, device="cpu"))
+    found = torch_index.search(queries)
+    np.testing.assert_array_equal(found.index, exact.index)
+    np.testing.assert_allclose(found.similarity, exact.similarity, atol=1e-5)
+
+
+def test_an_approximate_index_past_the_threshold_records_its_measured_recall() -> None:
+    rng = np.random.default_rng(1)
+    database, queries = _clustered(rng, 3000), _clustered(rng, 400)
+    config = SearchConfig(k=3, approximate_above=1000)
+    index = make_index(database, config)
+    assert isinstance(index, HNSWIndex) and isinstance(make_index(database[:1000], config), ExactIndex)
+    report = recall_at_1(index, database, queries, sample=200)
+    assert report.index.startswith("approximate") and report.sample == 200 and report.database == 3000
+    assert report.recall_at_1 >= 0.95
+    # a starved graph is measured as such, not reported as exact
+    weak = HNSWIndex(database, SearchConfig(k=1, hnsw_m=2, ef_search=1))
+    assert recall_at_1(weak, database, queries, sample=200).recall_at_1 < report.recall_at_1
+    exact = recall_at_1(make_index(database[:1000], config), database[:1000], queries)
+    assert exact.recall_at_1 == 1.0 and exact.sample == 0

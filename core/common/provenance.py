@@ -37,12 +37,17 @@ def sha256_files(paths: Iterable[str | os.PathLike[str]]) -> str:
     return digest.hexdigest()
 
 
-def sha256_array(array: np.ndarray) -> str:
-    """Hex SHA-256 of an array's dtype, shape and C-ordered bytes."""
+def sha256_array(array: np.ndarray, chunk_rows: int = 256) -> str:
+    """Hex SHA-256 of an array's dtype, shape and C-ordered bytes (read ``chunk_rows`` rows at a time, so a
+    memory-mapped set is hashed without loading it whole)."""
     digest = hashlib.sha256()
     digest.update(str(array.dtype).encode())
     digest.update(str(array.shape).encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
+    if array.ndim == 0:
+        digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+    for start in range(0, len(array), chunk_rows):
+        digest.update(np.ascontiguousarray(array[start : start + chunk_rows]).tobytes())
     return digest.hexdigest()
 
 

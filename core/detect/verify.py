@@ -32,7 +32,7 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.utils import to_norm_affine
 
 from core.common.config import Config, check_range
-from core.detect.search import ExactIndex, Neighbors, NeighborTables, SearchConfig
+from core.detect.search import ExactIndex, Neighbors, NeighborTables, SearchConfig, make_index
 
 
 class MatchMethod(StrEnum):
@@ -278,18 +278,20 @@ class Verifier:
         pixel = np.empty(n_q * n_c, np.float32)
         orient = np.empty(n_q * n_c, np.int64)
         shifts = np.empty((n_q * n_c, self.dims), np.int64)
-        q_band, d_band = self._band(q_images), self._band(d_images)
+        # only the database rows some query retrieved are read and band-passed: a large (memory-mapped)
+        # training set costs its candidates, not its size
+        used, d_local = np.unique(pairs_d, return_inverse=True)
+        d_used = np.array(d_images[used])
+        q_band, d_band = self._band(q_images), self._band(d_used)
         step = self.config.batch_pairs
 
         def batch(array: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> torch.Tensor:
-            return torch.from_numpy(array[rows]).to(self.device)
+            return torch.from_numpy(np.array(array[rows])).to(self.device)
 
         for start in range(0, len(pairs_q), step):
             sl = slice(start, start + step)
-            q, d = pairs_q[sl], pairs_d[sl]
-            s, px, o, sh = self._align_scores(
-                batch(q_images, q), batch(q_band, q), batch(d_images, d), batch(d_band, d)
-            )
+            q, d = pairs_q[sl], d_local[sl]
+            s, px, o, sh = self._align_scores(batch(q_images, q), batch(q_band, q), batch(d_used, d), batch(d_band, d))
             structure[sl], pixel[sl] = s.cpu().numpy(), px.cpu().numpy()
             orient[sl], shifts[sl] = o.cpu().numpy(), sh.cpu().numpy()
         alignments = [
@@ -309,11 +311,16 @@ class Verifier:
         return torch.roll(moved, alignment.shift, tuple(range(self.dims))).cpu().numpy()
 
 
-def pixel_descriptors(images: npt.ArrayLike, size: int = 16) -> npt.NDArray[np.float32]:
-    """Blurred, downsampled pixels as vectors (the pixel retrieval's embedding): ``(N, size**d)``."""
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+def pixel_descriptors(images: npt.ArrayLike, size: int = 16, chunk: int = 1024) -> npt.NDArray[np.float32]:
+    """Blurred, downsampled pixels as vectors (the pixel retrieval's embedding): ``(N, size**d)``, computed
+    ``chunk`` images at a time (a memory-mapped set is read, never held whole)."""
+    x = np.asarray(images, dtype=np.float32)
     pooled = torch.nn.functional.adaptive_avg_pool2d if x.ndim == 4 else torch.nn.functional.adaptive_avg_pool3d
-    return pooled(x, size).flatten(1).numpy()
+    parts = [
+        pooled(torch.from_numpy(np.array(x[start : start + chunk])), size).flatten(1).numpy()
+        for start in range(0, len(x), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, size ** (x.ndim - 2)), np.float32)
 
 
 def candidate_lists(
@@ -328,9 +335,9 @@ def candidate_lists(
     embedding correlation of each."""
     n_db = len(np.asarray(database_vectors))
     width = min(config.candidates + config.pixel_candidates, n_db)
-    emb = ExactIndex(database_vectors, SearchConfig(k=width)).search(query_vectors)
+    emb = make_index(database_vectors, SearchConfig(k=width)).search(query_vectors)
     extra = (
-        ExactIndex(pixel_descriptors(database_images), SearchConfig(k=config.pixel_candidates))
+        make_index(pixel_descriptors(database_images), SearchConfig(k=config.pixel_candidates))
         .search(pixel_descriptors(query_images))
         .index
         if config.pixel_candidates
@@ -347,6 +354,9 @@ def candidate_lists(
     return out, retrieval
 
 
+QUERY_CHUNK = 4096  # queries verified together (their images and band-passed copies are in memory at once)
+
+
 def verify(
     query_vectors: npt.ArrayLike,
     database_vectors: npt.ArrayLike,
@@ -361,7 +371,13 @@ def verify(
     q_images = np.asarray(query_images, dtype=np.float32)
     rows, retrieval = candidate_lists(query_vectors, database_vectors, q_images, database_images, config)
     verifier = Verifier(q_images.shape[2:], config, device)
-    structure, pixel, alignments = verifier.score(q_images, database_images, rows)
+    parts = [
+        verifier.score(np.array(q_images[chunk]), database_images, rows[chunk])
+        for chunk in (slice(start, start + QUERY_CHUNK) for start in range(0, len(q_images), QUERY_CHUNK))
+    ]  # queries in chunks: memory follows the chunk, not the synthetic set
+    structure = np.concatenate([p[0] for p in parts])
+    pixel = np.concatenate([p[1] for p in parts])
+    alignments = [a for p in parts for a in p[2]]
     order = np.argsort(-structure, axis=1, kind="stable")[:, : min(k, rows.shape[1])]
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return Verified(

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import re
+import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -334,6 +335,36 @@ def _samples_of(
     ]
 
 
+def memory_budget() -> int:
+    """Bytes of preprocessed voxels a set may hold in memory before it spills to a memory-mapped file
+    (``$MEMOSCOPE_SET_MEMORY_MB``, default 1024)."""
+    return int(float(os.environ.get("MEMOSCOPE_SET_MEMORY_MB", "1024")) * 2**20)
+
+
+class _Spill:
+    """Preprocessed images appended to an unlinked temporary file, then memory-mapped read-only: a set of any
+    size costs its page cache, not its size in RAM, and leaves no file behind (the mapping keeps it alive)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape, self.count = shape, 0
+        folder = Path(os.environ.get("MEMOSCOPE_CACHE_DIR") or tempfile.gettempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handle = tempfile.NamedTemporaryFile(prefix="memoscope-set-", suffix=".f32", dir=folder, delete=False)
+
+    def add(self, images: list[np.ndarray]) -> None:
+        for image in images:
+            self.handle.write(np.ascontiguousarray(image, dtype=np.float32).tobytes())
+        self.count += len(images)
+
+    def array(self) -> np.ndarray:
+        self.handle.close()
+        path = Path(self.handle.name)
+        try:
+            return np.memmap(path, dtype=np.float32, mode="r", shape=(self.count, *self.shape))
+        finally:
+            path.unlink()  # the open mapping keeps the data; nothing is left on disk when the set is gone
+
+
 def load_records(
     records: Sequence[ImageRecord],
     spec: PreprocessSpec,
@@ -341,8 +372,12 @@ def load_records(
     slices: SliceAxis | None = None,
     skip_bad: bool = False,
     read: Callable[[Path], np.ndarray] = read_raw,
+    budget: int | None = None,
 ) -> ImageSet:
     """Read, check and preprocess records into an :class:`ImageSet`.
+
+    Images are kept in memory up to ``budget`` bytes (default :func:`memory_budget`); past it the set spills to
+    a read-only memory-mapped file, so scanning a set larger than RAM works (each stage reads it in chunks).
 
     Raises:
         MemoScopeError: a file is unreadable or invalid (unless ``skip_bad``), IDs repeat,
@@ -352,6 +387,9 @@ def load_records(
     patients: list[str] = []
     images: list[np.ndarray] = []
     skipped: list[SkippedFile] = []
+    limit = memory_budget() if budget is None else budget
+    spill: _Spill | None = None
+    held = 0
     for record in records:
         try:
             array = read(record.path)
@@ -371,12 +409,22 @@ def load_records(
             ids.append(sample_id)
             patients.append(record.patient_id)
             images.append(image)
+            held += image.nbytes
+        if held > limit:
+            spill = spill or _Spill(images[0].shape)
+            spill.add(images)
+            images, held = [], 0
     if not ids:
         raise MemoScopeError(f"{source}: no readable images ({len(skipped)} skipped).")
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
+        if spill is not None:
+            spill.array()  # removes the file
         raise MemoScopeError(f"{source}: duplicate sample IDs {duplicates[:5]}; rename the files.")
-    return ImageSet(ids, patients, np.stack(images), spec, source, skipped)
+    if spill is None:
+        return ImageSet(ids, patients, np.stack(images), spec, source, skipped)
+    spill.add(images)
+    return ImageSet(ids, patients, spill.array(), spec, source, skipped)
 
 
 def load_set(

@@ -155,7 +155,8 @@ def fractions_by_epochs(rows: list[StudyRow]) -> go.Figure:
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(type="log", title_text="UNet training epochs")
+    epochs = sorted({r.unet_epochs for r in rows if r.unet_epochs is not None})
+    fig.update_xaxes(type="log", title_text="UNet training epochs", tickvals=epochs, ticktext=[str(e) for e in epochs])
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
     fig.update_layout(height=380, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.25))
     return fig

@@ -30,6 +30,7 @@ from core.common.provenance import atomic_path, atomic_write_json, sha256_file, 
 from core.common.tables import read_csv, write_csv
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
 from core.detect.resemblance import PatientResemblance
+from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.data import discover
 from core.io.preprocessing import PreprocessSpec
@@ -99,6 +100,7 @@ class ScanSummary(Config):
             patients usually are (``patients.csv``; see :mod:`core.detect.resemblance`). A separate finding:
             never part of ``copies``.
         device: where the detector trained and embedded and pairs were verified.
+        search: how the training set was searched: exact, or an approximate index with its measured recall@1.
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
             rescan, a hand edit) is refused by :meth:`ScanResults.open`.
@@ -129,6 +131,7 @@ class ScanSummary(Config):
     fpr_unseen: Fraction | None = None
     patient_resemblance: PatientResemblance | None = None
     device: str = ""
+    search: SearchReport | None = None
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

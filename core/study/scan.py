@@ -67,6 +67,8 @@ class ScanConfig(Config):
         cache_dir: the embedding cache.
         device: where the detector trains and embeds and pairs are verified: ``auto`` (CUDA, then MPS, then CPU),
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
+        approximate_above: training sets larger than this are searched with an HNSW index; its recall@1
+            against exact search, measured on a sample of the synthetic samples, goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
             scans (see :mod:`core.detect.resemblance`).
     """
@@ -89,6 +91,7 @@ class ScanConfig(Config):
     cache_dir: str | None = None
     patient_top: int = 3
     device: str = "auto"
+    approximate_above: int = 1_000_000
 
     @property
     def rule(self) -> str:
@@ -403,13 +406,14 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
         lap("embed")
         # 4. search
-        progress(ProgressEvent("search", 0, 1, "exact nearest-neighbour search"))
+        progress(ProgressEvent("search", 0, 1, "nearest-neighbour search"))
         tables = search_all(
             embeddings["train"].vectors,
             embeddings["val"].vectors,
             embeddings["synthetic"].vectors,
-            SearchConfig(k=config.k),
+            SearchConfig(k=config.k, approximate_above=config.approximate_above, device=str(device)),
         )
+        search_report = tables.search
         lap("search")
         verified = None
         if config.method == MatchMethod.VERIFIED:
@@ -457,6 +461,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             notes=NOTES_BY_METHOD[config.method],
             patient_resemblance=resemblance,
             device=device_description(device),
+            search=search_report,
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(

@@ -40,8 +40,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("app")
-    for name in ("demo-2d", "demo-3d"):
-        shutil.copytree(STUDIES / name, root / "studies" / name, ignore=shutil.ignore_patterns("jobs"))
+    for study in sorted(STUDIES.glob("demo-*")):  # all demo studies: the Compare page puts them side by side
+        shutil.copytree(study, root / "studies" / study.name, ignore=shutil.ignore_patterns("jobs"))
     for name in ("checkpoints", "data"):
         (root / name).symlink_to(STUDIES.parent / name)
     port = _free_port()
@@ -144,12 +144,12 @@ def test_new_study_form_names_a_bad_path_then_creates_the_study(page) -> None:  
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("New study").click()
     sidebar.get_by_label("Name", exact=True).fill("from-browser")
-    sidebar.get_by_label("Training images (folder or manifest)").fill("nowhere/train.csv")
-    sidebar.get_by_label("Validation images (other patients)").fill("nowhere/val.csv")
+    sidebar.get_by_role("textbox", name="Training images (folder or manifest)").fill("nowhere/train.csv")
+    sidebar.get_by_role("textbox", name="Validation images (other patients)").fill("nowhere/val.csv")
     sidebar.get_by_role("button", name="Create study").click()
     sidebar.get_by_text(re.compile(r"nowhere/train\.csv: no such file")).wait_for()
-    sidebar.get_by_label("Training images (folder or manifest)").fill("data/demo/2d/manifest.csv")
-    sidebar.get_by_label("Validation images (other patients)").fill("data/demo/2d/manifest.csv")
+    sidebar.get_by_role("textbox", name="Training images (folder or manifest)").fill("data/demo/2d/manifest.csv")
+    sidebar.get_by_role("textbox", name="Validation images (other patients)").fill("data/demo/2d/manifest.csv")
     sidebar.get_by_role("button", name="Create study").click()
     page.get_by_text("Study: from-browser").wait_for()
     page.get_by_text("No synthetic samples yet.").wait_for()
@@ -165,7 +165,7 @@ def test_new_study_form_names_a_bad_path_then_creates_the_study(page) -> None:  
 
 def test_threshold_slider_changes_the_counts(page) -> None:  # noqa: ANN001
     _go(page, "Calibrate")
-    page.get_by_text("Copies").wait_for()
+    page.get_by_text("Copies", exact=True).wait_for()
     before = {label: _metric(page, label) for label in ("Threshold", "Memorized", "Copies")}
     slider = page.get_by_role("slider").first
     slider.focus()
@@ -219,7 +219,9 @@ def test_3d_slice_moves(page) -> None:  # noqa: ANN001
 
 def _reviewer(page, name: str) -> None:  # noqa: ANN001
     """Add ``name`` as a new reviewer (chosen from the list, then confirmed)."""
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Reviewer").click()
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(
+        has_text=re.compile(r"^Reviewer")
+    ).first.click()
     page.get_by_role("option", name="+ add a reviewer").click()
     page.get_by_label("New reviewer's name").fill(name)
     page.get_by_role("button", name="Add and review as this name").click()
@@ -235,11 +237,12 @@ def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
     for label, n in (("^Copy", 1), ("^Not a copy", 2), ("^Unsure", 3)):
         page.get_by_role("button", name=re.compile(label)).click()
         page.get_by_text(re.compile(f"as e2e rater: {n}/")).wait_for()
+    at = page.get_by_text(re.compile(r"^\d+ / \d+:")).first.inner_text().split(":")[0]  # the pair after the third
     page.reload()
     _show_all_if_no_copies(page)
-    # the reviewer is kept in the URL: no need to choose again after a reload
+    # the reviewer and the pair are kept in the URL: no need to choose either again after a reload
     page.get_by_text(re.compile(r"as e2e rater: 3/")).wait_for()  # read back from the study database
-    page.get_by_text(re.compile(r"^4 / \d+")).first.wait_for()  # resumed at the first pair not yet judged
+    page.get_by_text(re.compile(f"^{re.escape(at)}:")).first.wait_for()
     page.get_by_test_id("stImage").first.wait_for()
     page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
     page.screenshot(path=SHOTS / "verdicts.png", full_page=True)
