@@ -175,12 +175,15 @@ def make_index(database: npt.ArrayLike, config: SearchConfig | None = None) -> I
 @dataclass(frozen=True)
 class SearchReport(Config):
     """How a scan searched its training set (``summary.json``): the index and, for an approximate one, its
-    recall@1 against exact search on ``sample`` queries (1.0 by definition for an exact index)."""
+    recall@1 against exact search on ``sample`` queries (1.0 by definition for an exact index) and the largest
+    amount by which the correlation it found fell short of the exact nearest neighbour's (a miss among near-ties
+    costs almost nothing; a miss of a copy would show as a large shortfall)."""
 
     index: str
     database: int
     recall_at_1: float
     sample: int
+    max_shortfall: float = 0.0
 
 
 def recall_at_1(
@@ -196,7 +199,8 @@ def recall_at_1(
     exact = ExactIndex(database, SearchConfig(k=1)).search(q[rows])
     # ties: a different row with the same correlation is as good an answer
     hit = (found.index[:, 0] == exact.index[:, 0]) | np.isclose(found.best, exact.best, atol=1e-6)
-    return SearchReport(kind, index.size, float(hit.mean()), len(rows))
+    shortfall = float(np.max(exact.best - found.best, initial=0.0))
+    return SearchReport(kind, index.size, float(hit.mean()), len(rows), max(shortfall, 0.0))
 
 
 def search(queries: npt.ArrayLike, database: npt.ArrayLike, config: SearchConfig | None = None) -> Neighbors:
