@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("generate", help="sample images from an LDM checkpoint")
+    p.add_argument("--ray", help="fan batches out over Ray: local, auto or ray://host:port (default: run here)")
+    p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True)

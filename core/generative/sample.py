@@ -151,6 +151,9 @@ class GenerateConfig(Config):
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:i]`` or ``mps``.
         precision: autocast dtype on GPU.
         format: 2D file format (3D is always NIfTI).
+        ray: empty to sample here; ``local`` or a cluster address (``auto``, ``ray://host:port``) to fan the
+            batches out over Ray actors (one per GPU), see :mod:`core.common.cluster`; ``workers`` sets their
+            number (0: one per GPU). Files are written here, by this process, as batches come back.
     """
 
     checkpoint: str
@@ -163,9 +166,12 @@ class GenerateConfig(Config):
     device: str = "auto"
     precision: Precision = Precision.FP32
     format: ImageFormat = ImageFormat.PNG16
+    ray: str = ""
+    workers: int = 0
 
     def validate(self) -> None:
         check_range("n", self.n, 1)
+        check_range("workers", self.workers, 0)
         check_range("steps", self.steps, 1)
         check_range("batch_size", self.batch_size, 0)
         check_range("seed", self.seed, 0)
@@ -246,17 +252,41 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     record["batch_size_used"] = batch_size
     logger.info("generating %d of %d samples on %s, %d at a time", len(todo), n, record["device"], batch_size)
     progress(ProgressEvent("sample", n - len(todo), n))
-    for b in range(0, len(todo), batch_size):
-        indices = todo[b : b + batch_size]
-        seeds = [sample_seed(seed, i) for i in indices]
-        images = sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision)
+    batches = [todo[b : b + batch_size] for b in range(0, len(todo), batch_size)]
+    seeds_of = [[sample_seed(seed, i) for i in b] for b in batches]
+    if config.ray:
+        from core.common.cluster import map_batches
+
+        record["ray"] = config.ray
+        stage = (config.checkpoint, config.device, config.steps, config.scheduler, config.precision)
+        results = map_batches(_SampleStage, stage, seeds_of, config.ray, config.workers)
+    else:
+        results = (
+            sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision) for seeds in seeds_of
+        )
+    done = n - len(todo)
+    for indices, images in zip(batches, results, strict=True):
         for i, image in zip(indices, images, strict=True):
             write_image(image, out / sample_filename(i, dims, fmt), dims, fmt)
-        done = n - len(todo) + b + len(indices)
+        done += len(indices)
         progress(ProgressEvent("sample", done, n, f"{done}/{n} samples"))
         _write_manifest(out, n, seed, dims, fmt, record)
     _write_manifest(out, n, seed, dims, fmt, {**record, "finished_at": now_utc()})
     return GenerationResult(out, len(todo), n - len(todo), time.perf_counter() - start, record)
+
+
+class _SampleStage:
+    """Generation as a Ray stage: the checkpoint loads once per worker; ``run`` samples one batch of seeds."""
+
+    def __init__(
+        self, checkpoint: str, device: str, steps: int, scheduler: SchedulerName, precision: Precision
+    ) -> None:
+        self.device = resolve_device(device)
+        self.ldm = load_ldm(checkpoint, self.device)
+        self.steps, self.scheduler, self.precision = steps, scheduler, precision
+
+    def run(self, seeds: list[int]) -> npt.NDArray[np.float32]:
+        return sample(self.ldm, seeds, self.steps, self.scheduler, self.device, self.precision)
 
 
 def _write_manifest(out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any]) -> None:
