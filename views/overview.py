@@ -121,9 +121,18 @@ st.markdown(
 )
 if summary:
     st.markdown(
-        f"- Preprocessing: `{summary.preprocessing.to_dict()}`; scanned {summary.finished_at} with MemoScope "
+        f"- Preprocessing: {summary.preprocessing.describe()}; scanned {summary.finished_at} with MemoScope "
         f"{summary.versions.get('memoscope', '?')}, torch {summary.versions.get('torch', '?')}"
+        + (f" on {summary.device}" if summary.device else "")
     )
+    found = summary.search
+    if found is not None and found.sample:
+        st.warning(
+            f"The training set ({found.database} scans) was searched with an approximate index ({found.index}): it "
+            f"found the exact nearest neighbour for {found.recall_at_1:.1%} of {found.sample} sampled synthetic "
+            f"samples, at most {found.max_shortfall:.3f} correlation short. Rescan with a larger --approximate-above "
+            "for exact search."
+        )
 
 st.subheader("To do")
 synthetic = inputs.get("synthetic") or (summary.source("synthetic") if summary else None)
