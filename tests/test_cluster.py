@@ -65,3 +65,18 @@ def test_ray_workers_write_the_samples_generating_here_writes(
     worst = max(int(np.abs(a[k].astype(np.int64) - b[k].astype(np.int64)).max()) for k in a)
     assert worst <= 8, f"{worst}/65535"  # 16-bit PNGs: at most 8 levels (1e-4 of the range) apart
     assert (tmp_path / "ray" / "manifest.csv").read_text() == (tmp_path / "here" / "manifest.csv").read_text()
+
+
+@pytest.mark.slow
+def test_ray_workers_embed_as_the_detector_does_here(local_ray: None, tmp_path: Path) -> None:
+    from core.detect.detector import Detector, DetectorConfig, build_encoder, embed, embed_on_ray, save_detector
+
+    config = DetectorConfig.for_dims(2, [16, 16], arch="convres", embed_dim=8)
+    torch.manual_seed(0)
+    detector = Detector(config, build_encoder(config).eval())
+    save_detector(detector, tmp_path / "detector")
+    images = np.random.default_rng(0).uniform(-1, 1, (50, 1, 16, 16)).astype(np.float32)
+    here = embed(detector.model, images)
+    spread = embed_on_ray(tmp_path / "detector", images, "local", workers=2, chunk=16, device="cpu")
+    assert spread.shape == here.shape == (50, 8)
+    np.testing.assert_allclose(spread, here, atol=1e-5)  # chunks of 16 on two workers, back in order

@@ -415,6 +415,37 @@ def embed(
     return np.concatenate(out).astype(np.float32)
 
 
+class _EmbedStage:
+    """Embedding as a Ray stage (see :mod:`core.common.cluster`): the detector loads once per worker, from its
+    folder (safetensors); ``run`` embeds one chunk of images."""
+
+    def __init__(self, folder: str, device: str, batch_size: int) -> None:
+        self.model = load_detector(folder).model
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+
+    def run(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return embed(self.model, images, self.batch_size, self.device)
+
+
+def embed_on_ray(
+    folder: str | Path,
+    images: npt.NDArray[np.float32],
+    address: str,
+    workers: int = 0,
+    chunk: int = 4096,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> npt.NDArray[np.float32]:
+    """Embed ``images`` with the detector saved in ``folder`` on Ray workers, ``chunk`` images per task, in order
+    (a memory-mapped set is read chunk by chunk on the driver)."""
+    from core.common.cluster import map_batches
+
+    chunks = (np.array(images[start : start + chunk]) for start in range(0, len(images), chunk))
+    parts = list(map_batches(_EmbedStage, (str(folder), device, batch_size), chunks, address, workers))
+    return np.concatenate(parts).astype(np.float32)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MEMOSCOPE_CACHE_DIR", Path.home() / ".cache" / "memoscope")) / "embeddings"
 
@@ -425,6 +456,9 @@ def embed_set(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    ray: str = "",
+    folder: str | Path | None = None,
+    workers: int = 0,
 ) -> tuple[Embeddings, bool]:
     """Embed an image set, reusing the on-disk cache keyed by detector hash and input content.
 
@@ -441,7 +475,10 @@ def embed_set(
     if detector.detector_hash and path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             return Embeddings(list(cached["ids"]), cached["vectors"]), True
-    vectors = embed(detector.model, images.images, batch_size, device)
+    if ray and folder is not None:  # fanned out over a Ray cluster: each worker loads the saved detector
+        vectors = embed_on_ray(folder, images.images, ray, workers, device="auto", batch_size=batch_size)
+    else:
+        vectors = embed(detector.model, images.images, batch_size, device)
     if detector.detector_hash:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:

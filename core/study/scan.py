@@ -67,6 +67,8 @@ class ScanConfig(Config):
         cache_dir: the embedding cache.
         device: where the detector trains and embeds and pairs are verified: ``auto`` (CUDA, then MPS, then CPU),
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
+        ray, workers: ``local`` or a Ray cluster address to embed on Ray workers (one per GPU unless ``workers``);
+            empty: embed here.
         approximate_above: training sets larger than this are searched with an HNSW index; its recall@1
             against exact search, measured on a sample of the synthetic samples, goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
@@ -92,6 +94,8 @@ class ScanConfig(Config):
     patient_top: int = 3
     device: str = "auto"
     approximate_above: int = 1_000_000
+    ray: str = ""
+    workers: int = 0
 
     @property
     def rule(self) -> str:
@@ -401,7 +405,15 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         embeddings, cached = {}, {}
         for i, (role, images) in enumerate(sets.items()):
             progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
-            embeddings[role], cached[role] = embed_set(detector, images, config.cache_dir, device=device)
+            embeddings[role], cached[role] = embed_set(
+                detector,
+                images,
+                config.cache_dir,
+                device=device,
+                ray=config.ray,
+                folder=config.detector or stage / results.DETECTOR,
+                workers=config.workers,
+            )
             results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
         progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
         lap("embed")
