@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="the whole job: detector, embeddings, search, calibrated metrics")
-    p.add_argument("--ray", help="embed on Ray workers: local, auto or ray://host:port (default: here)")
+    p.add_argument("--ray", help="embed and verify on Ray workers: local, auto or ray://host:port (default: here)")
     p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
     p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
     p.add_argument("--train", required=True, help="training images: folder or CSV manifest")

@@ -80,3 +80,18 @@ def test_ray_workers_embed_as_the_detector_does_here(local_ray: None, tmp_path: 
     spread = embed_on_ray(tmp_path / "detector", images, "local", workers=2, chunk=16, device="cpu")
     assert spread.shape == here.shape == (50, 8)
     np.testing.assert_allclose(spread, here, atol=1e-5)  # chunks of 16 on two workers, back in order
+
+
+@pytest.mark.slow
+def test_ray_workers_verify_as_verification_here_does(local_ray: None) -> None:
+    from core.detect.verify import pixel_descriptors, verify
+    from core.io.sample_data import REAL_VOLUMES, axial_slices
+
+    slices = axial_slices(next(v for v in REAL_VOLUMES if v.subject == "mni152"), 32, step=4)
+    train, queries = slices[::2], slices[1::2]
+    args = (pixel_descriptors(queries), pixel_descriptors(train), queries, train, 2)
+    here = verify(*args, chunk=5)
+    spread = verify(*args, chunk=5, ray="local", workers=2)
+    np.testing.assert_array_equal(spread.neighbors.index, here.neighbors.index)
+    np.testing.assert_allclose(spread.neighbors.similarity, here.neighbors.similarity, atol=1e-5)
+    assert spread.alignments == here.alignments

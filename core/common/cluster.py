@@ -58,7 +58,9 @@ def map_batches(
     gpus = cluster_gpus(ray)
     count = workers or max(gpus, 2)
     remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(stage)
-    actors = [remote.remote(*init) for _ in range(count)]
+    # large arguments (a training set's images) go into the object store once and are shared by every actor
+    shared = tuple(ray.put(a) if getattr(a, "nbytes", 0) > 1 << 20 else a for a in init)
+    actors = [remote.remote(*shared) for _ in range(count)]
     pool = ray.util.ActorPool(actors)
     try:
         yield from pool.map(lambda actor, batch: actor.run.remote(batch), batches)

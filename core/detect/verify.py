@@ -357,6 +357,25 @@ def candidate_lists(
 QUERY_CHUNK = 4096  # queries verified together (their images and band-passed copies are in memory at once)
 
 
+class _VerifyStage:
+    """Verification as a Ray stage (see :mod:`core.common.cluster`): the database images arrive once per worker
+    (through Ray's object store); ``run`` verifies one chunk of queries against their candidate rows."""
+
+    def __init__(
+        self, shape: tuple[int, ...], config: VerifyConfig, device: str, database: npt.NDArray[np.float32]
+    ) -> None:
+        from core.common.devices import resolve_device
+
+        self.verifier = Verifier(shape, config, str(resolve_device(device)))
+        self.database = database
+
+    def run(
+        self, batch: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[list[Alignment]]]:
+        queries, rows = batch
+        return self.verifier.score(queries, self.database, rows)
+
+
 def verify(
     query_vectors: npt.ArrayLike,
     database_vectors: npt.ArrayLike,
@@ -365,16 +384,28 @@ def verify(
     k: int,
     config: VerifyConfig | None = None,
     device: str = "cpu",
+    ray: str = "",
+    workers: int = 0,
+    chunk: int = QUERY_CHUNK,
 ) -> Verified:
-    """Retrieve candidates, verify each, and keep the ``k`` best verified per query (best first)."""
+    """Retrieve candidates, verify each, and keep the ``k`` best verified per query (best first).
+
+    Queries are verified ``chunk`` at a time (memory follows the chunk, not the synthetic set); with ``ray``
+    (``local`` or a cluster address) the chunks go to Ray workers, each holding the database images once.
+    """
     config = config or VerifyConfig()
     q_images = np.asarray(query_images, dtype=np.float32)
     rows, retrieval = candidate_lists(query_vectors, database_vectors, q_images, database_images, config)
-    verifier = Verifier(q_images.shape[2:], config, device)
-    parts = [
-        verifier.score(np.array(q_images[chunk]), database_images, rows[chunk])
-        for chunk in (slice(start, start + QUERY_CHUNK) for start in range(0, len(q_images), QUERY_CHUNK))
-    ]  # queries in chunks: memory follows the chunk, not the synthetic set
+    chunks = [slice(start, start + chunk) for start in range(0, len(q_images), chunk)]
+    if ray:
+        from core.common.cluster import map_batches
+
+        init = (q_images.shape[2:], config, "auto", np.asarray(database_images, dtype=np.float32))
+        batches = ((np.array(q_images[c]), rows[c]) for c in chunks)
+        parts = list(map_batches(_VerifyStage, init, batches, ray, workers))
+    else:
+        verifier = Verifier(q_images.shape[2:], config, device)
+        parts = [verifier.score(np.array(q_images[c]), database_images, rows[c]) for c in chunks]
     structure = np.concatenate([p[0] for p in parts])
     pixel = np.concatenate([p[1] for p in parts])
     alignments = [a for p in parts for a in p[2]]
@@ -423,6 +454,8 @@ def verify_tables(
     k: int,
     config: VerifyConfig | None = None,
     device: str = "cpu",
+    ray: str = "",
+    workers: int = 0,
 ) -> VerifiedTables:
     """Verify all four directions (``vectors`` and ``images`` keyed ``train``, ``val``, ``synthetic``).
 
@@ -432,7 +465,9 @@ def verify_tables(
     """
 
     def run(query: str, database: str) -> Verified:
-        return verify(vectors[query], vectors[database], images[query], images[database], k, config, device)
+        return verify(
+            vectors[query], vectors[database], images[query], images[database], k, config, device, ray, workers
+        )
 
     s2t = run("synthetic", "train")
     return VerifiedTables(

@@ -67,8 +67,8 @@ class ScanConfig(Config):
         cache_dir: the embedding cache.
         device: where the detector trains and embeds and pairs are verified: ``auto`` (CUDA, then MPS, then CPU),
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
-        ray, workers: ``local`` or a Ray cluster address to embed on Ray workers (one per GPU unless ``workers``);
-            empty: embed here.
+        ray, workers: ``local`` or a Ray cluster address to embed and verify on Ray workers (one per GPU unless
+            ``workers``); empty: here.
         approximate_above: training sets larger than this are searched with an HNSW index; its recall@1
             against exact search, measured on a sample of the synthetic samples, goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
@@ -436,6 +436,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
                 config.k,
                 config.verify,
                 str(device),
+                config.ray,
+                config.workers,
             )
             tables, verified = checked.tables, checked.synthetic_to_train
             lap("verify")
