@@ -87,8 +87,11 @@ class ExactIndex:
         self.config = config or SearchConfig()
         data = pearson_normalize(database)
         self.size, self.dim = data.shape
-        self._index = faiss.IndexFlatIP(self.dim)
+        self._index = self._build(self.dim)
         self._index.add(data)
+
+    def _build(self, dim: int) -> faiss.Index:
+        return faiss.IndexFlatIP(dim)
 
     def search(self, queries: npt.ArrayLike, k: int | None = None) -> Neighbors:
         k = min(k or self.config.k, self.size)
@@ -131,30 +134,16 @@ class TorchIndex:
         return Neighbors(np.clip(np.concatenate(sims), -1.0, 1.0), np.concatenate(idx))
 
 
-class HNSWIndex:
-    """Approximate search: faiss's HNSW graph over the Pearson-normalised vectors (inner product)."""
+class HNSWIndex(ExactIndex):
+    """Approximate search: faiss's HNSW graph over the Pearson-normalised vectors (inner product); searched like
+    :class:`ExactIndex`, in query chunks."""
 
     kind = "approximate (faiss HNSW)"
 
-    def __init__(self, database: npt.ArrayLike, config: SearchConfig | None = None) -> None:
-        self.config = config or SearchConfig()
-        data = pearson_normalize(database)
-        self.size, self.dim = data.shape
-        self._index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        self._index.hnsw.efSearch = max(self.config.ef_search, self.config.k)
-        self._index.add(data)
-
-    def search(self, queries: npt.ArrayLike, k: int | None = None) -> Neighbors:
-        k = min(k or self.config.k, self.size)
-        q = pearson_normalize(queries)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
-        sims = np.empty((len(q), k), dtype=np.float32)
-        idx = np.empty((len(q), k), dtype=np.int64)
-        for start in range(0, len(q), self.config.chunk_size):
-            stop = start + self.config.chunk_size
-            sims[start:stop], idx[start:stop] = self._index.search(q[start:stop], k)
-        return Neighbors(np.clip(sims, -1.0, 1.0), idx)
+    def _build(self, dim: int) -> faiss.Index:
+        index = faiss.IndexHNSWFlat(dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(self.config.ef_search, self.config.k)
+        return index
 
 
 Index = ExactIndex | TorchIndex | HNSWIndex

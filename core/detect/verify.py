@@ -32,7 +32,7 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.utils import to_norm_affine
 
 from core.common.config import Config, check_range
-from core.detect.search import ExactIndex, Neighbors, NeighborTables, SearchConfig, make_index
+from core.detect.search import Neighbors, NeighborTables, SearchConfig, make_index
 
 
 class MatchMethod(StrEnum):
@@ -431,7 +431,7 @@ def best_match(
     """Each query's best database match under the copy call ``method`` (k = 1): the one place a caller picks
     between the paper's embedding search and retrieval + verification."""
     if method == MatchMethod.PAPER:
-        return ExactIndex(database_vectors, SearchConfig(k=1)).search(query_vectors)
+        return make_index(database_vectors, SearchConfig(k=1)).search(query_vectors)
     return verify(query_vectors, database_vectors, query_images, database_images, 1, config, device).neighbors
 
 
