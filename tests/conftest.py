@@ -63,3 +63,15 @@ def _committed_demo_untouched() -> Iterator[None]:
     after = snapshot()
     changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})
     assert not changed, f"tests changed committed demo files: {changed[:5]}"
+
+
+@pytest.fixture(scope="session")
+def checkpoint_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained 2D LDM checkpoint (16x16), saved as safetensors like any other."""
+    from core.generative.ldm import build_autoencoder, build_unet, default_config, save_ldm
+
+    config = default_config(2, (16, 16))
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ck") / "ldm2d"
+    save_ldm(folder, config, build_autoencoder(config), build_unet(config))
+    return folder

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from core.common.errors import MemoScopeError
-from core.generative.ldm import build_autoencoder, build_unet, default_config, save_ldm
 from core.generative.sample import GenerateConfig, generate
 
 ray = pytest.importorskip("ray")
@@ -24,24 +23,15 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = default_config(2, (16, 16))
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ck") / "ldm2d"
-    save_ldm(folder, config, build_autoencoder(config), build_unet(config))
-    return folder
-
-
 def _pixels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("sample_*.png"))}
 
 
-def test_an_unreachable_cluster_is_a_clear_error(checkpoint: Path, tmp_path: Path) -> None:
+def test_an_unreachable_cluster_is_a_clear_error(checkpoint_2d: Path, tmp_path: Path) -> None:
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process")
     config = GenerateConfig.from_dict(
-        {"checkpoint": str(checkpoint), "n": 1, "steps": 1, "out": str(tmp_path / "g"), "ray": "ray://127.0.0.1:1"}
+        {"checkpoint": str(checkpoint_2d), "n": 1, "steps": 1, "out": str(tmp_path / "g"), "ray": "ray://127.0.0.1:1"}
     )
     with pytest.raises(MemoScopeError, match="cannot reach a Ray cluster"):
         generate(config)
@@ -49,9 +39,9 @@ def test_an_unreachable_cluster_is_a_clear_error(checkpoint: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_ray_workers_write_the_samples_generating_here_writes(
-    local_ray: None, checkpoint: Path, tmp_path: Path
+    local_ray: None, checkpoint_2d: Path, tmp_path: Path
 ) -> None:
-    common = {"checkpoint": str(checkpoint), "n": 5, "steps": 3, "seed": 11, "device": "cpu"}
+    common = {"checkpoint": str(checkpoint_2d), "n": 5, "steps": 3, "seed": 11, "device": "cpu"}
     here = generate(GenerateConfig.from_dict({**common, "out": str(tmp_path / "here"), "batch_size": 5}))
     spread = generate(
         GenerateConfig.from_dict(

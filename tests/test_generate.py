@@ -17,15 +17,6 @@ from core.generative.ldm import build_autoencoder, build_scheduler, build_unet, 
 from core.generative.sample import GenerateConfig, generate, sample, sample_seed
 
 
-@pytest.fixture(scope="module")
-def checkpoint_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = default_config(2, (16, 16))
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ck") / "ldm2d"
-    save_ldm(folder, config, build_autoencoder(config), build_unet(config))
-    return folder
-
-
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
 def test_sample_depends_only_on_seed_and_index(checkpoint_2d: Path, scheduler: str) -> None:
     ldm = load_ldm(checkpoint_2d)

@@ -6,6 +6,7 @@ checkpoints and data linked in. Screenshots of each state go to artifacts/screen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -116,6 +117,18 @@ def page(browser, server: str):  # noqa: ANN001, ANN201 - playwright Page
     page.goto(server)
     yield page
     page.close()
+
+
+@contextlib.contextmanager
+def _fresh_page(browser, url: str, width: int = 1024, height: int = 768):  # noqa: ANN001, ANN202
+    """A new page at ``url`` (its own session), closed afterwards."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(url)
+        yield page
+    finally:
+        page.close()
 
 
 def _metric(page, label: str) -> str:  # noqa: ANN001
@@ -295,10 +308,7 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
 
 def test_direct_page_urls_open_the_app_with_its_navigation(browser, server: str) -> None:  # noqa: ANN001
     """A bookmarked /review or /calibrate opens that page of the app (study and navigation), not a bare script."""
-    page = browser.new_page(viewport={"width": 1024, "height": 768})
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(f"{server}/overview")
+    with _fresh_page(browser, f"{server}/overview") as page:
         page.get_by_text("Study: demo-2d").wait_for()
         assert not page.get_by_text("Page not found").count()
         page.goto(f"{server}/calibrate")
@@ -306,17 +316,12 @@ def test_direct_page_urls_open_the_app_with_its_navigation(browser, server: str)
         page.get_by_role("heading", name=re.compile("Calibrate")).first.wait_for()
         assert not page.get_by_text("Open or create a study in the sidebar first").count()
         assert not page.get_by_test_id("stSidebarNav").get_by_role("link", name="_ui").count()
-    finally:
-        page.close()
 
 
 def test_presentation_mode_shows_pseudonyms_on_the_review_page(browser, server: str) -> None:  # noqa: ANN001
     """With the sidebar switch on, no training scan or patient name of the demo is on the Review page, and the
     switch survives a reload (it is kept in the URL)."""
-    page = browser.new_page(viewport={"width": 1024, "height": 768})
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(f"{server}/review")
+    with _fresh_page(browser, f"{server}/review") as page:
         page.get_by_text(re.compile(r"^\d+ / \d+:")).first.wait_for()
         assert "mni152" in page.get_by_test_id("stMainBlockContainer").inner_text()
         page.get_by_test_id("stSidebar").get_by_text("Presentation mode").click()
@@ -331,16 +336,12 @@ def test_presentation_mode_shows_pseudonyms_on_the_review_page(browser, server: 
         page.reload()
         page.get_by_text(re.compile(r"\(patient patient-\d{4}\)")).first.wait_for()
         assert "mni152" not in page.get_by_test_id("stMainBlockContainer").inner_text()
-    finally:
-        page.close()
 
 
 def test_the_view_is_kept_in_the_url_and_typing_a_note_never_records_a_verdict(browser, server: str) -> None:  # noqa: ANN001
     """A shared link opens the same pair, window and zoom; keys typed into the note box stay in the note."""
-    page = browser.new_page(viewport={"width": 1920, "height": 1080})
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(f"{server}/review?pair=3&zoom=2x&window=percentile%20full%20range&compare=flicker")
+    link = f"{server}/review?pair=3&zoom=2x&window=percentile%20full%20range&compare=flicker"
+    with _fresh_page(browser, link, 1920, 1080) as page:
         page.get_by_text(re.compile(r"^3 / \d+:")).first.wait_for()
         page.get_by_text("flicker: synthetic / training").wait_for()
         page.get_by_text(re.compile(r"^Window width 2, level 0 ")).wait_for()  # the full range of [-1, 1]
@@ -355,5 +356,3 @@ def test_the_view_is_kept_in_the_url_and_typing_a_note_never_records_a_verdict(b
         assert note.input_value() == "yes, unsure"
         page.get_by_text(re.compile(r"as note taker: 0/")).wait_for()  # nothing recorded
         page.screenshot(path=SHOTS / "review-url-state.png")
-    finally:
-        page.close()
