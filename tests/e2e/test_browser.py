@@ -131,6 +131,26 @@ def _fresh_page(browser, url: str, width: int = 1024, height: int = 768):  # noq
         page.close()
 
 
+def _pick_row(page, row: int) -> None:  # noqa: ANN001
+    """Click the selection box of the work list's ``row`` (1-based) until the pair line shows it: the table sits
+    below the images, which may still move it while they load."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    grid = page.get_by_test_id("stDataFrame").first
+    for _ in range(3):
+        page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 * (row - 1) + 17)
+        try:
+            page.get_by_text(re.compile(rf"^{row} / \d+")).first.wait_for(timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"clicking row {row} of the work list did not select it")
+
+
 def _metric(page, label: str) -> str:  # noqa: ANN001
     block = page.get_by_test_id("stMetric").filter(has_text=label).first
     return block.get_by_test_id("stMetricValue").inner_text()
@@ -198,12 +218,7 @@ def test_review_select_a_pair_and_change_the_window(page) -> None:  # noqa: ANN0
     _go(page, "Review")
     _show_all_if_no_copies(page)
     page.get_by_text(re.compile(r"^1 / \d+")).first.wait_for()
-    grid = page.get_by_test_id("stDataFrame").first
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    assert box is not None
-    page.mouse.click(box["x"] + 18, box["y"] + 35 + 35 * 2 + 17)  # the third data row's selection box
-    page.get_by_text(re.compile(r"^3 / \d+")).first.wait_for()
+    _pick_row(page, 3)
     page.get_by_test_id("stSelectbox").filter(has_text="Window").click()
     page.get_by_role("option", name="percentile full range").click()
     page.get_by_text(re.compile(r"Window width .* applied to both images")).wait_for()
