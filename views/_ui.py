@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -180,16 +179,6 @@ def start(study: Path, kind: str, options: dict[str, Any]) -> bool:
     return True
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "estimating"
-    return (
-        time.strftime("%H:%M:%S", time.gmtime(seconds))
-        if seconds >= 3600
-        else time.strftime("%M:%S", time.gmtime(seconds))
-    )
-
-
 def job_panel(study: Path, kind: str) -> jobs.Job | None:
     """Progress of the study's latest ``kind`` job, polled every second while it runs.
 
@@ -206,7 +195,7 @@ def job_panel(study: Path, kind: str) -> jobs.Job | None:
             if latest.message:
                 st.caption(latest.message)
         elif latest.status == "done":
-            took = f" in {fmt_seconds(latest.updated - latest.started)}" if latest.updated and latest.started else ""
+            took = f" in {jobs.clock(latest.updated - latest.started)}" if latest.updated and latest.started else ""
             when = (latest.finished_at or "")[:19].replace("T", " ")
             st.success(f"{latest.kind} finished{took} ({when} UTC): {latest.message}")
             if st.session_state.get(f"seen::{latest.id}") is None:

@@ -40,6 +40,7 @@ class ImageFormat(StrEnum):
     NPY = "npy"
 
 
+AUTOCAST = {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 MANIFEST = "manifest.csv"
 RECORD = "generation.json"
 
@@ -99,7 +100,7 @@ def sample(
     scheduler.set_timesteps(num_inference_steps=steps, device=device)  # type: ignore[operator]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([torch.randn(ldm.config.latent_shape, generator=g) for g in generators]).to(device)
-    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = AUTOCAST[precision]
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
     with torch.inference_mode():
         for t in scheduler.timesteps:
@@ -186,7 +187,7 @@ def fit_batch_size(ldm: LDM, device: torch.device, precision: Precision = Precis
     32 on CPU."""
     if device.type != "cuda":
         return CPU_BATCH
-    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = AUTOCAST[precision]
     batch = MAX_GPU_BATCH
     while batch > 1:
         try:

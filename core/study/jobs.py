@@ -106,11 +106,12 @@ class Job:
         if rate is not None:
             parts.append(f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s")
         eta = self.eta_seconds(now)
-        parts.append("ETA " + ("estimating" if eta is None else _clock(eta)))
+        parts.append("ETA " + ("estimating" if eta is None else clock(eta)))
         return " · ".join(parts)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``mm:ss``, or ``hh:mm:ss`` from an hour on."""
     return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
 
 
