@@ -12,7 +12,7 @@ from typing import Any
 from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.common.progress import StageBars
-from core.detect.detector import Arch
+from core.detect.record import Arch
 from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
 from core.generative.sample import ImageFormat, Precision

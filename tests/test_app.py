@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -283,3 +286,33 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     _ok(at)
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
     assert any("saved by Dr Ada" in c.value for c in at.caption)
+
+
+HEAVY = ("torch", "monai", "faiss", "scipy", "sklearn", "skimage", "ray")
+FIRST_RENDER = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({app!r}, default_timeout=120)
+at.session_state["study"] = {study!r}
+at.run()
+assert not at.exception, [e.value for e in at.exception]
+assert [m.label for m in at.metric][:2] == ["Threshold", "Memorized"], [m.label for m in at.metric]
+print(sorted({{name.split(".")[0] for name in sys.modules}} & set({heavy!r})))
+"""
+
+
+def test_first_page_imports_no_heavy_library(tmp_path: Path) -> None:
+    """The Overview renders from the study files alone: torch, MONAI, faiss, SciPy and friends are imported only by
+    the pages and jobs that compute (issue 13: the first page within 5 s of the server on 2 cores)."""
+    study = tmp_path / "demo-2d"
+    shutil.copytree(DEMO_2D, study, ignore=shutil.ignore_patterns("jobs"))
+    code = FIRST_RENDER.format(app=str(APP), study=str(study), heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

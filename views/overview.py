@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.detect.detector import is_detector_folder
+from core.detect.record import is_detector_folder
 from core.study import jobs, results
 from core.study.results import ROLES
 from core.study.review import metrics_at

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from core.common.errors import MemoScopeError
+
+if TYPE_CHECKING:  # torch loads when a device is resolved, not with the configs that name one
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; ``cuda[:i]``/``mps``/``cpu`` are checked."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -31,6 +36,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def device_description(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"

@@ -7,7 +7,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,82 +21,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.common.config import Config, check_range
 from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
-from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_files, sha256_json, versions
-from core.io.augment import AugmentPolicy, augment_batch, augmentation
-from core.io.data import ImageSet, SliceAxis, check_patient_overlap, load_set
-from core.io.preprocessing import PreprocessSpec
-
-
-class Arch(StrEnum):
-    RESNET18 = "resnet18"
-    RESNET50 = "resnet50"
-    CONVRES = "convres"
-
-
-CONFIG_NAME = "detector.json"
-WEIGHTS_NAME = "detector.safetensors"
-
-
-@dataclass
-class DetectorConfig(Config):
-    """Detector hyper-parameters (defaults follow Dar et al. where they fit a CPU).
-
-    Attributes:
-        spatial_dims: 2 or 3.
-        image_size: input size (H, W[, D]).
-        arch: ``resnet18``/``resnet50`` (MONAI ResNet, 1 input channel, last layer -> embed_dim;
-            the paper's 2D choice is ResNet-50) or ``convres`` (the paper's 3D encoder: stride-2
-            conv + residual GroupNorm blocks down to a 4-voxel grid, 1x1 conv to 8 channels,
-            Linear -> 128, ReLU, Dropout 0.5, Linear -> embed_dim).
-        embed_dim: embedding size (paper: 128 in 2D, 32 in 3D).
-        augmentation: ``paper`` (rotation +-5 deg and a flip, p = 0.5) or ``strong`` (adds
-            translation, intensity scale/shift, gamma, blur and noise).
-        temperature: NT-Xent temperature (0.07).
-        epochs, batch_size, lr, lr_min: Adam with cosine annealing from lr to lr_min.
-        seed: initialisation, shuffling and augmentation.
-    """
-
-    spatial_dims: int
-    image_size: list[int]
-    arch: Arch = Arch.RESNET18
-    embed_dim: int = 128
-    augmentation: AugmentPolicy = AugmentPolicy.STRONG
-    temperature: float = 0.07
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-4
-    lr_min: float = 5e-5
-    seed: int = 0
-    preprocessing: PreprocessSpec | None = None
-
-    def validate(self) -> None:
-        if not isinstance(self.image_size, list | tuple) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 4 for s in self.image_size
-        ):
-            raise MemoScopeError(f"detector image_size {self.image_size!r} must be a list of integers of at least 4.")
-        if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
-            raise MemoScopeError(
-                f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree."
-            )
-        self.image_size = list(self.image_size)
-        check_range("detector embed_dim", self.embed_dim, 1)
-        check_range("detector epochs", self.epochs, 1)
-        check_range("detector batch_size", self.batch_size, 2)
-        check_range("detector temperature", self.temperature, 1e-6)
-        check_range("detector lr", self.lr, 1e-12)
-        check_range("detector lr_min", self.lr_min, 0.0, self.lr)
-
-    @classmethod
-    def for_dims(cls, spatial_dims: int, image_size: list[int], **overrides: Any) -> DetectorConfig:
-        """Defaults per dimensionality: 2D ResNet-18 -> 128, 3D the paper's encoder -> 32."""
-        base: dict[str, Any] = {"arch": Arch.RESNET18, "embed_dim": 128}
-        if spatial_dims == 3:
-            base = {"arch": Arch.CONVRES, "embed_dim": 32, "batch_size": 8}
-        return cls.from_dict({"spatial_dims": spatial_dims, "image_size": list(image_size), **base, **overrides})
+from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_json, versions
+from core.detect.record import (  # noqa: F401 - re-exported: the detector's public names stay importable from here
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Arch,
+    DetectorConfig,
+    DetectorRecord,
+    TrainDetectorConfig,
+    detector_hash,
+    is_detector_folder,
+    read_detector_record,
+)
+from core.io.augment import augment_batch, augmentation
+from core.io.data import ImageSet, check_patient_overlap, load_set
 
 
 class ConvResEncoder(nn.Module):
@@ -285,22 +225,6 @@ def train_and_save(
     return detector
 
 
-@dataclass(frozen=True)
-class TrainDetectorConfig(Config):
-    """``train-detector``: both sets, the output folder, preprocessing and :class:`DetectorConfig` overrides."""
-
-    train: str
-    val: str
-    out: str
-    spec: PreprocessSpec
-    slices: SliceAxis | None = None
-    skip_bad: bool = False
-    seed: int = 0
-    overrides: dict[str, Any] = field(default_factory=dict)
-    overwrite: bool = False
-    device: str = "auto"
-
-
 def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent) -> Detector:
     """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
     train = load_set(config.train, config.spec, role="train", slices=config.slices, skip_bad=config.skip_bad)
@@ -324,38 +248,6 @@ def save_detector(detector: Detector, folder: str | Path, overwrite: bool = Fals
         )
     detector.detector_hash = detector_hash(folder)
     return detector.detector_hash
-
-
-def is_detector_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a saved detector (its config and weights)."""
-    return (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
-
-
-@dataclass(frozen=True)
-class DetectorRecord:
-    """A saved detector's config and training history, read without building the network."""
-
-    folder: Path
-    config: DetectorConfig
-    history: list[dict[str, float]]
-    best_epoch: int
-
-
-def read_detector_record(folder: str | Path) -> DetectorRecord:
-    folder = Path(folder)
-    if not is_detector_folder(folder):
-        raise MemoScopeError(f"{folder}: not a detector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
-    path = folder / CONFIG_NAME
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        config = DetectorConfig.from_dict(record["config"], source=f"{path} config")
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MemoScopeError(f"{path}: invalid detector record ({exc}).") from exc
-    return DetectorRecord(folder, config, record.get("history", []), int(record.get("best_epoch", -1)))
-
-
-def detector_hash(folder: str | Path) -> str:
-    return sha256_files([Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME])
 
 
 def load_detector(folder: str | Path) -> Detector:

@@ -6,11 +6,10 @@ import math
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
+from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
-from skimage.metrics import structural_similarity
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
@@ -87,6 +86,8 @@ def ucb_order_statistic(n: int, percentile: float, confidence: float = UCB_CONFI
     ``P(X_(r) >= q_p) = P(Binomial(n, p) <= r - 1)``; the smallest r reaching ``confidence``, or ``None``
     when even the largest value is not enough (``n`` below :func:`min_null_size`).
     """
+    from scipy import stats
+
     r = int(stats.binom.ppf(confidence, n, percentile / 100.0)) + 1
     while r > 1 and stats.binom.cdf(r - 2, n, percentile / 100.0) >= confidence:
         r -= 1
@@ -157,7 +158,7 @@ def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval for a binomial proportion."""
     if total == 0:
         return (math.nan, math.nan)
-    z = stats.norm.ppf(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = count / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
@@ -174,6 +175,8 @@ def fraction_with_ci(
     When every flag is equal the bootstrap interval collapses to a point, which overstates
     certainty; the Wilson score interval is reported then, and ``method`` says so.
     """
+    from scipy import stats
+
     x = np.asarray(flags, dtype=bool)
     count, total = int(x.sum()), int(x.size)
     if total == 0:
@@ -307,4 +310,6 @@ def pixel_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
 
 def ssim(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """Structural similarity of two images in [-1, 1] intensity (data range 2)."""
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=2.0))

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 Image = npt.NDArray[np.float32]
 Perturb = Callable[[Image, np.random.Generator], Image]
@@ -31,7 +30,12 @@ def _noise(level: int) -> Perturb:
 
 
 def _blur(level: int) -> Perturb:
-    return lambda x, rng: ndimage.gaussian_filter(x, sigma=BLUR_SIGMA[level - 1]).astype(np.float32)
+    def blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from scipy import ndimage
+
+        return ndimage.gaussian_filter(x, sigma=BLUR_SIGMA[level - 1]).astype(np.float32)
+
+    return blur
 
 
 def _intensity(level: int) -> Perturb:
@@ -41,6 +45,8 @@ def _intensity(level: int) -> Perturb:
 
 def _shift(level: int) -> Perturb:
     def move(x: Image, rng: np.random.Generator) -> Image:
+        from scipy import ndimage
+
         offsets = rng.choice([-1.0, 1.0], size=x.ndim) * SHIFT_PX[level - 1]
         return ndimage.shift(x, offsets, order=1, mode="nearest").astype(np.float32)
 
@@ -49,6 +55,8 @@ def _shift(level: int) -> Perturb:
 
 def _rotate(level: int) -> Perturb:
     def turn(x: Image, rng: np.random.Generator) -> Image:
+        from scipy import ndimage
+
         angle = float(rng.choice([-1.0, 1.0])) * ROTATE_DEG[level - 1]
         axes = (0, 1) if x.ndim == 2 else tuple(int(a) for a in rng.choice(3, size=2, replace=False))
         return ndimage.rotate(x, angle, axes=axes, reshape=False, order=1, mode="nearest").astype(np.float32)
@@ -60,6 +68,8 @@ def _warp(level: int) -> Perturb:
     """A smooth random deformation (what a generator's imperfect reproduction of anatomy looks like)."""
 
     def deform(x: Image, rng: np.random.Generator) -> Image:
+        from scipy import ndimage
+
         smooth = max(x.shape) / 10.0
         fields = [ndimage.gaussian_filter(rng.normal(size=x.shape), smooth) for _ in range(x.ndim)]
         peak = max(float(np.abs(f).max()) for f in fields) or 1.0

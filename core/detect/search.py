@@ -9,14 +9,15 @@ recall@1 against exact search is measured on a sample of the queries and recorde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from core.common.config import Config
+
+if TYPE_CHECKING:  # faiss and torch load with the first index, not with the results' types
+    import faiss
 
 Direction = Literal["synthetic->train", "train->synthetic", "train->val", "val->train"]
 
@@ -91,6 +92,8 @@ class ExactIndex:
         self._index.add(data)
 
     def _build(self, dim: int) -> faiss.Index:
+        import faiss
+
         return faiss.IndexFlatIP(dim)
 
     def search(self, queries: npt.ArrayLike, k: int | None = None) -> Neighbors:
@@ -112,6 +115,8 @@ class TorchIndex:
     kind = "exact (torch)"
 
     def __init__(self, database: npt.ArrayLike, config: SearchConfig | None = None) -> None:
+        import torch
+
         self.config = config or SearchConfig()
         self.device = torch.device(self.config.device)
         self._data = torch.from_numpy(pearson_normalize(database)).to(self.device)
@@ -122,6 +127,8 @@ class TorchIndex:
         q = pearson_normalize(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        import torch
+
         sims, idx = [], []
         with torch.inference_mode():
             for start in range(0, len(q), self.config.chunk_size):
@@ -141,6 +148,8 @@ class HNSWIndex(ExactIndex):
     kind = "approximate (faiss HNSW)"
 
     def _build(self, dim: int) -> faiss.Index:
+        import faiss
+
         index = faiss.IndexHNSWFlat(dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(self.config.ef_search, self.config.k)
         return index
@@ -156,7 +165,7 @@ def make_index(database: npt.ArrayLike, config: SearchConfig | None = None) -> I
     size = len(np.asarray(database))
     if size > config.approximate_above:
         return HNSWIndex(database, config)
-    if torch.device(config.device).type == "cuda":
+    if config.device.startswith("cuda"):
         return TorchIndex(database, config)
     return ExactIndex(database, config)
 

@@ -23,16 +23,16 @@ import itertools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from monai.networks.layers import AffineTransform, separable_filtering
-from monai.networks.layers.convutils import gaussian_1d
-from monai.networks.utils import to_norm_affine
 
 from core.common.config import Config, check_range
 from core.detect.search import Neighbors, NeighborTables, SearchConfig, make_index
+
+if TYPE_CHECKING:  # torch and MONAI load when something is verified, not when a study's results are read
+    import torch
 
 
 class MatchMethod(StrEnum):
@@ -137,6 +137,8 @@ def _rotation_matrix(spatial_dims: int, axis: int, degrees: float) -> torch.Tens
 
     The sign follows ``scipy.ndimage.rotate(image, degrees)`` in 2D, so an alignment reads as the move applied.
     """
+    import torch
+
     t = -math.radians(degrees)
     c, s = math.cos(t), math.sin(t)
     m = torch.eye(spatial_dims + 1, dtype=torch.float32)
@@ -152,6 +154,10 @@ def band_pass(images: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
     dims = images.ndim - 2
 
     def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        import torch
+        from monai.networks.layers import separable_filtering
+        from monai.networks.layers.convutils import gaussian_1d
+
         if sigma <= 0:
             return x
         kernel = gaussian_1d(torch.tensor(sigma), truncated=3.0, normalize=True).to(x)
@@ -162,6 +168,8 @@ def band_pass(images: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of ``(B, V)`` tensors; 0 where either row is constant."""
+    import torch
+
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     denom = torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
@@ -172,6 +180,9 @@ class Verifier:
     """Aligns and scores pairs of same-sized images on one device (see the module docstring)."""
 
     def __init__(self, shape: tuple[int, ...], config: VerifyConfig | None = None, device: str = "cpu") -> None:
+        import torch
+        from monai.networks.layers import AffineTransform
+
         self.config = config or VerifyConfig()
         self.shape = tuple(int(s) for s in shape)
         self.dims = len(self.shape)
@@ -196,6 +207,9 @@ class Verifier:
 
     def _sampling_grids(self, matrices: torch.Tensor) -> torch.Tensor:
         """The grids MONAI's ``AffineTransform`` would build for ``matrices`` (computed once, not per pair)."""
+        import torch
+        from monai.networks.utils import to_norm_affine
+
         theta = to_norm_affine(matrices, self.shape, self.shape, align_corners=True, zero_centered=True)
         reverse = torch.arange(self.dims - 1, -1, -1, device=theta.device)
         theta[:, : self.dims] = theta[:, reverse]
@@ -205,6 +219,8 @@ class Verifier:
 
     def _rotate(self, images: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
         """Resample ``(B, 1, *S)`` images, each at its orientation index, with border padding."""
+        import torch
+
         return torch.nn.functional.grid_sample(
             images, self._grids[orientation], mode="bilinear", padding_mode="border", align_corners=True
         )
@@ -217,6 +233,8 @@ class Verifier:
         The band-passed candidate is rotated (a Gaussian band-pass commutes with rotation), so each image is
         filtered once per call, not once per orientation; the query's spectrum is taken once per pair.
         """
+        import torch
+
         p, o = len(q_raw), len(self.orientations)
         orientation = torch.arange(o, device=q_raw.device).repeat(p)  # (P*O,), orientation fastest
         m_band = self._rotate(d_band.repeat_interleave(o, dim=0), orientation)  # (P*O, 1, *S)
@@ -239,6 +257,8 @@ class Verifier:
 
     def _band(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Band-pass every image once, in batches on the device."""
+        import torch
+
         out = np.empty_like(images)
         step = max(1, self.config.batch_pairs)
         for start in range(0, len(images), step):
@@ -251,6 +271,8 @@ class Verifier:
 
     def _shifted_crop(self, images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """The central crop of each image rolled by its shift (``torch.roll`` per row, vectorised): ``(B, V)``."""
+        import torch
+
         index: list[torch.Tensor] = []
         for axis, (size, m) in enumerate(zip(self.shape, self.margin, strict=True)):
             k = torch.arange(m, size - m, device=images.device)
@@ -261,11 +283,12 @@ class Verifier:
         batch = torch.arange(len(images), device=images.device).reshape([-1] + [1] * self.dims)
         return images[:, 0][tuple([batch, *index])].flatten(1)
 
-    @torch.no_grad()
     def score(
         self, queries: npt.ArrayLike, database: npt.ArrayLike, candidates: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[list[Alignment]]]:
         """Align ``database[candidates[q, c]]`` onto ``queries[q]``: structure and pixel ``(Q, C)``, alignments."""
+        import torch
+
         q_images = np.asarray(queries, dtype=np.float32)
         d_images = np.asarray(database, dtype=np.float32)
         cand = np.asarray(candidates, dtype=np.int64)
@@ -291,7 +314,10 @@ class Verifier:
         for start in range(0, len(pairs_q), step):
             sl = slice(start, start + step)
             q, d = pairs_q[sl], d_local[sl]
-            s, px, o, sh = self._align_scores(batch(q_images, q), batch(q_band, q), batch(d_used, d), batch(d_band, d))
+            with torch.no_grad():
+                s, px, o, sh = self._align_scores(
+                    batch(q_images, q), batch(q_band, q), batch(d_used, d), batch(d_band, d)
+                )
             structure[sl], pixel[sl] = s.cpu().numpy(), px.cpu().numpy()
             orient[sl], shifts[sl] = o.cpu().numpy(), sh.cpu().numpy()
         alignments = [
@@ -305,6 +331,8 @@ class Verifier:
 
     def apply(self, image: npt.ArrayLike, alignment: Alignment) -> npt.NDArray[np.float32]:
         """Move one ``(*S)`` image by ``alignment`` (for showing the aligned overlay)."""
+        import torch
+
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].to(self.device)
         theta = _rotation_matrix(self.dims, alignment.axis, alignment.angle)[None].to(self.device)
         moved = self._warp(x, theta)[0, 0]
@@ -314,6 +342,8 @@ class Verifier:
 def pixel_descriptors(images: npt.ArrayLike, size: int = 16, chunk: int = 1024) -> npt.NDArray[np.float32]:
     """Blurred, downsampled pixels as vectors (the pixel retrieval's embedding): ``(N, size**d)``, computed
     ``chunk`` images at a time (a memory-mapped set is read, never held whole)."""
+    import torch
+
     x = np.asarray(images, dtype=np.float32)
     pooled = torch.nn.functional.adaptive_avg_pool2d if x.ndim == 4 else torch.nn.functional.adaptive_avg_pool3d
     parts = [

@@ -8,17 +8,16 @@ import pickle
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-import torch
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, now_utc, sha256_file, sha256_files, versions
+
+if TYPE_CHECKING:  # torch and MONAI load when networks are built, not when a checkpoint's config is read
+    import torch
+    from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+    from monai.networks.schedulers import Scheduler
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "ldm.json"
@@ -159,15 +158,21 @@ def build_networks(config: LDMConfig, source: str) -> tuple[AutoencoderKL, Diffu
 
 
 def build_autoencoder(config: LDMConfig) -> AutoencoderKL:
+    from monai.networks.nets import AutoencoderKL
+
     return AutoencoderKL(**{"spatial_dims": config.spatial_dims, **config.autoencoder})
 
 
 def build_unet(config: LDMConfig) -> DiffusionModelUNet:
+    from monai.networks.nets import DiffusionModelUNet
+
     return DiffusionModelUNet(**{"spatial_dims": config.spatial_dims, **config.unet})
 
 
 def build_scheduler(config: LDMConfig, name: SchedulerName = SchedulerName.DDPM) -> Scheduler:
     """The training-time DDPM schedule, or a DDIM sampler over the same betas."""
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
     kwargs = dict(config.scheduler)
     if name == "ddpm":
         return DDPMScheduler(**kwargs)
@@ -232,6 +237,8 @@ def save_ldm(
     overwrite: bool = False,
 ) -> str:
     """Write ``ldm.json`` and both safetensors files atomically; return the checkpoint hash."""
+    from safetensors.torch import save_file
+
     with atomic_dir(folder, overwrite=overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file({k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}, tmp / AE_WEIGHTS)
@@ -268,6 +275,8 @@ def verify_checksums(folder: str | Path) -> bool:
 
 def load_ldm(folder: str | Path, device: str | torch.device = "cpu") -> LDM:
     """Rebuild an LDM from its folder; weights only through safetensors."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     config = read_config(folder)
     if not verify_checksums(folder):
@@ -299,6 +308,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     A file that pickles Python objects (a whole model) is refused; nothing in it is executed.
     """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise MemoScopeError(f"{path}: no such file.")
@@ -327,6 +340,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         wrapped = [k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)]
         if len(wrapped) != 1:
@@ -384,6 +399,8 @@ def convert_generative_state_dict(
     Returns:
         (new state dict, report); every old tensor is used or listed as ignored.
     """
+    import torch
+
     new_state: dict[str, torch.Tensor] = {}
     report = ConversionReport(converted=True)
     used: set[str] = set()
@@ -422,6 +439,7 @@ def convert_and_load(
     module: AutoencoderKL | DiffusionModelUNet, state: dict[str, torch.Tensor], source: str
 ) -> ConversionReport:
     """Load ``state`` into ``module``, converting the monai-generative layout when its keys differ."""
+
     target = module.state_dict()
     if set(state) == set(target) or set(state) <= set(target):
         _load_into(module, state, source)  # a missing key raises with the config hint

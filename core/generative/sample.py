@@ -9,14 +9,10 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
-from PIL import Image
 
 from core.common.config import Config, check_range
 from core.common.devices import device_description, resolve_device
@@ -26,6 +22,10 @@ from core.common.provenance import atomic_path, atomic_write_json, now_utc, vers
 from core.common.tables import write_csv
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm
 
+if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a generation job is configured
+    import torch
+    from monai.networks.schedulers import Scheduler
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,13 +34,19 @@ class Precision(StrEnum):
     FP16 = "fp16"
     BF16 = "bf16"
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype autocast runs in; ``None`` for full precision (no autocast)."""
+        import torch
+
+        return {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self)
+
 
 class ImageFormat(StrEnum):
     PNG16 = "png16"
     NPY = "npy"
 
 
-AUTOCAST = {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 MANIFEST = "manifest.csv"
 RECORD = "generation.json"
 
@@ -64,6 +70,9 @@ def denoise_step(
     CPU generator instead (so batch size and device cannot change it), replacing what MONAI drew from a probe
     generator whose draw is reproduced exactly.
     """
+    import torch
+    from monai.networks.schedulers import DDPMScheduler
+
     if not isinstance(scheduler, DDPMScheduler) or timestep <= 0:
         return scheduler.step(noise_pred, timestep, latents)[0]  # type: ignore[operator,no-any-return]
     probe = torch.Generator(device=latents.device)
@@ -95,12 +104,14 @@ def sample(
     Returns:
         ``(len(seeds), 1, *image_size)`` float32, clipped to [-1, 1].
     """
+    import torch
+
     device = torch.device(device)
     scheduler = build_scheduler(ldm.config, scheduler_name)
     scheduler.set_timesteps(num_inference_steps=steps, device=device)  # type: ignore[operator]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([torch.randn(ldm.config.latent_shape, generator=g) for g in generators]).to(device)
-    dtype = AUTOCAST[precision]
+    dtype = Precision(precision).autocast_dtype
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
     with torch.inference_mode():
         for t in scheduler.timesteps:
@@ -120,6 +131,9 @@ def to_uint16(image: npt.NDArray[np.floating]) -> npt.NDArray[np.uint16]:
 
 def write_image(image: npt.NDArray[np.float32], path: Path, spatial_dims: int, fmt: ImageFormat) -> None:
     """Write one ``(1, *S)`` sample atomically: NIfTI for 3D; 16-bit PNG or NPY for 2D."""
+    import nibabel as nib
+    from PIL import Image
+
     with atomic_path(path) as tmp:
         if spatial_dims == 3:
             nib.save(nib.Nifti1Image(image[0].astype(np.float32), np.eye(4)), str(tmp.with_suffix(".nii.gz")))
@@ -185,9 +199,11 @@ MAX_GPU_BATCH = 1024
 def fit_batch_size(ldm: LDM, device: torch.device, precision: Precision = Precision.FP32) -> int:
     """The largest batch (at most 1,024, halving from there) whose denoiser and decoder passes fit on a GPU;
     32 on CPU."""
+    import torch
+
     if device.type != "cuda":
         return CPU_BATCH
-    dtype = AUTOCAST[precision]
+    dtype = Precision(precision).autocast_dtype
     batch = MAX_GPU_BATCH
     while batch > 1:
         try:

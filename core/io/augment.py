@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-
-import torch
-from monai.transforms import (
-    Compose,
-    RandAdjustContrast,
-    RandAffine,
-    RandAxisFlip,
-    RandGaussianNoise,
-    RandGaussianSmooth,
-    RandRotate,
-    RandScaleIntensity,
-    RandShiftIntensity,
-)
+from typing import TYPE_CHECKING
 
 from core.common.config import parse_option
+
+if TYPE_CHECKING:  # torch and MONAI load when a policy is built, not when its name is parsed
+    import torch
+    from monai.transforms import Compose
 
 
 class AugmentPolicy(StrEnum):
@@ -28,6 +20,18 @@ class AugmentPolicy(StrEnum):
 
 def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
     """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrast,
+        RandAffine,
+        RandAxisFlip,
+        RandGaussianNoise,
+        RandGaussianSmooth,
+        RandRotate,
+        RandScaleIntensity,
+        RandShiftIntensity,
+    )
+
     angle = math.radians(5.0)
     third = 0.0 if spatial_dims == 2 else angle  # ranges beyond the image's dimensions are ignored in 2D
     paper = [
@@ -52,4 +56,6 @@ def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]
 
 def augment_batch(transform: Compose, batch: torch.Tensor) -> torch.Tensor:
     """Apply a per-sample MONAI transform to ``(B, 1, *S)``; the transform's RNG advances."""
+    import torch
+
     return torch.stack([torch.as_tensor(transform(image)).as_subclass(torch.Tensor) for image in batch]).float()

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pydicom
-from monai.data import NibabelReader, NumpyReader, PILReader, PydicomReader
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
@@ -120,6 +118,8 @@ def _patient_from_relpath(rel: Path) -> str:
 
 def _series_uid(path: Path) -> str:
     try:
+        import pydicom
+
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
     except Exception as exc:  # pydicom raises many types for a damaged header
         raise MemoScopeError(f"{path}: not a readable DICOM file ({type(exc).__name__}).") from exc
@@ -251,6 +251,8 @@ def _read_with(reader: object, path: Path) -> np.ndarray:
 
 
 def _reader_for(path: Path) -> object:
+    from monai.data import NibabelReader, NumpyReader, PILReader, PydicomReader  # with the first image, not the module
+
     name = path.name.lower()
     if path.is_dir() or name.endswith(".dcm"):
         return PydicomReader(swap_ij=False)
@@ -291,6 +293,8 @@ def read_raw(path: str | Path) -> np.ndarray:
 
 
 def _samples_per_pixel(path: Path) -> int:
+    import pydicom
+
     header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SamplesPerPixel"])
     return int(getattr(header, "SamplesPerPixel", 1) or 1)
 

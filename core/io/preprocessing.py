@@ -1,4 +1,8 @@
-"""One preprocessing spec (size and intensity rule) applied identically to every data set."""
+"""One preprocessing spec (size and intensity rule) applied identically to every data set.
+
+MONAI is imported where an image is transformed, not with the module: reading a study's spec (the app's first page)
+does not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,6 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import numpy as np
-from monai.transforms import (
-    Resize,
-    ResizeWithPadOrCrop,
-    ScaleIntensity,
-    ScaleIntensityRange,
-    ScaleIntensityRangePercentiles,
-)
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
@@ -115,6 +112,8 @@ def config_from_options(cls: type[C], options: dict[str, Any]) -> C:
 
 
 def _intensity_transform(spec: PreprocessSpec) -> Any:
+    from monai.transforms import ScaleIntensity, ScaleIntensityRange, ScaleIntensityRangePercentiles
+
     if spec.intensity == "minmax":
         return ScaleIntensity(minv=-1.0, maxv=1.0)
     if spec.intensity == "ct":
@@ -125,6 +124,8 @@ def _intensity_transform(spec: PreprocessSpec) -> Any:
 
 
 def _size_transform(spec: PreprocessSpec) -> Any:
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+
     if spec.resize == "crop_pad":
         return ResizeWithPadOrCrop(spec.spatial_size)
     mode = "bilinear" if spec.spatial_dims == 2 else "trilinear"

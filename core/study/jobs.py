@@ -25,7 +25,7 @@ from core.common.errors import MemoScopeError
 from core.common.processes import process_alive
 from core.common.progress import Progress, ProgressEvent
 from core.common.provenance import atomic_write_json, now_utc
-from core.detect.detector import TrainDetectorConfig
+from core.detect.record import TrainDetectorConfig
 from core.generative.sample import GenerateConfig
 from core.io.preprocessing import config_from_options
 from core.study.scan import STAGES as SCAN_STAGES

@@ -7,17 +7,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from core.common.config import Config, check_range
 from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import now_utc, versions
-from core.detect.detector import Detector, embed_set, load_detector, train_and_save
 from core.detect.metrics import (
     Fraction,
     MemorizationMetrics,
@@ -42,6 +40,11 @@ from core.io.preprocessing import PreprocessSpec
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
 from core.study.store import open_study
+
+if TYPE_CHECKING:  # the networks load when a scan runs, not when one is configured (the app's job queue)
+    import torch
+
+    from core.detect.detector import Detector
 
 logger = logging.getLogger(__name__)
 STAGES = ("load", "detector", "train detector", "embed", "search", "verify", "calibrate", "write")
@@ -226,6 +229,8 @@ def _detector(
     progress: Progress,
     device: torch.device,
 ) -> Detector:
+    from core.detect.detector import train_and_save
+
     if given is not None:
         progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
         return given
@@ -369,6 +374,8 @@ def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> Non
 
 
 def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
+    from core.detect.detector import embed_set, load_detector
+
     """Run the scan and write its results into the study folder ``config.out`` (see :mod:`core.study.results`).
 
     Steps: 1. load the three sets with one preprocessing spec; 2. load or train the detector;

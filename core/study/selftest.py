@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from core.common.config import Config, check_range
 from core.common.devices import resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_write_json, now_utc, versions
-from core.detect.detector import embed, load_detector
 from core.detect.metrics import Fraction, ThresholdRule, calibrate, is_copy, min_null_size, wilson_interval
 from core.detect.planted import CHANGES, LEVELS, plant_copies
 from core.detect.verify import MatchMethod, VerifyConfig, best_match
@@ -118,6 +116,10 @@ def _split_patients(patients: list[str], seed: int) -> tuple[np.ndarray, np.ndar
 
 def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTest:
     """Run the self-test on a scanned study and write ``selftest.json`` into it."""
+    from sklearn.metrics import roc_auc_score
+
+    from core.detect.detector import embed, load_detector
+
     scan = ScanResults.open(config.study)
     summary = scan.summary
     rule = ThresholdRule(summary.threshold.rule)

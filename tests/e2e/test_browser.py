@@ -9,19 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+from tools.appserver import CHROMIUM, CHROMIUM_ARGS, REPO, demo_root, streamlit_server
+
 SHOTS = REPO / "artifacts" / "screenshots"
 STUDIES = Path(os.environ.get("MEMOSCOPE_E2E_STUDIES", REPO / "studies"))  # another demo build, for debugging
 
@@ -32,61 +26,12 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("app")
-    for study in sorted(STUDIES.glob("demo-*")):  # all demo studies: the Compare page puts them side by side
-        shutil.copytree(study, root / "studies" / study.name, ignore=shutil.ignore_patterns("jobs"))
-    for name in ("checkpoints", "data"):
-        (root / name).symlink_to(STUDIES.parent / name)
-    port = _free_port()
-    log = open(root / "streamlit.log", "wb")  # a file, not a pipe: a full pipe blocks the server
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(REPO / "app.py"),
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-            "--client.toolbarMode",
-            "minimal",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO), "MEMOSCOPE_HOME": str(root / "home")},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.terminate()
-        raise RuntimeError(f"streamlit did not start: {(root / 'streamlit.log').read_text()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    # all demo studies: the Compare page puts them side by side
+    root = demo_root(tmp_path_factory.mktemp("app"), STUDIES)
+    with streamlit_server(REPO / "app.py", root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +43,7 @@ def browser(server: str):  # noqa: ANN201 - playwright Browser (one sync Playwri
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            args=[*CHROMIUM_ARGS, "--disable-sync"],
         )
         yield browser
         browser.close()
