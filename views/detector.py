@@ -7,8 +7,8 @@ import streamlit as st
 
 from core.common.config import choices
 from core.common.errors import MemoScopeError
-from core.detect.record import Arch, is_detector_folder, read_detector_record
 from core.detect.metrics import ThresholdRule
+from core.detect.record import Arch, is_detector_folder, read_detector_record
 from core.detect.verify import MatchMethod
 from core.io.augment import AugmentPolicy
 from core.study import results
