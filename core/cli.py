@@ -178,15 +178,44 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    from core.generative.bundle import import_bundle
     from core.generative.ldm import import_checkpoint
 
-    digest, record = import_checkpoint(args.autoencoder, args.unet, args.config, args.out, overwrite=args.overwrite)
+    if args.bundle:
+        if args.config:
+            raise MemoScopeError("--config: a bundle describes its own networks; give --bundle or --config, not both.")
+        digest, spec, record = import_bundle(
+            args.bundle, args.out, args.image_size, args.autoencoder, args.unet, overwrite=args.overwrite
+        )
+        print(f"bundle {spec.folder.name}: {spec.layout} layout, read from {record['bundle_config']}")
+        print(
+            f"image size {spec.config.image_size}, latent {list(spec.config.latent_shape)}, schedule "
+            f"{spec.config.scheduler['schedule']} {spec.config.scheduler['beta_start']}-"
+            f"{spec.config.scheduler['beta_end']} over {spec.config.scheduler['num_train_timesteps']} steps, "
+            f"scale factor {spec.config.scale_factor}"
+        )
+        for note in spec.notes:
+            print(f"note: {note}")
+        if spec.conditioning:
+            print(
+                f"conditional LDM ({spec.conditioning}): imported, but MemoScope generates from unconditional "
+                "LDMs only; scan images made with the bundle's own sampler"
+            )
+    else:
+        missing = [
+            flag
+            for flag, value in (("--autoencoder", args.autoencoder), ("--unet", args.unet), ("--config", args.config))
+            if not value
+        ]
+        if missing:
+            raise MemoScopeError(f"import-checkpoint needs --bundle FOLDER, or {', '.join(missing)} with the others.")
+        digest, record = import_checkpoint(args.autoencoder, args.unet, args.config, args.out, overwrite=args.overwrite)
     for part in ("autoencoder", "unet"):
         info = record[part]
         how = "converted from the monai-generative layout" if info["converted"] else "MONAI layout"
         print(
-            f"{part}: {how}; {info['renamed']} renamed, {len(info['filled'])} identity projections, "
-            f"{len(info['ignored'])} unused tensors dropped"
+            f"{part} ({info['source']}): {how}; {info['renamed']} renamed, {len(info['filled'])} identity "
+            f"projections, {len(info['ignored'])} unused tensors dropped"
         )
     print(f"checkpoint {args.out} (sha256 {digest[:12]})")
 
@@ -406,12 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("import-checkpoint", help="import plain state dicts (.pt/.pth/.safetensors) with a kwargs JSON")
-    p.add_argument("--autoencoder", required=True)
-    p.add_argument("--unet", required=True)
-    p.add_argument(
-        "--config", required=True, help="JSON: spatial_dims, image_size, autoencoder, unet[, scheduler, scale_factor]"
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="import a MONAI bundle, or plain state dicts (.pt/.pth/.safetensors) with a kwargs JSON",
+        description="Either --bundle FOLDER (a MONAI model-zoo bundle: its configs/inference.json is read as data, "
+        "never run), or --autoencoder, --unet and --config. Weights load with safetensors or "
+        "torch.load(weights_only=True); the monai-generative key layout is converted.",
     )
+    p.add_argument("--bundle", help="a MONAI bundle folder (configs/inference.json, models/)")
+    p.add_argument("--autoencoder", help="autoencoder weights (with --bundle: only when models/ is ambiguous)")
+    p.add_argument("--unet", help="diffusion UNet weights (with --bundle: only when models/ is ambiguous)")
+    p.add_argument("--config", help="JSON: spatial_dims, image_size, autoencoder, unet[, scheduler, scale_factor]")
+    p.add_argument("--image-size", type=int, nargs="+", help="with --bundle, when its config states no latent shape")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_import)

@@ -71,6 +71,18 @@ class LDMConfig(Config):
         factor = 2 ** (len(self.autoencoder["channels"]) - 1)
         return (int(self.autoencoder["latent_channels"]), *(s // factor for s in self.image_size))
 
+    @property
+    def conditioning(self) -> dict[str, int]:
+        """How the UNet is conditioned beyond the latent: channels concatenated to it, cross-attention size; empty
+        for an unconditional LDM (the only kind MemoScope generates from)."""
+        found: dict[str, int] = {}
+        latent = int(self.autoencoder.get("latent_channels", 3))
+        if int(self.unet.get("in_channels", latent)) > latent:
+            found["concat_channels"] = int(self.unet["in_channels"]) - latent
+        if self.unet.get("with_conditioning"):
+            found["cross_attention_dim"] = int(self.unet.get("cross_attention_dim") or 0)
+        return found
+
     def validate(self) -> None:
         if not isinstance(self.image_size, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in self.image_size

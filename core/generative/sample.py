@@ -20,7 +20,7 @@ from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
 from core.common.tables import write_csv
-from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm
+from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm, read_config
 
 if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a generation job is configured
     import torch
@@ -234,6 +234,12 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     Writes each image atomically, ``manifest.csv`` (path, patient_id, split, index, seed) and
     ``generation.json`` (checkpoint hash, settings, versions) after every batch.
     """
+    conditioning = read_config(config.checkpoint).conditioning
+    if conditioning:
+        raise MemoScopeError(
+            f"{config.checkpoint}: a conditional LDM ({conditioning}); MemoScope generates from unconditional LDMs "
+            "only. Generate with the model's own sampler and scan those images (scan --synthetic FOLDER)."
+        )
     torch_device = resolve_device(config.device)
     ldm = load_ldm(config.checkpoint, torch_device)
     dims, fmt, seed, n = ldm.config.spatial_dims, config.format, config.seed, config.n
