@@ -116,6 +116,15 @@ def cmd_scan(args: argparse.Namespace) -> None:
                 "all are listed in summary.json",
                 file=sys.stderr,
             )
+    from core.study.results import ScanResults
+    from core.study.review import by_patient
+
+    mem, cop = summary.memorized, summary.copies
+    print(
+        f"threshold {summary.tau:.3f} ({summary.threshold.rule}); copies {cop.count}/{cop.total} ({cop.value:.1%}), "
+        f"memorized training scans {mem.count}/{mem.total} ({mem.value:.1%})"
+    )
+    print(by_patient(ScanResults.open(args.out), summary.tau).describe())
     print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv (scan {summary.scan_id})")
 
 

@@ -59,6 +59,29 @@ def test_compare_respects_intervals() -> None:
     assert demo.compare(low, f(0.1, 0.05, 0.15)) == "the same as"
 
 
+def test_verdict_names_each_fraction_it_counts() -> None:
+    """The findings' summary sentence counts augmentation's effect separately for each fraction (issue 14: it had
+    claimed 3 of 3 for both while the copy fraction was lower at 2 of 3)."""
+    from types import SimpleNamespace
+
+    def f(value: float) -> Fraction:
+        return Fraction(0, 1, value, value - 0.1, value + 0.1, "test")
+
+    memorized = {"early": (0.02, 0.0), "converged": (0.61, 0.57), "over-trained": (0.90, 0.89)}
+    copies = {"early": (0.01, 0.0), "converged": (0.49, 0.50), "over-trained": (0.96, 0.91)}
+    by_key = {
+        (2, variant, stage): SimpleNamespace(
+            summary=SimpleNamespace(memorized=f(memorized[stage][i]), copies=f(copies[stage][i]))
+        )
+        for i, variant in enumerate(("noaug", "aug"))
+        for stage in demo.STAGES
+    }
+    text = demo.verdict(by_key)  # type: ignore[arg-type]
+    assert "a lower memorized fraction at 3 of 3 training lengths" in text
+    assert "a lower copy fraction at 2 of 3 training lengths" in text
+    assert "cannot be told from chance" in text
+
+
 @pytest.mark.slow
 def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     """The CI-sized recipe: same commands as `make demo`, a few epochs and samples."""

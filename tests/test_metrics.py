@@ -125,3 +125,26 @@ def test_crossfit_fpr_leaves_each_patient_out() -> None:
     assert fpr is not None and (fpr.count, fpr.total) == (4, 8) and fpr.low < 0.5 < fpr.high
     assert "2 patients" in fpr.method
     assert crossfit_fpr(null, ["a"] * 8, 50.0) is None  # one patient: no transfer to measure
+
+
+def test_clustered_fraction_resamples_patients_not_slices() -> None:
+    from core.detect.metrics import MIN_RESAMPLED_GROUPS, any_per_group, clustered_fraction
+
+    rng = np.random.default_rng(0)
+    # 20 patients of 30 slices each; a patient's slices are all memorized or none (perfectly correlated)
+    patients = np.repeat(np.arange(20), 30)
+    flags = np.repeat(rng.random(20) < 0.4, 30)
+    by_slice = fraction_with_ci(flags, seed=0)
+    by_patient = clustered_fraction(flags, patients, seed=0)
+    assert by_patient.value == by_slice.value and "bootstrap over 20 patients" in by_patient.method
+    assert (by_patient.high - by_patient.low) > 2.5 * (by_slice.high - by_slice.low)
+    assert by_patient.low <= by_patient.value <= by_patient.high
+    # one sample per group is the plain bootstrap
+    assert clustered_fraction(flags, np.arange(flags.size), seed=0) == by_slice
+    # too few patients: Wilson with the patients as the sample size, around the observed share
+    few = clustered_fraction(flags[: 3 * 30], patients[: 3 * 30], seed=0)
+    assert 3 < MIN_RESAMPLED_GROUPS and few.method.startswith("wilson with n = 3 patients")
+    low, high = wilson_interval(few.value * 3, 3)
+    assert (few.low, few.high) == pytest.approx((low, high)) and few.low <= few.value <= few.high
+    hit = any_per_group(flags, patients)
+    assert hit.count == int(flags.reshape(20, 30)[:, 0].sum()) and hit.total == 20

@@ -90,3 +90,20 @@ def test_the_worklist_says_which_samples_resemble_a_training_patient_without_cha
     assert rows["s2"]["resembles_patient"] and not rows["s2"]["copy"]
     assert rows["s1"]["copy"] and not rows["s1"]["resembles_patient"]
     assert "resembles_patient" not in worklist(pairs, 0.8)[0]
+
+
+@pytest.mark.skipif(not (REPO / "studies" / "demo-2d" / "summary.json").is_file(), reason="demo not built")
+def test_by_patient_takes_the_training_patients_as_the_unit() -> None:
+    from core.study.review import by_patient
+
+    scan = ScanResults.open(REPO / "studies" / "demo-2d")
+    rows = scan.train_rows()
+    found = by_patient(scan, scan.summary.tau)
+    patients = {r.patient_id for r in rows}
+    hit = {r.patient_id for r in rows if r.similarity > scan.summary.tau}
+    assert (found.patients_memorized.count, found.patients_memorized.total) == (len(hit), len(patients))
+    assert found.memorized.count == scan.summary.memorized.count and found.memorized.total == len(rows)
+    # three patients cannot give the narrow interval that 147 slices treated as independent give
+    assert found.memorized.high - found.memorized.low > 3 * (scan.summary.memorized.high - scan.summary.memorized.low)
+    assert found.copies is None  # each 2D sample is its own draw
+    assert f"of {len(patients)} training patients" in found.describe()

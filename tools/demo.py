@@ -48,6 +48,7 @@ from core.io.data import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
 from core.study.results import ScanResults, ScanSummary, is_scanned
+from core.study.review import ByPatient, by_patient
 from core.study.scan import ScanConfig, run_scan
 
 logger = logging.getLogger(__name__)
@@ -466,6 +467,7 @@ class ModelResult:
     ldm: dict[str, Any]
     copy_pixel_corr: float | None  # median pixel correlation of flagged copies and their nearest training scan
     novel_pixel_corr: float | None
+    by_patient: ByPatient  # the same numbers with patients as the unit
 
 
 def _median(values: list[float]) -> float | None:
@@ -482,11 +484,17 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
     novel: list[float] = []
     for pair in scan.nearest():
         (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
-    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel))
+    patients = by_patient(scan, scan.summary.tau)
+    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel), patients)
 
 
 def _frac(f: Fraction) -> str:
     return f"{f.value:.1%} ({f.count}/{f.total}; 95 % CI {f.low:.1%} to {f.high:.1%})"
+
+
+def _patients(found: ByPatient) -> str:
+    p = found.patients_memorized
+    return f"{p.count}/{p.total} (95 % CI {p.low:.0%} to {p.high:.0%})"
 
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
@@ -546,16 +554,18 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "",
         "## 2D: memorization across training length and augmentation",
         "",
-        "| checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized training | copies among "
-        "samples | expected FPR (copy) | median pixel r, copies / others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized training | training "
+        "patients with a memorized slice | copies among samples | expected FPR (copy) | median pixel r, copies / "
+        "others |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in two_d:
         s = r.summary
         lines.append(
             f"| `{r.model.checkpoint}` ({r.model.stage}) | {'yes' if r.model.variant == 'aug' else 'no'} | "
             f"{r.model.epoch} | "
-            f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_frac(s.copies)} | "
+            f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_patients(r.by_patient)} | "
+            f"{_frac(s.copies)} | "
             f"{s.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
         )
     lines += ["", "### What the numbers show", ""]
@@ -577,6 +587,9 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
             f"{aug.copies.value:.1%} vs {plain.copies.value:.1%} (with is {compare(plain.copies, aug.copies)} without)."
         )
     lines += ["", verdict(by_key), ""]
+    note = anatomy_note(by_key)
+    if note:
+        lines += [note, ""]
     three = by_key.get((3, "noaug", "over-trained"))
     if three is not None:
         s = three.summary
@@ -599,8 +612,16 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "## How small the demo is",
         "",
         f"- {inputs['train'].n_patients} training subjects. Neighbouring slices of one volume are nearly the same "
-        "image, so the effective sample size is far below the slice count, and the intervals above (which resample "
-        "slices as if they were independent) are too narrow. Read differences as indications, not as results.",
+        "image, so the effective sample size is far below the slice count: the slice intervals in the table "
+        "(which resample slices as if they were independent) are too narrow. The patient column takes the "
+        f"{inputs['train'].n_patients} subjects as the sample size (Wilson), and so do the memorized fractions "
+        "below (`python -m core scan` prints the same, and the Overview and report show it): "
+        + "; ".join(
+            f"`{r.model.checkpoint}` {r.by_patient.memorized.value:.1%} (95 % CI {r.by_patient.memorized.low:.1%} "
+            f"to {r.by_patient.memorized.high:.1%})"
+            for r in two_d
+        )
+        + ". Read differences as indications, not as results.",
         "- The validation subjects were scanned differently from the training subjects (other scanners, "
         "resolutions and contrasts), so their best correlation to training, and with it the threshold, may be "
         "lower than for a validation set from the same source; `expected FPR (copy)` is the share of real "
@@ -625,16 +646,37 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
     return "\n".join(lines)
 
 
+def augmentation_effect(by_key: dict[tuple[int, str, str], ModelResult], which: str) -> tuple[str, int]:
+    """What augmentation did to one fraction (``memorized`` or ``copies``) across the training lengths, in words,
+    and at how many lengths it lowered the fraction beyond the intervals."""
+
+    def frac(variant: str, stage: str) -> Fraction:
+        return getattr(by_key[(2, variant, stage)].summary, which)  # type: ignore[no-any-return]
+
+    n = len(STAGES)
+    lowers = sum(frac("aug", s).value < frac("noaug", s).value for s in STAGES)
+    clear = sum(compare(frac("noaug", s), frac("aug", s)).startswith("clearly lower") for s in STAGES)
+    name = "memorized fraction" if which == "memorized" else "copy fraction"
+    if clear == n:
+        text = f"a clearly lower {name} at all {n} training lengths"
+    elif lowers and not clear:
+        text = f"a lower {name} at {lowers} of {n} training lengths, never beyond the overlapping intervals"
+    elif lowers:
+        text = f"a lower {name} at {lowers} of {n} training lengths ({clear} beyond the intervals)"
+    else:
+        text = f"a lower {name} at none of the {n} training lengths"
+    return text, clear
+
+
 def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
-    """One paragraph: do the demo numbers agree with Dar et al.'s two findings, and how clearly?"""
+    """One paragraph: do the demo numbers agree with Dar et al.'s two findings, and how clearly? Each comparison
+    names the fraction it is about."""
 
     def mem(variant: str, stage: str) -> Fraction:
         return by_key[(2, variant, stage)].summary.memorized
 
     rises = [mem(v, "over-trained").value > mem(v, "early").value for v in VARIANTS]
     clear_rises = [compare(mem(v, "early"), mem(v, "over-trained")).startswith("clearly higher") for v in VARIANTS]
-    lowers = [mem("aug", s).value < mem("noaug", s).value for s in STAGES]
-    clear_lowers = [compare(mem("noaug", s), mem("aug", s)).startswith("clearly lower") for s in STAGES]
     if all(clear_rises):
         training = "Over-training clearly raised the memorized fraction in both runs, as Dar et al. report"
     elif all(rises):
@@ -646,22 +688,36 @@ def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
         training = "Over-training raised the memorized fraction in one of the two runs only"
     else:
         training = "Over-training did not raise the memorized fraction here, unlike Dar et al.'s report"
-    n = len(STAGES)
-    if all(clear_lowers):
-        augment = f"augmentation clearly lowered it at all {n} training lengths, as they report"
-    elif any(lowers) and not any(clear_lowers):
-        augment = (
-            f"augmentation gave a lower point estimate at {sum(lowers)} of {n} training lengths, but never beyond the "
-            "overlapping intervals: on this demo its effect is too small to tell from chance"
-        )
-    elif any(lowers):
-        augment = (
-            f"augmentation lowered it at {sum(lowers)} of {n} training lengths "
-            f"({sum(clear_lowers)} beyond the intervals)"
-        )
+    (memorized, clear_m), (copies, clear_c) = (augmentation_effect(by_key, w) for w in ("memorized", "copies"))
+    if clear_m == clear_c == len(STAGES):
+        tail = ", as they report"
+    elif clear_m == clear_c == 0:
+        tail = "; on this demo augmentation's effect cannot be told from chance"
     else:
-        augment = "augmentation did not lower it at any training length, unlike their report"
-    return f"**In short:** {training}; {augment}."
+        tail = ""
+    return f"**In short:** {training}; augmentation gave {memorized}, and {copies}{tail}."
+
+
+ANATOMY_FLOOR = 0.3  # median pixel r of a stage's non-copies below this: its samples resemble no training slice
+
+
+def anatomy_note(by_key: dict[tuple[int, str, str], ModelResult]) -> str | None:
+    """A sentence on stages whose samples do not look like the training anatomy (too poor to judge), or None."""
+    poor = [
+        r
+        for r in by_key.values()
+        if r.model.dims == 2 and r.novel_pixel_corr is not None and r.novel_pixel_corr < ANATOMY_FLOOR
+    ]
+    if not poor:
+        return None
+    named = [f"`{r.model.checkpoint}` ({r.novel_pixel_corr:.2f})" for r in poor]
+    names = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return (
+        f"- Sample quality: the samples of {names} do not resemble any training slice (median pixel correlation to "
+        f"the nearest one below {ANATOMY_FLOOR}: they are not yet brains). Their low memorization says that these "
+        "models cannot make anatomy yet, not that stopping early prevents copying: such stages are too poor to "
+        "judge."
+    )
 
 
 def _pixel_check(median_r: float | None) -> str:

@@ -13,7 +13,7 @@ from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies
 from core.study.report import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
-from core.study.review import metrics_at
+from core.study.review import ByPatient, by_patient, metrics_at
 from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
@@ -51,6 +51,16 @@ def _calibration(study: str, mtime: float) -> Calibration:
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pairs(study: str, mtime: float) -> list[Pair]:
     return _scan(study, mtime).pairs()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _by_patient(study: str, mtime: float, tau: float) -> ByPatient:
+    return by_patient(_scan(study, mtime), tau)
+
+
+def patient_level(study: Path, tau: float) -> ByPatient:
+    """The study's numbers with patients as the unit, at ``tau`` (cached until the study is rescanned)."""
+    return _by_patient(str(study), _scan_mtime(study), tau)
 
 
 def _scan_mtime(study: Path) -> float:

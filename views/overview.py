@@ -45,9 +45,11 @@ else:
     )
     st.caption(
         f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
-        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample samples with "
-        f"the threshold held fixed. Study threshold: {chosen.label}."
+        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample scans as if "
+        f"independent, with the threshold held fixed (the next line takes patients as the unit). "
+        f"Study threshold: {chosen.label}."
     )
+    st.caption(_ui.patient_level(study, chosen.value).describe())
     st.caption(
         "Copy call: "
         + (

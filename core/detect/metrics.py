@@ -154,8 +154,9 @@ class Fraction(Config):
     method: str
 
 
-def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
+def wilson_interval(count: float, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (``count`` may be fractional: a proportion times an
+    effective sample size)."""
     if total == 0:
         return (math.nan, math.nan)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -197,6 +198,59 @@ def fraction_with_ci(
         )
     ci = result.confidence_interval
     return Fraction(count, total, value, float(ci.low), float(ci.high), "percentile bootstrap")
+
+
+MIN_RESAMPLED_GROUPS = 10  # a bootstrap over fewer patients has too few distinct resamples to bound anything
+
+
+def clustered_fraction(
+    flags: npt.ArrayLike, groups: npt.ArrayLike, seed: int = 0, confidence: float = 0.95, n_resamples: int = 4000
+) -> Fraction:
+    """Share of True flags with an interval that resamples *groups* (patients, volumes), not samples.
+
+    Neighbouring slices of one patient are not independent draws, so resampling slices makes an interval as if there
+    were as many patients as slices. Here each bootstrap replicate draws the patients with replacement and takes
+    every slice of each drawn patient (the ratio of flagged to all slices). With all flags equal, or fewer than
+    :data:`MIN_RESAMPLED_GROUPS` patients (3 patients give 10 distinct resamples: far too narrow an interval), the
+    Wilson interval with the number of patients as the sample size is reported instead.
+
+    Args:
+        flags: ``(N,)`` one flag per sample.
+        groups: ``(N,)`` the patient (or volume) of each sample.
+    """
+    x = np.asarray(flags, dtype=bool)
+    labels = np.asarray(groups)
+    if x.shape != labels.shape:
+        raise ValueError(f"{x.shape[0]} flags but {labels.shape[0]} group labels")
+    if x.size == 0:
+        raise MemoScopeError("no samples to compute a fraction over.")
+    names, index = np.unique(labels, return_inverse=True)
+    n_groups, count, total = len(names), int(x.sum()), int(x.size)
+    if n_groups == total:
+        return fraction_with_ci(x, seed=seed, confidence=confidence)  # one sample per group: the plain bootstrap
+    per_count = np.bincount(index, weights=x.astype(np.float64), minlength=n_groups)
+    per_size = np.bincount(index, minlength=n_groups).astype(np.float64)
+    by = f"{n_groups} patients"
+    if count in (0, total) or n_groups < MIN_RESAMPLED_GROUPS:
+        # as if each patient were one observation of the proportion: the least information the data could hold
+        low, high = wilson_interval(count / total * n_groups, n_groups, confidence)
+        why = "all scans agree" if count in (0, total) else f"too few patients to resample (< {MIN_RESAMPLED_GROUPS})"
+        return Fraction(count, total, count / total, low, high, f"wilson with n = {by}; {why}")
+    weights = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+    ratios = (weights @ per_count) / (weights @ per_size)
+    low, high = np.quantile(ratios, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Fraction(count, total, count / total, float(low), float(high), f"bootstrap over {by}")
+
+
+def any_per_group(flags: npt.ArrayLike, groups: npt.ArrayLike, confidence: float = 0.95) -> Fraction:
+    """How many groups (patients) have at least one True flag, with a Wilson interval over the groups."""
+    x = np.asarray(flags, dtype=bool)
+    labels = np.asarray(groups)
+    names, index = np.unique(labels, return_inverse=True)
+    hit = np.bincount(index, weights=x.astype(np.float64), minlength=len(names)) > 0
+    count, total = int(hit.sum()), len(names)
+    low, high = wilson_interval(count, total, confidence)
+    return Fraction(count, total, count / max(total, 1), low, high, f"wilson over {total} patients")
 
 
 def crossfit_fpr(

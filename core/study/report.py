@@ -39,7 +39,7 @@ from core.io.viewer import (
 from core.study import verdicts
 from core.study.caveats import caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
-from core.study.review import aligned_training, correlation_histogram, load_study_set, metrics_at
+from core.study.review import aligned_training, by_patient, correlation_histogram, load_study_set, metrics_at
 from core.study.selftest import read_selftest
 from core.study.verdicts import StudyThreshold
 
@@ -280,8 +280,10 @@ and a threshold calibrated on real scans of patients outside the training set.</
 {metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}{_resemblance_html(summary)}</ul>
 <p>{e(_method_sentence(summary))}</p>
 {_caveats_html(summary, metrics, pairs)}
-<p>Intervals resample samples with the threshold held fixed; they do not include the uncertainty of the threshold
-itself.</p>
+<p>{e(by_patient(scan, tau).describe())}</p>
+<p>The intervals in the list above resample scans as if each were independent, with the threshold held fixed;
+neighbouring slices of one patient are not, so the patient-level intervals in the paragraph above are the ones to
+quote when there are few patients. No interval includes the uncertainty of the threshold itself.</p>
 {_selftest_html(study, summary)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. The difference is

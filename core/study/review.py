@@ -17,9 +17,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.detect.metrics import (
+    Fraction,
     MemorizationMetrics,
     Threshold,
     ThresholdRule,
+    any_per_group,
+    clustered_fraction,
     count_above,
     fraction_above,
     memorization_metrics,
@@ -83,6 +86,49 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
     return memorization_metrics(
         threshold, cal.train_to_synthetic, cal.synthetic_to_train, cal.train_to_val, cal.val_to_train, seed=summary.seed
     )
+
+
+@dataclass(frozen=True)
+class ByPatient:
+    """The memorization numbers with patients, not scans, as the unit (issue 14: effective sample size).
+
+    Attributes:
+        patients_memorized: training patients with at least one memorized scan (Wilson over patients).
+        memorized: memorized training scans, the interval from resampling patients.
+        copies: copies among synthetic samples, the interval from resampling generated volumes when the samples are
+            slices of volumes; ``None`` when each sample is its own draw (the scan's interval already fits).
+    """
+
+    patients_memorized: Fraction
+    memorized: Fraction
+    copies: Fraction | None
+
+    def describe(self) -> str:
+        p, m = self.patients_memorized, self.memorized
+        text = (
+            f"By patient: {p.count} of {p.total} training patients have at least one memorized scan "
+            f"(95 % CI {p.low:.0%} to {p.high:.0%}, {p.method}). With patients, not scans, as the sample size: "
+            f"memorized training scans {m.value:.1%} (95 % CI {m.low:.1%} to {m.high:.1%}; {m.method})."
+        )
+        if self.copies is not None:
+            c = self.copies
+            text += f" Copies, resampling generated volumes: {c.value:.1%} (95 % CI {c.low:.1%} to {c.high:.1%})."
+        return text
+
+
+def by_patient(scan: ScanResults, tau: float) -> ByPatient:
+    """:class:`ByPatient` at ``tau`` from the study's files (``train_nn.csv``, ``pairs.csv``): any scanned study."""
+    rows = scan.train_rows()
+    flags = np.array([r.similarity for r in rows]) > tau
+    patients = np.array([r.patient_id for r in rows])
+    seed = scan.summary.seed
+    nearest = scan.nearest()
+    volumes = np.array([p.synthetic_id.partition("#")[0] for p in nearest])
+    sliced = len(set(volumes.tolist())) < len(volumes)
+    copies_by_volume = (
+        clustered_fraction(np.array([p.similarity for p in nearest]) > tau, volumes, seed=seed + 1) if sliced else None
+    )
+    return ByPatient(any_per_group(flags, patients), clustered_fraction(flags, patients, seed=seed), copies_by_volume)
 
 
 def live_metrics(cal: Calibration, tau: float) -> LiveMetrics:
