@@ -83,6 +83,7 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shift", type=float, help="translation searched, fraction of each side (default 0.1)")
 
 
+DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps"
 TRAIN_LDM_FLAGS = (
     "ae_epochs",
     "epochs",
@@ -94,6 +95,7 @@ TRAIN_LDM_FLAGS = (
     "save_every",
     "save_at",
     "seed",
+    "device",
 )
 
 
@@ -140,11 +142,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ldm(args: argparse.Namespace) -> None:
+    from core.common.devices import resolve_device
     from core.generative.ldm import networks_config
     from core.generative.train import TrainLDMConfig, train_ldm
     from core.io.data import load_set
     from core.io.preprocessing import PreprocessSpec
 
+    resolve_device(args.device or "auto")  # a missing GPU is reported before the data loads
     spec = PreprocessSpec.from_options(vars(args))
     networks = networks_config(args.networks, spec.spatial_dims, spec.spatial_size) if args.networks else None
     images = load_set(args.data, spec, role="train", slices=args.slices, skip_bad=args.skip_bad)
@@ -169,15 +173,17 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from core.common.devices import resolve_device
     from core.common.provenance import atomic_path
     from core.detect.detector import embed_set, load_detector
     from core.io.data import load_set
     from core.io.preprocessing import PreprocessSpec
 
+    device = resolve_device(args.device)  # a missing GPU is reported before anything loads
     detector = load_detector(args.detector)
     spec = detector.config.preprocessing or PreprocessSpec.from_options(vars(args))
     images = load_set(args.input, spec, slices=args.slices, skip_bad=args.skip_bad)
-    embeddings, cached = embed_set(detector, images, args.cache_dir)
+    embeddings, cached = embed_set(detector, images, args.cache_dir, device=device)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, ids=np.array(embeddings.ids), vectors=embeddings.vectors)
     print(
@@ -348,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="the whole job: detector, embeddings, search, calibrated metrics")
     p.add_argument("--ray", help="embed and verify on Ray workers: local, auto or ray://host:port (default: here)")
     p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
-    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--train", required=True, help="training images: folder or CSV manifest")
     p.add_argument("--val", required=True, help="held-out real images (other patients)")
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
@@ -378,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("selftest", help="plant changed copies of the study's training scans and measure the call")
-    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--study", required=True, help="a scanned study folder")
     p.add_argument("--per-kind", type=int, help="copies per change and level (default 10)")
     p.add_argument("--levels", type=int, nargs="+", help="strength levels, of 1 2 3 (default 1 2)")
@@ -395,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=choices(SchedulerName), help="default ddim")
     p.add_argument("--batch-size", type=int, help="samples per pass (default 0: fit to the device)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda[:i] | mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=choices(Precision), help="mixed precision on GPU (default fp32)")
     p.add_argument("--format", choices=choices(ImageFormat), help="2D output format (default png16; 3D is NIfTI)")
     p.set_defaults(func=cmd_generate)
@@ -422,11 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--networks", help='JSON file overriding network keywords: {"autoencoder": {...}, "unet": {...}}')
     p.add_argument("--note", action="append", default=[], help="text kept in the checkpoint's provenance (repeatable)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", help=DEVICE_HELP)
     _spec_args(p)
     p.set_defaults(func=cmd_train_ldm)
 
     p = sub.add_parser("train-detector", help="train the contrastive copy detector")
-    p.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--train", required=True)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True)
@@ -441,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help=".npz with ids and vectors")
     p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _spec_args(p)
     p.set_defaults(func=cmd_embed)
 

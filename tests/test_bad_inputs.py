@@ -127,6 +127,12 @@ def scan_on_a_missing_gpu(root: Path) -> list[str]:
     return _scan_args(root, train, val, "--device", "cuda:0" if not torch.cuda.is_available() else "cuda:99")
 
 
+def train_ldm_on_a_missing_gpu(root: Path) -> list[str]:
+    train, _, _ = _sets(root)
+    device = "cuda:0" if not torch.cuda.is_available() else "cuda:99"
+    return ["train-ldm", "--data", str(train), "--out", str(root / "ldm"), "--device", device, "--size", "16"]
+
+
 def fixed_threshold_out_of_range(root: Path) -> list[str]:
     train, val, _ = _sets(root)
     return _scan_args(root, train, val, "--threshold-rule", "fixed:7")
@@ -303,6 +309,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (scan_out_is_a_file, "is a file; give a folder", None),
     (k_is_zero, "k 0 must be in [1, inf]", "study"),
     (scan_on_a_missing_gpu, "--device cuda", "study"),
+    (train_ldm_on_a_missing_gpu, "--device cuda", "ldm"),
     (fixed_threshold_out_of_range, "fixed:X needs a number X in [-1, 1]", "study"),
     (validation_too_small_for_the_percentile, "percentile 95 needs at least 20", "study/detector"),
     (

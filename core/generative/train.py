@@ -14,6 +14,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 
 from core.common.config import Config, check_range
+from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, now_utc, sha256_json, versions
@@ -49,6 +50,8 @@ class TrainLDMConfig(Config):
         save_at: also save a checkpoint after each of these UNet epochs.
         seed: initialisation, shuffling, noise and augmentation.
         notes: free text kept in each checkpoint's provenance (e.g. a known limitation).
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:i]`` or ``mps``. Shuffling, noise, timesteps and
+            augmentation are drawn on the CPU and moved, so a seed trains on the same batches on any device.
     """
 
     ae_epochs: int = 50
@@ -64,6 +67,7 @@ class TrainLDMConfig(Config):
     save_at: tuple[int, ...] = ()
     seed: int = 0
     notes: tuple[str, ...] = ()
+    device: str = "auto"
 
     def validate(self) -> None:
         for name in ("ae_epochs", "save_every", "seed"):
@@ -134,10 +138,13 @@ def train_ldm(
     factor = 2 ** (len(config.autoencoder["channels"]) - 1)
     if any(s % (factor * 2 ** (len(config.unet["channels"]) - 1)) for s in size):
         raise MemoScopeError(f"image size {size} must be divisible by the networks' total downsampling.")
+    device = resolve_device(cfg.device)  # checked before any work
     torch.manual_seed(cfg.seed)
-    ae, unet = build_autoencoder(config), build_unet(config)
+    ae, unet = build_autoencoder(config).to(device), build_unet(config).to(device)
     disc = (
-        PatchDiscriminator(spatial_dims=dims, in_channels=1, channels=32, num_layers_d=2) if cfg.adversarial else None
+        PatchDiscriminator(spatial_dims=dims, in_channels=1, channels=32, num_layers_d=2).to(device)
+        if cfg.adversarial
+        else None
     )
     opt_ae = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
     opt_unet = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
@@ -157,7 +164,7 @@ def train_ldm(
         ae.train()
         losses = []
         for idx in _batches(len(x_all), cfg.batch_size, cfg.seed, 0, epoch):
-            x = _maybe_augment(x_all[idx], cfg, dims, size, 0, epoch)
+            x = _maybe_augment(x_all[idx], cfg, dims, size, 0, epoch).to(device)
             recon, z_mu, z_sigma = ae(x)
             loss = F.l1_loss(recon, x) + cfg.kl_weight * _kl(z_mu, z_sigma)
             if disc is not None and opt_disc is not None:
@@ -176,10 +183,10 @@ def train_ldm(
             losses.append(float(loss.detach()))
         _end_epoch(state, "autoencoder", epoch, float(np.mean(losses)), cfg, progress)
         if state["epoch"] >= cfg.ae_epochs:
-            state.update(phase=1, epoch=0, scale_factor=_scale_factor(ae, x_all, cfg.batch_size))
+            state.update(phase=1, epoch=0, scale_factor=_scale_factor(ae, x_all, cfg.batch_size, device))
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
     if state["phase"] == 0:
-        state.update(phase=1, epoch=0, scale_factor=_scale_factor(ae, x_all, cfg.batch_size))
+        state.update(phase=1, epoch=0, scale_factor=_scale_factor(ae, x_all, cfg.batch_size, device))
     config.scale_factor = float(state["scale_factor"])
 
     # 2-3. diffusion UNet in the frozen autoencoder's latent space
@@ -191,9 +198,9 @@ def train_ldm(
         losses = []
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         for idx in _batches(len(x_all), cfg.batch_size, cfg.seed, 1, epoch):
-            x = _maybe_augment(x_all[idx], cfg, dims, size, 1, epoch)
-            noise = torch.randn((len(idx), *config.latent_shape), generator=gen)
-            t = torch.randint(0, scheduler.num_train_timesteps, (len(idx),), generator=gen)
+            x = _maybe_augment(x_all[idx], cfg, dims, size, 1, epoch).to(device)
+            noise = torch.randn((len(idx), *config.latent_shape), generator=gen).to(device)
+            t = torch.randint(0, scheduler.num_train_timesteps, (len(idx),), generator=gen).to(device)
             with torch.no_grad():
                 latents = ae.encode_stage_2_inputs(x) * config.scale_factor
             noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=t)
@@ -205,16 +212,21 @@ def train_ldm(
         _end_epoch(state, "unet", epoch, float(np.mean(losses)), cfg, progress)
         done = state["epoch"]
         if cfg.saves_after(done):
-            _save_checkpoint(out / f"epoch-{done:04d}", config, ae, unet, images, cfg, done, state)
+            _save_checkpoint(out / f"epoch-{done:04d}", config, ae, unet, images, cfg, done, state, device)
         _save_state(state_path, state, ae, unet, disc, opt_ae, opt_unet, opt_disc)
     last = out / "last"
-    _save_checkpoint(last, config, ae, unet, images, cfg, cfg.epochs, state)
+    _save_checkpoint(last, config, ae, unet, images, cfg, cfg.epochs, state, device)
     return last
 
 
-def _scale_factor(ae: torch.nn.Module, x_all: torch.Tensor, batch_size: int) -> float:
+def _scale_factor(ae: torch.nn.Module, x_all: torch.Tensor, batch_size: int, device: torch.device) -> float:
     with torch.no_grad():
-        z = torch.cat([ae.encode_stage_2_inputs(x_all[i : i + batch_size]) for i in range(0, len(x_all), batch_size)])  # type: ignore[operator]
+        z = torch.cat(
+            [
+                ae.encode_stage_2_inputs(x_all[i : i + batch_size].to(device)).cpu()  # type: ignore[operator]
+                for i in range(0, len(x_all), batch_size)
+            ]
+        )
     std = float(z.std())
     return 1.0 / std if std > 0 and math.isfinite(std) else 1.0
 
@@ -237,6 +249,7 @@ def _save_checkpoint(
     cfg: TrainLDMConfig,
     epoch: int,
     state: dict[str, Any],
+    device: torch.device,
 ) -> None:
     config.preprocessing = images.spec.to_dict()
     config.provenance = {
@@ -252,7 +265,11 @@ def _save_checkpoint(
             "patients_hash": sha256_json(sorted(set(images.patient_ids))),
             "ids_hash": sha256_json(list(images.ids)),
         },
-        "training": {**{k: v for k, v in asdict(cfg).items() if k != "notes"}, "unet_epochs_done": epoch},
+        "training": {
+            **{k: v for k, v in asdict(cfg).items() if k != "notes"},
+            "unet_epochs_done": epoch,
+            "device_used": device_description(device),
+        },
         "notes": list(cfg.notes),
         "history": list(state["history"]),
         "versions": versions(),
