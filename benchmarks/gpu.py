@@ -105,7 +105,7 @@ def main() -> None:
     diff = np.abs(on_device - on_cpu)
     row(
         f"same seeds on {device.type} and cpu ({n_check} samples)",
-        f"mean |diff| {diff.mean() / 2:.3%} of range",
+        f"mean abs difference {diff.mean() / 2:.3%} of the range",
         f"largest {diff.max() / 2:.3%}",
         "",
         "mean <= 1 %",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 13 on one GPU machine, installing nothing from the network (well under 8 minutes on an
 # H100/H200). The machine needs torch with CUDA; MemoScope's other requirements come from wheels in .whl/ when the
-# image lacks them (see docs/gpu.md for fetching them here with `pip download`). Results: benchmarks/results/gpu.md.
+# image lacks them (`bash benchmarks/gpu_wheels.sh` fetches them here). Results: benchmarks/results/gpu.md.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, in the repository root
 #   bash benchmarks/gpu_check.sh --device cpu --quick   # a dry run of the same script on a CPU-only machine

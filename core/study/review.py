@@ -9,12 +9,10 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from core.detect.metrics import (
     Fraction,
@@ -32,6 +30,9 @@ from core.detect.verify import Verifier, VerifyConfig
 from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
+
+if TYPE_CHECKING:  # plotly loads with the first figure (a GPU machine without it still reads studies)
+    import plotly.graph_objects as go
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ def score_label(method: str) -> str:
 
 def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
     """The four best-correlation distributions with the threshold drawn on them (Calibrate page and report)."""
+    import plotly.graph_objects as go
+
     fig = go.Figure()
     for (values, name), colour in zip(
         (
@@ -197,6 +200,8 @@ def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -
 def calibration_figure(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
     """The Calibrate page's figure: the four distributions above, the fractions against the threshold below,
     on one shared threshold axis (so the two tau lines are one vertical line)."""
+    from plotly.subplots import make_subplots
+
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.06)
     for trace in correlation_histogram(cal, tau, method).data:
         fig.add_trace(trace, row=1, col=1)
