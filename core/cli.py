@@ -213,8 +213,8 @@ def cmd_import(args: argparse.Namespace) -> None:
             print(f"note: {note}")
         if spec.conditioning:
             print(
-                f"conditional LDM ({spec.conditioning}): imported, but MemoScope generates from unconditional "
-                "LDMs only; scan images made with the bundle's own sampler"
+                f"conditional LDM ({spec.conditioning}): generate with --conditioning CSV or --condition NAME=..., "
+                "one value per conditioning input in the model's order"
             )
     else:
         missing = [
@@ -397,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True)
+    p.add_argument(
+        "--conditioning", help="conditional LDMs: CSV, one row per sample, a column per value in the model's order"
+    )
+    p.add_argument(
+        "--condition",
+        nargs="+",
+        metavar="NAME=RULE",
+        help="conditional LDMs: NAME=VALUE, NAME=uniform(LOW,HIGH) or NAME=normal(MEAN,SD), one per value in the "
+        "model's order (drawn per sample from the seed)",
+    )
     p.add_argument("--steps", type=int)
     p.add_argument("--scheduler", choices=choices(SchedulerName), help="default ddim")
     p.add_argument("--batch-size", type=int, help="samples per pass (default 0: fit to the device)")

@@ -180,7 +180,7 @@ def test_monai_generative_bundle_imports_with_the_original_outputs(tmp_path: Pat
     assert result.n_written == 2
 
 
-def test_conditional_monai_bundle_imports_but_is_not_generated_from(tmp_path: Path) -> None:
+def test_conditional_monai_bundle_imports_and_generates_with_stated_values(tmp_path: Path) -> None:
     folder, ae_state, unet_state = _conditional_bundle(tmp_path)
     _, spec, record = import_bundle(folder, tmp_path / "ck")
     assert spec.layout == "monai" and spec.config.image_size == [8, 12, 8]  # 3 x 4 x 6 x 4 latent, factor 2
@@ -191,9 +191,14 @@ def test_conditional_monai_bundle_imports_but_is_not_generated_from(tmp_path: Pa
     for module, state in ((ldm.autoencoder, ae_state), (ldm.unet, unet_state)):
         loaded = module.state_dict()
         assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
-    with pytest.raises(MemoScopeError, match="conditional LDM"):
+    with pytest.raises(MemoScopeError, match="conditional LDM.*4 conditioning values"):
         generate(GenerateConfig(checkpoint=str(tmp_path / "ck"), n=1, out=str(tmp_path / "out"), steps=1, device="cpu"))
     assert not (tmp_path / "out").exists()
+    values = ("gender=0", "age=uniform(0,1)", "ventricular_vol=0.2", "brain_vol=0.4")  # the bundle's four inputs
+    made = generate(
+        GenerateConfig(checkpoint=str(tmp_path / "ck"), n=1, out=str(tmp_path / "out"), steps=1, condition=values)
+    )
+    assert made.n_written == 1 and made.record["conditioning"]["names"][1] == "age"
 
 
 def _edit(folder: Path, change: Any) -> None:

@@ -35,7 +35,8 @@ def test_the_demo_gets_the_caveats_its_numbers_call_for() -> None:
     small = dataclasses.replace(at, threshold=Threshold(ThresholdRule.HELDOUT, 95.0, summary.tau, 15))
     unlike = [dataclasses.replace(p, pixel_corr=0.1) if p.nearest else p for p in pairs]
     found = {c.key: c.text for c in caveats(verified, small, unlike)}
-    assert set(found) >= {"threshold_transfer", "p_values", "pixel_disagrees"}
+    assert set(found) >= {"threshold_transfer", "p_values", "pixel_disagrees", "not_anatomy"}
+    assert "median pixel correlation with the nearest training scan is 0.10" in found["not_anatomy"]
     assert "few_patients" not in found and "paper_method" not in found
     assert "smallest possible p-value is 0.06" in found["p_values"]
     assert "20%" in found["threshold_transfer"]
@@ -67,3 +68,12 @@ def test_the_report_carries_the_same_caveats(tmp_path: Path) -> None:
     assert "Before relying on these numbers" in html
     for caveat in caveats(scan.summary, at, scan.pairs()):
         assert caveat.text.split(":")[0].replace("'", "&#x27;") in html
+
+
+@pytest.mark.skipif(not (DEMO.parent / "demo-3d").is_dir(), reason="demo not built")
+def test_noise_samples_are_called_too_poor_to_judge() -> None:
+    """The 3D demo's samples are noise blobs: its copy calls must come with the warning (issue 14)."""
+    scan = ScanResults.open(DEMO.parent / "demo-3d")
+    summary = scan.summary
+    at = metrics_at(scan, summary.tau, summary.threshold.rule, summary.threshold.percentile)
+    assert "not_anatomy" in {c.key for c in caveats(summary, at, scan.pairs())}

@@ -35,3 +35,11 @@ def test_an_unscanned_study_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "fresh").mkdir()
     with pytest.raises(MemoScopeError, match="cannot compare fresh"):
         compare_studies([tmp_path / "fresh"])
+
+
+def test_stages_that_make_no_anatomy_are_marked_too_poor_to_judge() -> None:
+    rows = {r.study: r for r in compare_studies(DEMOS)}
+    early = [r for name, r in rows.items() if name.endswith("-early")]
+    later = [r for name, r in rows.items() if not name.endswith("-early")]
+    assert early and all(r.too_poor_to_judge and "too poor to judge" in r.table_row()["sample quality"] for r in early)
+    assert later and not any(r.too_poor_to_judge for r in later)

@@ -48,7 +48,7 @@ from core.io.data import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
 from core.study.results import ScanResults, ScanSummary, is_scanned
-from core.study.review import ByPatient, by_patient
+from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, sample_quality
 from core.study.scan import ScanConfig, run_scan
 
 logger = logging.getLogger(__name__)
@@ -468,6 +468,7 @@ class ModelResult:
     copy_pixel_corr: float | None  # median pixel correlation of flagged copies and their nearest training scan
     novel_pixel_corr: float | None
     by_patient: ByPatient  # the same numbers with patients as the unit
+    quality: float | None  # median pixel r of each sample with its nearest training scan (does it make anatomy?)
 
 
 def _median(values: list[float]) -> float | None:
@@ -485,7 +486,8 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
     for pair in scan.nearest():
         (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
     patients = by_patient(scan, scan.summary.tau)
-    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel), patients)
+    pairs = scan.pairs()
+    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel), patients, sample_quality(pairs))
 
 
 def _frac(f: Fraction) -> str:
@@ -698,23 +700,17 @@ def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     return f"**In short:** {training}; augmentation gave {memorized}, and {copies}{tail}."
 
 
-ANATOMY_FLOOR = 0.3  # median pixel r of a stage's non-copies below this: its samples resemble no training slice
-
-
 def anatomy_note(by_key: dict[tuple[int, str, str], ModelResult]) -> str | None:
     """A sentence on stages whose samples do not look like the training anatomy (too poor to judge), or None."""
-    poor = [
-        r
-        for r in by_key.values()
-        if r.model.dims == 2 and r.novel_pixel_corr is not None and r.novel_pixel_corr < ANATOMY_FLOOR
-    ]
+    poor = [r for r in by_key.values() if r.model.dims == 2 and r.quality is not None and r.quality < ANATOMY_FLOOR]
     if not poor:
         return None
-    named = [f"`{r.model.checkpoint}` ({r.novel_pixel_corr:.2f})" for r in poor]
+    named = [f"`{r.model.checkpoint}` ({r.quality:.2f})" for r in poor]
     names = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
     return (
-        f"- Sample quality: the samples of {names} do not resemble any training slice (median pixel correlation to "
-        f"the nearest one below {ANATOMY_FLOOR}: they are not yet brains). Their low memorization says that these "
+        f"- Sample quality: the samples of {names} do not resemble any training slice (median pixel correlation of "
+        f"a sample with its nearest training slice, below {ANATOMY_FLOOR}; the Compare page shows the same measure):"
+        " they are not yet brains. Their low memorization says that these "
         "models cannot make anatomy yet, not that stopping early prevents copying: such stages are too poor to "
         "judge."
     )

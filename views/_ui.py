@@ -13,7 +13,7 @@ from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies
 from core.study.report import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
-from core.study.review import ByPatient, by_patient, metrics_at
+from core.study.review import ByPatient, by_patient, metrics_at, sample_conditioning
 from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
@@ -56,6 +56,22 @@ def _pairs(study: str, mtime: float) -> list[Pair]:
 @st.cache_data(max_entries=32, show_spinner=False)
 def _by_patient(study: str, mtime: float, tau: float) -> ByPatient:
     return by_patient(_scan(study, mtime), tau)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _conditioning(study: str, mtime: float) -> dict[str, dict[str, float]]:
+    return sample_conditioning(_scan(study, mtime).summary)
+
+
+def conditioning(study: Path) -> dict[str, dict[str, float]]:
+    """Each synthetic sample's conditioning values (conditional LDMs), by synthetic ID; empty otherwise."""
+    return _conditioning(str(study), _scan_mtime(study))
+
+
+def conditioning_text(study: Path, synthetic_id: str) -> str:
+    """``generated with gender 0 · age 0.41`` for a sample of a conditional LDM, else empty."""
+    values = conditioning(study).get(synthetic_id.partition("#")[0])
+    return "generated with " + " · ".join(f"{k} {v:g}" for k, v in values.items()) if values else ""
 
 
 def patient_level(study: Path, tau: float) -> ByPatient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.study.compare import fractions_by_epochs
+from core.study.review import ANATOMY_FLOOR
 from views import _ui
 
 st.title("Compare studies")
@@ -28,8 +29,16 @@ st.caption(
     "Fractions: value [95 % interval]. Expected FPR: the share of real held-out scans the threshold calls copies. "
     "Unseen-patient FPR: the same for patients the threshold was not calibrated on (verified scans). Copies and "
     "patient resemblance are separate findings. Studies scanned with different copy calls or thresholds are not "
-    "directly comparable: check the 'copy call' and 'threshold' columns."
+    "directly comparable: check the 'copy call' and 'threshold' columns. Sample quality: the median pixel "
+    f"correlation of each sample with its nearest training scan; below {ANATOMY_FLOOR} the samples are not scans yet, "
+    "and that stage's memorization numbers say nothing about copying."
 )
+poor = [r.study for r in rows if r.too_poor_to_judge]
+if poor:
+    st.warning(
+        f"Too poor to judge: {', '.join(poor)}. Their samples do not look like scans yet, so a low copy fraction "
+        "there means the model cannot make anatomy, not that it does not copy."
+    )
 if any(r.unet_epochs is not None for r in rows):
     st.plotly_chart(fractions_by_epochs(rows), config={"displayModeBar": False})
 else:

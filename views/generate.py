@@ -62,22 +62,35 @@ with st.form("generate"):
         "earlier run's folder to resume it: the same checkpoint, seed, steps and scheduler continue where it "
         "stopped; anything else is refused.",
     )
+    conditional = config.conditioning if config is not None else {}
+    rules, table = "", ""
+    if conditional:
+        size = max(conditional.values())
+        st.markdown(f"**Conditioning**: this LDM takes {size} values per sample ({conditional}).")
+        rules = st.text_area(
+            "Values, one per line in the model's order",
+            placeholder="gender=0\nage=uniform(0.2,0.9)\nventricular_vol=normal(0.3,0.05)\nbrain_vol=0.4",
+            help="NAME=VALUE, NAME=uniform(LOW,HIGH) or NAME=normal(MEAN,SD); drawn per sample from the seed, so "
+            "the batch size changes nothing. Or give a CSV below.",
+        )
+        table = st.text_input("or a CSV with one row per sample (a column per value)", value="")
     submitted = st.form_submit_button("Start generation", disabled=config is None)
 if submitted and config is not None:
-    if _ui.start(
-        study,
-        "generate",
-        {
-            "checkpoint": path,
-            "out": out,
-            "n": int(n),
-            "steps": int(steps),
-            "scheduler": scheduler,
-            "seed": int(seed),
-            "batch_size": int(batch),
-            "device": "auto",
-        },
-    ):
+    options = {
+        "checkpoint": path,
+        "out": out,
+        "n": int(n),
+        "steps": int(steps),
+        "scheduler": scheduler,
+        "seed": int(seed),
+        "batch_size": int(batch),
+        "device": "auto",
+    }
+    if table.strip():
+        options["conditioning"] = table.strip()
+    if rules.strip():
+        options["condition"] = [line.strip() for line in rules.splitlines() if line.strip()]
+    if _ui.start(study, "generate", options):
         open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
 
 _ui.job_panel(study, "generate")

@@ -183,6 +183,8 @@ else:
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
         + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )
+if generated_with := _ui.conditioning_text(study, row["synthetic_id"]):
+    st.caption(generated_with)
 
 synthetic = images(str(study), summary.finished_at, "synthetic")
 train = images(str(study), summary.finished_at, "train")

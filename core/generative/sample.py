@@ -20,6 +20,7 @@ from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
 from core.common.tables import write_csv
+from core.generative.conditioning import Conditioning, check_against_model, conditioning_values
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm, read_config
 
 if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a generation job is configured
@@ -94,12 +95,18 @@ def sample(
     scheduler_name: SchedulerName = SchedulerName.DDIM,
     device: torch.device | str = "cpu",
     precision: Precision = Precision.FP32,
+    conditions: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Generate one image per seed, the whole batch through each denoising step at once.
 
     The initial latent and every DDPM noise term of sample i come from a CPU generator seeded by its seed
     alone, so sample i is the same whichever batch it is computed in and, up to floating-point differences,
     on whichever device.
+
+    Args:
+        conditions: for a conditional LDM, ``(len(seeds), C)`` values per sample: concatenated to the latent as
+            constant channels and/or given as the cross-attention context, as the model was built
+            (:attr:`core.generative.ldm.LDMConfig.conditioning`).
 
     Returns:
         ``(len(seeds), 1, *image_size)`` float32, clipped to [-1, 1].
@@ -113,11 +120,24 @@ def sample(
     latents = torch.stack([torch.randn(ldm.config.latent_shape, generator=g) for g in generators]).to(device)
     dtype = Precision(precision).autocast_dtype
     autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    wanted = ldm.config.conditioning
+    cond = torch.as_tensor(conditions, dtype=torch.float32, device=device) if conditions is not None else None
+    if bool(wanted) != (cond is not None) or (cond is not None and cond.shape[0] != len(seeds)):
+        raise MemoScopeError(
+            f"the LDM takes conditioning {wanted or 'none'}; got {None if cond is None else cond.shape}"
+        )
+    context = cond[:, None, :] if cond is not None and "cross_attention_dim" in wanted else None
+    extra = (
+        cond.reshape(*cond.shape, *[1] * ldm.config.spatial_dims).expand(-1, -1, *latents.shape[2:])
+        if cond is not None and "concat_channels" in wanted
+        else None
+    )
     with torch.inference_mode():
         for t in scheduler.timesteps:
             timesteps = torch.full((len(seeds),), int(t), device=device, dtype=torch.long)
+            model_input = latents if extra is None else torch.cat([latents, extra], dim=1)
             with autocast:
-                noise_pred = ldm.unet(latents, timesteps=timesteps).float()
+                noise_pred = ldm.unet(model_input, timesteps=timesteps, context=context).float()
             latents = denoise_step(scheduler, noise_pred, int(t), latents, generators)
         with autocast:
             images = ldm.autoencoder.decode_stage_2_outputs(latents / ldm.config.scale_factor).float()
@@ -166,6 +186,9 @@ class GenerateConfig(Config):
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:i]`` or ``mps``.
         precision: autocast dtype on GPU.
         format: 2D file format (3D is always NIfTI).
+        conditioning, condition: a conditional LDM's values per sample: a CSV with one row per sample (its
+            columns the values, in the model's order), or rules ``NAME=VALUE|uniform(LOW,HIGH)|normal(MEAN,SD)``
+            drawn per sample from ``(seed, i)`` (see :mod:`core.generative.conditioning`).
         ray: empty to sample here; ``local`` or a cluster address (``auto``, ``ray://host:port``) to fan the
             batches out over Ray actors (one per GPU), see :mod:`core.common.cluster`; ``workers`` sets their
             number (0: one per GPU). Files are written here, by this process, as batches come back.
@@ -174,6 +197,8 @@ class GenerateConfig(Config):
     checkpoint: str
     out: str
     n: int
+    conditioning: str = ""
+    condition: tuple[str, ...] = ()
     steps: int = 50
     scheduler: SchedulerName = SchedulerName.DDIM
     batch_size: int = 0
@@ -234,12 +259,8 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     Writes each image atomically, ``manifest.csv`` (path, patient_id, split, index, seed) and
     ``generation.json`` (checkpoint hash, settings, versions) after every batch.
     """
-    conditioning = read_config(config.checkpoint).conditioning
-    if conditioning:
-        raise MemoScopeError(
-            f"{config.checkpoint}: a conditional LDM ({conditioning}); MemoScope generates from unconditional LDMs "
-            "only. Generate with the model's own sampler and scan those images (scan --synthetic FOLDER)."
-        )
+    given = conditioning_values(config.n, config.seed, config.conditioning, config.condition)
+    check_against_model(given, read_config(config.checkpoint).conditioning, config.checkpoint)  # before any work
     torch_device = resolve_device(config.device)
     ldm = load_ldm(config.checkpoint, torch_device)
     dims, fmt, seed, n = ldm.config.spatial_dims, config.format, config.seed, config.n
@@ -250,6 +271,7 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
         "device": device_description(torch_device),
         "format": "nifti" if dims == 3 else fmt.value,
         "preprocessing": ldm.config.preprocessing,
+        "conditioning": None if given is None else {"names": given.names, **given.source},
         "versions": versions(),
         "started_at": now_utc(),
     }
@@ -263,10 +285,11 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
             or old.get("steps") != config.steps
             or old.get("scheduler", SchedulerName.DDIM) != config.scheduler
             or old.get("precision", Precision.FP32) != config.precision
+            or old.get("conditioning") != record["conditioning"]
         ):
             raise MemoScopeError(
-                f"{out}: holds samples from another checkpoint, seed, step count, scheduler or precision; resuming "
-                "would mix them under one label. Choose an empty folder."
+                f"{out}: holds samples from another checkpoint, seed, step count, scheduler, precision or "
+                "conditioning; resuming would mix them under one label. Choose an empty folder."
             )
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]
@@ -276,16 +299,17 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     logger.info("generating %d of %d samples on %s, %d at a time", len(todo), n, record["device"], batch_size)
     progress(ProgressEvent("sample", n - len(todo), n))
     batches = [todo[b : b + batch_size] for b in range(0, len(todo), batch_size)]
-    seeds_of = [[sample_seed(seed, i) for i in b] for b in batches]
+    work = [([sample_seed(seed, i) for i in b], None if given is None else given.values[b]) for b in batches]
     if config.ray:
         from core.common.cluster import map_batches
 
         record["ray"] = config.ray
         stage = (config.checkpoint, config.device, config.steps, config.scheduler, config.precision)
-        results = map_batches(_SampleStage, stage, seeds_of, config.ray, config.workers)
+        results = map_batches(_SampleStage, stage, work, config.ray, config.workers)
     else:
         results = (
-            sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision) for seeds in seeds_of
+            sample(ldm, seeds, config.steps, config.scheduler, torch_device, config.precision, conds)
+            for seeds, conds in work
         )
     done = n - len(todo)
     for indices, images in zip(batches, results, strict=True):
@@ -293,8 +317,8 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
             write_image(image, out / sample_filename(i, dims, fmt), dims, fmt)
         done += len(indices)
         progress(ProgressEvent("sample", done, n, f"{done}/{n} samples"))
-        _write_manifest(out, n, seed, dims, fmt, record)
-    _write_manifest(out, n, seed, dims, fmt, {**record, "finished_at": now_utc()})
+        _write_manifest(out, n, seed, dims, fmt, record, given)
+    _write_manifest(out, n, seed, dims, fmt, {**record, "finished_at": now_utc()}, given)
     return GenerationResult(out, len(todo), n - len(todo), time.perf_counter() - start, record)
 
 
@@ -308,14 +332,22 @@ class _SampleStage:
         self.ldm = load_ldm(checkpoint, self.device)
         self.steps, self.scheduler, self.precision = steps, scheduler, precision
 
-    def run(self, seeds: list[int]) -> npt.NDArray[np.float32]:
-        return sample(self.ldm, seeds, self.steps, self.scheduler, self.device, self.precision)
+    def run(self, batch: tuple[list[int], npt.NDArray[np.float32] | None]) -> npt.NDArray[np.float32]:
+        seeds, conditions = batch
+        return sample(self.ldm, seeds, self.steps, self.scheduler, self.device, self.precision, conditions)
 
 
-def _write_manifest(out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any]) -> None:
+def _write_manifest(
+    out: Path, n: int, seed: int, dims: int, fmt: ImageFormat, record: dict[str, Any], given: Conditioning | None
+) -> None:
+    """``manifest.csv``: each written sample with its seed, and its conditioning values when the model took any."""
     names = [(i, sample_filename(i, dims, fmt)) for i in range(n)]
+    extra = given.names if given is not None else []
     rows = [
-        [name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)] for i, name in names if (out / name).exists()
+        [name, f"synthetic-{i:06d}", "synthetic", i, sample_seed(seed, i)]
+        + ([f"{v:.6g}" for v in given.values[i]] if given is not None else [])
+        for i, name in names
+        if (out / name).exists()
     ]
-    write_csv(out / MANIFEST, ["path", "patient_id", "split", "index", "seed"], rows)
+    write_csv(out / MANIFEST, ["path", "patient_id", "split", "index", "seed", *extra], rows)
     atomic_write_json(out / RECORD, record)

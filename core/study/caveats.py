@@ -12,6 +12,7 @@ import numpy as np
 
 from core.detect.metrics import MemorizationMetrics
 from core.study.results import Pair, ScanSummary, copies
+from core.study.review import ANATOMY_FLOOR, sample_quality
 
 HIGH_FPR = 0.10  # above this share of real held-out scans called copies, say so
 FEW_PATIENTS = 5  # fewer validation patients than this: the threshold rests on few people
@@ -80,6 +81,17 @@ def caveats(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair
                     "pixels do not confirm; review them before calling them copies.",
                 )
             )
+    quality = sample_quality(pairs)
+    if quality is not None and quality < ANATOMY_FLOOR:
+        found.append(
+            Caveat(
+                "not_anatomy",
+                f"The synthetic samples do not look like scans yet: their median pixel correlation with the nearest "
+                f"training scan is {quality:.2f} (below {ANATOMY_FLOOR}; noise scores about 0). The model cannot make "
+                "anatomy, so neither a low nor a high copy fraction says anything about copying: judge a better-"
+                "trained checkpoint.",
+            )
+        )
     if summary.method == "paper":
         found.append(
             Caveat(

@@ -19,7 +19,7 @@ from core.common.errors import MemoScopeError
 from core.detect.metrics import Fraction
 from core.study import verdicts
 from core.study.results import ScanResults
-from core.study.review import metrics_at
+from core.study.review import ANATOMY_FLOOR, metrics_at, sample_quality
 from core.study.selftest import read_selftest
 
 
@@ -41,6 +41,19 @@ class StudyRow:
     unseen_fpr: Fraction | None
     resemble_patient: Fraction | None
     selftest_f1: float | None
+    sample_quality: float | None = None  # median pixel r of each sample with its nearest training scan
+
+    @property
+    def too_poor_to_judge(self) -> bool:
+        """The samples are not yet anatomy: their memorization numbers say nothing about copying."""
+        return self.sample_quality is not None and self.sample_quality < ANATOMY_FLOOR
+
+    @property
+    def quality_label(self) -> str:
+        if self.sample_quality is None:
+            return ""
+        poor = " (not anatomy yet: too poor to judge)" if self.too_poor_to_judge else ""
+        return f"{self.sample_quality:.2f}{poor}"
 
     def table_row(self) -> dict[str, Any]:
         """The row as the Compare page's table shows it (fractions as ``value [low, high]``)."""
@@ -62,6 +75,10 @@ class StudyRow:
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
             "self-test F1": None if self.selftest_f1 is None else round(self.selftest_f1, 3),
+            "sample quality": ""
+            if self.sample_quality is None
+            else f"{self.sample_quality:.2f}"
+            + (" (not anatomy yet: too poor to judge)" if self.too_poor_to_judge else ""),
         }
 
 
@@ -104,6 +121,7 @@ def study_row(folder: str | Path) -> StudyRow:
         summary.fpr_unseen,
         resemblance.fraction if resemblance is not None else None,
         tested.f1 if tested is not None else None,
+        sample_quality(scan.pairs()),
     )
 
 

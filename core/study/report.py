@@ -39,7 +39,15 @@ from core.io.viewer import (
 from core.study import verdicts
 from core.study.caveats import caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
-from core.study.review import aligned_training, by_patient, correlation_histogram, load_study_set, metrics_at
+from core.study.review import (
+    aligned_training,
+    by_patient,
+    copies_by_condition,
+    correlation_histogram,
+    load_study_set,
+    metrics_at,
+    sample_conditioning,
+)
 from core.study.selftest import read_selftest
 from core.study.verdicts import StudyThreshold
 
@@ -226,13 +234,14 @@ def build_report(
         source = f"saved by {chosen.set_by} on {chosen.set_at[:10]} (the scan calibrated {summary.tau:.3f})"
     else:
         source = f"given for {chosen.set_by} (the scan calibrated {summary.tau:.3f})"
+    conditioned = sample_conditioning(summary)
     pair_html = (
         "".join(
             f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic "
             f"{e(p.synthetic_id)} vs "
             f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value "
             f"{p.p_value:.3g}, "
-            f"pixel correlation {p.pixel_corr:.3f}</figcaption></figure>"
+            f"pixel correlation {p.pixel_corr:.3f}{_generated_with(conditioned, p.synthetic_id)}</figcaption></figure>"
             for p, a, b, d in _pair_images(summary, flagged, top)
         )
         or "<p>No pair is above the threshold.</p>"
@@ -285,6 +294,7 @@ and a threshold calibrated on real scans of patients outside the training set.</
 neighbouring slices of one patient are not, so the patient-level intervals in the paragraph above are the ones to
 quote when there are few patients. No interval includes the uncertainty of the threshold itself.</p>
 {_selftest_html(study, summary)}
+{_strata_html(scan, tau, conditioned)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. The difference is
 synthetic minus training on a fixed scale of half that window: {_img(png_bytes(difference_bar(160, 8)), "colour bar")}
@@ -405,6 +415,28 @@ def write_pdf(html_path: Path, pdf_path: Path) -> None:
             margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"},
         )
         browser.close()
+
+
+def _generated_with(conditioned: dict[str, dict[str, float]], synthetic_id: str) -> str:
+    values = conditioned.get(synthetic_id.partition("#")[0])
+    return "; generated with " + ", ".join(f"{html.escape(k)} {v:g}" for k, v in values.items()) if values else ""
+
+
+def _strata_html(scan: ScanResults, tau: float, conditioned: dict[str, dict[str, float]]) -> str:
+    """Copies per band of each conditioning value (conditional LDMs only)."""
+    if not conditioned:
+        return ""
+    parts = [
+        "<h2>Copies by conditioning</h2><p>The samples came from a conditional LDM; each value in bands, with "
+        "Wilson intervals.</p>"
+    ]
+    for name in next(iter(conditioned.values())):
+        rows = "".join(
+            f"<tr><td>{html.escape(s.label)}</td><td>{_pct(s.copies)}</td></tr>"
+            for s in copies_by_condition(scan, tau, name)
+        )
+        parts.append(f"<table><tr><th>{html.escape(name)}</th><th>copies among the samples</th></tr>{rows}</table>")
+    return "".join(parts)
 
 
 def write_report(study: str | Path, out: str | Path, fmt: str = "html", top: int = 8) -> Path:

@@ -7,13 +7,16 @@ viewer do no search or model work: the threshold only moves over presorted array
 from __future__ import annotations
 
 import functools
+import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from core.common.tables import read_csv
 from core.detect.metrics import (
     Fraction,
     MemorizationMetrics,
@@ -117,6 +120,17 @@ class ByPatient:
         return text
 
 
+ANATOMY_FLOOR = 0.3  # median pixel r below this: the samples resemble no real scan (pure noise scores about 0)
+
+
+def sample_quality(pairs: list[Pair]) -> float | None:
+    """Whether a generator makes anatomy yet: the median pixel correlation (after alignment, for verified scans)
+    of each synthetic sample with its nearest training scan. Below :data:`ANATOMY_FLOOR` the samples are not yet
+    scans, and a low copy fraction says the model cannot make anatomy, not that it does not copy."""
+    values = [p.pixel_corr for p in nearest_pairs(pairs) if p.pixel_corr is not None and np.isfinite(p.pixel_corr)]
+    return float(np.median(values)) if values else None
+
+
 def by_patient(scan: ScanResults, tau: float) -> ByPatient:
     """:class:`ByPatient` at ``tau`` from the study's files (``train_nn.csv``, ``pairs.csv``): any scanned study."""
     rows = scan.train_rows()
@@ -130,6 +144,69 @@ def by_patient(scan: ScanResults, tau: float) -> ByPatient:
         clustered_fraction(np.array([p.similarity for p in nearest]) > tau, volumes, seed=seed + 1) if sliced else None
     )
     return ByPatient(any_per_group(flags, patients), clustered_fraction(flags, patients, seed=seed), copies_by_volume)
+
+
+GENERATION_RECORD = "generation.json"  # written next to the samples by ``generate`` (core.generative.sample)
+
+
+def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:
+    """Each synthetic sample's conditioning values (conditional LDMs), by synthetic ID; empty when the samples were
+    generated without any. Read from the ``manifest.csv`` and ``generation.json`` that ``generate`` wrote beside
+    them (only the columns the generation record names as conditioning)."""
+    source = Path(summary.source("synthetic"))
+    folder = source if source.is_dir() else source.parent
+    manifest = folder / "manifest.csv"
+    record = folder / GENERATION_RECORD
+    if not manifest.is_file() or not record.is_file():
+        return {}
+    try:
+        names = (json.loads(record.read_text(encoding="utf-8")).get("conditioning") or {}).get("names") or []
+    except (OSError, ValueError):
+        return {}
+    if not names:
+        return {}
+    found: dict[str, dict[str, float]] = {}
+    for row in read_csv(manifest):
+        try:
+            found[row["path"]] = {name: float(row[name]) for name in names}
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """Copies among the samples generated with one band of a conditioning value."""
+
+    label: str
+    copies: Fraction
+
+
+def copies_by_condition(scan: ScanResults, tau: float, name: str, bands: int = 4) -> list[Stratum]:
+    """The copy fraction per band of conditioning value ``name`` (quantile bands; each distinct value its own band
+    when there are at most ``bands`` of them), Wilson intervals: are copies concentrated in, say, one age band?"""
+    conditions = sample_conditioning(scan.summary)
+    nearest = [p for p in scan.nearest() if p.synthetic_id.partition("#")[0] in conditions]
+    if not nearest:
+        return []
+    values = np.array([conditions[p.synthetic_id.partition("#")[0]][name] for p in nearest])
+    flags = np.array([p.similarity > tau for p in nearest])
+    distinct = np.unique(values)
+    if len(distinct) <= bands:
+        groups = [(f"{name} = {v:g}", values == v) for v in distinct]
+    else:
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bands + 1)))
+        groups = []
+        for i, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            last = i == len(edges) - 2
+            inside = (values >= low) & ((values <= high) if last else (values < high))
+            groups.append((f"{name} {low:.3g} to {high:.3g}", inside))
+    strata = []
+    for label, inside in groups:
+        count, total = int(flags[inside].sum()), int(inside.sum())
+        low, high = wilson_interval(count, total)
+        strata.append(Stratum(label, Fraction(count, total, count / max(total, 1), low, high, "wilson")))
+    return strata
 
 
 def live_metrics(cal: Calibration, tau: float) -> LiveMetrics:
