@@ -235,3 +235,23 @@ def test_the_report_and_release_use_the_saved_study_threshold(study: Path, tmp_p
     record = json.loads((tmp_path / "rel" / "release.json").read_text())
     assert result.removed_by_threshold == 0 and record["threshold_source"] == "saved by rater one"
     assert result.warnings  # looser than the scan's calibration: said and recorded
+
+
+def test_the_conclusion_calls_flags_copies_only_when_nothing_contradicts_them() -> None:
+    """Issue 14: noise samples were reported as 'likely copies of patient data'."""
+    from core.detect.metrics import Fraction, MemorizationMetrics, Threshold, ThresholdRule
+    from core.study.report import conclusion
+
+    flagged = Fraction(15, 16, 15 / 16, 0.8, 1.0, "test")
+    metrics = MemorizationMetrics(
+        Threshold(ThresholdRule.PAPER, 50.0, 0.467, 3), Fraction(3, 3, 1.0, 0.4, 1.0, "test"), flagged, 0.667, 0.5
+    )
+    plain, _ = conclusion(metrics, 0)
+    assert "likely copies of patient data" in plain
+    noise, advice = conclusion(metrics, 0, frozenset({"not_anatomy", "pixel_disagrees"}))
+    assert "do not look like scans" in noise and "likely copies" not in noise
+    assert "do not draw a conclusion" in advice.lower()
+    unconfirmed, _ = conclusion(metrics, 0, frozenset({"pixel_disagrees"}))
+    assert "unconfirmed flags" in unconfirmed and "likely copies" not in unconfirmed
+    confirmed, _ = conclusion(metrics, 2, frozenset({"pixel_disagrees"}))  # reviewers confirmed copies
+    assert "likely copies of patient data" in confirmed

@@ -52,7 +52,7 @@ class StudyRow:
     def quality_label(self) -> str:
         if self.sample_quality is None:
             return ""
-        poor = " (not anatomy yet: too poor to judge)" if self.too_poor_to_judge else ""
+        poor = " (too poor to judge)" if self.too_poor_to_judge else ""
         return f"{self.sample_quality:.2f}{poor}"
 
     def table_row(self) -> dict[str, Any]:
@@ -67,18 +67,15 @@ class StudyRow:
             "checkpoint": self.checkpoint or "",
             "UNet epochs": self.unet_epochs,
             "augmentation": {True: "yes", False: "no", None: ""}[self.augmentation],
-            "copy call": self.method,
-            "threshold": self.threshold,
+            "sample quality": self.quality_label,
             "memorized training": pct(self.memorized),
             "synthetic copies": pct(self.copies),
             "expected FPR": f"{self.expected_fpr_copy:.1%}",
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
             "self-test F1": None if self.selftest_f1 is None else round(self.selftest_f1, 3),
-            "sample quality": ""
-            if self.sample_quality is None
-            else f"{self.sample_quality:.2f}"
-            + (" (not anatomy yet: too poor to judge)" if self.too_poor_to_judge else ""),
+            "copy call": self.method,
+            "threshold": self.threshold,
         }
 
 

@@ -168,9 +168,39 @@ def _audit_sentence(audit: verdicts.AuditCheck, n_stale: int) -> str:
     return verified
 
 
-def conclusion(metrics: MemorizationMetrics, n_confirmed: int) -> tuple[str, str]:
-    """A plain-language conclusion and recommendation from the numbers at the study's threshold."""
+UNCONFIRMED = {"not_anatomy", "pixel_disagrees"}  # caveats under which a flag is not yet evidence of a copy
+
+
+def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset[str] = frozenset()) -> tuple[str, str]:
+    """A plain-language conclusion and recommendation from the numbers at the study's threshold.
+
+    ``warned``: the keys of the study's caveats; when the samples are not anatomy yet, or the pixels do not confirm
+    the flagged pairs, the flags are reported as unconfirmed, not as copies of patient data.
+    """
     copies, mem, fpr = metrics.copies, metrics.memorized, metrics.expected_fpr_copy
+    if "not_anatomy" in warned:
+        text = (
+            f"The detector flags {copies.count} of {copies.total} synthetic samples, but the samples do not look like "
+            "scans yet (see the caveats): this generator cannot make anatomy, so these numbers say nothing about "
+            "whether it copies patient data."
+        )
+        advice = (
+            "Do not draw a conclusion from this study. Scan a checkpoint whose samples look like scans; until then "
+            "treat every flag as unconfirmed."
+        )
+        return text, advice
+    if copies.count and UNCONFIRMED & warned and not n_confirmed:
+        text = (
+            f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
+            f"{copies.high:.1%}) are closer to a training scan than the threshold allows by the detector's measure, "
+            "but the pixels of most flagged pairs do not confirm a copy (see the caveats): these are unconfirmed "
+            f"flags, not established copies. About {fpr:.1%} of genuinely new scans would also be flagged."
+        )
+        advice = (
+            "Have reviewers look at the flagged pairs on the Review page before deciding; until they confirm copies, "
+            "do not share the flagged samples, and do not report them as copies of patient data."
+        )
+        return text, advice
     if copies.count == 0:
         text = (
             f"None of the {copies.total} synthetic samples was closer to a training scan than the calibrated threshold "
@@ -218,7 +248,8 @@ def build_report(
     confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
     audit = verdicts.verify_audit(study)
     stale = verdicts.stale_decisions(study, scan)
-    text, advice = conclusion(metrics, len(confirmed))
+    warned = frozenset(c.key for c in caveats(summary, metrics, pairs))
+    text, advice = conclusion(metrics, len(confirmed), warned)
     e = html.escape
     inputs = summary.inputs
     rows = "".join(
