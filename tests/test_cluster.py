@@ -85,3 +85,22 @@ def test_ray_workers_verify_as_verification_here_does(local_ray: None) -> None:
     np.testing.assert_array_equal(spread.neighbors.index, here.neighbors.index)
     np.testing.assert_allclose(spread.neighbors.similarity, here.neighbors.similarity, atol=1e-5)
     assert spread.alignments == here.alignments
+
+
+def test_search_shards_on_ray_merge_into_the_one_machine_neighbours(local_ray: None) -> None:
+    from core.detect.search import SearchConfig, make_index, merge_top_k, search_sharded
+
+    rng = np.random.default_rng(0)
+    database = rng.normal(size=(1001, 16)).astype(np.float32)
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    config = SearchConfig(k=5)
+    here = make_index(database, config).search(queries)
+    for shards in (2, 3):
+        spread = search_sharded(queries, database, config, "local", shards)
+        np.testing.assert_array_equal(spread.index, here.index)
+        np.testing.assert_allclose(spread.similarity, here.similarity, atol=1e-6)
+    # ties go to the lower row, as one search orders them
+    tied = merge_top_k(
+        [(np.array([[0.5, 0.1]], np.float32), np.array([[7, 8]])), (np.array([[0.5]], np.float32), np.array([[2]]))], 2
+    )
+    assert tied.index.tolist() == [[2, 7]]

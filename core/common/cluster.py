@@ -42,6 +42,23 @@ def cluster_gpus(ray: Any) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def run_tasks(fn: Any, calls: list[tuple[Any, ...]], address: str) -> list[Any]:
+    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (one GPU each when the cluster has any), results in
+    call order. Arguments over 1 MiB that several calls share (the same object) go into the object store once."""
+    ray = connect(address)
+    remote = ray.remote(num_gpus=1 if cluster_gpus(ray) else 0, num_cpus=1)(fn)
+    stored: dict[int, Any] = {}
+
+    def put(a: Any) -> Any:
+        if getattr(a, "nbytes", 0) <= 1 << 20:
+            return a
+        if id(a) not in stored:
+            stored[id(a)] = ray.put(a)
+        return stored[id(a)]
+
+    return list(ray.get([remote.remote(*(put(a) for a in args)) for args in calls]))
+
+
 def map_batches(
     stage: type,
     init: tuple[Any, ...],

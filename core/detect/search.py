@@ -8,6 +8,7 @@ recall@1 against exact search is measured on a sample of the queries and recorde
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -217,6 +218,43 @@ def brute_force(queries: npt.ArrayLike, database: npt.ArrayLike, k: int) -> Neig
     return Neighbors(np.take_along_axis(scores, order, axis=1).astype(np.float32), order.astype(np.int64))
 
 
+def _search_shard(
+    database: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], config: SearchConfig, offset: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """One shard's exact top-k, its row numbers made global (a Ray task: see :func:`search_sharded`)."""
+    found = make_index(database, config).search(queries)
+    return found.similarity, found.index + offset
+
+
+def merge_top_k(parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]], k: int) -> Neighbors:
+    """Each query's best ``k`` over all shards' lists: highest similarity first, ties to the lower row (as one
+    search over the whole database orders them)."""
+    sims = np.concatenate([p[0] for p in parts], axis=1)
+    idx = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((idx, -sims), axis=1)[:, :k]
+    return Neighbors(np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1))
+
+
+def search_sharded(
+    queries: npt.ArrayLike,
+    database: npt.ArrayLike,
+    config: SearchConfig | None = None,
+    address: str = "local",
+    shards: int = 2,
+) -> Neighbors:
+    """Exact search with the database split into ``shards`` contiguous parts, each searched as a Ray task (on its own
+    machine or GPU of a cluster); the shards' top-k lists merge into the same neighbours one search would find."""
+    from core.common.cluster import run_tasks
+
+    config = config or SearchConfig()
+    db = np.ascontiguousarray(database, dtype=np.float32)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    exact = dataclasses.replace(config, approximate_above=len(db) + 1)
+    bounds = np.linspace(0, len(db), max(1, min(shards, len(db))) + 1).astype(int)
+    calls = [(db[a:b], q, exact, int(a)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return merge_top_k(run_tasks(_search_shard, calls, address), min(config.k, len(db)))
+
+
 @dataclass(frozen=True)
 class NeighborTables:
     """The four searches the metrics need."""
@@ -229,11 +267,26 @@ class NeighborTables:
 
 
 def search_all(
-    train: npt.ArrayLike, val: npt.ArrayLike, synthetic: npt.ArrayLike, config: SearchConfig | None = None
+    train: npt.ArrayLike,
+    val: npt.ArrayLike,
+    synthetic: npt.ArrayLike,
+    config: SearchConfig | None = None,
+    ray: str = "",
+    shards: int = 0,
 ) -> NeighborTables:
     """Run the four directions with one index per database (and measure the training index's recall@1 when it
-    is approximate)."""
+    is approximate). With ``ray``, the training set (the large database) is split into ``shards`` (0: 2) searched
+    exactly as Ray tasks, and their top-k lists merged (:func:`search_sharded`)."""
     config = config or SearchConfig()
+    if ray:
+        count = shards or 2
+        return NeighborTables(
+            synthetic_to_train=search_sharded(synthetic, train, config, ray, count),
+            train_to_synthetic=make_index(synthetic, config).search(train),
+            train_to_val=make_index(val, config).search(train),
+            val_to_train=search_sharded(val, train, config, ray, count),
+            search=SearchReport(f"exact, {count} shards on Ray", len(np.asarray(train)), 1.0, 0),
+        )
     train_index = make_index(train, config)
     return NeighborTables(
         synthetic_to_train=train_index.search(synthetic),

@@ -431,6 +431,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             embeddings["val"].vectors,
             embeddings["synthetic"].vectors,
             SearchConfig(k=config.k, approximate_above=config.approximate_above, device=str(device)),
+            ray=config.ray,
+            shards=config.workers,
         )
         search_report = tables.search
         lap("search")
