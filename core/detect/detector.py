@@ -116,8 +116,12 @@ def _epoch_loss(
         if len(idx) < 2:  # a single image has no negatives
             continue
         batch = images[idx]
-        views = augment_batch(transform, batch).to(device, non_blocking=True)  # MONAI augments on the CPU
+        if device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy overlap with the work already queued on the GPU
         batch = batch.to(device, non_blocking=True)
+        # MONAI's transforms run on the batch's device; their random draws stay on the CPU, so a seed augments alike
+        # everywhere
+        views = augment_batch(transform, batch)
         if optimizer is None:
             with torch.no_grad():
                 loss = nt_xent(model, batch, views, loss_fn)

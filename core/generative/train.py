@@ -164,7 +164,7 @@ def train_ldm(
         ae.train()
         losses = []
         for idx in _batches(len(x_all), cfg.batch_size, cfg.seed, 0, epoch):
-            x = _maybe_augment(x_all[idx], cfg, dims, size, 0, epoch).to(device)
+            x = _maybe_augment(x_all[idx].to(device), cfg, dims, size, 0, epoch)
             recon, z_mu, z_sigma = ae(x)
             loss = F.l1_loss(recon, x) + cfg.kl_weight * _kl(z_mu, z_sigma)
             if disc is not None and opt_disc is not None:
@@ -198,7 +198,7 @@ def train_ldm(
         losses = []
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         for idx in _batches(len(x_all), cfg.batch_size, cfg.seed, 1, epoch):
-            x = _maybe_augment(x_all[idx], cfg, dims, size, 1, epoch).to(device)
+            x = _maybe_augment(x_all[idx].to(device), cfg, dims, size, 1, epoch)
             noise = torch.randn((len(idx), *config.latent_shape), generator=gen).to(device)
             t = torch.randint(0, scheduler.num_train_timesteps, (len(idx),), generator=gen).to(device)
             with torch.no_grad():
