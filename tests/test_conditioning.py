@@ -133,6 +133,9 @@ def test_csv_rows_and_cells_are_checked(tmp_path: Path) -> None:
         conditioning_values(2, 0, csv=str(bad))
     with pytest.raises(MemoScopeError, match="twice"):
         parse_rules(["age=1", "age=2"])
+    from core.generative.conditioning import describe_model
+
+    assert describe_model({"concat_channels": 4, "cross_attention_dim": 4}).startswith("4 values per sample")
 
 
 def test_an_unconditional_model_takes_no_conditioning(checkpoint_2d: Path, tmp_path: Path) -> None:

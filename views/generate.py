@@ -11,6 +11,7 @@ import streamlit as st
 from core.common.config import choices
 from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
+from core.generative.conditioning import describe_model
 from core.generative.ldm import SchedulerName, list_checkpoints, read_config
 from core.io.data import discover, read_raw
 from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
@@ -65,8 +66,7 @@ with st.form("generate"):
     conditional = config.conditioning if config is not None else {}
     rules, table = "", ""
     if conditional:
-        size = max(conditional.values())
-        st.markdown(f"**Conditioning**: this LDM takes {size} values per sample ({conditional}).")
+        st.markdown(f"**Conditioning**: this LDM takes {describe_model(conditional)}.")
         rules = st.text_area(
             "Values, one per line in the model's order",
             placeholder="gender=0\nage=uniform(0.2,0.9)\nventricular_vol=normal(0.3,0.05)\nbrain_vol=0.4",

@@ -115,6 +115,16 @@ def conditioning_values(n: int, seed: int, csv: str = "", rules: Sequence[str] =
     return Conditioning([r[0] for r in parsed], values, {"rules": list(rules), "seed": seed})
 
 
+def describe_model(model: dict[str, int]) -> str:
+    """``2 values per sample, concatenated to the latent and given as cross-attention context`` (for a page)."""
+    size = max(model.values())
+    how = [
+        "concatenated to the latent as constant channels" if "concat_channels" in model else "",
+        "given as cross-attention context" if "cross_attention_dim" in model else "",
+    ]
+    return f"{size} values per sample, " + " and ".join(h for h in how if h)
+
+
 def check_against_model(found: Conditioning | None, model: dict[str, int], checkpoint: str) -> None:
     """Refuse conditioning that the model does not take, or a conditional model without conditioning."""
     if model and found is None:
