@@ -42,12 +42,9 @@ def cluster_gpus(ray: Any) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def run_tasks(fn: Any, calls: list[tuple[Any, ...]], address: str) -> list[Any]:
-    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (one GPU each when the cluster has any), results in
-    call order. Arguments over 1 MiB that several calls share (the same object) go into the object store once."""
-    ray = connect(address)
-    remote = ray.remote(num_gpus=1 if cluster_gpus(ray) else 0, num_cpus=1)(fn)
-    stored: dict[int, Any] = {}
+def _shared(ray: Any, args: tuple[Any, ...], stored: dict[int, Any]) -> tuple[Any, ...]:
+    """``args`` with each large one (over 1 MiB: a training set's images) put into Ray's object store once, so every
+    actor or task that receives the same object shares one copy."""
 
     def put(a: Any) -> Any:
         if getattr(a, "nbytes", 0) <= 1 << 20:
@@ -56,7 +53,16 @@ def run_tasks(fn: Any, calls: list[tuple[Any, ...]], address: str) -> list[Any]:
             stored[id(a)] = ray.put(a)
         return stored[id(a)]
 
-    return list(ray.get([remote.remote(*(put(a) for a in args)) for args in calls]))
+    return tuple(put(a) for a in args)
+
+
+def run_tasks(fn: Any, calls: list[tuple[Any, ...]], address: str) -> list[Any]:
+    """``fn(*args)`` for every ``args`` in ``calls`` as Ray tasks (one GPU each when the cluster has any), results in
+    call order."""
+    ray = connect(address)
+    remote = ray.remote(num_gpus=1 if cluster_gpus(ray) else 0, num_cpus=1)(fn)
+    stored: dict[int, Any] = {}
+    return list(ray.get([remote.remote(*_shared(ray, args, stored)) for args in calls]))
 
 
 def map_batches(
@@ -75,8 +81,7 @@ def map_batches(
     gpus = cluster_gpus(ray)
     count = workers or max(gpus, 2)
     remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(stage)
-    # large arguments (a training set's images) go into the object store once and are shared by every actor
-    shared = tuple(ray.put(a) if getattr(a, "nbytes", 0) > 1 << 20 else a for a in init)
+    shared = _shared(ray, init, {})
     actors = [remote.remote(*shared) for _ in range(count)]
     pool = ray.util.ActorPool(actors)
     try:

@@ -197,8 +197,6 @@ class GenerateConfig(Config):
     checkpoint: str
     out: str
     n: int
-    conditioning: str = ""
-    condition: tuple[str, ...] = ()
     steps: int = 50
     scheduler: SchedulerName = SchedulerName.DDIM
     batch_size: int = 0
@@ -208,6 +206,8 @@ class GenerateConfig(Config):
     format: ImageFormat = ImageFormat.PNG16
     ray: str = ""
     workers: int = 0
+    conditioning: str = ""
+    condition: tuple[str, ...] = ()
 
     def validate(self) -> None:
         check_range("n", self.n, 1)
