@@ -316,3 +316,32 @@ def test_first_page_imports_no_heavy_library(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+@needs_demo
+def test_a_conditional_study_shows_each_samples_values_and_copies_per_band(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed 2D study, as if a conditional LDM had made its samples (an age value each)."""
+    monkeypatch.chdir(REPO)
+    study = tmp_path / "study"
+    shutil.copytree(DEMO_2D, study, ignore=shutil.ignore_patterns("jobs"))
+    samples = study / "synthetic"
+    record = json.loads((samples / "generation.json").read_text())
+    (samples / "generation.json").write_text(json.dumps({**record, "conditioning": {"names": ["age"]}}))
+    lines = (samples / "manifest.csv").read_text().splitlines()
+    rows = [f"{line},{(i % 4) / 4}" for i, line in enumerate(lines[1:])]
+    (samples / "manifest.csv").write_text("\n".join([lines[0] + ",age", *rows]) + "\n")
+    summary = json.loads((study / "summary.json").read_text())
+    summary["inputs"]["synthetic"]["source"] = str(samples)
+    (study / "summary.json").write_text(json.dumps(summary))
+
+    at = _app(str(study))
+    _ok(at)
+    assert any(h.value == "Copies by conditioning" for h in at.subheader)
+    bands = next(d.value for d in at.dataframe if "band" in d.value.columns)
+    assert list(bands["band"]) == ["age = 0", "age = 0.25", "age = 0.5", "age = 0.75"]
+    assert bands["copies"].sum() == read_summary(study).copies.count
+    at.switch_page("views/review.py").run()
+    _ok(at)
+    assert any(c.value.startswith("generated with age ") for c in at.caption)
