@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from core.common.config import choices
+from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.progress import StageBars
 from core.detect.record import Arch
 from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
-from core.generative.sample import ImageFormat, Precision
+from core.generative.sample import ImageFormat
 from core.io.augment import AugmentPolicy
 from core.io.data import SliceAxis
 from core.io.preprocessing import IntensityRule, ResizeMode
@@ -84,6 +85,7 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
 
 
 DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps"
+PRECISION_HELP = "forward passes in fp32 (default) or mixed bf16/fp16 (fp16 on a GPU only)"
 TRAIN_LDM_FLAGS = (
     "ae_epochs",
     "epochs",
@@ -173,17 +175,18 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from core.common.devices import resolve_device
+    from core.common.devices import check_precision, resolve_device
     from core.common.provenance import atomic_path
     from core.detect.detector import embed_set, load_detector
     from core.io.data import load_set
     from core.io.preprocessing import PreprocessSpec
 
     device = resolve_device(args.device)  # a missing GPU is reported before anything loads
+    precision = check_precision(device, args.precision or "fp32")
     detector = load_detector(args.detector)
     spec = detector.config.preprocessing or PreprocessSpec.from_options(vars(args))
     images = load_set(args.input, spec, slices=args.slices, skip_bad=args.skip_bad)
-    embeddings, cached = embed_set(detector, images, args.cache_dir, device=device)
+    embeddings, cached = embed_set(detector, images, args.cache_dir, device=device, precision=precision)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, ids=np.array(embeddings.ids), vectors=embeddings.vectors)
     print(
@@ -286,6 +289,7 @@ def cmd_selftest(args: argparse.Namespace) -> None:
         "levels": args.levels,
         "seed": args.seed,
         "device": args.device,
+        "precision": args.precision,
     }
     bars = StageBars()
     result = run_selftest(SelfTestConfig.from_dict({k: v for k, v in options.items() if v is not None}), bars)
@@ -355,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", help="embed and verify on Ray workers: local, auto or ray://host:port (default: here)")
     p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
     p.add_argument("--train", required=True, help="training images: folder or CSV manifest")
     p.add_argument("--val", required=True, help="held-out real images (other patients)")
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
@@ -385,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("selftest", help="plant changed copies of the study's training scans and measure the call")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
     p.add_argument("--study", required=True, help="a scanned study folder")
     p.add_argument("--per-kind", type=int, help="copies per change and level (default 10)")
     p.add_argument("--levels", type=int, nargs="+", help="strength levels, of 1 2 3 (default 1 2)")
@@ -444,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-detector", help="train the contrastive copy detector")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
     p.add_argument("--train", required=True)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True)
@@ -459,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz with ids and vectors")
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
     _spec_args(p)
     p.set_defaults(func=cmd_embed)
 

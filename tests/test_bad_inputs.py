@@ -127,6 +127,11 @@ def scan_on_a_missing_gpu(root: Path) -> list[str]:
     return _scan_args(root, train, val, "--device", "cuda:0" if not torch.cuda.is_available() else "cuda:99")
 
 
+def scan_in_fp16_on_a_cpu(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    return _scan_args(root, train, val, "--device", "cpu", "--precision", "fp16")
+
+
 def train_ldm_on_a_missing_gpu(root: Path) -> list[str]:
     train, _, _ = _sets(root)
     device = "cuda:0" if not torch.cuda.is_available() else "cuda:99"
@@ -310,6 +315,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (k_is_zero, "k 0 must be in [1, inf]", "study"),
     (scan_on_a_missing_gpu, "--device cuda", "study"),
     (train_ldm_on_a_missing_gpu, "--device cuda", "ldm"),
+    (scan_in_fp16_on_a_cpu, "fp16 needs a GPU", "study"),
     (fixed_threshold_out_of_range, "fixed:X needs a number X in [-1, 1]", "study"),
     (validation_too_small_for_the_percentile, "percentile 95 needs at least 20", "study/detector"),
     (

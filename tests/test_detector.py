@@ -86,3 +86,23 @@ def test_wrong_image_size_is_refused() -> None:
     config = DetectorConfig.for_dims(2, [32, 32], epochs=1)
     with pytest.raises(MemoScopeError, match="expects"):
         train_detector(_set(4, 0), _set(4, 1), config)
+
+
+def test_mixed_precision_embeds_alike_keys_its_own_cache_and_trains(tmp_path: Path) -> None:
+    """bf16 autocast (the CPU's mixed precision) gives embeddings close to fp32's, cached apart from them; detector
+    training runs in it and records it; fp16 is refused on a CPU before any work."""
+    config = DetectorConfig.for_dims(2, [16, 16], arch="convres", embed_dim=16, epochs=1, batch_size=8)
+    train, val = _set(16, 0), _set(8, 1)
+    detector = train_detector(train, val, config, precision="bf16")
+    assert detector.provenance["precision"] == "bf16"
+    save_detector(detector, tmp_path / "det")
+    loaded = load_detector(tmp_path / "det")
+    full, _ = embed_set(loaded, train, tmp_path / "cache")
+    mixed, cached = embed_set(loaded, train, tmp_path / "cache", precision="bf16")
+    assert not cached  # not fp32's cache entry
+    cosine = (full.vectors * mixed.vectors).sum(1) / (
+        np.linalg.norm(full.vectors, axis=1) * np.linalg.norm(mixed.vectors, axis=1)
+    )
+    assert cosine.min() > 0.99 and not np.array_equal(full.vectors, mixed.vectors)
+    with pytest.raises(MemoScopeError, match="fp16 needs a GPU"):
+        train_detector(train, val, config, precision="fp16")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from core.common.errors import MemoScopeError
@@ -42,3 +44,34 @@ def device_description(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     return device.type
+
+
+class Precision(StrEnum):
+    """The dtype a forward pass runs in: ``fp32``, or mixed precision with ``fp16``/``bf16`` (autocast)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype autocast runs in; ``None`` for full precision (no autocast)."""
+        import torch
+
+        return {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self)
+
+
+def check_precision(device: torch.device, precision: str) -> Precision:
+    """``precision`` if ``device`` runs it: fp16 autocast is for GPUs (a CPU computes it slowly or not at all)."""
+    chosen = Precision(precision)
+    if chosen == Precision.FP16 and device.type == "cpu":
+        raise MemoScopeError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
+    return chosen
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """Mixed precision for the forward passes inside, or nothing for fp32."""
+    import torch
+
+    dtype = Precision(precision).autocast_dtype
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)

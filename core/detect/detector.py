@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.common.devices import device_description, resolve_device
+from core.common.devices import Precision, autocast, check_precision, device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_dir, atomic_path, now_utc, sha256_json, versions
@@ -83,7 +83,7 @@ def build_encoder(config: DetectorConfig) -> nn.Module:
 
 def nt_xent(model: nn.Module, batch: torch.Tensor, views: torch.Tensor, loss_fn: NTXentLoss) -> torch.Tensor:
     """NT-Xent over 2K embeddings: image i and its augmented view are the only positives."""
-    embeddings = model(torch.cat([batch, views]))
+    embeddings = model(torch.cat([batch, views])).float()  # the loss in float32 whatever the forward ran in
     labels = torch.arange(len(batch)).repeat(2)
     return loss_fn(embeddings, labels)
 
@@ -109,6 +109,8 @@ def _epoch_loss(
     batch_size: int,
     optimizer: torch.optim.Optimizer | None,
     device: torch.device,
+    precision: str = Precision.FP32,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     total, batches = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -123,13 +125,19 @@ def _epoch_loss(
         # everywhere
         views = augment_batch(transform, batch)
         if optimizer is None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 loss = nt_xent(model, batch, views, loss_fn)
         else:
-            loss = nt_xent(model, batch, views, loss_fn)
+            with autocast(device, precision):
+                loss = nt_xent(model, batch, views, loss_fn)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
         total += float(loss.detach())
         batches += 1
     return total / max(batches, 1)
@@ -141,8 +149,12 @@ def train_detector(
     config: DetectorConfig,
     progress: Progress = silent,
     device: torch.device | str = "cpu",
+    precision: str = Precision.FP32,
 ) -> Detector:
     """Train the encoder on ``train`` on ``device``; keep the epoch with the lowest validation NT-Xent loss.
+
+    ``precision``: the forward passes' autocast dtype (bf16, or fp16 with a gradient scaler, on a GPU); the loss,
+    the weights and the optimizer stay float32.
 
     The weights are initialised and the batches shuffled and augmented on the CPU from ``config.seed``, so a
     GPU starts from exactly the CPU's network and sees the same batches.
@@ -158,6 +170,8 @@ def train_detector(
             f"training images are {list(train.images.shape[2:])} but the detector expects {config.image_size}."
         )
     device = torch.device(device)
+    precision = check_precision(device, precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
     torch.manual_seed(config.seed)
     model = build_encoder(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -172,14 +186,23 @@ def train_detector(
     for epoch in range(config.epochs):
         model.train()
         train_loss = _epoch_loss(
-            model, x_train, rng.permutation(len(train)), transform, loss_fn, config.batch_size, optimizer, device
+            model,
+            x_train,
+            rng.permutation(len(train)),
+            transform,
+            loss_fn,
+            config.batch_size,
+            optimizer,
+            device,
+            precision,
+            scaler,
         )
         scheduler.step()
         model.eval()
         val_transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
         val_transform.set_random_state(seed=config.seed + 1)
         val_loss = _epoch_loss(
-            model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None, device
+            model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None, device, precision
         )
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:
@@ -197,6 +220,7 @@ def train_detector(
     provenance = {
         "trained_at": now_utc(),
         "device": device_description(device),
+        "precision": str(precision),
         "train_set": {"source": train.source, "n": len(train), "content_hash": train.content_hash},
         "val_set": {"source": val.source, "n": len(val), "content_hash": val.content_hash},
         "versions": versions(),
@@ -213,6 +237,7 @@ def train_and_save(
     overwrite: bool = False,
     progress: Progress = silent,
     device: torch.device | str = "cpu",
+    precision: str = Precision.FP32,
 ) -> Detector:
     """Train a detector with the default config for these sets (plus ``overrides``) and save it to ``out``.
 
@@ -224,17 +249,20 @@ def train_and_save(
     config = DetectorConfig.for_dims(
         spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {})
     )
-    detector = train_detector(train, val, config, progress=progress, device=device)
+    detector = train_detector(train, val, config, progress=progress, device=device, precision=precision)
     save_detector(detector, out, overwrite=overwrite)
     return detector
 
 
 def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent) -> Detector:
     """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
+    device = resolve_device(config.device)  # a missing GPU or an unsupported precision, before any data loads
+    check_precision(device, config.precision)
     train = load_set(config.train, config.spec, role="train", slices=config.slices, skip_bad=config.skip_bad)
     val = load_set(config.val, config.spec, role="val", slices=config.slices, skip_bad=config.skip_bad)
-    device = resolve_device(config.device)
-    return train_and_save(train, val, config.out, config.seed, config.overrides, config.overwrite, progress, device)
+    return train_and_save(
+        train, val, config.out, config.seed, config.overrides, config.overwrite, progress, device, config.precision
+    )
 
 
 def save_detector(detector: Detector, folder: str | Path, overwrite: bool = False) -> str:
@@ -298,12 +326,18 @@ class Embeddings:
 
 
 def embed(
-    model: nn.Module, images: npt.NDArray[np.float32], batch_size: int = 64, device: torch.device | str = "cpu"
+    model: nn.Module,
+    images: npt.NDArray[np.float32],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = Precision.FP32,
 ) -> npt.NDArray[np.float32]:
-    """Embed ``(N, 1, *S)`` float32 images in [-1, 1] -> ``(N, D)`` float32 (eval, no grad)."""
+    """Embed ``(N, 1, *S)`` float32 images in [-1, 1] -> ``(N, D)`` float32 (eval, no grad; ``precision``: the
+    forward pass's autocast dtype, the embeddings are float32 either way)."""
+    device = torch.device(device)
     model = model.to(device).eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
             out.append(model(batch).float().cpu().numpy())
@@ -315,13 +349,13 @@ class _EmbedStage:
     """Embedding as a Ray stage (see :mod:`core.common.cluster`): the detector loads once per worker, from its
     folder (safetensors); ``run`` embeds one chunk of images."""
 
-    def __init__(self, folder: str, device: str, batch_size: int) -> None:
+    def __init__(self, folder: str, device: str, batch_size: int, precision: str = Precision.FP32) -> None:
         self.model = load_detector(folder).model
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        self.batch_size, self.precision = batch_size, precision
 
     def run(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        return embed(self.model, images, self.batch_size, self.device)
+        return embed(self.model, images, self.batch_size, self.device, self.precision)
 
 
 def embed_on_ray(
@@ -332,13 +366,14 @@ def embed_on_ray(
     chunk: int = 4096,
     device: str = "auto",
     batch_size: int = 64,
+    precision: str = Precision.FP32,
 ) -> npt.NDArray[np.float32]:
     """Embed ``images`` with the detector saved in ``folder`` on Ray workers, ``chunk`` images per task, in order
     (a memory-mapped set is read chunk by chunk on the driver)."""
     from core.common.cluster import map_batches
 
     chunks = (np.array(images[start : start + chunk]) for start in range(0, len(images), chunk))
-    parts = list(map_batches(_EmbedStage, (str(folder), device, batch_size), chunks, address, workers))
+    parts = list(map_batches(_EmbedStage, (str(folder), device, batch_size, precision), chunks, address, workers))
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -355,8 +390,9 @@ def embed_set(
     ray: str = "",
     folder: str | Path | None = None,
     workers: int = 0,
+    precision: str = Precision.FP32,
 ) -> tuple[Embeddings, bool]:
-    """Embed an image set, reusing the on-disk cache keyed by detector hash and input content.
+    """Embed an image set, reusing the on-disk cache keyed by detector hash, input content and (mixed) precision.
 
     Returns:
         (embeddings, whether they came from the cache).
@@ -366,15 +402,20 @@ def embed_set(
             f"{images.source}: images are {list(images.images.shape[2:])}, the detector expects "
             f"{detector.config.image_size}; use the detector's preprocessing spatial size."
         )
-    key = sha256_json({"detector": detector.detector_hash or id(detector), "images": images.content_hash})
+    keyed = {"detector": detector.detector_hash or id(detector), "images": images.content_hash}
+    if Precision(precision) != Precision.FP32:  # fp32 keeps the keys of caches written before precision existed
+        keyed["precision"] = str(precision)
+    key = sha256_json(keyed)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
     if detector.detector_hash and path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             return Embeddings(list(cached["ids"]), cached["vectors"]), True
     if ray and folder is not None:  # fanned out over a Ray cluster: each worker loads the saved detector
-        vectors = embed_on_ray(folder, images.images, ray, workers, device="auto", batch_size=batch_size)
+        vectors = embed_on_ray(
+            folder, images.images, ray, workers, device="auto", batch_size=batch_size, precision=precision
+        )
     else:
-        vectors = embed(detector.model, images.images, batch_size, device)
+        vectors = embed(detector.model, images.images, batch_size, device, precision)
     if detector.detector_hash:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.common.config import Config, check_range
+from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_files
 from core.io.augment import AugmentPolicy
@@ -102,6 +103,7 @@ class TrainDetectorConfig(Config):
     overrides: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     device: str = "auto"
+    precision: Precision = Precision.FP32
 
 
 def is_detector_folder(folder: str | Path) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.common.config import Config, check_range
-from core.common.devices import device_description, resolve_device
+from core.common.devices import Precision, device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
@@ -28,19 +28,6 @@ if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a gen
     from monai.networks.schedulers import Scheduler
 
 logger = logging.getLogger(__name__)
-
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The dtype autocast runs in; ``None`` for full precision (no autocast)."""
-        import torch
-
-        return {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}.get(self)
 
 
 class ImageFormat(StrEnum):

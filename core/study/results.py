@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.common.config import Config
+from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
@@ -100,6 +101,7 @@ class ScanSummary(Config):
             patients usually are (``patients.csv``; see :mod:`core.detect.resemblance`). A separate finding:
             never part of ``copies``.
         device: where the detector trained and embedded and pairs were verified.
+        precision: the forward passes' dtype there (``fp32``, or mixed ``bf16``/``fp16``).
         search: how the training set was searched: exact, or an approximate index with its measured recall@1.
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
@@ -132,6 +134,7 @@ class ScanSummary(Config):
     patient_resemblance: PatientResemblance | None = None
     device: str = ""
     search: SearchReport | None = None
+    precision: Precision = Precision.FP32
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.common.config import Config, check_range
-from core.common.devices import device_description, resolve_device
+from core.common.devices import Precision, check_precision, device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import now_utc, versions
@@ -96,6 +96,7 @@ class ScanConfig(Config):
     cache_dir: str | None = None
     patient_top: int = 3
     device: str = "auto"
+    precision: Precision = Precision.FP32
     approximate_above: int = 1_000_000
     ray: str = ""
     workers: int = 0
@@ -244,6 +245,7 @@ def _detector(
         overwrite=True,
         device=device,
         progress=progress,
+        precision=config.precision,
     )
 
 
@@ -384,6 +386,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     """
     rule, fixed = parse_rule(config.rule)
     device = resolve_device(config.device)
+    precision = check_precision(device, config.precision)
     for role in results.ROLES:  # every path, manifest and split column checked before anything is created
         discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
     study = open_study(config.out)
@@ -420,6 +423,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
                 ray=config.ray,
                 folder=config.detector or stage / results.DETECTOR,
                 workers=config.workers,
+                precision=precision,
             )
             results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
         progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
@@ -485,6 +489,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             patient_resemblance=resemblance,
             device=device_description(device),
             search=search_report,
+            precision=precision,
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(

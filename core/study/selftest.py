@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.common.config import Config, check_range
-from core.common.devices import resolve_device
+from core.common.devices import Precision, check_precision, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_write_json, now_utc, versions
@@ -47,6 +47,7 @@ class SelfTestConfig(Config):
     levels: tuple[int, ...] = (1, 2)
     seed: int = 0
     device: str = "auto"
+    precision: Precision = Precision.FP32
 
     def validate(self) -> None:
         check_range("per_kind", self.per_kind, 1, 1000)
@@ -139,6 +140,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
         )
     detector = load_detector(scan.detector_folder)
     device = resolve_device(config.device)
+    mixed = check_precision(device, config.precision)  # the forward passes' dtype (``precision`` is a metric here)
     progress(ProgressEvent("load", 1, 1, f"{len(calib)} calibration and {len(unseen)} unseen-patient scans"))
     x_train, x_cal, x_unseen = train.images, val.images[calib], val.images[unseen]
     planted = {
@@ -146,8 +148,9 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
         for level in config.levels
     }
     progress(ProgressEvent("embed", 0, 1, "embedding"))
-    v_train, v_cal = embed(detector.model, x_train, device=device), embed(detector.model, x_cal, device=device)
-    v_planted = {level: embed(detector.model, p.images, device=device) for level, p in planted.items()}
+    v_train = embed(detector.model, x_train, device=device, precision=mixed)
+    v_cal = embed(detector.model, x_cal, device=device, precision=mixed)
+    v_planted = {level: embed(detector.model, p.images, device=device, precision=mixed) for level, p in planted.items()}
     progress(ProgressEvent("embed", 1, 1, "embedded"))
     verify_config = summary.verify or VerifyConfig()
 
