@@ -4,7 +4,8 @@
    machine's CPU cores at the CPU batch.
 2. Seeds mean the same on any device: the same seeds sampled on the GPU and on the CPU (mean and largest absolute
    difference as a share of the [-1, 1] range), and the study's copy call on both sample sets (same calls?).
-3. Detector training: epochs on the GPU against the same epochs on the CPU cores.
+3. Detector training: epochs on the GPU against the same epochs on the CPU cores; embedding in bf16 autocast against
+   fp32 (mixed precision is kept only where it is faster).
 4. Exact search on the GPU (torch chunked matmul + top-k) against the GPU's own matmul rate.
 
 Writes ``benchmarks/results/gpu.md``. ``--device cpu`` runs every step on the CPU (a check that the script works on a
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from core.common.devices import device_description, resolve_device
-from core.detect.detector import DetectorConfig, embed, load_detector, train_detector
+from core.detect.detector import DetectorConfig, build_encoder, embed, load_detector, train_detector
 from core.detect.metrics import is_copy
 from core.detect.search import SearchConfig, TorchIndex
 from core.detect.verify import best_match
@@ -137,6 +138,24 @@ def main() -> None:
         f"{t_cpu:.1f} s on {os.cpu_count()} CPU cores",
         f"{t_cpu / t_device:.1f}x",
         ">= 10x",
+    )
+
+    encoder = build_encoder(DetectorConfig.for_dims(2, [64, 64])).eval()
+    images = np.random.default_rng(1).uniform(-1, 1, (512 if args.quick else 8192, 1, 64, 64)).astype(np.float32)
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        embed(encoder, images[:256], 256, device, precision)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        embed(encoder, images, 256, device, precision)
+        _sync(device)
+        rates[precision] = len(images) / (time.perf_counter() - start)
+    row(
+        f"embedding {len(images)} 64x64 images, ResNet-18, batch 256, bf16 autocast",
+        f"{rates['bf16']:.0f} images/s",
+        f"fp32 {rates['fp32']:.0f} images/s",
+        f"{rates['bf16'] / rates['fp32']:.2f}x",
+        "faster, or keep fp32",
     )
 
     n_q, n_db, dim = (2000, 100_000, 128) if args.quick else (20_000, 1_000_000, 128)

@@ -65,7 +65,10 @@ def check_precision(device: torch.device, precision: str) -> Precision:
     """``precision`` if ``device`` runs it: fp16 autocast is for GPUs (a CPU computes it slowly or not at all)."""
     chosen = Precision(precision)
     if chosen == Precision.FP16 and device.type == "cpu":
-        raise MemoScopeError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
+        raise MemoScopeError(
+            "--precision fp16 needs a GPU; on the CPU use fp32 (bf16 runs there, but embedded 24x slower than fp32 "
+            "on a CPU without bf16 units: benchmarks/gpu.py --device cpu)."
+        )
     return chosen
 
 
