@@ -66,8 +66,8 @@ def check_precision(device: torch.device, precision: str) -> Precision:
     chosen = Precision(precision)
     if chosen == Precision.FP16 and device.type == "cpu":
         raise MemoScopeError(
-            "--precision fp16 needs a GPU; on the CPU use fp32 (bf16 runs there, but embedded 24x slower than fp32 "
-            "on a CPU without bf16 units: benchmarks/gpu.py --device cpu)."
+            "--precision fp16 needs a GPU; on the CPU use fp32 (bf16 runs there, but on a CPU without bf16 units it "
+            "is many times slower than fp32: `bash benchmarks/gpu_check.sh --device cpu --quick` measures it)."
         )
     return chosen
 
