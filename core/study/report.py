@@ -464,7 +464,7 @@ def _strata_html(scan: ScanResults, tau: float, conditioned: dict[str, dict[str,
     for name in next(iter(conditioned.values())):
         rows = "".join(
             f"<tr><td>{html.escape(s.label)}</td><td>{_pct(s.copies)}</td></tr>"
-            for s in copies_by_condition(scan, tau, name)
+            for s in copies_by_condition(scan, tau, name, conditions=conditioned)
         )
         parts.append(f"<table><tr><th>{html.escape(name)}</th><th>copies among the samples</th></tr>{rows}</table>")
     return "".join(parts)

@@ -26,10 +26,12 @@ from core.detect.metrics import (
     clustered_fraction,
     count_above,
     fraction_above,
+    is_copy,
     memorization_metrics,
     wilson_interval,
 )
 from core.detect.verify import Verifier, VerifyConfig
+from core.generative.sample import MANIFEST, RECORD
 from core.io.data import ImageSet, SliceAxis, load_set
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
@@ -134,19 +136,16 @@ def sample_quality(pairs: list[Pair]) -> float | None:
 def by_patient(scan: ScanResults, tau: float) -> ByPatient:
     """:class:`ByPatient` at ``tau`` from the study's files (``train_nn.csv``, ``pairs.csv``): any scanned study."""
     rows = scan.train_rows()
-    flags = np.array([r.similarity for r in rows]) > tau
+    flags = is_copy([r.similarity for r in rows], tau)
     patients = np.array([r.patient_id for r in rows])
     seed = scan.summary.seed
     nearest = scan.nearest()
     volumes = np.array([p.synthetic_id.partition("#")[0] for p in nearest])
     sliced = len(set(volumes.tolist())) < len(volumes)
     copies_by_volume = (
-        clustered_fraction(np.array([p.similarity for p in nearest]) > tau, volumes, seed=seed + 1) if sliced else None
+        clustered_fraction(is_copy([p.similarity for p in nearest], tau), volumes, seed=seed + 1) if sliced else None
     )
     return ByPatient(any_per_group(flags, patients), clustered_fraction(flags, patients, seed=seed), copies_by_volume)
-
-
-GENERATION_RECORD = "generation.json"  # written next to the samples by ``generate`` (core.generative.sample)
 
 
 def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:
@@ -155,8 +154,8 @@ def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:
     them (only the columns the generation record names as conditioning)."""
     source = Path(summary.source("synthetic"))
     folder = source if source.is_dir() else source.parent
-    manifest = folder / "manifest.csv"
-    record = folder / GENERATION_RECORD
+    manifest = folder / MANIFEST
+    record = folder / RECORD
     if not manifest.is_file() or not record.is_file():
         return {}
     try:
@@ -182,15 +181,21 @@ class Stratum:
     copies: Fraction
 
 
-def copies_by_condition(scan: ScanResults, tau: float, name: str, bands: int = 4) -> list[Stratum]:
+def copies_by_condition(
+    scan: ScanResults,
+    tau: float,
+    name: str,
+    bands: int = 4,
+    conditions: dict[str, dict[str, float]] | None = None,
+) -> list[Stratum]:
     """The copy fraction per band of conditioning value ``name`` (quantile bands; each distinct value its own band
     when there are at most ``bands`` of them), Wilson intervals: are copies concentrated in, say, one age band?"""
-    conditions = sample_conditioning(scan.summary)
+    conditions = sample_conditioning(scan.summary) if conditions is None else conditions
     nearest = [p for p in scan.nearest() if p.synthetic_id.partition("#")[0] in conditions]
     if not nearest:
         return []
     values = np.array([conditions[p.synthetic_id.partition("#")[0]][name] for p in nearest])
-    flags = np.array([p.similarity > tau for p in nearest])
+    flags = is_copy([p.similarity for p in nearest], tau)
     distinct = np.unique(values)
     if len(distinct) <= bands:
         groups = [(f"{name} = {v:g}", values == v) for v in distinct]
