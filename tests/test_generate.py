@@ -91,3 +91,16 @@ def test_missing_gpu_is_a_clear_error(checkpoint_2d: Path, tmp_path: Path) -> No
         pytest.skip("a GPU is present")
     with pytest.raises(MemoScopeError, match="no CUDA GPU"):
         generate(GenerateConfig(checkpoint=str(checkpoint_2d), out=str(tmp_path / "g"), n=1, device="cuda"))
+
+
+def test_offered_devices_and_precisions_are_the_ones_that_run() -> None:
+    """What the app's job forms offer: every offered device resolves and every offered precision is accepted."""
+    from core.common.devices import check_precision, device_choices, precision_choices, resolve_device
+
+    offered = device_choices()
+    assert offered[:2] == ["auto", "cpu"] and len(offered) == 2 + torch.cuda.device_count() + int("mps" in offered)
+    for name in offered:
+        device = resolve_device(name)
+        for precision in precision_choices(device):
+            check_precision(device, precision)
+    assert precision_choices(torch.device("cpu")) == ["fp32", "bf16"]

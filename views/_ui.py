@@ -138,6 +138,17 @@ def scanned_studies() -> list[str]:
     return sorted(p.name for p in STUDIES.iterdir() if p.is_dir() and results.is_scanned(p))
 
 
+def study_dims(name: str) -> int:
+    """2 or 3: the spatial dimensions a scanned study under ``studies/`` was scanned in."""
+    folder = STUDIES / name
+    return _study_dims(str(folder), _scan_mtime(folder))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _study_dims(folder: str, mtime: float) -> int:
+    return results.read_summary(folder).preprocessing.spatial_dims
+
+
 def compare_rows(names: tuple[str, ...]) -> list[StudyRow]:
     """The studies ``names`` (under ``studies/``; a demo study through its working copy, where its saved threshold
     lives) as comparison rows; cached until one is rescanned or its threshold is saved."""
@@ -193,6 +204,28 @@ def require_scan(study: Path) -> ScanResults:
         require_summary(study)  # says where to scan and stops
         raise AssertionError("unreachable")
     return found
+
+
+def compute_inputs(key: str) -> dict[str, str]:
+    """Device and precision pickers for a job's form (inside the form); the job records what it ran on."""
+    from core.common.devices import device_choices, device_description, precision_choices, resolve_device
+
+    best = resolve_device("auto")
+    cols = st.columns(2)
+    device = cols[0].selectbox(
+        "Device",
+        device_choices(),
+        key=f"{key}_device",
+        help=f"auto: CUDA, then MPS, then CPU (here: {device_description(best)}). A seed gives the same result on any.",
+    )
+    precision = cols[1].selectbox(
+        "Precision",
+        precision_choices(best),
+        key=f"{key}_precision",
+        help="fp32, or mixed precision (bf16, fp16 on a GPU) where the benchmarks show it is faster: "
+        "`bash benchmarks/gpu_check.sh` measures it on your GPU. On a CPU keep fp32.",
+    )
+    return {"device": device, "precision": precision}
 
 
 def start(study: Path, kind: str, options: dict[str, Any]) -> bool:

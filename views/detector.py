@@ -48,6 +48,7 @@ with train_tab, st.form("train_detector"):
         "Augmentation", policies, index=policies.index(current.augmentation if current else "strong")
     )
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
+    compute = _ui.compute_inputs("train_detector")
     if st.form_submit_button("Train", disabled=not (train and val)):
         out = str(study / results.DETECTOR)
         if _ui.start(
@@ -63,6 +64,7 @@ with train_tab, st.form("train_detector"):
                 "out": out,
                 "overwrite": True,
                 "overrides": {"arch": arch, "epochs": int(epochs), "augmentation": augmentation},
+                **compute,
             },
         ):
             open_study(study).set_inputs({"detector": out})
@@ -114,6 +116,7 @@ with st.form("scan"):
         "Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0)
     )
     k = cols[3].number_input("Neighbours kept", 1, 50, int(summary.k if summary else 5))
+    compute = _ui.compute_inputs("scan")
     ready = bool(train and val and synthetic and record is not None)
     if st.form_submit_button("Embed and scan", disabled=not ready):
         _ui.start(
@@ -132,6 +135,7 @@ with st.form("scan"):
                 "threshold_rule": "" if rule == "the method's own" else rule,
                 "percentile": float(percentile),
                 "k": int(k),
+                **compute,
             },
         )
 if not (synthetic and record is not None):
@@ -148,8 +152,9 @@ with st.form("selftest"):
     cols = st.columns(3)
     per_kind = cols[0].number_input("Copies per change and level", 1, 100, 10)
     seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0)
+    compute = _ui.compute_inputs("selftest")
     if st.form_submit_button("Run the self-test", disabled=summary is None):
-        _ui.start(study, "selftest", {"study": str(study), "per_kind": int(per_kind), "seed": int(seed)})
+        _ui.start(study, "selftest", {"study": str(study), "per_kind": int(per_kind), "seed": int(seed), **compute})
 if summary is None:
     st.caption("Needs a scan first (above).")
 _ui.job_panel(study, "selftest")

@@ -9,7 +9,6 @@ import numpy as np
 import streamlit as st
 
 from core.common.config import choices
-from core.common.devices import device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.generative.conditioning import describe_model
 from core.generative.ldm import SchedulerName, list_checkpoints, read_config
@@ -47,8 +46,6 @@ if config is not None:
     with st.expander("ldm.json"):
         st.json(config.to_dict(), expanded=False)
 
-device = resolve_device("auto")
-st.caption(f"Device: {device_description(device)}")
 with st.form("generate"):
     cols = st.columns(5)
     n = cols[0].number_input("Samples", 1, 100_000, 16)
@@ -56,6 +53,7 @@ with st.form("generate"):
     scheduler = cols[2].selectbox("Scheduler", choices(SchedulerName), index=choices(SchedulerName).index("ddim"))
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0)
     batch = cols[4].number_input("Batch size", 0, 4096, 0, help="0: the largest that fits the device")
+    compute = _ui.compute_inputs("generate")
     out = st.text_input(
         "Output folder",
         value=str(study / "generated" / f"{Path(path or 'ldm').name}-{time.strftime('%Y%m%d-%H%M%S')}"),
@@ -84,7 +82,7 @@ if submitted and config is not None:
         "scheduler": scheduler,
         "seed": int(seed),
         "batch_size": int(batch),
-        "device": "auto",
+        **compute,
     }
     if table.strip():
         options["conditioning"] = table.strip()

@@ -37,6 +37,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_choices() -> list[str]:
+    """The devices a user can pick here: ``auto``, ``cpu``, each visible CUDA GPU (``cuda:i``) and ``mps``."""
+    import torch
+
+    found = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def precision_choices(device: torch.device) -> list[str]:
+    """The precisions :func:`check_precision` accepts on ``device`` (fp32 first)."""
+    return [p.value for p in Precision if not (p == Precision.FP16 and device.type == "cpu")]
+
+
 def device_description(device: torch.device) -> str:
     import torch
 
