@@ -138,26 +138,28 @@ def default_config(spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
 def networks_config(path: str | Path, spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
     """The default config with network keywords overridden from a JSON file.
 
-    The file holds ``{"autoencoder": {...}, "unet": {...}}`` (either may be left out); each
-    is merged over :func:`default_config`, and the networks are built once to check it.
+    The file holds ``{"autoencoder": {...}, "unet": {...}, "scheduler": {...}}`` (any may be left out); each
+    is merged over :func:`default_config`, and the networks and the scheduler are built once to check it
+    (``"scheduler": {"prediction_type": "v_prediction"}`` trains the UNet to predict velocity instead of noise).
     """
     path = Path(path)
     try:
         overrides = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise MemoScopeError(f"{path}: cannot read the networks JSON ({exc}).") from exc
-    if not isinstance(overrides, dict) or set(overrides) - {"autoencoder", "unet"}:
+    if not isinstance(overrides, dict) or set(overrides) - {"autoencoder", "unet", "scheduler"}:
         raise MemoScopeError(
-            f'{path}: expected {{"autoencoder": {{...}}, "unet": {{...}}}}, got keys '
+            f'{path}: expected {{"autoencoder": {{...}}, "unet": {{...}}, "scheduler": {{...}}}}, got keys '
             f"{sorted(overrides) if isinstance(overrides, dict) else type(overrides).__name__}."
         )
     config = default_config(spatial_dims, image_size)
     config.autoencoder.update(overrides.get("autoencoder", {}))
     config.unet.update(overrides.get("unet", {}))
+    config.scheduler.update(overrides.get("scheduler", {}))
     try:
-        build_autoencoder(config), build_unet(config)
+        build_autoencoder(config), build_unet(config), build_scheduler(config)
     except (TypeError, ValueError) as exc:
-        raise MemoScopeError(f"{path}: these network keywords do not build ({exc}).") from exc
+        raise MemoScopeError(f"{path}: these network or scheduler keywords do not build ({exc}).") from exc
     return config
 
 

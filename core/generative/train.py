@@ -122,7 +122,7 @@ def train_ldm(
     """Train an LDM on ``images`` and write checkpoint folders under ``out``.
 
     Steps: 1. autoencoder for ``ae_epochs``; 2. scale factor = 1 / std of training latents;
-    3. UNet for ``epochs`` with the DDPM noise-prediction loss on scaled latents;
+    3. UNet for ``epochs`` with the DDPM loss on scaled latents (noise, or velocity for ``v_prediction``);
     4. after every epoch, a resume state (``train_state.pt``, plain tensors only); checkpoints
     ``epoch-XXXX`` every ``save_every`` UNet epochs and ``last`` at the end.
 
@@ -190,6 +190,7 @@ def train_ldm(
     config.scale_factor = float(state["scale_factor"])
 
     # 2-3. diffusion UNet in the frozen autoencoder's latent space
+    velocity = scheduler.prediction_type == "v_prediction"  # else epsilon: the noise is the target
     ae.eval()
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
@@ -204,7 +205,8 @@ def train_ldm(
             with torch.no_grad():
                 latents = ae.encode_stage_2_inputs(x) * config.scale_factor
             noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=t)
-            loss = F.mse_loss(unet(noisy, timesteps=t).float(), noise.float())
+            target = scheduler.get_velocity(latents, noise, t) if velocity else noise
+            loss = F.mse_loss(unet(noisy, timesteps=t).float(), target.float())
             opt_unet.zero_grad()
             loss.backward()
             opt_unet.step()
