@@ -441,7 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPOCH",
         help="also save a checkpoint after these UNet epochs",
     )
-    p.add_argument("--networks", help='JSON file overriding network keywords: {"autoencoder": {...}, "unet": {...}}')
+    p.add_argument(
+        "--networks",
+        help='JSON file overriding network and scheduler keywords: {"autoencoder": {...}, "unet": {...}, '
+        '"scheduler": {"prediction_type": "v_prediction"}}',
+    )
     p.add_argument("--note", action="append", default=[], help="text kept in the checkpoint's provenance (repeatable)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help=DEVICE_HELP)
