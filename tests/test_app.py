@@ -125,6 +125,19 @@ def test_review_3d_has_three_synchronised_planes(monkeypatch: pytest.MonkeyPatch
 
 
 @needs_demo
+@pytest.mark.parametrize("study", ["demo-2d", "demo-3d"])
+def test_compare_starts_with_the_studies_of_the_same_dimensions(study: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    at = _app(str(Path("studies") / study))
+    at.switch_page("views/compare.py").run()
+    _ok(at)
+    chosen = at.multiselect[0].value
+    dims = read_summary(REPO / "studies" / study).preprocessing.spatial_dims
+    assert study in chosen and len(chosen) >= 2
+    assert all(read_summary(REPO / "studies" / name).preprocessing.spatial_dims == dims for name in chosen)
+
+
+@needs_demo
 def test_detector_page_shows_the_loss_curve_and_refuses_a_bad_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     at = _app(str(Path("studies") / "demo-2d"))
@@ -148,13 +161,15 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at = _app(str(study))
     at.switch_page("views/generate.py").run()
     _ok(at)
-    assert any(c.value.startswith("Device:") for c in at.caption)
+    assert at.selectbox(key="generate_device").options[:2] == ["auto", "cpu"]
+    assert "fp16" not in at.selectbox(key="generate_precision").options  # no GPU here: not offered
     at.selectbox[0].select("other path...").run()
     at.text_input[0].input("no/such/checkpoint").run()
     assert "no/such/checkpoint" in at.error[0].value
     at.selectbox[0].select_index(0).run()
     at.number_input[0].set_value(2)  # samples
     at.number_input[1].set_value(2)  # steps
+    at.selectbox(key="generate_device").set_value("cpu")
     at.button[0].click().run()  # Start generation
     _ok(at)
     job = jobs.list_jobs(study)[0]
@@ -165,6 +180,7 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.run()
     written = list((study / "generated").rglob("*.png"))  # a new folder by default, not the study's own samples
     assert len(written) == 2 and not (study / "synthetic").exists()
+    assert json.loads(next((study / "generated").rglob("generation.json")).read_text())["device"] == "cpu"
     assert any("2 samples in" in c.value for c in at.caption)
 
 

@@ -10,7 +10,7 @@ import pytest
 from core.detect.metrics import Fraction, Threshold, ThresholdRule
 from core.study.caveats import caveats
 from core.study.results import Pair, ScanResults
-from core.study.review import metrics_at
+from core.study.review import ANATOMY_FLOOR, metrics_at, sample_quality
 
 DEMO = Path(__file__).resolve().parents[1] / "studies" / "demo-2d"
 
@@ -71,9 +71,14 @@ def test_the_report_carries_the_same_caveats(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (DEMO.parent / "demo-3d").is_dir(), reason="demo not built")
-def test_noise_samples_are_called_too_poor_to_judge() -> None:
-    """The 3D demo's samples are noise blobs: its copy calls must come with the warning (issue 14)."""
-    scan = ScanResults.open(DEMO.parent / "demo-3d")
+@pytest.mark.parametrize("name", ["demo-2d-noaug-early", "demo-2d", "demo-3d-early", "demo-3d"])
+def test_samples_that_are_not_anatomy_come_with_the_warning_and_only_they(name: str) -> None:
+    """A stage whose samples do not resemble any training scan is called too poor to judge; one whose samples do
+    is not (issue 14: the first 3D demo's noise blobs were reported as copies)."""
+    scan = ScanResults.open(DEMO.parent / name)
     summary = scan.summary
     at = metrics_at(scan, summary.tau, summary.threshold.rule, summary.threshold.percentile)
-    assert "not_anatomy" in {c.key for c in caveats(summary, at, scan.pairs())}
+    quality = sample_quality(scan.pairs())
+    assert quality is not None
+    warned = "not_anatomy" in {c.key for c in caveats(summary, at, scan.pairs())}
+    assert warned == (quality < ANATOMY_FLOOR), (name, quality)

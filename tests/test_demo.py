@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_file
 from core.detect.metrics import Fraction
 from core.generative.ldm import checkpoint_hash, load_ldm
 from core.study.results import read_summary
+from core.study.review import ANATOMY_FLOOR
+from core.study.store import DEMO_MARKER
 from tools import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +44,9 @@ def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None
             splits.setdefault(row["patient_id"], set()).add(row["split"])
             assert (a / f"{dims}d" / row["path"]).is_file()
         assert all(len(s) == 1 for s in splits.values()), "a subject is in both splits"
-        assert {p for p, s in splits.items() if s == {"train"}} == set(demo.TRAIN_SUBJECTS)
+        train = demo.TRAIN_SUBJECTS if dims == 2 else demo.TRAIN_SUBJECTS_3D
+        assert {p for p, s in splits.items() if s == {"train"}} == set(train)
+        assert {demo.split_of(p, dims) for p in splits} == {"train", "val"}
     sources = (a / "SOURCES.md").read_text()
     for volume in demo._volumes(demo.TRAIN_SUBJECTS + demo.VAL_SUBJECTS):
         assert volume.subject in sources and volume.licence in sources and volume.relative_path in sources
@@ -95,9 +100,11 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
         provenance = config["provenance"]
         assert provenance["training"]["unet_epochs_done"] == model.epoch
         assert provenance["training"]["augment"] == (model.variant == "aug")
-        assert provenance["split"]["role"] == "train" and provenance["data"]["n_patients"] == len(demo.TRAIN_SUBJECTS)
+        train = demo.TRAIN_SUBJECTS if model.dims == 2 else demo.TRAIN_SUBJECTS_3D
+        assert provenance["split"]["role"] == "train" and provenance["data"]["n_patients"] == len(train)
         assert provenance["versions"]["torch"]
         summary = read_summary(paths.studies / model.study)
+        assert (paths.studies / model.study / DEMO_MARKER).is_file(), "the app would write into the committed demo"
         assert summary.checkpoint_hash == checkpoint_hash(folder)
         assert summary.inputs["synthetic"].n == (profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d)
     assert "expected to memorize" in " ".join(
@@ -109,6 +116,20 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     )
     assert paths.findings.read_text() == demo.findings_markdown(tmp_path, profile)
     assert (paths.studies / "demo-2d" / "synthetic" / "generation.json").is_file()
+
+    # a 3D-only rebuild leaves every 2D file as it was and is listed in the record beside the full build
+    before_2d = {p: h for p, h in _tree_hashes(tmp_path).items() if "2d" in p and not p.startswith("docs")}
+    demo.build_all(tmp_path, profile, dims=(3,))
+    after = _tree_hashes(tmp_path)
+    assert {p: after.get(p) for p in before_2d} == before_2d
+    rebuilt = json.loads(paths.record.read_text())
+    assert rebuilt["command"] == record["command"] and [r["dims"] for r in rebuilt["rebuilds"]] == [[3]]
+    assert "--dims 3" in paths.findings.read_text()
+
+
+def test_partial_rebuild_needs_a_full_build_first(tmp_path: Path) -> None:
+    with pytest.raises(MemoScopeError, match="no full build"):
+        demo.build_all(tmp_path, demo.PROFILES["quick"], dims=(3,))
 
 
 @pytest.mark.skipif(not COMMITTED, reason="the committed demo is not built yet (make demo)")
@@ -133,10 +154,16 @@ class TestCommittedDemo:
         folders = [self.paths.checkpoints / m.checkpoint for m in demo.demo_models(self.profile)]
         folders += [self.paths.checkpoints / f"demo-{d}d-detector" for d in (2, 3)]
         size = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
-        assert size < 40 * 2**20, f"demo checkpoints take {size / 2**20:.1f} MiB"
+        assert size < demo.DEMO_BUDGET_MIB * 2**20, f"demo checkpoints take {size / 2**20:.1f} MiB"
         for model in demo.demo_models(self.profile):
             folder = self.paths.checkpoints / model.checkpoint
             load_ldm(folder)
             summary = read_summary(self.paths.studies / model.study)
             assert summary.checkpoint_hash == checkpoint_hash(folder)
             assert not Path(summary.source("train")).is_absolute(), "committed studies must not hold machine paths"
+
+    def test_the_3d_demo_shows_real_memorization(self) -> None:
+        """Issue 14: the over-trained 3D stage's copy calls are copies a pixel check confirms, not noise blobs."""
+        over = demo.read_result(self.paths, demo.demo_models(self.profile, (3,))[-1])
+        assert over.model.stage == "over-trained" and over.quality is not None and over.quality >= ANATOMY_FLOOR
+        assert over.summary.copies.count > 0 and over.copy_pixel_corr is not None and over.copy_pixel_corr >= 0.95

@@ -14,10 +14,11 @@ if not names:
     st.info("No scanned study yet: scan one first (Detector page).")
     st.stop()
 current = _ui.current_study()
+dims = _ui.study_dims(current.name) if current is not None and current.name in names else 2  # compare like with like
 chosen = st.multiselect(
     "Studies",
     names,
-    default=[n for n in names if n != "demo-3d"] if current is None or "3d" not in current.name else names,
+    default=[n for n in names if _ui.study_dims(n) == dims],
     help="Each at its study threshold (saved on Calibrate, or the scan's own), as its Overview shows it",
 )
 if not chosen:

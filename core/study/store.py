@@ -16,11 +16,22 @@ from typing import Any
 
 from core.common.errors import MemoScopeError
 from core.common.processes import process_alive
-from core.common.provenance import atomic_write_json, now_utc
+from core.common.provenance import atomic_write_json, atomic_write_text, now_utc
 from core.io.data import check_record_leaks, discover
 
 DB_NAME = "study.sqlite"
 DEMO_MARKER = ".memoscope-demo"  # in a committed demo study: the app works on a per-user copy of it
+DEMO_MARKER_TEXT = (
+    "A committed MemoScope demo study. The app works on a per-user copy of it (MEMOSCOPE_HOME),\n"
+    "so reviewing, reporting or saving a threshold never changes this folder.\n"
+)
+
+
+def mark_demo(folder: str | Path) -> None:
+    """Mark ``folder`` as a committed demo study: the app then works on a per-user copy (see :func:`working_copy`)."""
+    atomic_write_text(Path(folder) / DEMO_MARKER, DEMO_MARKER_TEXT)
+
+
 STUDY_FILE = "study.json"
 
 _SCHEMA = """
