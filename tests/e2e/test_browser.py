@@ -167,7 +167,7 @@ def test_review_select_a_pair_and_change_the_window(page) -> None:  # noqa: ANN0
 
 def test_3d_slice_moves(page) -> None:  # noqa: ANN001
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="demo-3d").click()
+    page.get_by_role("option", name="demo-3d", exact=True).click()
     _go(page, "Review")
     _show_all_if_no_copies(page)
     slider = page.locator(".st-key-slice_axial").get_by_role("slider")
@@ -219,7 +219,8 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name="demo-2d", exact=True).click()
     _go(page, "Generate")
-    page.get_by_text("Device:").wait_for()
+    page.get_by_test_id("stSelectbox").filter(has_text="Device").click()  # the job runs where the user says
+    page.get_by_role("option", name="cpu", exact=True).click()
     page.get_by_label("Samples", exact=True).fill("3")
     page.get_by_label("Steps", exact=True).fill("3")
     assert "/generated/" in page.get_by_label("Output folder", exact=True).input_value()  # a new folder by default
@@ -228,6 +229,26 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     page.get_by_text(re.compile(r"^generate finished in")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
+
+
+def _same_dims(study: str) -> list[str]:
+    """The committed studies scanned in the same dimensions as ``study`` (what Compare starts with)."""
+    from core.study.results import is_scanned, read_summary
+
+    def dims(folder: Path) -> int:
+        return read_summary(folder).preprocessing.spatial_dims
+
+    folders = [p for p in sorted((REPO / "studies").iterdir()) if p.is_dir() and is_scanned(p)]
+    return [p.name for p in folders if dims(p) == dims(REPO / "studies" / study)]
+
+
+def _too_poor(study: str) -> bool:
+    """Whether the committed study's samples are below the anatomy floor (what the Overview must then say)."""
+    from core.study.results import ScanResults
+    from core.study.review import ANATOMY_FLOOR, sample_quality
+
+    quality = sample_quality(ScanResults.open(REPO / "studies" / study).pairs())
+    return quality is not None and quality < ANATOMY_FLOOR
 
 
 PAGES = ("Overview", "Generate", "Detector", "Calibrate", "Review", "Agreement", "Compare", "Report")
@@ -241,10 +262,10 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
     page.set_default_timeout(60_000)
     page.goto(server)
     page.get_by_text("Study: demo-2d").wait_for()
-    for study in ("demo-2d", "demo-3d"):
+    for study, pages in (("demo-2d", PAGES), ("demo-3d", PAGES), ("demo-3d-early", ("Overview", "Compare"))):
         page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
         page.get_by_role("option", name=study, exact=True).click()
-        for name in PAGES:
+        for name in pages:
             _go(page, name)
             page.get_by_test_id("stHeading").first.wait_for()
             page.wait_for_timeout(1500)  # let the page's script finish
@@ -252,10 +273,14 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
             errors = page.get_by_test_id("stException").count()
             assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
             page.screenshot(path=SHOTS / f"page-{study}-{name.lower()}-{width}x{height}.png")
-            if name == "Compare":  # the early checkpoints (and the 3D demo) make no anatomy yet
+            if name == "Compare" and any(_too_poor(other) for other in _same_dims(study)):
                 page.get_by_text(re.compile(r"^Too poor to judge: ")).first.wait_for()
-            if name == "Overview" and study == "demo-3d":  # its noise samples come with the warning
-                page.get_by_text("do not look like scans yet").first.wait_for()
+            if name == "Overview":  # a stage whose samples are not anatomy says so; one that makes anatomy does not
+                warning = page.get_by_text("do not look like scans yet")
+                if _too_poor(study):
+                    warning.first.wait_for()
+                else:
+                    assert warning.count() == 0, f"{study}: its samples are anatomy, yet the Overview calls them noise"
             if name == "Review":  # the pair's images come first: their top is on screen without scrolling
                 first = page.get_by_test_id("stImage").first
                 first.wait_for()
