@@ -99,6 +99,17 @@ def _go(page, name: str) -> None:  # noqa: ANN001
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
 
 
+def _settled(page) -> None:  # noqa: ANN001
+    """Wait until the script run that a click started has finished (Streamlit marks its root with the script's
+    state): first for the run to start (at most 1.5 s, for a run too quick to be seen), then for it to end."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    state = "document.querySelector('[data-testid=stApp]')?.dataset.testScriptState"
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(f"() => {state} !== 'notRunning'", timeout=1500, polling=20)
+    page.wait_for_function(f"() => {state} === 'notRunning'")
+
+
 def _show_all_if_no_copies(page) -> None:  # noqa: ANN001
     none = page.get_by_text("No samples above the threshold")
     none.or_(page.get_by_text(re.compile(r"^\d+ / \d+:"))).first.wait_for()
@@ -268,7 +279,7 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
         for name in pages:
             _go(page, name)
             page.get_by_test_id("stHeading").first.wait_for()
-            page.wait_for_timeout(1500)  # let the page's script finish
+            _settled(page)
             page.get_by_test_id("stStatusWidget").wait_for(state="hidden")
             errors = page.get_by_test_id("stException").count()
             assert errors == 0, f"{study} / {name} at {width}x{height}: {page.inner_text('body')[:500]}"
