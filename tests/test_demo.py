@@ -119,7 +119,11 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
 
     # a 3D-only rebuild leaves every 2D file as it was and is listed in the record beside the full build
     before_2d = {p: h for p, h in _tree_hashes(tmp_path).items() if "2d" in p and not p.startswith("docs")}
+    own = paths.studies / "demo-3d-mine"  # a user's study named like the demo is not the demo's to remove
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
     demo.build_all(tmp_path, profile, dims=(3,))
+    assert (own / "notes.txt").read_text() == "mine"
     after = _tree_hashes(tmp_path)
     assert {p: after.get(p) for p in before_2d} == before_2d
     rebuilt = json.loads(paths.record.read_text())

@@ -50,7 +50,7 @@ from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_c
 from core.study.results import ScanResults, ScanSummary, is_scanned
 from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, sample_quality
 from core.study.scan import ScanConfig, run_scan
-from core.study.store import mark_demo
+from core.study.store import DEMO_MARKER, mark_demo
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,9 @@ def clean(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) 
     targets += [paths.checkpoints / f"demo-{d}d-detector" for d in dims]
     targets += [paths.studies / m.study for m in demo_models(profile, dims)]
     if 3 in dims:
-        targets += sorted(paths.checkpoints.glob("demo-3d-e*")) + sorted(paths.studies.glob("demo-3d*"))
+        # earlier 3D recipes' outputs; a study goes only if the demo build marked it (never a user's own study)
+        targets += sorted(paths.checkpoints.glob("demo-3d-e*"))
+        targets += sorted(p for p in paths.studies.glob("demo-3d*") if (p / DEMO_MARKER).is_file())
     for target in targets:
         if target.is_dir():
             shutil.rmtree(target)
