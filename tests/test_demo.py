@@ -129,6 +129,13 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     rebuilt = json.loads(paths.record.read_text())
     assert rebuilt["command"] == record["command"] and [r["dims"] for r in rebuilt["rebuilds"]] == [[3]]
     assert "--dims 3" in paths.findings.read_text()
+    # a rescan keeps the checkpoints and detectors, and samples and scans again
+    weights = {p: h for p, h in _tree_hashes(paths.checkpoints).items() if "3d" in p}
+    demo.build_all(tmp_path, profile, dims=(3,), retrain=False)
+    assert {p: h for p, h in _tree_hashes(paths.checkpoints).items() if "3d" in p} == weights
+    again = json.loads(paths.record.read_text())["rebuilds"]
+    assert [(r["dims"], r.get("retrained", True)) for r in again] == [([3], True), ([3], False)]
+    assert "sampled and scanned again" in paths.findings.read_text()
 
 
 def test_partial_rebuild_needs_a_full_build_first(tmp_path: Path) -> None:

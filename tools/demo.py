@@ -458,27 +458,30 @@ def clean(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) 
 
 
 def build_all(
-    root: str | Path, profile: DemoProfile, fresh: bool = True, dims: Sequence[int] = (2, 3)
+    root: str | Path, profile: DemoProfile, fresh: bool = True, dims: Sequence[int] = (2, 3), retrain: bool = True
 ) -> dict[str, Any]:
     """Rebuild data, checkpoints, studies and FINDINGS.md under ``root``; returns the build record.
 
     With ``dims=(3,)`` only the 3D part is rebuilt (the data again, byte-identical); the record keeps the last
-    full build and lists the partial rebuild under ``rebuilds``."""
+    full build and lists the partial rebuild under ``rebuilds``. ``retrain=False`` keeps the checkpoints and
+    detectors and only generates and scans again (after a change to the scan), listed the same way."""
     paths = DemoPaths(Path(root))
     dims = tuple(sorted(dims))
     if dims not in ((2, 3), (3,), (2,)):
         raise MemoScopeError(f"--dims {dims}: choose 2, 3 or both.")
-    if dims != (2, 3) and not paths.record.is_file():
+    partial = dims != (2, 3) or not retrain
+    if partial and not paths.record.is_file():
         raise MemoScopeError(f"{paths.record}: no full build to add to; run `python -m tools.demo all` first.")
-    if fresh:
+    if fresh and retrain:
         clean(paths, profile, dims)
     timings: dict[str, float] = {}
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("data", lambda: build_data(paths.data)),
-        ("ldm_training", lambda: train_models(paths, profile, dims)),
-        ("detector_training", lambda: train_detectors(paths, profile, dims)),
-        ("generate_and_scan", lambda: generate_and_scan(paths, profile, dims)),
-    ]
+    steps: list[tuple[str, Callable[[], Any]]] = [("data", lambda: build_data(paths.data))]
+    if retrain:
+        steps += [
+            ("ldm_training", lambda: train_models(paths, profile, dims)),
+            ("detector_training", lambda: train_detectors(paths, profile, dims)),
+        ]
+    steps.append(("generate_and_scan", lambda: generate_and_scan(paths, profile, dims)))
     started = now_utc()
     for name, step in steps:
         clock = time.perf_counter()
@@ -486,7 +489,7 @@ def build_all(
         step()
         timings[name] = round(time.perf_counter() - clock, 1)
     run = {
-        "command": f"python -m tools.demo all --profile {profile.name}"
+        "command": f"python -m tools.demo {'all' if retrain else 'rescan'} --profile {profile.name}"
         + ("" if dims == (2, 3) else f" --dims {' '.join(map(str, dims))}"),
         "started_at": started,
         "finished_at": now_utc(),
@@ -495,13 +498,14 @@ def build_all(
         "versions": versions(),
     }
     manifests = {f"{d}d": sha256_file(paths.manifest(d)) for d in (2, 3)}
-    if dims == (2, 3):
+    if not partial:
         record = {"profile": asdict(profile), **run, "data_manifests": manifests}
     else:
         record = json.loads(paths.record.read_text())
         record.update(profile=asdict(profile), data_manifests=manifests)
-        record["rebuilds"] = [r for r in record.get("rebuilds", []) if r.get("dims") != list(dims)]
-        record["rebuilds"].append({"dims": list(dims), **run})
+        again = {"dims": list(dims), "retrained": retrain}
+        record["rebuilds"] = [r for r in record.get("rebuilds", []) if {k: r.get(k, True) for k in again} != again]
+        record["rebuilds"].append({**again, **run})
     atomic_write_json(paths.record, record)
     write_findings(paths.root, profile)
     return record
@@ -679,7 +683,9 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
             f"({', '.join(f'{k.replace(chr(95), chr(32))} {v / 60:.1f} min' for k, v in build['seconds'].items())}); "
             f"torch {build['versions'].get('torch', '?')}, monai {build['versions'].get('monai', '?')}."
             + "".join(
-                f" The {' and '.join(f'{d}D' for d in again['dims'])} part was rebuilt since with `{again['command']}` "
+                f" The {' and '.join(f'{d}D' for d in again['dims'])} part was "
+                f"{'rebuilt' if again.get('retrained', True) else 'sampled and scanned again'} since with "
+                f"`{again['command']}` "
                 f"in {again['total_seconds'] / 60:.1f} min."
                 for again in build.get("rebuilds", [])
             ),
@@ -844,8 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description="Rebuild MemoScope's embedded demo.")
     parser.add_argument(
         "action",
-        choices=("all", "build-data", "findings"),
-        help="all: everything from nothing; build-data: data/demo only; findings: docs/FINDINGS.md",
+        choices=("all", "rescan", "build-data", "findings"),
+        help="all: everything from nothing; rescan: new samples and scans from the committed checkpoints; "
+        "build-data: data/demo only; findings: docs/FINDINGS.md",
     )
     parser.add_argument(
         "--profile", choices=tuple(PROFILES), default="full", help="full: the committed demo; quick: a CI-sized check"
@@ -868,8 +875,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "findings":
             print(f"wrote {write_findings(paths.root, profile)}")
         else:
-            record = build_all(paths.root, profile, fresh=not args.resume, dims=args.dims)
-            run = record["rebuilds"][-1] if tuple(sorted(args.dims)) != (2, 3) else record
+            retrain = args.action == "all"
+            record = build_all(paths.root, profile, fresh=not args.resume, dims=args.dims, retrain=retrain)
+            run = record["rebuilds"][-1] if tuple(sorted(args.dims)) != (2, 3) or not retrain else record
             print(f"demo built in {run['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
     except MemoScopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
