@@ -60,7 +60,7 @@ VAL_SUBJECTS = ("nibabel-anatomical", "dipy-aniso-vox", "dipy-piesno")
 # The 3D split trains on whole heads only: dipy's 10-slice slab stretched to a cube is stripes, not a head, so it
 # is a validation subject in 3D (where it lowers the null, as a poor real scan would) and dipy-aniso-vox trains.
 TRAIN_SUBJECTS_3D = ("mni152", "nibabel-example4d", "dipy-aniso-vox")
-VAL_SUBJECTS_3D = ("nibabel-anatomical", "dipy-piesno", "dipy-s0-10slices")
+VAL_SUBJECTS_3D = ("dipy-s0-10slices", "nibabel-anatomical", "dipy-piesno")
 
 
 def split_of(subject: str, dims: int) -> str:
@@ -254,7 +254,7 @@ def build_data(out: Path, size_2d: int = 64, size_3d: int = 32) -> dict[str, Any
             nib.save(nib.Nifti1Image(cube.astype(np.float32), np.eye(4)), str(tmp / "3d" / f"{volume.subject}.nii.gz"))
             rows_3d.append([f"{volume.subject}.nii.gz", volume.subject, split_3d])
             counts[volume.subject] = {"split_2d": split_2d, "split_3d": split_3d, "slices_2d": len(slices)}
-        rows_3d.sort(key=lambda row: (row[2] != "train", TRAIN_SUBJECTS_3D.index(row[1]) if row[2] == "train" else 0))
+        rows_3d.sort(key=lambda row: (TRAIN_SUBJECTS_3D + VAL_SUBJECTS_3D).index(row[1]))  # training first
         for dims, rows in ((2, rows_2d), (3, rows_3d)):
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
