@@ -7,7 +7,9 @@ augmentation) is trained on the training subjects; both copy calls are then run 
 
 - ``paper``: the embedding correlation decides, tau = 95th percentile of training -> nearest validation;
 - ``verified`` (the scan's default): embedding + blurred-pixel retrieval, alignment verification decides,
-  tau = 95th percentile of validation -> training (the null built like the test statistic).
+  tau from validation -> training (the null built like the test statistic): its 95th percentile (``heldout``),
+  a 95 % upper confidence bound on it (``heldout-ucb``), or the bound a scan of a new patient exceeds 5 % of the
+  time (``heldout-patient``, the default).
 
 A copy counts as found only when it is flagged *and* its nearest training image is its source. Intervals:
 Wilson for rates, percentile bootstrap over planted images for F1. Usage:
@@ -29,7 +31,7 @@ from core.detect.detector import DetectorConfig, embed, train_detector
 from core.detect.metrics import ThresholdRule, calibrate, crossfit_fpr, is_copy, min_null_size, wilson_interval
 from core.detect.planted import CHANGES, LEVELS, PlantedSet, plant_copies
 from core.detect.search import Neighbors
-from core.detect.verify import MatchMethod, best_match
+from core.detect.verify import MatchMethod, background_scores, best_match
 from core.io.data import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from core.io.sample_data import REAL_VOLUMES, axial_slices, volume_cube
@@ -40,7 +42,7 @@ VAL = ("nibabel-anatomical", "dipy-aniso-vox")
 UNSEEN = ("dipy-s0-10slices", "dipy-piesno")
 RULES = {
     MatchMethod.PAPER: (ThresholdRule.PAPER,),
-    MatchMethod.VERIFIED: (ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB),
+    MatchMethod.VERIFIED: (ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB, ThresholdRule.HELDOUT_PATIENT),
 }
 PERCENTILE = 95.0
 
@@ -91,6 +93,28 @@ def _score(
     return Scored(null, val_to_train, found)
 
 
+def _normalised(
+    scored: Scored,
+    vectors: dict[str, np.ndarray],
+    images: dict[str, np.ndarray],
+    val_patients: list[str],
+    planted: dict[int, PlantedSet],
+    planted_vectors: dict[int, np.ndarray],
+) -> Scored:
+    """The verified scores minus each query's background score (SSCD style; background = the validation patients,
+    built symmetrically for the null and the planted sets: see ``background_scores``)."""
+
+    def background(q_vec: np.ndarray, q_img: np.ndarray, own: list[str] | None) -> np.ndarray:
+        return background_scores(q_vec, q_img, vectors["val"], images["val"], val_patients, query_patients=own)
+
+    null = scored.val_to_train - background(vectors["val"], images["val"], val_patients)
+    found = {}
+    for level, nn in scored.planted.items():
+        shift = background(planted_vectors[level], planted[level].images, None)
+        found[level] = Neighbors((nn.similarity - shift[:, None]).astype(np.float32), nn.index)
+    return Scored(null, null, found)
+
+
 def _bootstrap_f1(found: np.ndarray, flagged: np.ndarray, is_copy_: np.ndarray, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     values = []
@@ -109,13 +133,13 @@ def _rate(count: int, total: int) -> str:
 
 def _rows(
     dims: int,
-    method: MatchMethod,
+    method: str,
     rule: ThresholdRule,
     scored: Scored,
     planted: dict[int, PlantedSet],
     val_patients: list[str],
 ) -> tuple[list[str], dict[int, dict[str, tuple[int, int]]]]:
-    tau = calibrate(rule, scored.null, scored.val_to_train, PERCENTILE).value
+    tau = calibrate(rule, scored.null, scored.val_to_train, PERCENTILE, val_patients=val_patients).value
     fpr = crossfit_fpr(scored.val_to_train, val_patients, PERCENTILE, rule) if rule.uses_heldout_null else None
     headline: list[str] = []
     sweep = {}
@@ -135,7 +159,7 @@ def _rows(
         low, high = _bootstrap_f1(found, flagged, copy, 0)
         headline = [
             f"{dims}D",
-            str(method),
+            method,
             f"{rule} {PERCENTILE:g}",
             *(f"{found[kinds == k].mean():.2f}" for k in CHANGES),
             _rate(fp_unseen, int((~copy).sum())),
@@ -149,7 +173,9 @@ def _rows(
     return headline, sweep
 
 
-def run_dims(dims: int, epochs: int, per_kind: int, seed: int) -> tuple[list[list[str]], list[list[str]], str]:
+def run_dims(
+    dims: int, epochs: int, per_kind: int, seed: int, background: bool = False
+) -> tuple[list[list[str]], list[list[str]], str]:
     spec = PreprocessSpec((64, 64) if dims == 2 else (32, 32, 32))
     x_train, p_train = _items(TRAIN, dims)
     x_val, p_val = _items(VAL, dims)
@@ -172,23 +198,28 @@ def run_dims(dims: int, epochs: int, per_kind: int, seed: int) -> tuple[list[lis
     )
     print(info, flush=True)
     headline, sweep_rows = [], []
-    for method in (MatchMethod.PAPER, MatchMethod.VERIFIED):
+    variants = [(m, str(m)) for m in (MatchMethod.PAPER, MatchMethod.VERIFIED)]
+    if background:
+        variants.append((MatchMethod.VERIFIED, "verified+background"))
+    for method, label in variants:
         start = time.perf_counter()
         scored = _score(method, vectors, images, planted, planted_vectors)
+        if label.endswith("+background"):
+            scored = _normalised(scored, vectors, images, p_val, planted, planted_vectors)
         seconds = time.perf_counter() - start
         for rule in RULES[method]:
             needed = min_null_size(PERCENTILE, rule)
             if len(scored.val_to_train) < needed:
                 print(f"{dims}D {method} {rule}: needs {needed} validation items, has {len(scored.val_to_train)}")
-                headline.append([f"{dims}D", str(method), f"{rule} {PERCENTILE:g}", f"needs {needed} validation items"])
+                headline.append([f"{dims}D", label, f"{rule} {PERCENTILE:g}", f"needs {needed} validation items"])
                 continue
-            row, sweep = _rows(dims, method, rule, scored, planted, p_val)
+            row, sweep = _rows(dims, label, rule, scored, planted, p_val)
             row.append(f"{seconds:.1f}")
             headline.append(row)
             print(" | ".join(row), flush=True)
             for kind in CHANGES:
                 counts = (f"{sweep[lv][kind][0]}/{sweep[lv][kind][1]}" for lv in LEVELS)
-                sweep_rows.append([f"{dims}D", str(method), str(rule), kind, *counts])
+                sweep_rows.append([f"{dims}D", label, str(rule), kind, *counts])
     return headline, sweep_rows, info
 
 
@@ -198,6 +229,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="detector training epochs")
     parser.add_argument("--per-kind", type=int, default=10, help="planted copies per change and level")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--background", action="store_true", help="also score verified minus a background score (SSCD normalisation)"
+    )
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/planted_copies*.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -218,7 +252,7 @@ def main() -> None:
     sweep_header = ["dims", "method", "rule", "change", *(f"level {lv}" for lv in LEVELS)]
     headline, sweep, infos = [], [], []
     for dims in args.dims:
-        rows, sweep_rows, info = run_dims(dims, args.epochs, args.per_kind, args.seed)
+        rows, sweep_rows, info = run_dims(dims, args.epochs, args.per_kind, args.seed, args.background)
         headline += rows
         sweep += sweep_rows
         infos.append(info)
@@ -226,6 +260,8 @@ def main() -> None:
         command = (
             f"PYTHONPATH=. .venv/bin/python benchmarks/planted_copies.py --write --dims "
             f"{' '.join(map(str, args.dims))} --epochs {args.epochs} --per-kind {args.per_kind}"
+            + " --background"
+            * args.background
         )
         notes = "\n" + "\n".join(f"- {i}" for i in infos) + "\n"
         print(f"wrote {write_result('planted_copies', markdown_table(header, headline) + notes, command)}")

@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", help="a trained detector folder (default: train one on --train)")
     p.add_argument(
         "--threshold-rule",
-        help="paper | heldout | heldout-ucb | fixed:X (default: the method's own; heldout-ucb for verified)",
+        help="paper | heldout | heldout-ucb | heldout-patient | fixed:X (default: the method's own; heldout-patient "
+        "for verified: a prediction bound for a scan of a new patient)",
     )
     p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")

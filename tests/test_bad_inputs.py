@@ -150,7 +150,16 @@ def validation_too_small_for_the_percentile(root: Path) -> list[str]:
 
 def validation_too_small_for_the_confidence_bound(root: Path) -> list[str]:
     train, val, _ = _sets(root, n_val=6)
-    return _scan_args(root, train, val)  # the default: verified, heldout-ucb at the 95th percentile
+    return _scan_args(root, train, val, "--threshold-rule", "heldout-ucb")
+
+
+def validation_of_one_patient(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    for png in sorted(val.rglob("*.png")):  # every validation scan under one patient folder
+        target = val / "V9" / png.name
+        target.parent.mkdir(exist_ok=True)
+        png.rename(target)
+    return _scan_args(root, train, val)  # the default: verified, heldout-patient
 
 
 def garbage_study_database(root: Path) -> list[str]:
@@ -323,6 +332,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
         "heldout-ucb rule at percentile 95 needs at least 59",
         "study/detector",
     ),
+    (validation_of_one_patient, "heldout-patient rule measures how the threshold transfers", "study/detector"),
     (garbage_study_database, "not a readable study database", None),
     (corrupt_summary_for_report, "not valid JSON", "study/report.html"),
     (older_study_for_release, "upgrade-study", "release"),

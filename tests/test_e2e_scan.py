@@ -104,8 +104,6 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
         str(tmp_path / "cache"),
         "--k",
         "3",
-        "--threshold-rule",
-        "heldout",  # 35 validation slices: too few for the default heldout-ucb (59), which says so
     )
     assert result.returncode == 0, result.stderr
     study = tmp_path / "study"
@@ -126,7 +124,15 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
     unseen_flagged = np.mean([by_id[f"unseen/real{j:03d}.png"]["is_copy"] == "1" for j in range(len(unseen))])
     # the verified default: held-out subjects unlike every validation subject are still rarely called copies
     assert unseen_flagged < 0.1, f"{unseen_flagged:.0%} of real held-out slices flagged"
-    assert summary.method == "verified" and summary.threshold.rule == "heldout" and summary.fpr_unseen is not None
+    assert summary.method == "verified" and summary.threshold.rule == "heldout-patient"
+    assert summary.fpr_unseen is not None  # 4 validation patients: each leave-one-out fold keeps 3
+    # the default rule recounts from the study alone: neighbors.npz numbers the validation patients (no names)
+    with np.load(study / "neighbors.npz") as stored:
+        groups = stored["val_patient_group"]
+    assert groups.dtype.kind == "i" and sorted(set(groups.tolist())) == [0, 1, 2, 3]
+    from core.study.results import ScanResults
+
+    assert ScanResults.open(study).calibration().threshold("heldout-patient").value == pytest.approx(summary.tau)
     shifted = by_id[f"planted/copy{2 * 4:03d}.png"]  # the first shifted copy: aligned back before scoring
     assert shifted["align_shift"] != "0 0" and float(shifted["similarity"]) > 0.95
     assert float(by_id["planted/copy000.png"]["pixel_corr"]) > 0.99

@@ -116,8 +116,50 @@ def test_ucb_threshold_holds_its_false_positive_rate_by_simulation() -> None:
         assert low <= np.mean(np.array(exceed) > 0.05) <= high, rule
 
 
+def _patients_null(rng: np.random.Generator, patients: int, scans: int) -> tuple[np.ndarray, list[int]]:
+    """Null scores with a patient effect (Fisher z: between-patient sd 0.25, within 0.1), and their patients."""
+    z = rng.normal(0.0, 0.25, patients)[:, None] + rng.normal(0.0, 0.1, (patients, scans))
+    return np.tanh(0.4 + z).ravel(), np.repeat(np.arange(patients), scans).tolist()
+
+
+def test_patient_rule_holds_its_false_positive_rate_on_new_patients_where_the_percentile_does_not() -> None:
+    """Scans of one patient are not independent draws: calibrated on 3 or 5 patients, the plain percentile leaves
+    well over 5 % of a new patient's scans above tau on average; the heldout-patient bound stays at or below 5 %."""
+    from core.detect.metrics import ThresholdRule
+
+    rng = np.random.default_rng(0)
+    for patients in (3, 5):
+        rates: dict[ThresholdRule, list[float]] = {ThresholdRule.HELDOUT: [], ThresholdRule.HELDOUT_PATIENT: []}
+        for _ in range(150):
+            null, labels = _patients_null(rng, patients, 20)
+            new, _ = _patients_null(rng, 200, 5)
+            for rule, found in rates.items():
+                found.append(float(np.mean(new > calibrate(rule, [0], null, 95.0, val_patients=labels).value)))
+        assert np.mean(rates[ThresholdRule.HELDOUT_PATIENT]) <= 0.055, patients
+        assert np.mean(rates[ThresholdRule.HELDOUT]) >= 0.09, patients
+
+
+def test_patient_rule_widens_with_fewer_patients_and_refuses_one() -> None:
+    from core.detect.metrics import ThresholdRule, patient_bound
+
+    rng = np.random.default_rng(1)
+    few = np.median([patient_bound(*_patients_null(rng, 2, 20), 95.0) for _ in range(50)])
+    many = np.median([patient_bound(*_patients_null(rng, 20, 20), 95.0) for _ in range(50)])
+    assert few > many  # 2 patients say little about the next one: t with 1 degree of freedom
+    null, labels = _patients_null(rng, 4, 10)
+    assert patient_bound(null, labels, 99.0) > patient_bound(null, labels, 95.0) > patient_bound(null, labels, 50.0)
+    with pytest.raises(MemoScopeError, match="at least 2 patients; there are 1"):
+        calibrate(ThresholdRule.HELDOUT_PATIENT, [0], null, 95.0, val_patients=[0] * len(null))
+    with pytest.raises(MemoScopeError, match="needs the patient of each validation scan"):
+        calibrate(ThresholdRule.HELDOUT_PATIENT, [0], null, 95.0)
+    # every patient the same: the bound is the scans' spread (no between-patient part), above every null score
+    flat = np.tanh(0.3 + np.tile(np.linspace(-0.1, 0.1, 10), 3))
+    tau = patient_bound(flat, np.repeat([0, 1, 2], 10).tolist(), 95.0)
+    assert flat.max() < tau < np.tanh(0.3 + 3 * 0.1)
+
+
 def test_crossfit_fpr_leaves_each_patient_out() -> None:
-    from core.detect.metrics import crossfit_fpr
+    from core.detect.metrics import ThresholdRule, crossfit_fpr
 
     # patient a scores low, patient b high: calibrated on a, b's scans are all above tau, and vice versa none
     null = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.85, 0.9, 0.95])
@@ -125,6 +167,10 @@ def test_crossfit_fpr_leaves_each_patient_out() -> None:
     assert fpr is not None and (fpr.count, fpr.total) == (4, 8) and fpr.low < 0.5 < fpr.high
     assert "2 patients" in fpr.method
     assert crossfit_fpr(null, ["a"] * 8, 50.0) is None  # one patient: no transfer to measure
+    # the patient bound needs two patients in every fold: three patients at least
+    assert crossfit_fpr(null, ["a"] * 4 + ["b"] * 4, 50.0, ThresholdRule.HELDOUT_PATIENT) is None
+    three = crossfit_fpr(null, ["a"] * 3 + ["b"] * 3 + ["c"] * 2, 95.0, ThresholdRule.HELDOUT_PATIENT)
+    assert three is not None and three.total == 8 and "3 patients" in three.method
 
 
 def test_clustered_fraction_resamples_patients_not_slices() -> None:

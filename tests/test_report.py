@@ -129,6 +129,7 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     text = out.read_text()
     summary = read_summary(study)
     assert f"tau = <b>{summary.tau:.3f}</b>" in text
+    assert "best score to the validation scans (Dar et al.))" in text  # what the rule means, in words
     copies = summary.copies
     assert f"{copies.value:.1%} ({copies.count}/{copies.total}" in text
     assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded

@@ -34,6 +34,15 @@ def test_demo_results_read_back_typed_and_consistent() -> None:
     assert int(is_copy(cal.synthetic_to_train, summary.tau).sum()) == summary.copies.count
 
 
+@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
+def test_a_study_scanned_before_patients_were_recorded_cannot_use_the_patient_rule_and_says_why() -> None:
+    cal = ScanResults.open(DEMO).calibration()  # the committed 2D demo predates val_patient_group
+    assert cal.val_groups is None
+    with pytest.raises(MemoScopeError, match="Rescan the study"):
+        cal.threshold("heldout-patient")
+    assert cal.threshold("heldout").value == pytest.approx(float(np.percentile(cal.val_to_train, 95)))
+
+
 def _v1(summary: dict) -> dict:
     """The same scan as MemoScope 0.1 wrote it (flat keys, ``threshold`` a number)."""
     return {

@@ -69,3 +69,23 @@ def test_settings_out_of_range_are_refused_by_name() -> None:
         VerifyConfig(max_shift=0.6)
     with pytest.raises(MemoScopeError, match="coarse_sigma"):
         VerifyConfig(fine_sigma=3.0, coarse_sigma=2.0)
+
+
+def test_background_scores_never_count_a_validation_scans_own_patient(slices: dict[str, np.ndarray]) -> None:
+    """SSCD-style background: a validation scan meets the other patients only; any other query meets each
+    leave-one-patient-out background in turn, so both see as many patients (the same construction)."""
+    from core.detect.verify import background_scores
+
+    a, b = slices["mni152"][10:16], slices["nibabel-anatomical"][4:10]
+    images = np.concatenate([a, b])
+    patients = ["a"] * len(a) + ["b"] * len(b)
+    vectors = pixel_descriptors(images, 8)
+    config = VerifyConfig(candidates=2, pixel_candidates=0)
+    own = background_scores(vectors[:1], images[:1], vectors, images, patients, 1, config, query_patients=["a"])
+    other = background_scores(vectors[:1], images[:1], vectors, images, patients, 1, config)
+    # as validation (patient a): its best background scan is one of b's; as a test query: the mean of the
+    # background without a (b's best) and without b (a's own slice, identical: 1.0)
+    assert own[0] < 0.9
+    assert other[0] == pytest.approx((own[0] + 1.0) / 2, abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        background_scores(vectors, images, vectors, images, ["a"] * len(images), 1, config)

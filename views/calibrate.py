@@ -55,7 +55,8 @@ def controls() -> None:
         key=f"rule::{study}",
         index=choices(ThresholdRule).index(saved.rule),
         help="paper: percentile of training->nearest validation; heldout: of validation->nearest training (the "
-        "null built like the test); heldout-ucb: a 95 % upper confidence bound on that percentile; fixed: your value",
+        "null built like the test); heldout-ucb: a 95 % upper confidence bound on that percentile; heldout-patient: "
+        "a prediction bound for a scan of a new patient (allows for how patients differ); fixed: your value",
     )
     if rule == "fixed":
         tau = cols[1].slider("Threshold", -1.0, 1.0, float(saved.value), 0.001, key=f"fixed::{study}")

@@ -109,8 +109,8 @@ with st.form("scan"):
     rule = cols[1].selectbox(
         "Threshold rule",
         ("the method's own", *(r for r in choices(ThresholdRule) if r != ThresholdRule.FIXED)),
-        help="The method's own: heldout-ucb for verified (an upper confidence bound on the 95th percentile of "
-        "validation -> training scores), paper for paper.",
+        help="The method's own: heldout-patient for verified (a bound that a scan of a new patient exceeds 5 % of "
+        "the time, allowing for how much validation patients differ), paper for paper.",
     )
     percentile = cols[2].number_input(
         "Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0)

@@ -25,7 +25,7 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
-from core.detect.metrics import Fraction, MemorizationMetrics
+from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule
 from core.io.data import discover
 from core.io.viewer import (
     apply_window,
@@ -313,7 +313,8 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <li>Preprocessing: {e(summary.preprocessing.describe())} (settings in the appendix)</li>
 <li>Versions: {e(", ".join(f"{k} {val}" for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>
-<ul><li>Threshold rule <b>{e(chosen.rule)}</b>{e(pct)}: tau = <b>{tau:.3f}</b>, {e(source)}</li>
+<ul><li>Threshold rule <b>{e(chosen.rule)}</b>{e(pct)} ({e(ThresholdRule(chosen.rule).meaning)}):
+tau = <b>{tau:.3f}</b>, {e(source)}</li>
 <li>Memorized training fraction: <b>{_pct(metrics.memorized)}</b></li>
 <li>Copy fraction among synthetic samples: <b>{_pct(metrics.copies)}</b></li>
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization

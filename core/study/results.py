@@ -221,9 +221,17 @@ class Calibration:
     val_to_train: npt.NDArray[np.float64]
     train_to_synthetic: npt.NDArray[np.float64]
     synthetic_to_train: npt.NDArray[np.float64]
+    val_groups: npt.NDArray[np.int64] | None = None  # the patient number of each sorted val_to_train score
 
     def threshold(self, rule: str, percentile: float = 95.0, fixed: float | None = None) -> Threshold:
-        return calibrate(ThresholdRule(rule), self.train_to_val, self.val_to_train, percentile, fixed)
+        kind = ThresholdRule(rule)
+        if kind == ThresholdRule.HELDOUT_PATIENT and self.val_groups is None:
+            raise MemoScopeError(
+                "this study was scanned before validation patients were recorded with its scores; the heldout-patient "
+                "rule needs them. Rescan the study (python -m core scan) or choose another rule."
+            )
+        groups = None if self.val_groups is None else self.val_groups.tolist()
+        return calibrate(kind, self.train_to_val, self.val_to_train, percentile, fixed, groups)
 
 
 PAIR_HEADER = ("synthetic_id", "rank", "train_id", "patient_id", "similarity", "p_value", "is_copy", "pixel_corr")
@@ -506,9 +514,12 @@ class ScanResults:
         with np.load(self._require(NEIGHBORS), allow_pickle=False) as data:
             best = {
                 key: np.sort(np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64))
-                for key in ("train_to_val", "val_to_train", "train_to_synthetic", "synthetic_to_train")
+                for key in ("train_to_val", "train_to_synthetic", "synthetic_to_train")
             }
-        return Calibration(**best)
+            val = np.asarray(data["val_to_train_sim"][:, 0], dtype=np.float64)
+            order = np.argsort(val, kind="stable")
+            groups = data["val_patient_group"][order] if "val_patient_group" in data.files else None
+        return Calibration(val_to_train=val[order], val_groups=groups, **best)
 
     @property
     def detector_folder(self) -> Path:

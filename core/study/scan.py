@@ -60,9 +60,9 @@ class ScanConfig(Config):
         slices: take 2D slices of 3D files along this axis.
         method: ``verified`` (default: embedding retrieval, then alignment verification decides; ``verify`` holds
             its settings) or ``paper`` (the embedding correlation decides, as in Dar et al.).
-        threshold_rule: ``paper``, ``heldout``, ``heldout-ucb`` or ``fixed:X``; empty: the method's own
-            (``heldout-ucb`` for verified: a 95 % upper bound on the percentile of the null built exactly like the
-            test statistic; ``paper`` for paper). percentile: for the percentile rules.
+        threshold_rule: ``paper``, ``heldout``, ``heldout-ucb``, ``heldout-patient`` or ``fixed:X``; empty: the
+            method's own (``heldout-patient`` for verified: a prediction bound for a scan of a new patient, from the
+            null built exactly like the test statistic; ``paper`` for paper). percentile: for the percentile rules.
         k: neighbours kept per synthetic sample; seed: detector training and bootstrap.
         skip_bad: skip unreadable files (listed in the summary) instead of stopping.
         detector: a trained detector folder; without one a detector is trained into ``out/detector``
@@ -104,7 +104,7 @@ class ScanConfig(Config):
     @property
     def rule(self) -> str:
         """The threshold rule text in force (the method's own when none was given)."""
-        own = ThresholdRule.PAPER if self.method == MatchMethod.PAPER else ThresholdRule.HELDOUT_UCB
+        own = ThresholdRule.PAPER if self.method == MatchMethod.PAPER else ThresholdRule.HELDOUT_PATIENT
         return self.threshold_rule or own
 
     def validate(self) -> None:
@@ -187,8 +187,12 @@ def train_records(tables: NeighborTables, train: ImageSet, synthetic: ImageSet) 
     ]
 
 
-def neighbor_arrays(tables: NeighborTables) -> dict[str, np.ndarray]:
+def neighbor_arrays(tables: NeighborTables, val_patients: list[str]) -> dict[str, np.ndarray]:
+    """The arrays of ``neighbors.npz``; ``val_patient_group`` numbers each validation scan's patient (0, 1, ...
+    in order of appearance; no identifiers), so a study can be recalibrated with the ``heldout-patient`` rule."""
+    groups = {p: i for i, p in enumerate(dict.fromkeys(val_patients))}
     return {
+        "val_patient_group": np.array([groups[p] for p in val_patients], dtype=np.int64),
         "synthetic_to_train_sim": tables.synthetic_to_train.similarity,
         "synthetic_to_train_idx": tables.synthetic_to_train.index,
         "train_to_synthetic_sim": tables.train_to_synthetic.similarity,
@@ -367,11 +371,11 @@ def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> Non
             "threshold. Add validation images, lower --percentile or choose another --threshold-rule."
         )
     patients = len(set(sets["val"].patient_ids))
-    if rule.uses_heldout_null and patients < 2:
+    if patients < rule.min_patients:
         raise MemoScopeError(
             f"the validation set ({config.val}) has scans of {patients} patient; the {rule} rule measures how the "
-            "threshold transfers to patients it was not calibrated on and needs validation scans of at least 2 "
-            "patients. Add another patient's scans or choose --threshold-rule paper."
+            f"threshold transfers to patients it was not calibrated on and needs validation scans of at least "
+            f"{rule.min_patients} patients. Add another patient's scans or choose --threshold-rule paper."
         )
 
 
@@ -456,7 +460,14 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             lap("verify")
         # 5. threshold and metrics
         progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
-        threshold = calibrate(rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed)
+        threshold = calibrate(
+            rule,
+            tables.train_to_val.best,
+            tables.val_to_train.best,
+            config.percentile,
+            fixed,
+            sets["val"].patient_ids,
+        )
         check_near_duplicates(tables, sets["train"], sets["val"], threshold.value)
         metrics = memorization_metrics(
             threshold,
@@ -477,7 +488,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             threshold.value,
             pairs,
             train_records(tables, sets["train"], sets["synthetic"]),
-            neighbor_arrays(tables),
+            neighbor_arrays(tables, sets["val"].patient_ids),
             patient_rows,
         )
         timings["total_s"] = time.perf_counter() - clock

@@ -131,6 +131,13 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     progress(ProgressEvent("load", 0, 1, "loading the training and validation scans"))
     train, val = load_study_set(summary, "train"), load_study_set(summary, "val")
     calib, unseen = _split_patients(val.patient_ids, config.seed)
+    calib_patients = [val.patient_ids[i] for i in calib]
+    if len(set(calib_patients)) < rule.min_patients:
+        raise MemoScopeError(
+            f"the self-test calibrates on half of the validation patients ({len(set(calib_patients))}); the {rule} "
+            f"rule needs {rule.min_patients}, so the study needs {2 * rule.min_patients} validation patients. Add "
+            "validation patients, or rescan with --threshold-rule heldout-ucb or heldout."
+        )
     needed = min_null_size(percentile, rule)
     null_n = len(calib) if rule.uses_heldout_null else len(train)
     if null_n < needed:
@@ -163,7 +170,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     progress(ProgressEvent("score", 0, len(planted) + 1, "calibrating on half of the validation patients"))
     cal_to_train, _ = nearest(v_cal, x_cal, v_train, x_train)
     train_to_cal = nearest(v_train, x_train, v_cal, x_cal)[0] if rule == ThresholdRule.PAPER else cal_to_train
-    tau = calibrate(rule, train_to_cal, cal_to_train, percentile).value
+    tau = calibrate(rule, train_to_cal, cal_to_train, percentile, val_patients=calib_patients).value
     recall: dict[str, Fraction] = {}
     precision = f1 = auroc = float("nan")
     fpr = _rate(0, 0)
