@@ -13,8 +13,10 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_file
 from core.detect.metrics import Fraction
 from core.generative.ldm import checkpoint_hash, load_ldm
-from core.study.results import read_summary
+from core.io.preprocessing import PreprocessSpec
+from core.study.results import ScanResults, read_summary
 from core.study.review import ANATOMY_FLOOR
+from core.study.scan import ScanConfig
 from core.study.store import DEMO_MARKER
 from tools import demo
 
@@ -178,3 +180,16 @@ class TestCommittedDemo:
         over = demo.read_result(self.paths, demo.demo_models(self.profile, (3,))[-1])
         assert over.model.stage == "over-trained" and over.quality is not None and over.quality >= ANATOMY_FLOOR
         assert over.summary.copies.count > 0 and over.copy_pixel_corr is not None and over.copy_pixel_corr >= 0.95
+
+    def test_every_demo_study_shows_the_scans_default_call(self) -> None:
+        """The demo shows what a user's scan does: the verified call and its default rule, recountable from the
+        study (validation patients numbered in neighbors.npz)."""
+        default = ScanConfig(train="t", val="v", synthetic="s", out="o", spec=PreprocessSpec((8, 8)))
+        for model in demo.demo_models(self.profile):
+            study = self.paths.studies / model.study
+            summary = read_summary(study)
+            assert (summary.method, summary.threshold.rule) == (default.method, default.rule), model.study
+            cal = ScanResults.open(study).calibration()
+            assert cal.threshold(summary.threshold.rule, summary.threshold.percentile).value == pytest.approx(
+                summary.tau
+            )

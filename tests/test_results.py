@@ -35,8 +35,15 @@ def test_demo_results_read_back_typed_and_consistent() -> None:
 
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
-def test_a_study_scanned_before_patients_were_recorded_cannot_use_the_patient_rule_and_says_why() -> None:
-    cal = ScanResults.open(DEMO).calibration()  # the committed 2D demo predates val_patient_group
+def test_a_study_scanned_before_patients_were_recorded_cannot_use_the_patient_rule_and_says_why(
+    tmp_path: Path,
+) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(DEMO, study)
+    with np.load(study / "neighbors.npz") as stored:
+        arrays = {k: stored[k] for k in stored.files if k != "val_patient_group"}
+    np.savez(study / "neighbors.npz", **arrays)  # as a scan before val_patient_group wrote it
+    cal = ScanResults.open(study).calibration()
     assert cal.val_groups is None
     with pytest.raises(MemoScopeError, match="Rescan the study"):
         cal.threshold("heldout-patient")

@@ -40,7 +40,7 @@ from core.common.errors import MemoScopeError
 from core.common.progress import logged, silent
 from core.common.provenance import atomic_dir, atomic_write_json, atomic_write_text, now_utc, sha256_file, versions
 from core.detect.detector import TrainDetectorConfig, train_from_sources
-from core.detect.metrics import Fraction
+from core.detect.metrics import Fraction, ThresholdRule
 from core.generative.ldm import networks_config, read_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
@@ -105,8 +105,8 @@ class DemoProfile:
         n_samples_2d, n_samples_3d: samples generated per checkpoint.
         steps: DDIM sampling steps.
         detector_epochs: contrastive detector epochs (both data sets).
-        percentile_2d, percentile_3d: calibration percentile (the 3D validation set has three
-            volumes, so its percentile must leave one above: at most 66).
+        percentile_2d, percentile_3d: calibration percentile of the scan's default rule (``heldout-patient``: a
+            bound for a scan of a new patient, which allows for having only a few validation subjects).
     """
 
     name: str
@@ -119,7 +119,7 @@ class DemoProfile:
     steps: int
     detector_epochs: int
     percentile_2d: float = 95.0
-    percentile_3d: float = 50.0
+    percentile_3d: float = 95.0
 
 
 PROFILES = {
@@ -424,7 +424,6 @@ def generate_and_scan(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int
                     "out": _rel(study, r),
                     "dims": model.dims,
                     "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r),
-                    "threshold_rule": "paper",
                     "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d,
                     "k": 5,
                     "seed": 0,
@@ -606,9 +605,8 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         f"- One detector for all 2D checkpoints (`checkpoints/demo-2d-detector`, the paper's conv-residual encoder, "
         f"{profile.detector_epochs} epochs, hash `{first.detector.hash[:12]}`), so all checkpoints are measured on one "
         "scale.",
-        f"- Threshold: rule `{first.threshold.rule}`, percentile {_num(first.threshold.percentile, 'g')} of each "
-        "training slice's best "
-        "correlation to the validation subjects.",
+        f"- Copy call `{first.method}`; threshold: rule `{first.threshold.rule}` at percentile "
+        f"{_num(first.threshold.percentile, 'g')}: {_rule_meaning(first)}.",
         "",
         "## 2D: memorization across training length and augmentation",
         "",
@@ -774,9 +772,9 @@ def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[st
         f"- {s.inputs['train'].n} training volumes ({', '.join(f'`{x}`' for x in TRAIN_SUBJECTS_3D)}), "
         f"{s.inputs['val'].n} validation volumes ({', '.join(f'`{x}`' for x in VAL_SUBJECTS_3D)}), "
         f"{s.inputs['synthetic'].n} samples per checkpoint; one LDM ({profile.ae_epochs_3d} autoencoder epochs) saved "
-        f"after {profile.stages_3d[0]} (early) and {profile.stages_3d[1]} (over-trained) UNet epochs; rule "
-        f"`{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')} (three validation volumes cannot "
-        "support the 95th).",
+        f"after {profile.stages_3d[0]} (early) and {profile.stages_3d[1]} (over-trained) UNet epochs; copy call "
+        f"`{s.method}`, rule `{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')}: "
+        f"{_rule_meaning(s)}.",
         "",
         "| checkpoint | UNet epochs | UNet loss (last 5) | sample quality | tau | memorized training | copies among "
         "samples | expected FPR (copy) | median pixel r, copies / others |",
@@ -815,6 +813,16 @@ def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[st
         "",
     ]
     return lines
+
+
+def _rule_meaning(summary: ScanSummary) -> str:
+    """The threshold rule in words, with what it rests on (how many validation subjects)."""
+    rule = ThresholdRule(summary.threshold.rule)
+    patients = summary.inputs["val"].n_patients
+    rests = f"set on {summary.inputs['val'].n} scans of {patients} validation subjects"
+    if rule == ThresholdRule.HELDOUT_PATIENT:
+        rests += f"; with {patients} subjects the bound is wide (Student t on {patients - 1} degrees of freedom)"
+    return f"{rule.meaning}, {rests}"
 
 
 def _pixel_check(median_r: float | None) -> str:
