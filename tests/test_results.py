@@ -34,20 +34,16 @@ def test_demo_results_read_back_typed_and_consistent() -> None:
     assert int(is_copy(cal.synthetic_to_train, summary.tau).sum()) == summary.copies.count
 
 
-@pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
-def test_a_study_scanned_before_patients_were_recorded_cannot_use_the_patient_rule_and_says_why(
-    tmp_path: Path,
-) -> None:
-    study = tmp_path / "study"
-    shutil.copytree(DEMO, study)
-    with np.load(study / "neighbors.npz") as stored:
-        arrays = {k: stored[k] for k in stored.files if k != "val_patient_group"}
-    np.savez(study / "neighbors.npz", **arrays)  # as a scan before val_patient_group wrote it
-    cal = ScanResults.open(study).calibration()
-    assert cal.val_groups is None
+def test_a_study_scanned_before_patients_were_recorded_cannot_use_the_patient_rule_and_says_why() -> None:
+    from core.study.results import Calibration
+
+    null = np.linspace(0.1, 0.6, 40)
+    old = Calibration(np.zeros(3), null, np.zeros(3), np.zeros(3))  # neighbors.npz without val_patient_group
     with pytest.raises(MemoScopeError, match="Rescan the study"):
-        cal.threshold("heldout-patient")
-    assert cal.threshold("heldout").value == pytest.approx(float(np.percentile(cal.val_to_train, 95)))
+        old.threshold("heldout-patient")
+    assert old.threshold("heldout").value == pytest.approx(float(np.percentile(null, 95)))
+    new = Calibration(np.zeros(3), null, np.zeros(3), np.zeros(3), val_groups=np.arange(40) % 4)
+    assert new.threshold("heldout-patient").value > null.max()
 
 
 def _v1(summary: dict) -> dict:
@@ -81,7 +77,13 @@ def test_an_older_study_is_refused_with_the_upgrade_command_and_upgrades_exactly
     with pytest.raises(MemoScopeError, match="upgrade-study"):
         read_summary(study)
     assert upgrade_study(study) is True and upgrade_study(study) is False
-    assert read_summary(study) == read_summary(DEMO)
+    upgraded, original = read_summary(study), read_summary(DEMO)
+    # everything a schema-1 summary held comes back exactly (it had no copy-call method, notes or scan id)
+    kept = ("inputs", "preprocessing", "detector", "versions", "finished_at", "slices", "k", "seed", "checkpoint_hash")
+    kept += ("generations", "memorized", "copies", "expected_fpr_copy", "expected_fpr_memorized")
+    assert {f: getattr(upgraded, f) for f in kept} == {f: getattr(original, f) for f in kept}
+    t, o = upgraded.threshold, original.threshold
+    assert (t.rule, t.percentile, t.value) == (o.rule, o.percentile, o.value)
 
 
 def test_a_newer_study_asks_for_a_newer_memoscope(tmp_path: Path) -> None:

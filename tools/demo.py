@@ -681,7 +681,8 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
             f"({', '.join(f'{k.replace(chr(95), chr(32))} {v / 60:.1f} min' for k, v in build['seconds'].items())}); "
             f"torch {build['versions'].get('torch', '?')}, monai {build['versions'].get('monai', '?')}."
             + "".join(
-                f" The {' and '.join(f'{d}D' for d in again['dims'])} part was "
+                f" The {' and '.join(f'{d}D' for d in again['dims'])} "
+                f"{'parts were' if len(again['dims']) > 1 else 'part was'} "
                 f"{'rebuilt' if again.get('retrained', True) else 'sampled and scanned again'} since with "
                 f"`{again['command']}` "
                 f"in {again['total_seconds'] / 60:.1f} min."
