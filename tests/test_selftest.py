@@ -38,6 +38,11 @@ def test_one_validation_patient_is_refused_with_what_to_do() -> None:
         _split_patients(["p1", "p1", "p1"], seed=0)
     calib, unseen = _split_patients(["a", "b", "b", "c"], seed=0)
     assert sorted([*calib, *unseen]) == [0, 1, 2, 3] and len(calib) and len(unseen)
+    # the patient bound calibrates on two patients at least: three patients give two and one
+    calib, unseen = _split_patients(["a", "b", "c"], seed=0, calibrate=2)
+    assert (len(calib), len(unseen)) == (2, 1)
+    with pytest.raises(MemoScopeError, match="at least 3 patients"):
+        _split_patients(["a", "b"], seed=0, calibrate=2)
 
 
 def test_bad_levels_are_refused_by_name() -> None:
