@@ -2,13 +2,13 @@
 
 The self-test splits the study's validation patients in two (seeded). One part calibrates the threshold
 exactly as the scan did (same copy call, rule and percentile; about half the patients, and at least two for
-the ``heldout-patient`` rule); the other part plays the part of patients the threshold has never seen. Copies of random training scans, changed as a generator
-changes what it copies (:mod:`core.detect.planted`: noise, blur, intensity, shift, rotation, elastic
-warp, mixed; at strength levels), are planted among those unseen patients' real scans, and the same
-detector, retrieval and verification run on the mixture. A copy counts as found only when it is
-flagged and its nearest training scan is its source. ``selftest.json`` in the study keeps recall per
-change and level, the unseen-patient false-positive rate, precision, F1 and AUROC, with intervals,
-and the scan it belongs to (a rescan makes it stale).
+the ``heldout-patient`` rule); the other part plays the part of patients the threshold has never seen.
+Copies of random training scans, changed as a generator changes what it copies (:mod:`core.detect.planted`:
+noise, blur, intensity, shift, rotation, elastic warp, mixed; at strength levels), are planted among those
+unseen patients' real scans, and the same detector, retrieval and verification run on the mixture. A copy
+counts as found only when it is flagged and its nearest training scan is its source. ``selftest.json`` in
+the study keeps recall per change and level, the unseen-patient false-positive rate, precision, F1 and
+AUROC, with intervals, and the scan it belongs to (a rescan makes it stale).
 """
 
 from __future__ import annotations
