@@ -256,3 +256,18 @@ def test_the_conclusion_calls_flags_copies_only_when_nothing_contradicts_them() 
     assert "unconfirmed flags" in unconfirmed and "likely copies" not in unconfirmed
     confirmed, _ = conclusion(metrics, 2, frozenset({"pixel_disagrees"}))  # reviewers confirmed copies
     assert "likely copies of patient data" in confirmed
+
+
+DEMO_3D = Path(__file__).resolve().parents[1] / "studies" / "demo-3d"
+
+
+@pytest.mark.skipif(not DEMO_3D.is_dir(), reason="demo not built")
+def test_the_report_says_when_the_transfer_to_unseen_patients_could_not_be_measured(tmp_path: Path) -> None:
+    # the 3D demo: three validation volumes, one per patient; holding one out leaves two, too few for the bound
+    import shutil
+
+    study = tmp_path / "demo-3d"
+    shutil.copytree(DEMO_3D, study)  # the report keeps its pseudonyms in the study
+    assert read_summary(study).fpr_unseen is None
+    text = write_report(study, tmp_path / "report.html", "html").read_text()
+    assert "could not be measured: the heldout-patient rule needs validation scans of at least 3 patients" in text

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.detect.metrics import ThresholdRule, crossfit_needs
 from core.detect.record import is_detector_folder
 from core.study import jobs, results
 from core.study.results import ROLES
@@ -62,9 +63,10 @@ else:
     unseen = summary.fpr_unseen
     if unseen is None and summary.method == "verified":
         st.caption(
-            "How this threshold transfers to patients it was not calibrated on could not be measured: that needs "
-            "validation scans of at least 2 patients, and enough scans left when one patient is held out for the "
-            f"{summary.threshold.rule} rule. Run the self-test below for a direct measurement."
+            "How this threshold transfers to patients it was not calibrated on could not be measured: the "
+            f"{summary.threshold.rule} rule needs "
+            f"{crossfit_needs(summary.threshold.percentile or 95.0, ThresholdRule(summary.threshold.rule))}. "
+            "Run the self-test below for a direct measurement."
         )
     if unseen is not None:
         where = "" if chosen.value == summary.tau else f" (measured at the scan's threshold {summary.tau:.3f})"

@@ -373,6 +373,15 @@ def crossfit_fpr(
     )
 
 
+def crossfit_needs(percentile: float, rule: ThresholdRule) -> str:
+    """What :func:`crossfit_fpr` needs for ``rule``, in words (said when it could not be measured)."""
+    patients = 3 if rule == ThresholdRule.HELDOUT_PATIENT else 2
+    return (
+        f"validation scans of at least {patients} patients, and at least {min_null_size(percentile, rule)} scans "
+        f"left when any one patient is held out"
+    )
+
+
 def empirical_p_values(scores: npt.ArrayLike, null: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """P(null >= score) with the +1 correction: ``(1 + #{null >= s}) / (1 + n)``.
 

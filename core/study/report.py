@@ -25,7 +25,7 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
-from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule
+from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
 from core.io.data import discover
 from core.io.viewer import (
     apply_window,
@@ -417,7 +417,13 @@ def _resemblance_html(summary: ScanSummary) -> str:
 def _unseen_html(summary: ScanSummary, tau: float) -> str:
     unseen = summary.fpr_unseen
     if unseen is None:
-        return ""
+        if summary.threshold.percentile is None or not ThresholdRule(summary.threshold.rule).uses_heldout_null:
+            return ""
+        needs = crossfit_needs(summary.threshold.percentile, ThresholdRule(summary.threshold.rule))
+        return (
+            "<li>How the threshold transfers to patients it was not calibrated on could not be measured: the "
+            f"{html.escape(str(summary.threshold.rule))} rule needs {html.escape(needs)}.</li>"
+        )
     where = "" if tau == summary.tau else f" (measured at the scan's threshold {summary.tau:.3f})"
     return (
         f"<li>Real scans of patients the threshold was not calibrated on that are called copies: "
