@@ -28,7 +28,7 @@ lint: setup
 	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 demo: setup
 	$(PY) -m tools.demo all --profile full

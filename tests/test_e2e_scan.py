@@ -99,7 +99,7 @@ def test_scan_flags_planted_copies_and_spares_held_out_scans(tmp_path: Path) -> 
         "--out",
         str(tmp_path / "study"),
         "--detector-epochs",
-        "25",
+        "10",
         "--cache-dir",
         str(tmp_path / "cache"),
         "--k",

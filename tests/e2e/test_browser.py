@@ -96,7 +96,19 @@ def _metric(page, label: str) -> str:  # noqa: ANN001
 
 
 def _go(page, name: str) -> None:  # noqa: ANN001
+    """Open a page and wait until its own heading has replaced the last page's (a screenshot taken earlier shows
+    the page being left, still on screen while the new one runs)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    heading = page.get_by_test_id("stHeading")
+    before = heading.first.inner_text() if heading.count() else ""
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+    with contextlib.suppress(PlaywrightTimeout):  # the same heading (a page opened twice) changes nothing
+        page.wait_for_function(
+            "b => { const h = document.querySelector('[data-testid=stHeading]'); return h && h.innerText !== b; }",
+            arg=before,
+            timeout=5_000,
+        )
 
 
 def _settled(page) -> None:  # noqa: ANN001
@@ -161,6 +173,8 @@ def test_threshold_slider_changes_the_counts(page) -> None:  # noqa: ANN001
     assert float(after["Threshold"]) < float(before["Threshold"])
     counts = [(float(before[k].rstrip("%")), float(after[k].rstrip("%"))) for k in ("Memorized", "Copies")]
     assert all(a >= b for b, a in counts) and any(a > b for b, a in counts), (before, after)
+    _settled(page)
+    page.locator(".js-plotly-plot .main-svg").first.wait_for()  # the chart is drawn, not just its frame
     page.screenshot(path=SHOTS / "calibrate.png", full_page=True)
 
 
