@@ -43,6 +43,11 @@ class ThresholdRule(StrEnum):
         }[self]
 
     @property
+    def calibration_patients(self) -> int:
+        """Patients a null needs to set tau: the patient bound estimates a spread between patients (2)."""
+        return 2 if self == ThresholdRule.HELDOUT_PATIENT else 1
+
+    @property
     def min_patients(self) -> int:
         """Validation patients the rule needs: the held-out rules measure transfer to other patients (2), the
         patient bound estimates the spread between patients (2); the paper's rule and a fixed value need none."""
@@ -362,8 +367,7 @@ def crossfit_fpr(
     for patient in groups:
         held = labels == patient
         rest = labels[~held]
-        fold_patients = 2 if rule == ThresholdRule.HELDOUT_PATIENT else 1  # the bound needs a spread of patients
-        if len(rest) < min_null_size(percentile, rule) or len(set(rest.tolist())) < fold_patients:
+        if len(rest) < min_null_size(percentile, rule) or len(set(rest.tolist())) < rule.calibration_patients:
             return None
         tau = percentile_threshold(values[~held], percentile, rule, rest.tolist())
         flagged += int(is_copy(values[held], tau).sum())
@@ -375,10 +379,9 @@ def crossfit_fpr(
 
 def crossfit_needs(percentile: float, rule: ThresholdRule) -> str:
     """What :func:`crossfit_fpr` needs for ``rule``, in words (said when it could not be measured)."""
-    patients = 3 if rule == ThresholdRule.HELDOUT_PATIENT else 2
     return (
-        f"validation scans of at least {patients} patients, and at least {min_null_size(percentile, rule)} scans "
-        f"left when any one patient is held out"
+        f"validation scans of at least {rule.calibration_patients + 1} patients, and at least "
+        f"{min_null_size(percentile, rule)} scans left when any one patient is held out"
     )
 
 

@@ -133,8 +133,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
         percentile = summary.threshold.percentile
     progress(ProgressEvent("load", 0, 1, "loading the training and validation scans"))
     train, val = load_study_set(summary, "train"), load_study_set(summary, "val")
-    # the patient bound needs a spread of patients to calibrate on; the percentile rules one patient
-    calib, unseen = _split_patients(val.patient_ids, config.seed, 2 if rule == ThresholdRule.HELDOUT_PATIENT else 1)
+    calib, unseen = _split_patients(val.patient_ids, config.seed, rule.calibration_patients)
     calib_patients = [val.patient_ids[i] for i in calib]
     needed = min_null_size(percentile, rule)
     null_n = len(calib) if rule.uses_heldout_null else len(train)
