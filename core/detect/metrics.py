@@ -82,12 +82,13 @@ class Threshold(Config):
     null_size: int
 
 
-RULE_CHOICES = "paper, heldout, heldout-ucb, heldout-patient or fixed:X"
+CALIBRATED_RULES = tuple(r.value for r in ThresholdRule if r != ThresholdRule.FIXED)
+RULE_CHOICES = ", ".join(CALIBRATED_RULES) + " or fixed:X"
 
 
 def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
-    """Parse ``paper``, ``heldout``, ``heldout-ucb``, ``heldout-patient`` or ``fixed:X`` (X in [-1, 1])."""
-    if text in (ThresholdRule.PAPER, ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB, ThresholdRule.HELDOUT_PATIENT):
+    """Parse a calibrated rule's name (:data:`CALIBRATED_RULES`) or ``fixed:X`` (X in [-1, 1])."""
+    if text in CALIBRATED_RULES:
         return ThresholdRule(text), None
     if text.startswith("fixed:"):
         try:
