@@ -124,10 +124,9 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from core.study.review import by_patient
 
     mem, cop = summary.memorized, summary.copies
-    print(
-        f"threshold {summary.tau:.3f} ({summary.threshold.rule}); copies {cop.count}/{cop.total} ({cop.value:.1%}), "
-        f"memorized training scans {mem.count}/{mem.total} ({mem.value:.1%})"
-    )
+    print(f"threshold {summary.tau:.3f} ({summary.threshold.rule})")
+    for name, f in (("copies", cop), ("memorized training scans", mem)):
+        print(f"{name} {f.count}/{f.total} ({f.value:.1%}; 95 % CI {f.low:.1%} to {f.high:.1%}, {f.method})")
     print(by_patient(ScanResults.open(args.out), summary.tau).describe())
     print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv (scan {summary.scan_id})")
 

@@ -84,3 +84,33 @@ def test_samples_that_are_not_anatomy_come_with_the_warning_and_only_they(name: 
     assert quality is not None
     warned = "not_anatomy" in {c.key for c in caveats(summary, at, scan.pairs())}
     assert warned == (quality < ANATOMY_FLOOR), (name, quality)
+
+
+@pytest.mark.skipif(not (DEMO.parent / "demo-3d-early").is_dir(), reason="demo not built")
+def test_samples_not_called_copies_yet_nearer_than_any_new_scan_are_named(tmp_path: Path) -> None:
+    """The early 3D stage has no copy above its cautious threshold, but most of its samples are nearer to a training
+    head than any validation head is: a board must not read 'no copies' as 'new anatomy' (issue 14)."""
+    import shutil
+
+    from core.study.report import build_report
+    from core.study.review import nearer_than_heldout
+
+    scan = ScanResults.open(DEMO.parent / "demo-3d-early")
+    summary, pairs = scan.summary, scan.pairs()
+    at = metrics_at(scan, summary.tau, summary.threshold.rule, summary.threshold.percentile)
+    beyond = nearer_than_heldout(scan)
+    assert at.copies.count == 0 and beyond.clearly_above_expected
+    found = {c.key: c.text for c in caveats(summary, at, pairs, beyond)}
+    nearest = [p for p in pairs if p.nearest]
+    between = sum(beyond.heldout_max < p.similarity <= summary.tau for p in nearest)
+    assert between > 0.1 * len(nearest)
+    assert f"{between} of {len(nearest)} samples are not called copies" in found["not_new"]
+    assert "not_new" not in {c.key for c in caveats(summary, at, pairs)}  # only with the held-out comparison
+    # a stage whose samples are as far from training as the held-out scans are gets no such caveat
+    far = dataclasses.replace(beyond, share=Fraction(0, 16, 0.0, 0.0, 0.19, "wilson"))
+    assert "not_new" not in {c.key for c in caveats(summary, at, pairs, far)}
+    study = tmp_path / "study"
+    shutil.copytree(scan.folder, study)
+    html = build_report(study, top=1)
+    assert "are not called copies, yet they are nearer to a training scan" in html
+    assert "No sample is called a copy, but many are nearer" in html

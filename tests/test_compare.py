@@ -29,6 +29,9 @@ def test_rows_carry_each_studys_own_numbers_and_training_length() -> None:
     assert len(figure.data) == 4  # copies and memorized, with and without augmentation
     table = rows[0].table_row()
     assert table["memorized training"].count("%") == 3  # value and both ends of its interval
+    for row in rows:  # 59 validation slices: samples as new as new patients' scans would lie above all 59 in 1 of 60
+        assert row.beyond_heldout is not None and row.beyond_heldout.expected == pytest.approx(1 / 60)
+        assert row.table_row()["nearer than any held-out scan"].endswith("(new: ~2%)")
 
 
 def test_an_unscanned_study_is_refused_by_name(tmp_path: Path) -> None:

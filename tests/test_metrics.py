@@ -194,3 +194,51 @@ def test_clustered_fraction_resamples_patients_not_slices() -> None:
     assert (few.low, few.high) == pytest.approx((low, high)) and few.low <= few.value <= few.high
     hit = any_per_group(flags, patients)
     assert hit.count == int(flags.reshape(20, 30)[:, 0].sum()) and hit.total == 20
+
+
+def test_memorization_intervals_resample_the_groups_they_are_given() -> None:
+    from core.detect.metrics import Threshold, ThresholdRule, clustered_fraction
+
+    rng = np.random.default_rng(1)
+    patients = np.repeat([f"p{i}" for i in range(12)], 25)  # 12 training patients of 25 slices
+    train_to_synthetic = np.repeat(rng.random(12), 25) + rng.normal(0, 0.01, 300)
+    synthetic_to_train = rng.random(40)
+    volumes = np.repeat([f"v{i}" for i in range(8)], 5)  # 40 slices of 8 generated volumes
+    tau = Threshold(ThresholdRule.FIXED, None, 0.5, 0)
+    null = rng.random(30)
+    plain = memorization_metrics(tau, train_to_synthetic, synthetic_to_train, null, null, seed=3)
+    grouped = memorization_metrics(
+        tau, train_to_synthetic, synthetic_to_train, null, null, seed=3, train_groups=patients, synthetic_groups=volumes
+    )
+    assert plain.memorized == fraction_with_ci(train_to_synthetic > 0.5, seed=3)
+    assert grouped.memorized == clustered_fraction(train_to_synthetic > 0.5, patients, seed=3)
+    assert grouped.memorized.method == "bootstrap over 12 patients"
+    assert grouped.memorized.high - grouped.memorized.low > 2 * (plain.memorized.high - plain.memorized.low)
+    assert grouped.copies.method.startswith("wilson with n = 8 volumes")  # too few volumes to resample
+    assert grouped.memorized.value == plain.memorized.value and grouped.copies.count == plain.copies.count
+    # samples that are each their own draw keep the plain interval
+    own = memorization_metrics(
+        tau, train_to_synthetic, synthetic_to_train, null, null, seed=3, synthetic_groups=[str(i) for i in range(40)]
+    )
+    assert own.copies == plain.copies
+
+
+def test_beyond_heldout_expects_one_in_n_plus_one_of_new_samples() -> None:
+    from core.detect.metrics import beyond_heldout
+
+    rng = np.random.default_rng(4)
+    # samples drawn like the held-out scores: on average 1 / (n + 1) lie above all n of them
+    shares = [beyond_heldout(rng.normal(size=200), rng.normal(size=9), seed=i).share.value for i in range(300)]
+    assert np.mean(shares) == pytest.approx(1 / 10, abs=0.02)
+    new = beyond_heldout(rng.normal(size=200), rng.normal(size=9))
+    assert new.expected == pytest.approx(0.1) and new.heldout_max <= 5
+    # samples shifted towards training lie above far more often, and the interval says so
+    near = beyond_heldout(rng.normal(2.0, 1.0, size=200), rng.normal(size=9))
+    assert near.clearly_above_expected and "samples as new as a new patient's scans would give about 10%" in (
+        near.describe()
+    )
+    # slices of generated volumes: the interval resamples volumes
+    grouped = beyond_heldout(rng.normal(2.0, 1.0, size=40), rng.normal(size=9), np.repeat(np.arange(4), 10))
+    assert "4 volumes" in grouped.share.method
+    with pytest.raises(MemoScopeError, match="held-out"):
+        beyond_heldout([0.5], [])

@@ -93,17 +93,28 @@ def test_the_worklist_says_which_samples_resemble_a_training_patient_without_cha
 
 
 @pytest.mark.skipif(not (REPO / "studies" / "demo-2d" / "summary.json").is_file(), reason="demo not built")
-def test_by_patient_takes_the_training_patients_as_the_unit() -> None:
-    from core.study.review import by_patient
+def test_intervals_take_the_training_patients_as_the_unit() -> None:
+    from core.detect.metrics import fraction_with_ci, is_copy
+    from core.study.review import by_patient, metrics_at
 
     scan = ScanResults.open(REPO / "studies" / "demo-2d")
     rows = scan.train_rows()
-    found = by_patient(scan, scan.summary.tau)
+    tau = scan.summary.tau
+    found = by_patient(scan, tau)
     patients = {r.patient_id for r in rows}
-    hit = {r.patient_id for r in rows if r.similarity > scan.summary.tau}
+    hit = {r.patient_id for r in rows if r.similarity > tau}
     assert (found.patients_memorized.count, found.patients_memorized.total) == (len(hit), len(patients))
-    assert found.memorized.count == scan.summary.memorized.count and found.memorized.total == len(rows)
-    # three patients cannot give the narrow interval that 147 slices treated as independent give
-    assert found.memorized.high - found.memorized.low > 3 * (scan.summary.memorized.high - scan.summary.memorized.low)
-    assert found.copies is None  # each 2D sample is its own draw
     assert f"of {len(patients)} training patients" in found.describe()
+    # the scan's own interval and one recomputed at another threshold both resample the 3 patients: 147 slices
+    # treated as independent would give a far narrower interval
+    for at, memorized in (
+        (tau, scan.summary.memorized),
+        (tau - 0.2, metrics_at(scan, tau - 0.2, "fixed", None).memorized),
+    ):
+        assert f"{len(patients)} patients" in memorized.method
+        assert memorized.total == len(rows)
+        naive = fraction_with_ci(is_copy([r.similarity for r in rows], at))
+        if 0 < memorized.count < memorized.total:
+            assert memorized.high - memorized.low > 3 * (naive.high - naive.low)
+    # each 2D sample is its own draw: the copy interval is the plain one
+    assert "patients" not in scan.summary.copies.method and "volumes" not in scan.summary.copies.method

@@ -40,15 +40,15 @@ from core.common.errors import MemoScopeError
 from core.common.progress import logged, silent
 from core.common.provenance import atomic_dir, atomic_write_json, atomic_write_text, now_utc, sha256_file, versions
 from core.detect.detector import TrainDetectorConfig, train_from_sources
-from core.detect.metrics import Fraction, ThresholdRule
+from core.detect.metrics import MIN_RESAMPLED_GROUPS, BeyondHeldout, Fraction, ThresholdRule
 from core.generative.ldm import networks_config, read_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
 from core.io.data import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
-from core.study.results import ScanResults, ScanSummary, is_scanned
-from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, sample_quality
+from core.study.results import ScanResults, ScanSummary, is_scanned, nearest_pairs
+from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, nearer_than_heldout, sample_quality
 from core.study.scan import ScanConfig, run_scan
 from core.study.store import DEMO_MARKER, mark_demo
 
@@ -524,6 +524,8 @@ class ModelResult:
     novel_pixel_corr: float | None
     by_patient: ByPatient  # the same numbers with patients as the unit
     quality: float | None  # median pixel r of each sample with its nearest training scan (does it make anatomy?)
+    beyond: BeyondHeldout  # samples nearer to training than any validation scan (new anatomy would rarely be)
+    between: int  # samples nearer to training than any validation scan, yet not called copies
 
 
 def _median(values: list[float]) -> float | None:
@@ -542,7 +544,19 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
         (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
     patients = by_patient(scan, scan.summary.tau)
     pairs = scan.pairs()
-    return ModelResult(model, scan.summary, ldm, _median(copies), _median(novel), patients, sample_quality(pairs))
+    beyond = nearer_than_heldout(scan)
+    between = sum(beyond.heldout_max < p.similarity <= scan.summary.tau for p in nearest_pairs(pairs))
+    return ModelResult(
+        model,
+        scan.summary,
+        ldm,
+        _median(copies),
+        _median(novel),
+        patients,
+        sample_quality(pairs),
+        beyond,
+        between,
+    )
 
 
 def _frac(f: Fraction) -> str:
@@ -610,18 +624,20 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "",
         "## 2D: memorization across training length and augmentation",
         "",
-        "| checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized training | training "
-        "patients with a memorized slice | copies among samples | expected FPR (copy) | median pixel r, copies / "
+        "| study (in the app) | checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized "
+        "training (CI over subjects) | training patients with a memorized slice | copies among samples | "
+        "nearer than any validation slice (new anatomy: about) | expected FPR (copy) | median pixel r, copies / "
         "others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in two_d:
         s = r.summary
         lines.append(
-            f"| `{r.model.checkpoint}` ({r.model.stage}) | {'yes' if r.model.variant == 'aug' else 'no'} | "
+            f"| `{r.model.study}` | `{r.model.checkpoint}` ({r.model.stage}) | "
+            f"{'yes' if r.model.variant == 'aug' else 'no'} | "
             f"{r.model.epoch} | "
             f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_patients(r.by_patient)} | "
-            f"{_frac(s.copies)} | "
+            f"{_frac(s.copies)} | {_beyond(r.beyond)} | "
             f"{s.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
         )
     lines += ["", "### What the numbers show", ""]
@@ -651,16 +667,10 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
         "## How small the demo is",
         "",
         f"- {inputs['train'].n_patients} training subjects. Neighbouring slices of one volume are nearly the same "
-        "image, so the effective sample size is far below the slice count: the slice intervals in the table "
-        "(which resample slices as if they were independent) are too narrow. The patient column takes the "
-        f"{inputs['train'].n_patients} subjects as the sample size (Wilson), and so do the memorized fractions "
-        "below (`python -m core scan` prints the same, and the Overview and report show it): "
-        + "; ".join(
-            f"`{r.model.checkpoint}` {r.by_patient.memorized.value:.1%} (95 % CI {r.by_patient.memorized.low:.1%} "
-            f"to {r.by_patient.memorized.high:.1%})"
-            for r in two_d
-        )
-        + ". Read differences as indications, not as results.",
+        "image, so the effective sample size is the number of subjects, not of slices: the memorized-training "
+        f"intervals resample subjects (with fewer than {MIN_RESAMPLED_GROUPS}, Wilson with the subjects as the "
+        "sample size; `python -m core scan`, the Overview and the report give the same intervals), which is why they "
+        "are wide. Read differences as indications, not as results.",
         "- The validation subjects were scanned differently from the training subjects (other scanners, "
         "resolutions and contrasts), so their best correlation to training, and with it the threshold, may be "
         "lower than for a validation set from the same source; `expected FPR (copy)` is the share of real "
@@ -727,9 +737,9 @@ def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
     if all(clear_rises):
         training = "Over-training clearly raised the memorized fraction in both runs, as Dar et al. report"
     elif all(rises):
-        training = (
-            "Over-training raised the memorized fraction in both runs, as Dar et al. report, "
-            "though not beyond the intervals in both"
+        clear = sum(clear_rises)
+        training = "Over-training raised the memorized fraction in both runs, as Dar et al. report, " + (
+            "though in neither beyond the overlapping intervals" if not clear else f"beyond the intervals in {clear}"
         )
     elif any(rises):
         training = "Over-training raised the memorized fraction in one of the two runs only"
@@ -777,15 +787,18 @@ def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[st
         f"`{s.method}`, rule `{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')}: "
         f"{_rule_meaning(s)}.",
         "",
-        "| checkpoint | UNet epochs | UNet loss (last 5) | sample quality | tau | memorized training | copies among "
-        "samples | expected FPR (copy) | median pixel r, copies / others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| study (in the app) | checkpoint | UNet epochs | UNet loss (last 5) | sample quality | tau | memorized "
+        "training | copies among samples | nearer than any validation volume (new anatomy: about) | expected FPR "
+        "(copy) | median pixel r, copies / others |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in three:
         m = r.summary
         lines.append(
-            f"| `{r.model.checkpoint}` ({r.model.stage}) | {r.model.epoch} | {_num(_unet_loss(r.ldm), '.4f')} | "
+            f"| `{r.model.study}` | `{r.model.checkpoint}` ({r.model.stage}) | {r.model.epoch} | "
+            f"{_num(_unet_loss(r.ldm), '.4f')} | "
             f"{_num(r.quality, '.2f')} | {m.tau:.3f} | {_frac(m.memorized)} | {_frac(m.copies)} | "
+            f"{_beyond(r.beyond)} | "
             f"{m.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
         )
     lines += ["", "Sample quality is the median pixel correlation of a sample with its nearest training volume.", ""]
@@ -799,7 +812,7 @@ def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[st
         else:
             lines.append(
                 f"- `{r.model.checkpoint}` ({r.model.stage}): copies {r.summary.copies.value:.1%}, memorized training "
-                f"{r.summary.memorized.value:.1%}. " + _pixel_check(r.copy_pixel_corr)
+                f"{r.summary.memorized.value:.1%}. " + _pixel_check(r.copy_pixel_corr) + " " + _novelty(r)
             )
     if len(three) == 2 and all(r.quality is not None and r.quality >= ANATOMY_FLOOR for r in three):
         early, over = three
@@ -824,6 +837,32 @@ def _rule_meaning(summary: ScanSummary) -> str:
     if rule == ThresholdRule.HELDOUT_PATIENT:
         rests += f"; with {patients} subjects the bound is wide (Student t on {patients - 1} degrees of freedom)"
     return f"{rule.meaning}, {rests}"
+
+
+def _beyond(found: BeyondHeldout) -> str:
+    return f"{_frac(found.share)} ({found.expected:.0%})"
+
+
+def _novelty(r: ModelResult) -> str:
+    """Whether the samples that are not called copies are as new as new subjects' scans (:class:`BeyondHeldout`)."""
+    b = r.beyond
+    if not b.clearly_above_expected:
+        return (
+            f"{b.share.count} of {b.share.total} samples are nearer to a training volume than any validation volume "
+            f"is (about {b.expected:.0%} expected of new anatomy): by this measure its samples are as new as new "
+            "subjects' volumes."
+        )
+    if not r.between:
+        return ""
+    found = (
+        f"{r.between} of the {b.share.total - r.summary.copies.count} samples not called copies are nearer to a "
+        f"training volume than any validation volume is ({b.share.count} of {b.share.total} in all, 95 % CI "
+        f"{b.share.low:.0%} to {b.share.high:.0%}; samples as new as a new subject's volume would give about "
+        f"{b.expected:.0%})"
+    )
+    if r.summary.copies.count == 0:
+        return f"Yet {found}: this stage draws variations of the training heads, not new anatomy."
+    return f"{found}: they too are nearer to the training heads than new anatomy would be."
 
 
 def _pixel_check(median_r: float | None) -> str:

@@ -8,12 +8,14 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import MemoScopeError
+from core.detect.metrics import BeyondHeldout
+from core.io.data import source_of
 from core.study import jobs, results, verdicts
 from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies
 from core.study.report import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
-from core.study.review import ByPatient, by_patient, metrics_at, sample_conditioning
+from core.study.review import ByPatient, by_patient, metrics_at, nearer_than_heldout, sample_conditioning
 from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
@@ -59,6 +61,16 @@ def _by_patient(study: str, mtime: float, tau: float) -> ByPatient:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
+def _nearer_than_heldout(study: str, mtime: float) -> BeyondHeldout:
+    return nearer_than_heldout(_scan(study, mtime))
+
+
+def beyond_heldout(study: Path) -> BeyondHeldout:
+    """How many samples are nearer to training than any held-out scan (cached until the study is rescanned)."""
+    return _nearer_than_heldout(str(study), _scan_mtime(study))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
 def _conditioning(study: str, mtime: float) -> dict[str, dict[str, float]]:
     return sample_conditioning(_scan(study, mtime).summary)
 
@@ -70,7 +82,7 @@ def conditioning(study: Path) -> dict[str, dict[str, float]]:
 
 def conditioning_text(study: Path, synthetic_id: str) -> str:
     """``generated with gender 0 · age 0.41`` for a sample of a conditional LDM, else empty."""
-    values = conditioning(study).get(synthetic_id.partition("#")[0])
+    values = conditioning(study).get(source_of(synthetic_id))
     return "generated with " + " · ".join(f"{k} {v:g}" for k, v in values.items()) if values else ""
 
 
@@ -187,7 +199,8 @@ def show_caveats(study: Path, collapsed: bool = False) -> None:
     """The study's caveats at its threshold: a warning box (Overview), or a collapsed expander (Review)."""
     scanned = require_scan(study)
     chosen = study_threshold(study)
-    found = caveats(scanned.summary, metrics_at(scanned, chosen.value, chosen.rule, chosen.percentile), pairs(study))
+    at = metrics_at(scanned, chosen.value, chosen.rule, chosen.percentile)
+    found = caveats(scanned.summary, at, pairs(study), beyond_heldout(study))
     if not found:
         return
     text = "\n".join(f"- {c.text}" for c in found)

@@ -32,7 +32,10 @@ st.caption(
     "patient resemblance are separate findings. Studies scanned with different copy calls or thresholds are not "
     "directly comparable: check the 'copy call' and 'threshold' columns. Sample quality: the median pixel "
     f"correlation of each sample with its nearest training scan; below {ANATOMY_FLOOR} the samples are not scans yet, "
-    "and that stage's memorization numbers say nothing about copying."
+    "and that stage's memorization numbers say nothing about copying. Nearer than any held-out scan: samples whose "
+    "best score against training exceeds every real held-out scan's; samples as new as new patients' scans would "
+    "give about the share after 'new:' (1 / (held-out scans + 1)), so a stage far above it reproduces training "
+    "anatomy even where nothing is called a copy."
 )
 poor = [r.study for r in rows if r.too_poor_to_judge]
 if poor:

@@ -46,11 +46,11 @@ else:
     )
     st.caption(
         f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
-        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Intervals resample scans as if "
-        f"independent, with the threshold held fixed (the next line takes patients as the unit). "
-        f"Study threshold: {chosen.label}."
+        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Neighbouring slices of one patient are not "
+        f"independent draws, so the memorized interval resamples training patients ({mem.method}); copies: "
+        f"{cop.method}; the threshold is held fixed. Study threshold: {chosen.label}."
     )
-    st.caption(_ui.patient_level(study, chosen.value).describe())
+    st.caption(_ui.patient_level(study, chosen.value).describe() + " " + _ui.beyond_heldout(study).describe())
     st.caption(
         "Copy call: "
         + (

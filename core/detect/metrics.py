@@ -291,7 +291,12 @@ MIN_RESAMPLED_GROUPS = 10  # a bootstrap over fewer patients has too few distinc
 
 
 def clustered_fraction(
-    flags: npt.ArrayLike, groups: npt.ArrayLike, seed: int = 0, confidence: float = 0.95, n_resamples: int = 4000
+    flags: npt.ArrayLike,
+    groups: npt.ArrayLike,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_resamples: int = 4000,
+    unit: str = "patients",
 ) -> Fraction:
     """Share of True flags with an interval that resamples *groups* (patients, volumes), not samples.
 
@@ -304,6 +309,7 @@ def clustered_fraction(
     Args:
         flags: ``(N,)`` one flag per sample.
         groups: ``(N,)`` the patient (or volume) of each sample.
+        unit: what a group is, for the interval's ``method`` (``patients``, ``volumes``).
     """
     x = np.asarray(flags, dtype=bool)
     labels = np.asarray(groups)
@@ -317,11 +323,11 @@ def clustered_fraction(
         return fraction_with_ci(x, seed=seed, confidence=confidence)  # one sample per group: the plain bootstrap
     per_count = np.bincount(index, weights=x.astype(np.float64), minlength=n_groups)
     per_size = np.bincount(index, minlength=n_groups).astype(np.float64)
-    by = f"{n_groups} patients"
+    by = f"{n_groups} {unit}"
     if count in (0, total) or n_groups < MIN_RESAMPLED_GROUPS:
         # as if each patient were one observation of the proportion: the least information the data could hold
         low, high = wilson_interval(count / total * n_groups, n_groups, confidence)
-        why = "all scans agree" if count in (0, total) else f"too few patients to resample (< {MIN_RESAMPLED_GROUPS})"
+        why = "all scans agree" if count in (0, total) else f"too few {unit} to resample (< {MIN_RESAMPLED_GROUPS})"
         return Fraction(count, total, count / total, low, high, f"wilson with n = {by}; {why}")
     weights = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
     ratios = (weights @ per_count) / (weights @ per_size)
@@ -386,6 +392,60 @@ def crossfit_needs(percentile: float, rule: ThresholdRule) -> str:
     )
 
 
+@dataclass(frozen=True)
+class BeyondHeldout:
+    """How many samples are nearer to the training set than *every* real held-out scan is.
+
+    A copy call needs a score above tau, which a cautious rule puts well above the held-out scores; a sample
+    between the two is not called a copy, yet it is nearer to a training scan than any new patient's scan came.
+    Were the samples as new as a new patient's scans (exchangeable with the ``n`` held-out scores), each would
+    exceed all of them with probability ``1 / (n + 1)``: ``expected``. A share well above that says the generator
+    reproduces training anatomy more closely than new patients resemble it, even where it does not copy.
+
+    Attributes:
+        share: samples above the highest held-out score (interval over samples, or generated volumes).
+        expected: ``1 / (n + 1)``, the share for samples drawn like the held-out scans.
+        heldout_max: the highest held-out score.
+    """
+
+    share: Fraction
+    expected: float
+    heldout_max: float
+
+    @property
+    def clearly_above_expected(self) -> bool:
+        """The share's interval lies above what samples as new as new patients' scans would give."""
+        return self.share.low > self.expected
+
+    def describe(self) -> str:
+        s = self.share
+        return (
+            f"{s.count} of {s.total} samples ({s.value:.0%}, 95 % CI {s.low:.0%} to {s.high:.0%}) are nearer to a "
+            f"training scan than any real held-out scan is (score above {self.heldout_max:.3f}); samples as new as "
+            f"a new patient's scans would give about {self.expected:.0%}."
+        )
+
+
+def beyond_heldout(
+    scores: npt.ArrayLike, heldout: npt.ArrayLike, groups: npt.ArrayLike | None = None, seed: int = 0
+) -> BeyondHeldout:
+    """:class:`BeyondHeldout` for each sample's best score against training (``scores``) and the held-out null
+    (each validation scan's best score against training, the same statistic); ``groups`` as in
+    :func:`clustered_fraction` when the samples are slices of generated volumes."""
+    x, null = np.asarray(scores, dtype=np.float64), np.asarray(heldout, dtype=np.float64)
+    if null.size == 0:
+        raise MemoScopeError("no held-out scores: scan the study with a validation set first.")
+    top = float(null.max())
+    flags = x > top
+    if groups is not None and len(np.unique(np.asarray(groups))) < flags.size:
+        share = clustered_fraction(flags, groups, seed=seed, unit="volumes")
+    else:  # each sample its own draw: a binomial count (Wilson), cheap enough for the first page
+        count = int(flags.sum())
+        low, high = wilson_interval(count, flags.size)
+        share = Fraction(count, int(flags.size), count / flags.size, low, high, "wilson")
+    return BeyondHeldout(share, 1.0 / (null.size + 1), top)
+
+
 def empirical_p_values(scores: npt.ArrayLike, null: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """P(null >= score) with the +1 correction: ``(1 + #{null >= s}) / (1 + n)``.
 
@@ -426,13 +486,26 @@ def memorization_metrics(
     train_to_val: npt.ArrayLike,
     val_to_train: npt.ArrayLike,
     seed: int = 0,
+    train_groups: npt.ArrayLike | None = None,
+    synthetic_groups: npt.ArrayLike | None = None,
 ) -> MemorizationMetrics:
-    """Fractions above tau (strictly greater, as in the paper) with intervals and null rates."""
+    """Fractions above tau (strictly greater, as in the paper) with intervals and null rates.
+
+    ``train_groups`` (each training scan's patient) and ``synthetic_groups`` (each sample's generated volume, when
+    the samples are slices of volumes) make the intervals resample those groups (:func:`clustered_fraction`):
+    neighbouring slices of one patient are not independent draws. Without them each scan is its own draw.
+    """
     tau = threshold.value
+
+    def fraction(flags: npt.NDArray[np.bool_], groups: npt.ArrayLike | None, seed: int, unit: str) -> Fraction:
+        if groups is None:
+            return fraction_with_ci(flags, seed=seed)
+        return clustered_fraction(flags, groups, seed=seed, unit=unit)
+
     return MemorizationMetrics(
         threshold=threshold,
-        memorized=fraction_with_ci(is_copy(train_to_synthetic, tau), seed=seed),
-        copies=fraction_with_ci(is_copy(synthetic_to_train, tau), seed=seed + 1),
+        memorized=fraction(is_copy(train_to_synthetic, tau), train_groups, seed, "patients"),
+        copies=fraction(is_copy(synthetic_to_train, tau), synthetic_groups, seed + 1, "volumes"),
         expected_fpr_copy=float(np.mean(is_copy(val_to_train, tau))),
         expected_fpr_memorized=float(np.mean(is_copy(train_to_val, tau))),
     )

@@ -335,8 +335,18 @@ def _samples_of(
     axis = SLICE_AXES[slices]
     moved = np.moveaxis(array, axis, 0)
     return [
-        (f"{record.sample_id}#{slices}{k:03d}", moved[k]) for k in range(moved.shape[0]) if not is_constant(moved[k])
+        (f"{record.sample_id}{SLICE_MARK}{slices}{k:03d}", moved[k])
+        for k in range(moved.shape[0])
+        if not is_constant(moved[k])
     ]
+
+
+SLICE_MARK = "#"  # a slice's ID is its file's ID, this mark, the plane and the slice number: ``vol#axial012``
+
+
+def source_of(sample_id: str) -> str:
+    """The file (volume) a sample came from: the ID itself, or a slice's volume (``vol#axial012`` -> ``vol``)."""
+    return sample_id.partition(SLICE_MARK)[0]
 
 
 def memory_budget() -> int:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.detect.metrics import MemorizationMetrics
-from core.study.results import Pair, ScanSummary, copies
+from core.detect.metrics import BeyondHeldout, MemorizationMetrics
+from core.study.results import Pair, ScanSummary, copies, nearest_pairs
 from core.study.review import ANATOMY_FLOOR, sample_quality
 
 HIGH_FPR = 0.10  # above this share of real held-out scans called copies, say so
@@ -28,8 +28,11 @@ class Caveat:
     text: str
 
 
-def caveats(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair]) -> list[Caveat]:
-    """The caveats that apply to a study judged at ``metrics.threshold`` (see the module docstring)."""
+def caveats(
+    summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair], beyond: BeyondHeldout | None = None
+) -> list[Caveat]:
+    """The caveats that apply to a study judged at ``metrics.threshold`` (see the module docstring); ``beyond``
+    (:func:`core.study.review.nearer_than_heldout`) adds the one about samples between the held-out scores and tau."""
     found: list[Caveat] = []
     tau = metrics.threshold.value
     if metrics.expected_fpr_copy > HIGH_FPR:
@@ -92,6 +95,19 @@ def caveats(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair
                 "trained checkpoint.",
             )
         )
+    if beyond is not None and beyond.clearly_above_expected:
+        nearest = nearest_pairs(pairs)
+        between = sum(beyond.heldout_max < p.similarity <= tau for p in nearest)
+        if nearest and between / len(nearest) > HIGH_FPR:
+            found.append(
+                Caveat(
+                    "not_new",
+                    f"{between} of {len(nearest)} samples are not called copies, yet they are nearer to a training "
+                    f"scan than any real held-out scan is ({beyond.share.count} in all, {beyond.share.value:.0%}; "
+                    f"samples as new as a new patient's scans would give about {beyond.expected:.0%}). Not being "
+                    "called a copy does not make a sample new anatomy: review those pairs before sharing.",
+                )
+            )
     if summary.method == "paper":
         found.append(
             Caveat(

@@ -16,10 +16,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.common.errors import MemoScopeError
-from core.detect.metrics import Fraction
+from core.detect.metrics import BeyondHeldout, Fraction
 from core.study import verdicts
 from core.study.results import ScanResults
-from core.study.review import ANATOMY_FLOOR, metrics_at, sample_quality
+from core.study.review import ANATOMY_FLOOR, metrics_at, nearer_than_heldout, sample_quality
 from core.study.selftest import read_selftest
 
 
@@ -42,6 +42,7 @@ class StudyRow:
     resemble_patient: Fraction | None
     selftest_f1: float | None
     sample_quality: float | None = None  # median pixel r of each sample with its nearest training scan
+    beyond_heldout: BeyondHeldout | None = None  # samples nearer to training than every held-out scan
 
     @property
     def too_poor_to_judge(self) -> bool:
@@ -70,6 +71,9 @@ class StudyRow:
             "sample quality": self.quality_label,
             "memorized training": pct(self.memorized),
             "synthetic copies": pct(self.copies),
+            "nearer than any held-out scan": ""
+            if self.beyond_heldout is None
+            else f"{pct(self.beyond_heldout.share)} (new: ~{self.beyond_heldout.expected:.0%})",
             "expected FPR": f"{self.expected_fpr_copy:.1%}",
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
@@ -119,6 +123,7 @@ def study_row(folder: str | Path) -> StudyRow:
         resemblance.fraction if resemblance is not None else None,
         tested.f1 if tested is not None else None,
         sample_quality(scan.pairs()),
+        nearer_than_heldout(scan),
     )
 
 

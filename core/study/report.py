@@ -26,7 +26,7 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
 from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
-from core.io.data import discover
+from core.io.data import discover, source_of
 from core.io.viewer import (
     apply_window,
     difference,
@@ -37,7 +37,7 @@ from core.io.viewer import (
     png_bytes,
 )
 from core.study import verdicts
-from core.study.caveats import caveats
+from core.study.caveats import Caveat, caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import (
     aligned_training,
@@ -46,6 +46,7 @@ from core.study.review import (
     correlation_histogram,
     load_study_set,
     metrics_at,
+    nearer_than_heldout,
     sample_conditioning,
 )
 from core.study.selftest import read_selftest
@@ -210,6 +211,12 @@ def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset
             "No sample needs removing on this evidence. The check finds near-copies the detector can see; it does not "
             "prove that no patient information is reproduced, so keep the usual data-sharing safeguards."
         )
+        if "not_new" in warned:
+            advice = (
+                "No sample is called a copy, but many are nearer to a training scan than any real held-out scan is "
+                "(see the caveats): have reviewers look at them on the Review page before sharing, and keep the usual "
+                "data-sharing safeguards."
+            )
     else:
         text = (
             f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
@@ -248,7 +255,8 @@ def build_report(
     confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
     audit = verdicts.verify_audit(study)
     stale = verdicts.stale_decisions(study, scan)
-    warned = frozenset(c.key for c in caveats(summary, metrics, pairs))
+    found = caveats(summary, metrics, pairs, nearer_than_heldout(scan))
+    warned = frozenset(c.key for c in found)
     text, advice = conclusion(metrics, len(confirmed), warned)
     e = html.escape
     inputs = summary.inputs
@@ -320,11 +328,12 @@ tau = <b>{tau:.3f}</b>, {e(source)}</li>
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization
 {metrics.expected_fpr_memorized:.1%}</li>{_unseen_html(summary, tau)}{_resemblance_html(summary)}</ul>
 <p>{e(_method_sentence(summary))}</p>
-{_caveats_html(summary, metrics, pairs)}
+{_caveats_html(found)}
 <p>{e(by_patient(scan, tau).describe())}</p>
-<p>The intervals in the list above resample scans as if each were independent, with the threshold held fixed;
-neighbouring slices of one patient are not, so the patient-level intervals in the paragraph above are the ones to
-quote when there are few patients. No interval includes the uncertainty of the threshold itself.</p>
+<p>Neighbouring slices of one patient are not independent draws, so the memorized-training interval resamples
+training patients ({e(metrics.memorized.method)}) and the copy interval resamples what was drawn independently
+({e(metrics.copies.method)}), with the threshold held fixed. No interval includes the uncertainty of the threshold
+itself.</p>
 {_selftest_html(study, summary)}
 {_strata_html(scan, tau, conditioned)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
@@ -390,8 +399,7 @@ def _selftest_html(study: Path, summary: ScanSummary) -> str:
     )
 
 
-def _caveats_html(summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair]) -> str:
-    found = caveats(summary, metrics, pairs)
+def _caveats_html(found: list[Caveat]) -> str:
     if not found:
         return ""
     items = "".join(f"<li>{html.escape(c.text)}</li>" for c in found)
@@ -456,7 +464,7 @@ def write_pdf(html_path: Path, pdf_path: Path) -> None:
 
 
 def _generated_with(conditioned: dict[str, dict[str, float]], synthetic_id: str) -> str:
-    values = conditioned.get(synthetic_id.partition("#")[0])
+    values = conditioned.get(source_of(synthetic_id))
     return "; generated with " + ", ".join(f"{html.escape(k)} {v:g}" for k, v in values.items()) if values else ""
 
 

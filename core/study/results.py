@@ -33,7 +33,7 @@ from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, i
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
-from core.io.data import discover
+from core.io.data import SLICE_MARK, discover
 from core.io.preprocessing import PreprocessSpec
 
 SCHEMA_VERSION = 2
@@ -46,7 +46,8 @@ EMBEDDINGS = "embeddings"
 DETECTOR = "detector"
 ROLES = ("train", "val", "synthetic")
 NOTES = (
-    "Intervals resample samples with the threshold held fixed; they omit calibration uncertainty.",
+    "Intervals resample training patients (memorized) and generated volumes (copies, when the samples are their "
+    "slices), otherwise samples, with the threshold held fixed; they omit calibration uncertainty.",
     "expected_fpr_copy is the share of real held-out images above the threshold.",
 )
 
@@ -190,9 +191,9 @@ class PairRef:
 
 def image_hash(summary: ScanSummary, role: str, sample_id: str) -> str:
     """The content hash of one scanned image: its file's hash, plus the slice for IDs like ``f.nii.gz#axial042``."""
-    file_id, _, part = sample_id.partition("#")
+    file_id, _, part = sample_id.partition(SLICE_MARK)
     digest = summary.inputs[role].file_hashes.get(file_id, "")
-    return f"{digest}#{part}" if digest and part else digest
+    return f"{digest}{SLICE_MARK}{part}" if digest and part else digest
 
 
 @dataclass(frozen=True)
@@ -508,6 +509,12 @@ class ScanResults:
             )
             for r in read_csv(self._require(TRAIN_NN))
         ]
+
+    def best(self, key: str) -> npt.NDArray[np.float64]:
+        """One best-similarity column of ``neighbors.npz`` in its set's order (``train_to_synthetic``: the rows of
+        ``train_nn.csv``; ``synthetic_to_train``: the samples of ``pairs.csv``), unsorted."""
+        with np.load(self._require(NEIGHBORS), allow_pickle=False) as data:
+            return np.asarray(data[f"{key}_sim"][:, 0], dtype=np.float64)
 
     def calibration(self) -> Calibration:
         """The sorted best-correlation arrays from ``neighbors.npz``."""

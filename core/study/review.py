@@ -18,12 +18,13 @@ import numpy.typing as npt
 
 from core.common.tables import read_csv
 from core.detect.metrics import (
+    BeyondHeldout,
     Fraction,
     MemorizationMetrics,
     Threshold,
     ThresholdRule,
     any_per_group,
-    clustered_fraction,
+    beyond_heldout,
     count_above,
     fraction_above,
     is_copy,
@@ -32,7 +33,7 @@ from core.detect.metrics import (
 )
 from core.detect.verify import Verifier, VerifyConfig
 from core.generative.sample import MANIFEST, RECORD
-from core.io.data import ImageSet, SliceAxis, load_set
+from core.io.data import ImageSet, SliceAxis, load_set, source_of
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
 
@@ -90,36 +91,46 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
     null_size = 0 if kind == ThresholdRule.FIXED else len(null)
     threshold = Threshold(kind, percentile, float(value), null_size)
     return memorization_metrics(
-        threshold, cal.train_to_synthetic, cal.synthetic_to_train, cal.train_to_val, cal.val_to_train, seed=summary.seed
+        threshold,
+        scan.best("train_to_synthetic"),
+        scan.best("synthetic_to_train"),
+        cal.train_to_val,
+        cal.val_to_train,
+        seed=summary.seed,
+        train_groups=[r.patient_id for r in scan.train_rows()],
+        synthetic_groups=[source_of(p.synthetic_id) for p in scan.nearest()],
     )
 
 
 @dataclass(frozen=True)
 class ByPatient:
-    """The memorization numbers with patients, not scans, as the unit (issue 14: effective sample size).
+    """How many training *patients* have a memorized scan (issue 14: effective sample size).
+
+    The scan's own intervals already resample patients (and generated volumes, for slices); this adds the count a
+    board asks first: whose anatomy came back, not how many slices.
 
     Attributes:
         patients_memorized: training patients with at least one memorized scan (Wilson over patients).
-        memorized: memorized training scans, the interval from resampling patients.
-        copies: copies among synthetic samples, the interval from resampling generated volumes when the samples are
-            slices of volumes; ``None`` when each sample is its own draw (the scan's interval already fits).
     """
 
     patients_memorized: Fraction
-    memorized: Fraction
-    copies: Fraction | None
 
     def describe(self) -> str:
-        p, m = self.patients_memorized, self.memorized
-        text = (
+        p = self.patients_memorized
+        return (
             f"By patient: {p.count} of {p.total} training patients have at least one memorized scan "
-            f"(95 % CI {p.low:.0%} to {p.high:.0%}, {p.method}). With patients, not scans, as the sample size: "
-            f"memorized training scans {m.value:.1%} (95 % CI {m.low:.1%} to {m.high:.1%}; {m.method})."
+            f"(95 % CI {p.low:.0%} to {p.high:.0%}, {p.method})."
         )
-        if self.copies is not None:
-            c = self.copies
-            text += f" Copies, resampling generated volumes: {c.value:.1%} (95 % CI {c.low:.1%} to {c.high:.1%})."
-        return text
+
+
+def nearer_than_heldout(scan: ScanResults) -> BeyondHeldout:
+    """:class:`~core.detect.metrics.BeyondHeldout` of a scanned study: its samples' best scores against training
+    beside the validation scans' (``neighbors.npz``), with the scan's seed; generated volumes resampled when the
+    samples are their slices."""
+    volumes = [source_of(p.synthetic_id) for p in scan.nearest()]
+    return beyond_heldout(
+        scan.best("synthetic_to_train"), scan.calibration().val_to_train, volumes, seed=scan.summary.seed + 2
+    )
 
 
 ANATOMY_FLOOR = 0.3  # median pixel r below this: the samples resemble no real scan (pure noise scores about 0)
@@ -134,18 +145,9 @@ def sample_quality(pairs: list[Pair]) -> float | None:
 
 
 def by_patient(scan: ScanResults, tau: float) -> ByPatient:
-    """:class:`ByPatient` at ``tau`` from the study's files (``train_nn.csv``, ``pairs.csv``): any scanned study."""
+    """:class:`ByPatient` at ``tau`` from the study's ``train_nn.csv``: any scanned study."""
     rows = scan.train_rows()
-    flags = is_copy([r.similarity for r in rows], tau)
-    patients = np.array([r.patient_id for r in rows])
-    seed = scan.summary.seed
-    nearest = scan.nearest()
-    volumes = np.array([p.synthetic_id.partition("#")[0] for p in nearest])
-    sliced = len(set(volumes.tolist())) < len(volumes)
-    copies_by_volume = (
-        clustered_fraction(is_copy([p.similarity for p in nearest], tau), volumes, seed=seed + 1) if sliced else None
-    )
-    return ByPatient(any_per_group(flags, patients), clustered_fraction(flags, patients, seed=seed), copies_by_volume)
+    return ByPatient(any_per_group(is_copy([r.similarity for r in rows], tau), [r.patient_id for r in rows]))
 
 
 def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:
@@ -191,10 +193,10 @@ def copies_by_condition(
     """The copy fraction per band of conditioning value ``name`` (quantile bands; each distinct value its own band
     when there are at most ``bands`` of them), Wilson intervals: are copies concentrated in, say, one age band?"""
     conditions = sample_conditioning(scan.summary) if conditions is None else conditions
-    nearest = [p for p in scan.nearest() if p.synthetic_id.partition("#")[0] in conditions]
+    nearest = [p for p in scan.nearest() if source_of(p.synthetic_id) in conditions]
     if not nearest:
         return []
-    values = np.array([conditions[p.synthetic_id.partition("#")[0]][name] for p in nearest])
+    values = np.array([conditions[source_of(p.synthetic_id)][name] for p in nearest])
     flags = is_copy([p.similarity for p in nearest], tau)
     distinct = np.unique(values)
     if len(distinct) <= bands:

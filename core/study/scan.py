@@ -35,7 +35,7 @@ from core.detect.metrics import (
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
-from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set
+from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set, source_of
 from core.io.preprocessing import PreprocessSpec
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
@@ -476,6 +476,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             tables.train_to_val.best,
             tables.val_to_train.best,
             seed=config.seed,
+            train_groups=sets["train"].patient_ids,
+            synthetic_groups=[source_of(i) for i in sets["synthetic"].ids],
         )
         resemblance, patient_rows = _patient_resemblance(config, rule, embeddings, sets)
         # 6. outputs: staged, then moved into place with the summary last
