@@ -183,6 +183,10 @@ def main() -> None:
         "",
     )
 
+    from benchmarks.ratios import loading_row
+
+    row(*loading_row(args.quick))  # the machine's CPU cores reading files while the GPU would compute
+
     table = markdown_table(["check", "figure", "reference (same run)", "ratio", "target"], rows)
     print(table)
     notes = f"{device_description(device)}; {os.cpu_count()} CPU cores."

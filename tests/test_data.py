@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -130,3 +131,43 @@ def test_hashing_in_chunks_matches_hashing_whole() -> None:
     array = np.random.default_rng(0).normal(size=(1000, 1, 8, 8)).astype(np.float32)
     whole = hashlib.sha256(b"float32" + str(array.shape).encode() + array.tobytes()).hexdigest()
     assert sha256_array(array, chunk_rows=7) == sha256_array(array) == whole
+
+
+def test_worker_processes_load_the_same_set_in_the_same_order(tmp_path: Path) -> None:
+    from core.io.data import PARALLEL_FROM, load_workers
+
+    rng = np.random.default_rng(0)
+    for i in range(PARALLEL_FROM + 8):
+        folder = tmp_path / f"p{i % 5}"
+        folder.mkdir(exist_ok=True)
+        np.save(folder / f"{i:03d}.npy", rng.random((40, 40), dtype=np.float32))
+    np.save(tmp_path / "p2" / "017.npy", np.zeros((40, 40), dtype=np.float32))  # constant: refused by name
+    (tmp_path / "p4" / "029.npy").write_bytes(b"not an array")
+    records = discover(tmp_path)
+    readers = tmp_path / "readers.txt"
+
+    def read(path: Path) -> np.ndarray:  # notes which process read each file
+        with readers.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return read_raw(path)
+
+    here = load_records(records, SPEC2, "set", skip_bad=True, workers=0)
+    apart = load_records(records, SPEC2, "set", skip_bad=True, workers=2, read=read)
+    assert str(os.getpid()) not in readers.read_text().split() and len(set(readers.read_text().split())) == 2
+    assert apart.ids == here.ids and apart.patient_ids == here.patient_ids and len(here.ids) == PARALLEL_FROM + 6
+    assert np.array_equal(apart.images, here.images) and apart.skipped == here.skipped
+    # without skip_bad the first bad file in file order is named, whoever read it
+    for workers in (0, 2):
+        with pytest.raises(MemoScopeError, match="p2/017.npy: constant image"):
+            load_records(records, SPEC2, "set", workers=workers)
+    assert load_workers() >= 1
+
+
+def test_load_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.io.data import load_workers
+
+    monkeypatch.setenv("MEMOSCOPE_LOAD_WORKERS", "0")
+    assert load_workers() == 0
+    monkeypatch.setenv("MEMOSCOPE_LOAD_WORKERS", "many")
+    with pytest.raises(MemoScopeError, match="MEMOSCOPE_LOAD_WORKERS='many'"):
+        load_workers()

@@ -7,9 +7,10 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -349,6 +350,24 @@ def source_of(sample_id: str) -> str:
     return sample_id.partition(SLICE_MARK)[0]
 
 
+PARALLEL_FROM = 32  # fewer files than this are read in this process: starting workers costs more than it saves
+
+
+def load_workers() -> int:
+    """Worker processes that read and preprocess files in parallel (``$MEMOSCOPE_LOAD_WORKERS``; default: one per
+    CPU core, at most 8; 0 reads in this process)."""
+    value = os.environ.get("MEMOSCOPE_LOAD_WORKERS")
+    if value is None:
+        return min(8, os.cpu_count() or 1)
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise MemoScopeError(f"MEMOSCOPE_LOAD_WORKERS={value!r}: give a whole number of worker processes (0: none).")
+    return workers
+
+
 def memory_budget() -> int:
     """Bytes of preprocessed voxels a set may hold in memory before it spills to a memory-mapped file
     (``$MEMOSCOPE_SET_MEMORY_MB``, default 1024)."""
@@ -379,6 +398,54 @@ class _Spill:
             path.unlink()  # the open mapping keeps the data; nothing is left on disk when the set is gone
 
 
+Prepared = tuple[list[tuple[str, np.ndarray]], str | None]  # a file's preprocessed samples, or why it was refused
+
+
+@dataclass(frozen=True)
+class _PrepareFiles:
+    """Reads, checks and preprocesses one record by index: the unit of work a loader worker does."""
+
+    records: Sequence[ImageRecord]
+    spec: PreprocessSpec
+    slices: SliceAxis | None
+    read: Callable[[Path], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Prepared:
+        record = self.records[index]
+        try:
+            array = self.read(record.path)
+            _check_values(record.path, array)
+            prepared = []
+            for sample_id, sample in _samples_of(record, array, self.spec.spatial_dims, self.slices):
+                if self.spec.intensity == "minmax" and is_constant(sample):
+                    raise MemoScopeError(f"{record.path}: constant image (min == max); remove it.")
+                prepared.append((sample_id, preprocess(sample[None], self.spec)))
+        except MemoScopeError as exc:  # refused files travel back as messages, in file order
+            return [], str(exc)
+        return prepared, None
+
+
+def _as_is(item: Prepared) -> Prepared:
+    return item
+
+
+def _prepared(files: _PrepareFiles, workers: int) -> Iterator[Prepared]:
+    """Each record's samples in file order; with ``workers``, read and preprocessed by a torch ``DataLoader``'s
+    worker processes while this one collects (same results, same order, same first error). Small sets, and
+    processes running other threads, read in this process."""
+    # forking a process that runs other Python threads (the app's server) can copy a lock another thread holds
+    if workers == 0 or len(files) < PARALLEL_FROM or threading.active_count() > 1:
+        yield from (files[i] for i in range(len(files)))
+        return
+    from torch.utils.data import DataLoader
+
+    # batch_size=None: one file per item; _as_is keeps numpy arrays as they are (no tensor conversion)
+    yield from DataLoader(files, batch_size=None, num_workers=workers, collate_fn=_as_is)  # type: ignore[arg-type]
+
+
 def load_records(
     records: Sequence[ImageRecord],
     spec: PreprocessSpec,
@@ -387,11 +454,14 @@ def load_records(
     skip_bad: bool = False,
     read: Callable[[Path], np.ndarray] = read_raw,
     budget: int | None = None,
+    workers: int | None = None,
 ) -> ImageSet:
     """Read, check and preprocess records into an :class:`ImageSet`.
 
     Images are kept in memory up to ``budget`` bytes (default :func:`memory_budget`); past it the set spills to
     a read-only memory-mapped file, so scanning a set larger than RAM works (each stage reads it in chunks).
+    ``workers`` processes (default :func:`load_workers`) read and preprocess the files in parallel; the set is
+    the same whatever their number.
 
     Raises:
         MemoScopeError: a file is unreadable or invalid (unless ``skip_bad``), IDs repeat,
@@ -404,20 +474,15 @@ def load_records(
     limit = memory_budget() if budget is None else budget
     spill: _Spill | None = None
     held = 0
-    for record in records:
-        try:
-            array = read(record.path)
-            _check_values(record.path, array)
-            samples = _samples_of(record, array, spec.spatial_dims, slices)
-            prepared = []
-            for sample_id, sample in samples:
-                if spec.intensity == "minmax" and is_constant(sample):
-                    raise MemoScopeError(f"{record.path}: constant image (min == max); remove it.")
-                prepared.append((sample_id, preprocess(sample[None], spec)))
-        except MemoScopeError as exc:
+    files = _PrepareFiles(records, spec, slices, read)
+    done = _prepared(files, load_workers() if workers is None else workers)
+    for record, (prepared, refused) in zip(records, done, strict=True):
+        if refused is not None:
             if not skip_bad:
-                raise
-            skipped.append(SkippedFile(str(record.path), str(exc)))
+                if spill is not None:
+                    spill.array()  # removes the file
+                raise MemoScopeError(refused)
+            skipped.append(SkippedFile(str(record.path), refused))
             continue
         for sample_id, image in prepared:
             ids.append(sample_id)
