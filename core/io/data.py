@@ -10,7 +10,8 @@ import tempfile
 import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -432,7 +433,7 @@ def _as_is(item: Prepared) -> Prepared:
     return item
 
 
-def _prepared(files: _PrepareFiles, workers: int) -> Iterator[Prepared]:
+def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, None]:
     """Each record's samples in file order; with ``workers``, read and preprocessed by a torch ``DataLoader``'s
     worker processes while this one collects (same results, same order, same first error). Small sets, and
     processes running other threads, read in this process."""
@@ -475,24 +476,24 @@ def load_records(
     spill: _Spill | None = None
     held = 0
     files = _PrepareFiles(records, spec, slices, read)
-    done = _prepared(files, load_workers() if workers is None else workers)
-    for record, (prepared, refused) in zip(records, done, strict=True):
-        if refused is not None:
-            if not skip_bad:
-                if spill is not None:
-                    spill.array()  # removes the file
-                raise MemoScopeError(refused)
-            skipped.append(SkippedFile(str(record.path), refused))
-            continue
-        for sample_id, image in prepared:
-            ids.append(sample_id)
-            patients.append(record.patient_id)
-            images.append(image)
-            held += image.nbytes
-        if held > limit:
-            spill = spill or _Spill(images[0].shape)
-            spill.add(images)
-            images, held = [], 0
+    with closing(_prepared(files, load_workers() if workers is None else workers)) as done:  # stops the workers
+        for record, (prepared, refused) in zip(records, done, strict=True):
+            if refused is not None:
+                if not skip_bad:
+                    if spill is not None:
+                        spill.array()  # removes the file
+                    raise MemoScopeError(refused)
+                skipped.append(SkippedFile(str(record.path), refused))
+                continue
+            for sample_id, image in prepared:
+                ids.append(sample_id)
+                patients.append(record.patient_id)
+                images.append(image)
+                held += image.nbytes
+            if held > limit:
+                spill = spill or _Spill(images[0].shape)
+                spill.add(images)
+                images, held = [], 0
     if not ids:
         raise MemoScopeError(f"{source}: no readable images ({len(skipped)} skipped).")
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
