@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.data import get_testdata_file
 
 from core.common.errors import MemoScopeError
-from core.io.data import discover, load_records, load_set, read_raw, split_by_patient
+from core.io.data import ImageSet, discover, load_records, load_set, read_raw, split_by_patient
 from core.io.preprocessing import PreprocessSpec
 
 SPEC2 = PreprocessSpec((32, 32))
@@ -146,14 +148,28 @@ def test_worker_processes_load_the_same_set_in_the_same_order(tmp_path: Path) ->
     records = discover(tmp_path)
     readers = tmp_path / "readers.txt"
 
-    def read(path: Path) -> np.ndarray:  # notes which process read each file
+    def read(path: Path) -> np.ndarray:  # notes which process read each file, and its torch threads
         with readers.open("a") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()}:{torch.get_num_threads()}\n")
         return read_raw(path)
 
-    here = load_records(records, SPEC2, "set", skip_bad=True, workers=0)
-    apart = load_records(records, SPEC2, "set", skip_bad=True, workers=2, read=read)
-    assert str(os.getpid()) not in readers.read_text().split() and len(set(readers.read_text().split())) == 2
+    threads_before = torch.get_num_threads()
+
+    def readers_of(workers: int) -> tuple[ImageSet, set[str], set[str]]:
+        readers.unlink(missing_ok=True)
+        loaded = load_records(records, SPEC2, "set", skip_bad=True, workers=workers, read=read)
+        seen = [line.split(":") for line in readers.read_text().split()]
+        return loaded, {pid for pid, _ in seen}, {threads for _, threads in seen}
+
+    here, pids_here, threads_here = readers_of(0)
+    apart, pids_apart, threads_apart = readers_of(2)
+    assert pids_here == {str(os.getpid())}
+    if threading.active_count() == 1:  # two worker processes read every file
+        assert str(os.getpid()) not in pids_apart and len(pids_apart) == 2
+    else:  # a process running other threads (pytest-xdist's) must not fork: it reads them itself
+        assert pids_apart == {str(os.getpid())}
+    # one torch thread wherever a file is preprocessed: some resizes round differently with another thread count
+    assert threads_here == threads_apart == {"1"} and torch.get_num_threads() == threads_before
     assert apart.ids == here.ids and apart.patient_ids == here.patient_ids and len(here.ids) == PARALLEL_FROM + 6
     assert np.array_equal(apart.images, here.images) and apart.skipped == here.skipped
     # without skip_bad the first bad file in file order is named, whoever read it

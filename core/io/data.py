@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -10,7 +11,7 @@ import tempfile
 import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -439,12 +440,28 @@ def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, N
     processes running other threads, read in this process."""
     # forking a process that runs other Python threads (the app's server) can copy a lock another thread holds
     if workers == 0 or len(files) < PARALLEL_FROM or threading.active_count() > 1:
-        yield from (files[i] for i in range(len(files)))
+        with _one_torch_thread():
+            yield from (files[i] for i in range(len(files)))
         return
     from torch.utils.data import DataLoader
 
-    # batch_size=None: one file per item; _as_is keeps numpy arrays as they are (no tensor conversion)
+    # batch_size=None: one file per item; _as_is keeps numpy arrays as they are (no tensor conversion). Workers run
+    # one torch thread each (DataLoader's rule: more would hang on OpenMP after fork), as this process does above.
     yield from DataLoader(files, batch_size=None, num_workers=workers, collate_fn=_as_is)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Preprocess with one torch thread wherever it runs: the anti-aliased resize of a large volume rounds differently
+    with another thread count, and a set must not depend on who read it or on the machine's cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_records(
