@@ -28,12 +28,13 @@ lint: setup
 	$(PY) -m mypy
 
 test: setup lint $(CHROMIUM)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 -m "not compile"
 
 demo: setup
 	$(PY) -m tools.demo all --profile full
 
 bench: setup $(CHROMIUM)
+	$(PY) -m pytest -q -m compile
 	PYTHONPATH=. $(PY) benchmarks/search_and_embed.py --write
 	PYTHONPATH=. $(PY) benchmarks/generate_speed.py --device cpu --n 32 --steps 20 --write
 	PYTHONPATH=. $(PY) benchmarks/scale.py --images 4000 --database 200000 --queries 5000 --write

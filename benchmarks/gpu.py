@@ -7,6 +7,8 @@
 3. Detector training: epochs on the GPU against the same epochs on the CPU cores; embedding in bf16 autocast against
    fp32 (mixed precision is kept only where it is faster).
 4. Exact search on the GPU (torch chunked matmul + top-k) against the GPU's own matmul rate.
+5. Loading files with worker processes against one process (the machine's CPU cores).
+6. Generation with the denoiser compiled (``torch.compile``, CUDA graphs) against the same batch not compiled.
 
 Writes ``benchmarks/results/gpu.md``. ``--device cpu`` runs every step on the CPU (a check that the script works on a
 machine without a GPU; the ratios are then meaningless).
@@ -29,7 +31,7 @@ from core.detect.metrics import is_copy
 from core.detect.search import SearchConfig, TorchIndex
 from core.detect.verify import best_match
 from core.generative.ldm import SchedulerName, load_ldm
-from core.generative.sample import sample, sample_seed
+from core.generative.sample import compile_denoiser, sample, sample_seed
 from core.study.results import ScanResults
 from core.study.review import load_study_set
 from tools.readme_tables import REPO, markdown_table, write_result
@@ -43,10 +45,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rate(device: torch.device, seeds: list[int], batch: int, steps: int) -> tuple[float, np.ndarray]:
-    """Samples per second drawing ``seeds`` ``batch`` at a time on ``device``, and the samples."""
+def rate(
+    device: torch.device, seeds: list[int], batch: int, steps: int, compiled: bool = False
+) -> tuple[float, np.ndarray]:
+    """Samples per second drawing ``seeds`` ``batch`` at a time on ``device``, and the samples; ``compiled``: with
+    the denoiser compiled (the compilation is paid in the warm-up, at the measured batch size)."""
     ldm = load_ldm(LDM_2D, device)
-    sample(ldm, seeds[: min(batch, 8)], 2, SchedulerName.DDIM, device)  # warm-up
+    if compiled:
+        ldm = compile_denoiser(ldm, device)
+    sample(ldm, seeds[: batch if compiled else min(batch, 8)], 2, SchedulerName.DDIM, device)  # warm-up
     _sync(device)
     start = time.perf_counter()
     out = [sample(ldm, seeds[b : b + batch], steps, SchedulerName.DDIM, device) for b in range(0, len(seeds), batch)]
@@ -77,9 +84,17 @@ def main() -> None:
     big = 64 if args.quick else 1024
     rows = []
 
+    notes = f"{device_description(device)}; {os.cpu_count()} CPU cores."
+    command = f"PYTHONPATH=. python benchmarks/gpu.py --device {args.device}" + (" --quick" if args.quick else "")
+    name = "gpu" if device.type == "cuda" else "gpu_dry_run"
+
     def row(*cells: object) -> None:
         rows.append([str(c) for c in cells])
         print(" | ".join(rows[-1]), flush=True)
+        # rewritten after every row: a run cut short by its time limit keeps what it measured
+        write_result(
+            name, markdown_table(["check", "figure", "reference (same run)", "ratio", "target"], rows), command, notes
+        )
 
     seeds = [sample_seed(0, i) for i in range(big)]
     fast, _ = rate(device, seeds, big, steps)
@@ -187,11 +202,17 @@ def main() -> None:
 
     row(*loading_row(args.quick))  # the machine's CPU cores reading files while the GPU would compute
 
-    table = markdown_table(["check", "figure", "reference (same run)", "ratio", "target"], rows)
-    print(table)
-    notes = f"{device_description(device)}; {os.cpu_count()} CPU cores."
-    command = f"PYTHONPATH=. python benchmarks/gpu.py --device {args.device}" + (" --quick" if args.quick else "")
-    print(f"wrote {write_result('gpu' if device.type == 'cuda' else 'gpu_dry_run', table, command, notes)}")
+    # last: compiling takes minutes, and a run cut short by its limit keeps every row above
+    start = time.perf_counter()
+    compiled, _ = rate(device, seeds, big, steps, compiled=True)
+    row(
+        f"generation, batch {big}, denoiser compiled ({'CUDA graphs' if device.type == 'cuda' else 'inductor'})",
+        f"{compiled:.0f} samples/s",
+        f"not compiled {fast:.0f}/s",
+        f"{compiled / fast:.2f}x",
+        f">= 2,500/s (compiling and warm-up {time.perf_counter() - start:.0f} s)",
+    )
+    print(markdown_table(["check", "figure", "reference (same run)", "ratio", "target"], rows))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from core.common.provenance import atomic_write_text
 from core.detect.detector import DetectorConfig, build_encoder, embed
 from core.detect.search import ExactIndex, SearchConfig, TorchIndex
 from core.generative.ldm import SchedulerName, load_ldm
-from core.generative.sample import sample, sample_seed
+from core.generative.sample import compile_denoiser, sample, sample_seed
 from core.study.results import Calibration
 from core.study.review import live_metrics
 from tools.readme_tables import REPO, markdown_table, write_result
@@ -56,8 +56,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def samples_per_second(ldm_folder: Path, device: torch.device, n: int, batch: int, steps: int) -> float:
+def samples_per_second(
+    ldm_folder: Path, device: torch.device, n: int, batch: int, steps: int, compiled: bool = False
+) -> float:
+    """Samples per second after a warm-up at the measured batch size (which pays any compilation)."""
     ldm = load_ldm(ldm_folder, device)
+    if compiled:
+        ldm = compile_denoiser(ldm, device)
     seeds = [sample_seed(0, i) for i in range(n)]
     sample(ldm, seeds[:batch], 2, SchedulerName.DDIM, device)  # warm-up (kernels, allocator)
     _sync(device)
@@ -74,6 +79,7 @@ def generation_rows(quick: bool) -> list[list[str]]:
     cpu = torch.device("cpu")
     one = samples_per_second(LDM_2D, cpu, max(2, n // 8), 1, steps)
     batched = samples_per_second(LDM_2D, cpu, n, batch, steps)
+    compiled = samples_per_second(LDM_2D, cpu, n, batch, steps, compiled=True)
     rows = [
         [
             f"2D demo LDM, {steps} DDIM steps, CPU: batch {batch}",
@@ -81,7 +87,14 @@ def generation_rows(quick: bool) -> list[list[str]]:
             f"one at a time {one:.2f} samples/s",
             f"{batched / one:.1f}x",
             ">= 20x one at a time (GPU)",
-        ]
+        ],
+        [
+            f"same, denoiser compiled (generate --compile; inductor), batch {batch}",
+            f"{compiled:.2f} samples/s",
+            f"not compiled {batched:.2f} samples/s",
+            f"{compiled / batched:.2f}x",
+            "faster once compiled (CUDA graphs on a GPU: benchmarks/gpu_check.sh)",
+        ],
     ]
     if torch.cuda.is_available():
         gpu = torch.device("cuda")

@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=choices(Precision), help="mixed precision on GPU (default fp32)")
     p.add_argument("--format", choices=choices(ImageFormat), help="2D output format (default png16; 3D is NIfTI)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile the denoiser with torch.compile (CUDA graphs on a GPU): slow first batch, faster long runs",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train-ldm", help="train an autoencoder + diffusion UNet (resumes from --out)")

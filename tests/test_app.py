@@ -180,7 +180,8 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.run()
     written = list((study / "generated").rglob("*.png"))  # a new folder by default, not the study's own samples
     assert len(written) == 2 and not (study / "synthetic").exists()
-    assert json.loads(next((study / "generated").rglob("generation.json")).read_text())["device"] == "cpu"
+    record = json.loads(next((study / "generated").rglob("generation.json")).read_text())
+    assert record["device"] == "cpu" and record["compile"] is False  # the form's choice reaches the job
     assert any("2 samples in" in c.value for c in at.caption)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -104,3 +106,19 @@ def test_offered_devices_and_precisions_are_the_ones_that_run() -> None:
         for precision in precision_choices(device):
             check_precision(device, precision)
     assert precision_choices(torch.device("cpu")) == ["fp32", "bf16"]
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile needs a C++ compiler on a CPU")
+def test_a_compiled_denoiser_draws_the_same_samples(checkpoint_2d: Path, tmp_path: Path) -> None:
+    """``generate --compile``: the same samples as the eager sampler, up to floating point (one compilation, about
+    a minute cold on 2 cores: run by ``make bench``, not ``make test``)."""
+    out = tmp_path / "gen"
+    config = GenerateConfig(
+        checkpoint=str(checkpoint_2d), out=str(out), n=3, steps=3, batch_size=3, device="cpu", format="npy"
+    )
+    generate(dataclasses.replace(config, compile=True))
+    assert json.loads((out / "generation.json").read_text())["compile"] is True
+    written = np.stack([np.load(out / f"sample_{i:06d}.npy") for i in range(3)])
+    eager = sample(load_ldm(checkpoint_2d), [sample_seed(0, i) for i in range(3)], 3)
+    np.testing.assert_allclose(written.reshape(eager.shape), eager, atol=1e-4)

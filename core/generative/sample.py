@@ -75,6 +75,22 @@ def denoise_step(
     return stepped + sigma * (own.to(device=latents.device, dtype=noise_pred.dtype) - drawn)
 
 
+def compile_denoiser(ldm: LDM, device: torch.device) -> LDM:
+    """The LDM with its UNet compiled by ``torch.compile`` (the denoiser runs once per step; the decoder once).
+
+    On CUDA the ``reduce-overhead`` mode also records the step as a CUDA graph, which removes the per-kernel launch
+    cost that dominates small latents. Shapes are static: each batch size compiles once. The first batch pays the
+    compilation (tens of seconds to minutes; on a CPU it needs a C++ compiler); samples agree with the eager ones
+    up to floating-point differences.
+    """
+    import dataclasses
+
+    import torch
+
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return dataclasses.replace(ldm, unet=torch.compile(ldm.unet, mode=mode, dynamic=False))  # type: ignore[arg-type]
+
+
 def sample(
     ldm: LDM,
     seeds: list[int],
@@ -176,6 +192,7 @@ class GenerateConfig(Config):
         conditioning, condition: a conditional LDM's values per sample: a CSV with one row per sample (its
             columns the values, in the model's order), or rules ``NAME=VALUE|uniform(LOW,HIGH)|normal(MEAN,SD)``
             drawn per sample from ``(seed, i)`` (see :mod:`core.generative.conditioning`).
+        compile: compile the denoiser with ``torch.compile`` (:func:`compile_denoiser`): pays off on long runs.
         ray: empty to sample here; ``local`` or a cluster address (``auto``, ``ray://host:port``) to fan the
             batches out over Ray actors (one per GPU), see :mod:`core.common.cluster`; ``workers`` sets their
             number (0: one per GPU). Files are written here, by this process, as batches come back.
@@ -195,6 +212,7 @@ class GenerateConfig(Config):
     workers: int = 0
     conditioning: str = ""
     condition: tuple[str, ...] = ()
+    compile: bool = False
 
     def validate(self) -> None:
         check_range("n", self.n, 1)
@@ -282,6 +300,8 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]
     start = time.perf_counter()
     batch_size = config.batch_size or fit_batch_size(ldm, torch_device, config.precision)
+    if config.compile:
+        ldm = compile_denoiser(ldm, torch_device)
     record["batch_size_used"] = batch_size
     logger.info("generating %d of %d samples on %s, %d at a time", len(todo), n, record["device"], batch_size)
     progress(ProgressEvent("sample", n - len(todo), n))
@@ -291,7 +311,7 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
         from core.common.cluster import map_batches
 
         record["ray"] = config.ray
-        stage = (config.checkpoint, config.device, config.steps, config.scheduler, config.precision)
+        stage = (config.checkpoint, config.device, config.steps, config.scheduler, config.precision, config.compile)
         results = map_batches(_SampleStage, stage, work, config.ray, config.workers)
     else:
         results = (
@@ -313,10 +333,18 @@ class _SampleStage:
     """Generation as a Ray stage: the checkpoint loads once per worker; ``run`` samples one batch of seeds."""
 
     def __init__(
-        self, checkpoint: str, device: str, steps: int, scheduler: SchedulerName, precision: Precision
+        self,
+        checkpoint: str,
+        device: str,
+        steps: int,
+        scheduler: SchedulerName,
+        precision: Precision,
+        compiled: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.ldm = load_ldm(checkpoint, self.device)
+        if compiled:
+            self.ldm = compile_denoiser(self.ldm, self.device)
         self.steps, self.scheduler, self.precision = steps, scheduler, precision
 
     def run(self, batch: tuple[list[int], npt.NDArray[np.float32] | None]) -> npt.NDArray[np.float32]:
