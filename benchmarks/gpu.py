@@ -7,7 +7,7 @@
 3. Detector training: epochs on the GPU against the same epochs on the CPU cores; embedding in bf16 autocast against
    fp32 (mixed precision is kept only where it is faster).
 4. Exact search on the GPU (torch chunked matmul + top-k) against the GPU's own matmul rate.
-5. Loading files with worker processes against one process (the machine's CPU cores).
+5. Loading files with worker processes against one process (the machine's CPU cores; measured first).
 6. Generation with the denoiser compiled (``torch.compile``, CUDA graphs) against the same batch not compiled.
 
 Writes ``benchmarks/results/gpu.md``. ``--device cpu`` runs every step on the CPU (a check that the script works on a
@@ -95,6 +95,10 @@ def main() -> None:
         write_result(
             name, markdown_table(["check", "figure", "reference (same run)", "ratio", "target"], rows), command, notes
         )
+
+    from benchmarks.ratios import loading_row
+
+    row(*loading_row(args.quick))  # first, before anything starts threads: the machine's cores reading files
 
     seeds = [sample_seed(0, i) for i in range(big)]
     fast, _ = rate(device, seeds, big, steps)
@@ -197,10 +201,6 @@ def main() -> None:
         f"{achieved / bound:.0%}",
         "",
     )
-
-    from benchmarks.ratios import loading_row
-
-    row(*loading_row(args.quick))  # the machine's CPU cores reading files while the GPU would compute
 
     # last: compiling takes minutes, and a run cut short by its limit keeps every row above
     start = time.perf_counter()

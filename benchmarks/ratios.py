@@ -312,10 +312,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows: list[list[str]] = []
     for make in (
+        lambda: [loading_row(args.quick)],  # first: torch.compile (below) leaves threads, and then nothing forks
         lambda: generation_rows(args.quick),
         lambda: search_rows(args.quick),
         lambda: [embedding_row(args.quick)],
-        lambda: [loading_row(args.quick)],
         lambda: [memory_row(args.quick)],
         lambda: [recount_row()],
         lambda: [app_row(args.quick)],

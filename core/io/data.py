@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -12,7 +13,6 @@ import threading
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +23,8 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
 from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
+
+logger = logging.getLogger(__name__)
 
 
 class SliceAxis(StrEnum):
@@ -439,7 +441,10 @@ def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, N
     worker processes while this one collects (same results, same order, same first error). Small sets, and
     processes running other threads, read in this process."""
     # forking a process that runs other Python threads (the app's server) can copy a lock another thread holds
-    if workers == 0 or len(files) < PARALLEL_FROM or threading.active_count() > 1:
+    threaded = threading.active_count() > 1
+    if threaded and workers and len(files) >= PARALLEL_FROM:
+        logger.info("reading %d files in this process: it runs other threads, so it does not fork workers", len(files))
+    if workers == 0 or len(files) < PARALLEL_FROM or threaded:
         with _one_torch_thread():
             yield from (files[i] for i in range(len(files)))
         return
@@ -493,7 +498,8 @@ def load_records(
     spill: _Spill | None = None
     held = 0
     files = _PrepareFiles(records, spec, slices, read)
-    with closing(_prepared(files, load_workers() if workers is None else workers)) as done:  # stops the workers
+    loading = _prepared(files, load_workers() if workers is None else workers)
+    with contextlib.closing(loading) as done:  # an early end stops the workers
         for record, (prepared, refused) in zip(records, done, strict=True):
             if refused is not None:
                 if not skip_bad:
