@@ -538,14 +538,15 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
         raise MemoScopeError(f"{study}: not scanned; run `python -m tools.demo all` (or `make demo`) first.")
     scan = ScanResults.open(study)
     ldm = read_config(paths.checkpoints / model.checkpoint).to_dict()
+    pairs = scan.pairs()
+    nearest = nearest_pairs(pairs)
     copies: list[float] = []
     novel: list[float] = []
-    for pair in scan.nearest():
+    for pair in nearest:
         (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
     patients = by_patient(scan, scan.summary.tau)
-    pairs = scan.pairs()
-    beyond = nearer_than_heldout(scan)
-    between = sum(beyond.heldout_max < p.similarity <= scan.summary.tau for p in nearest_pairs(pairs))
+    beyond = nearer_than_heldout(scan, pairs)
+    between = sum(beyond.heldout_max < p.similarity <= scan.summary.tau for p in nearest)
     return ModelResult(
         model,
         scan.summary,

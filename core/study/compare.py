@@ -107,6 +107,7 @@ def study_row(folder: str | Path) -> StudyRow:
     epochs, augment = _training(checkpoint)
     tested = read_selftest(folder, summary.scan_id)
     resemblance = summary.patient_resemblance
+    pairs = scan.pairs()
     return StudyRow(
         folder.name,
         summary.preprocessing.spatial_dims,
@@ -122,8 +123,8 @@ def study_row(folder: str | Path) -> StudyRow:
         summary.fpr_unseen,
         resemblance.fraction if resemblance is not None else None,
         tested.f1 if tested is not None else None,
-        sample_quality(scan.pairs()),
-        nearer_than_heldout(scan),
+        sample_quality(pairs),
+        nearer_than_heldout(scan, pairs),
     )
 
 

@@ -255,7 +255,7 @@ def build_report(
     confirmed = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=scan) if d.verdict == "copy"}
     audit = verdicts.verify_audit(study)
     stale = verdicts.stale_decisions(study, scan)
-    found = caveats(summary, metrics, pairs, nearer_than_heldout(scan))
+    found = caveats(summary, metrics, pairs, nearer_than_heldout(scan, pairs))
     warned = frozenset(c.key for c in found)
     text, advice = conclusion(metrics, len(confirmed), warned)
     e = html.escape

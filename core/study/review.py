@@ -123,11 +123,11 @@ class ByPatient:
         )
 
 
-def nearer_than_heldout(scan: ScanResults) -> BeyondHeldout:
+def nearer_than_heldout(scan: ScanResults, pairs: list[Pair] | None = None) -> BeyondHeldout:
     """:class:`~core.detect.metrics.BeyondHeldout` of a scanned study: its samples' best scores against training
     beside the validation scans' (``neighbors.npz``), with the scan's seed; generated volumes resampled when the
-    samples are their slices."""
-    volumes = [source_of(p.synthetic_id) for p in scan.nearest()]
+    samples are their slices. ``pairs``: the study's pairs when already read."""
+    volumes = [source_of(p.synthetic_id) for p in nearest_pairs(scan.pairs() if pairs is None else pairs)]
     return beyond_heldout(
         scan.best("synthetic_to_train"), scan.calibration().val_to_train, volumes, seed=scan.summary.seed + 2
     )
