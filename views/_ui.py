@@ -62,7 +62,7 @@ def _by_patient(study: str, mtime: float, tau: float) -> ByPatient:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _nearer_than_heldout(study: str, mtime: float) -> BeyondHeldout:
-    return nearer_than_heldout(_scan(study, mtime))
+    return nearer_than_heldout(_scan(study, mtime), _pairs(study, mtime))  # the pairs the pages already hold
 
 
 def beyond_heldout(study: Path) -> BeyondHeldout:

@@ -316,6 +316,14 @@ def _check_values(path: Path, array: np.ndarray) -> None:
         raise MemoScopeError(f"{path}: {bad} NaN/Inf voxels; fix or remove the image.")
 
 
+SLICE_MARK = "#"  # a slice's ID is its file's ID, this mark, the plane and the slice number: ``vol#axial012``
+
+
+def source_of(sample_id: str) -> str:
+    """The file (volume) a sample came from: the ID itself, or a slice's volume (``vol#axial012`` -> ``vol``)."""
+    return sample_id.partition(SLICE_MARK)[0]
+
+
 def _samples_of(
     record: ImageRecord, array: np.ndarray, dims: int, slices: SliceAxis | None
 ) -> list[tuple[str, np.ndarray]]:
@@ -344,14 +352,6 @@ def _samples_of(
         for k in range(moved.shape[0])
         if not is_constant(moved[k])
     ]
-
-
-SLICE_MARK = "#"  # a slice's ID is its file's ID, this mark, the plane and the slice number: ``vol#axial012``
-
-
-def source_of(sample_id: str) -> str:
-    """The file (volume) a sample came from: the ID itself, or a slice's volume (``vol#axial012`` -> ``vol``)."""
-    return sample_id.partition(SLICE_MARK)[0]
 
 
 PARALLEL_FROM = 32  # fewer files than this are read in this process: starting workers costs more than it saves
