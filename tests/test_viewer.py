@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +22,7 @@ from core.io.viewer import (
     difference_bar,
     difference_limit,
     flicker_gif,
+    gallery,
     orthogonal_slice,
     percentile_window,
     plane_size,
@@ -100,3 +103,18 @@ def test_the_crosshair_of_each_plane_passes_through_the_voxel_the_other_planes_c
             and drawn[0, col * 3 + 1].tolist() == CROSSHAIR.tolist()
         )
         assert drawn[row * 3, 0].tolist() == [0, 0, 0]  # one pixel thin
+
+
+def test_gallery_windows_the_first_images_and_shows_the_middle_plane_of_a_volume(tmp_path: Path) -> None:
+    assert gallery(tmp_path / "missing").total == 0
+    assert gallery(tmp_path).total == 0  # an empty folder: nothing generated yet
+    volume = np.zeros((8, 8, 6), np.float32)
+    volume[:, :, 3] = np.arange(64, dtype=np.float32).reshape(8, 8)  # only the middle axial plane has contrast
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "a.nii.gz"))
+    for name in ("b.png", "c.png"):
+        Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(tmp_path / name)
+    shown = gallery(tmp_path, limit=2)
+    assert shown.total == 3 and [name for name, _ in shown.thumbnails] == ["a.nii.gz", "b.png"]
+    middle = np.asarray(Image.open(io.BytesIO(shown.thumbnails[0][1])))
+    assert middle.shape == (8, 8) and middle.min() == 0 and middle.max() == 255  # windowed 1-99 %, not blank
+    assert np.asarray(Image.open(io.BytesIO(shown.thumbnails[1][1]))).shape == (16, 16)

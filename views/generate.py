@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.generative.conditioning import describe_model
 from core.generative.ldm import SchedulerName, list_checkpoints, read_config
-from core.io.data import discover, read_raw
-from core.io.viewer import PLANES, apply_window, orthogonal_slice, percentile_window, png_bytes
+from core.io.viewer import gallery
 from core.study.store import open_study
 from views import _ui
 
@@ -102,19 +100,11 @@ _ui.job_panel(study, "generate")
 
 st.subheader("Gallery")
 folder = Path(inputs.get("synthetic") or study / "synthetic")
-try:
-    files = sorted(Path(r.path) for r in discover(folder)) if folder.is_dir() else []
-except MemoScopeError:  # an empty folder: nothing generated yet
-    files = []
-if not files:
+samples = gallery(folder, limit=24)
+if not samples.total:
     st.caption("No samples yet.")
 else:
-    st.caption(f"{len(files)} samples in `{folder}` (first 24; each windowed 1-99 %)")
+    st.caption(f"{samples.total} samples in `{folder}` (first {len(samples.thumbnails)}; each windowed 1-99 %)")
     cols = st.columns(8)
-    for i, file in enumerate(files[:24]):
-        image = np.squeeze(read_raw(file)).astype(np.float64)
-        if image.ndim == 3:
-            image = orthogonal_slice(image, PLANES[0], image.shape[2] // 2)
-        cols[i % 8].image(
-            png_bytes(apply_window(image, percentile_window(image, 1, 99))), caption=file.name, width="stretch"
-        )
+    for i, (name, png) in enumerate(samples.thumbnails):
+        cols[i % 8].image(png, caption=name, width="stretch")

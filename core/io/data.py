@@ -12,7 +12,7 @@ import tempfile
 import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
-from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
+from core.io.preprocessing import PreprocessSpec, is_constant, one_torch_thread, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +445,7 @@ def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, N
     if threaded and workers and len(files) >= PARALLEL_FROM:
         logger.info("reading %d files in this process: it runs other threads, so it does not fork workers", len(files))
     if workers == 0 or len(files) < PARALLEL_FROM or threaded:
-        with _one_torch_thread():
+        with one_torch_thread():
             yield from (files[i] for i in range(len(files)))
         return
     from torch.utils.data import DataLoader
@@ -453,20 +453,6 @@ def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, N
     # batch_size=None: one file per item; _as_is keeps numpy arrays as they are (no tensor conversion). Workers run
     # one torch thread each (DataLoader's rule: more would hang on OpenMP after fork), as this process does above.
     yield from DataLoader(files, batch_size=None, num_workers=workers, collate_fn=_as_is)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Preprocess with one torch thread wherever it runs: the anti-aliased resize of a large volume rounds differently
-    with another thread count, and a set must not depend on who read it or on the machine's cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def load_records(

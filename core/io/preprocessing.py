@@ -6,6 +6,8 @@ does not pay for it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -130,6 +132,20 @@ def _size_transform(spec: PreprocessSpec) -> Any:
         return ResizeWithPadOrCrop(spec.spatial_size)
     mode = "bilinear" if spec.spatial_dims == 2 else "trilinear"
     return Resize(spec.spatial_size, mode=mode, anti_aliasing=True)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Preprocess with one torch thread wherever it runs: MONAI's anti-aliased resize of a large volume rounds
+    differently with another thread count, and an image must not depend on who read it or on the machine's cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def is_constant(image: np.ndarray) -> bool:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from core.io.preprocessing import PreprocessSpec, is_constant, preprocess
+from core.io.preprocessing import PreprocessSpec, is_constant, one_torch_thread, preprocess
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,16 @@ def axial_slices(
     cutoff = 0.1 * float(np.percentile(data, 99))
     spec = PreprocessSpec((size, size))
     out = []
-    for k in range(0, data.shape[2], step):
-        plane = data[:, :, k]
-        if is_constant(plane) or float((plane > cutoff).mean()) < min_fraction:
-            continue
-        out.append(preprocess(plane[None], spec))
+    with one_torch_thread():  # the same slices on any machine
+        for k in range(0, data.shape[2], step):
+            plane = data[:, :, k]
+            if is_constant(plane) or float((plane > cutoff).mean()) < min_fraction:
+                continue
+            out.append(preprocess(plane[None], spec))
     return np.stack(out) if out else np.zeros((0, 1, size, size), np.float32)
 
 
 def volume_cube(volume: RealVolume, size: int = 32) -> npt.NDArray[np.float32]:
-    """The whole volume min-max scaled and resized to ``(1, size, size, size)``."""
-    return preprocess(volume.load()[None], PreprocessSpec((size, size, size)))
+    """The whole volume min-max scaled and resized to ``(1, size, size, size)``, the same on any machine."""
+    with one_torch_thread():
+        return preprocess(volume.load()[None], PreprocessSpec((size, size, size)))

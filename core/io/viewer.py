@@ -1,18 +1,23 @@
 """Display arithmetic for the review viewer: window/level, comparison overlays, orthogonal planes.
 
 Pure functions over arrays (no Streamlit): images stay float until the very last step, which
-maps a window to uint8 for a PNG; 16-bit or HU data are never down-cast before windowing.
+maps a window to uint8 for a PNG; 16-bit or HU data are never down-cast before windowing. ``gallery`` reads a
+folder of samples into such thumbnails, so that no page reads image files itself.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 from plotly.colors import sample_colorscale
+
+from core.common.errors import MemoScopeError
+from core.io.data import discover, read_raw
 
 # OHIF's CT presets in Hounsfield units: (width, level).
 CT_PRESETS: dict[str, tuple[float, float]] = {
@@ -171,3 +176,32 @@ def flicker_gif(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], scale: int =
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The first samples of a folder as PNG thumbnails (the middle axial plane of a volume, windowed 1-99 %).
+
+    Attributes:
+        total: how many images the folder holds (0 when it holds none or does not exist).
+        thumbnails: ``(file name, PNG bytes)`` of the first ``limit``, in file order.
+    """
+
+    total: int
+    thumbnails: list[tuple[str, bytes]]
+
+
+def gallery(folder: str | Path, limit: int = 24) -> Gallery:
+    """Thumbnails of the first ``limit`` images under ``folder``; an empty or missing folder gives none."""
+    folder = Path(folder)
+    try:
+        files = sorted(Path(r.path) for r in discover(folder)) if folder.is_dir() else []
+    except MemoScopeError:  # an empty folder: nothing generated yet
+        files = []
+    thumbnails = []
+    for file in files[:limit]:
+        image: npt.NDArray[np.floating] = np.squeeze(read_raw(file)).astype(np.float64)
+        if image.ndim == 3:
+            image = orthogonal_slice(image, PLANES[0], image.shape[2] // 2)
+        thumbnails.append((file.name, png_bytes(apply_window(image, percentile_window(image, 1, 99)))))
+    return Gallery(len(files), thumbnails)
