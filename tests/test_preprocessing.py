@@ -47,3 +47,23 @@ def test_round_trip_through_dict() -> None:
 def test_bad_spec_is_refused(kwargs: dict) -> None:
     with pytest.raises(MemoScopeError):
         PreprocessSpec(**kwargs)
+
+
+def test_the_demo_cubes_do_not_depend_on_the_torch_thread_count() -> None:
+    """MONAI's anti-aliased resize of a large volume rounds differently with 1 and 2 threads; the demo data (and
+    any loaded set) are made at one thread, so a 1-core machine rebuilds them byte for byte."""
+    import torch
+
+    from core.io.sample_data import REAL_VOLUMES, volume_cube
+
+    threads = torch.get_num_threads()
+    mni152 = next(v for v in REAL_VOLUMES if v.subject == "mni152")  # 193x229x193 -> 32^3: the case that differed
+    try:
+        cubes = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            cubes.append(volume_cube(mni152))
+            assert torch.get_num_threads() == n  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert cubes[0].tobytes() == cubes[1].tobytes()
