@@ -170,6 +170,12 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.number_input[0].set_value(2)  # samples
     at.number_input[1].set_value(2)  # steps
     at.selectbox(key="generate_device").set_value("cpu")
+    out = next(t for t in at.text_input if t.label == "Output folder")
+    assert Path(out.value).parent == study / "generated"  # a new folder by default, not the study's own samples
+    mine = study / "generated" / "mine"
+    clock = iter(range(10**6))  # every rerun sees another time: the folder typed must survive the submitting rerun
+    monkeypatch.setattr(time, "strftime", lambda *_: f"t{next(clock)}")
+    out.input(str(mine))
     at.button[0].click().run()  # Start generation
     _ok(at)
     job = jobs.list_jobs(study)[0]
@@ -178,9 +184,10 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
         time.sleep(0.3)
     assert jobs.read_job(jobs.job_file(study, job.id)).status == "done"
     at.run()
-    written = list((study / "generated").rglob("*.png"))  # a new folder by default, not the study's own samples
-    assert len(written) == 2 and not (study / "synthetic").exists()
-    record = json.loads(next((study / "generated").rglob("generation.json")).read_text())
+    written = list((study / "generated").rglob("*.png"))
+    assert sorted(p.parent for p in written) == [mine, mine] and not (study / "synthetic").exists()
+    assert next(t for t in at.text_input if t.label == "Output folder").value != str(mine)  # the next run: new
+    record = json.loads((mine / "generation.json").read_text())
     assert record["device"] == "cpu" and record["compile"] is False  # the form's choice reaches the job
     assert any("2 samples in" in c.value for c in at.caption)
 

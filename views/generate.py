@@ -58,9 +58,15 @@ with st.form("generate"):
         "every later one runs faster; worth it for thousands of samples. The samples stay the same up to "
         "floating-point differences.",
     )
+    # a new folder per run by default, chosen once: a default that changed with the clock would make Streamlit
+    # see a new widget on the submitting rerun and drop the folder the user typed
+    out_key = f"generate_out::{study}::{path}::{st.session_state.get(f'generate_runs::{study}', 0)}"
+    if out_key not in st.session_state:
+        folder_name = f"{Path(path or 'ldm').name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        st.session_state[out_key] = str(study / "generated" / folder_name)
     out = st.text_input(
         "Output folder",
-        value=str(study / "generated" / f"{Path(path or 'ldm').name}-{time.strftime('%Y%m%d-%H%M%S')}"),
+        key=out_key,
         help="A new folder for each run by default (the study's existing samples stay as they are). Give an "
         "earlier run's folder to resume it: the same checkpoint, seed, steps and scheduler continue where it "
         "stopped; anything else is refused.",
@@ -95,6 +101,8 @@ if submitted and config is not None:
         options["condition"] = [line.strip() for line in rules.splitlines() if line.strip()]
     if _ui.start(study, "generate", options):
         open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
+        runs = f"generate_runs::{study}"
+        st.session_state[runs] = st.session_state.get(runs, 0) + 1  # the next run offers a new folder
 
 _ui.job_panel(study, "generate")
 

@@ -251,8 +251,11 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     assert "/generated/" in page.get_by_label("Output folder", exact=True).input_value()  # a new folder by default
     page.get_by_label("Output folder", exact=True).fill("studies/demo-2d/synthetic-browser")
     page.get_by_role("button", name="Start generation").click()
-    page.get_by_text(re.compile(r"^generate finished in")).wait_for(timeout=120_000)
+    # the folder typed is the folder written (a default that changed with the clock once dropped it)
+    page.get_by_text(re.compile(r"^generate finished in.*synthetic-browser")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden")  # no stale thumbnails of the previous run
+    assert page.get_by_test_id("stImage").count() == 3
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
 
 
