@@ -137,7 +137,7 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     _assert_no_phi(text, "HTML report")
     body, _, appendix = text.partition("<h2>Appendix: settings</h2>")
     assert "<h2>Glossary</h2>" in body and "ct_window" not in body and "ct_window" in appendix
-    assert "every image resized to 32 x 32 voxels" in body
+    assert "every image resized to 32 x 32 pixels" in body
     agreement = body.partition("<h2>Reviewer agreement</h2>")[2]
     assert ": not a copy</th>" in agreement and "[[" not in agreement, agreement[:800]  # a labelled 2 x 2 table
     assert body.count("marker") >= 4 and "#0072B2" in body  # the histogram's series have their own colours

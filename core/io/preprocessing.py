@@ -64,7 +64,8 @@ class PreprocessSpec(Config):
                 f"each image's {self.percentiles[0]:g}th to {self.percentiles[1]:g}th percentile"
             ),
         }.get(self.intensity, str(self.intensity))
-        return f"every image {fit} to {size} voxels, intensities scaled from {scale} to [-1, 1]"
+        unit = "pixels" if len(self.spatial_size) == 2 else "voxels"
+        return f"every image {fit} to {size} {unit}, intensities scaled from {scale} to [-1, 1]"
 
     def validate(self) -> None:
         object.__setattr__(self, "spatial_size", tuple(int(s) for s in self.spatial_size))

@@ -132,6 +132,8 @@ def _show_all_if_no_copies(page) -> None:  # noqa: ANN001
 def test_opens_the_demo(page) -> None:  # noqa: ANN001
     page.get_by_text("Study: demo-2d").wait_for()
     assert re.fullmatch(r"\d+\.\d%", _metric(page, "Copies"))
+    _settled(page)  # the whole page, its tables and to-do list too, not the first half of the run
+    page.get_by_text("LDM checkpoint:").wait_for()
     page.screenshot(path=SHOTS / "overview.png", full_page=True)
 
 
