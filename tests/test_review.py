@@ -118,3 +118,16 @@ def test_intervals_take_the_training_patients_as_the_unit() -> None:
             assert memorized.high - memorized.low > 3 * (naive.high - naive.low)
     # each 2D sample is its own draw: the copy interval is the plain one
     assert "patients" not in scan.summary.copies.method and "volumes" not in scan.summary.copies.method
+
+
+@pytest.mark.skipif(not (REPO / "studies" / "demo-3d" / "summary.json").is_file(), reason="demo not built")
+def test_the_interval_note_says_slices_for_slices_and_patients_for_volumes() -> None:
+    from core.study.review import interval_note, metrics_at
+
+    for name, says, never in (
+        ("demo-2d", "resamples training patients", "one scan"),
+        ("demo-3d", "Each training patient has one scan", "slices"),
+    ):
+        scan = ScanResults.open(REPO / "studies" / name)
+        note = interval_note(scan, metrics_at(scan, scan.summary.tau, scan.summary.threshold.rule, None))
+        assert says in note and never not in note and scan.summary.memorized.method in note

@@ -10,7 +10,7 @@ from core.detect.metrics import ThresholdRule, crossfit_needs
 from core.detect.record import is_detector_folder
 from core.study import jobs, results
 from core.study.results import ROLES
-from core.study.review import copies_by_condition, metrics_at
+from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
 from views import _ui
 
@@ -46,9 +46,8 @@ else:
     )
     st.caption(
         f"Memorized training {mem.value:.1%} (95 % CI {mem.low:.1%} to {mem.high:.1%}); copies "
-        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). Neighbouring slices of one patient are not "
-        f"independent draws, so the memorized interval resamples training patients ({mem.method}); copies: "
-        f"{cop.method}; the threshold is held fixed. Study threshold: {chosen.label}."
+        f"{cop.value:.1%} (95 % CI {cop.low:.1%} to {cop.high:.1%}). {interval_note(_ui.require_scan(study), at)} "
+        f"Study threshold: {chosen.label}."
     )
     st.caption(_ui.patient_level(study, chosen.value).describe() + " " + _ui.beyond_heldout(study).describe())
     st.caption(

@@ -44,6 +44,7 @@ from core.study.review import (
     by_patient,
     copies_by_condition,
     correlation_histogram,
+    interval_note,
     load_study_set,
     metrics_at,
     nearer_than_heldout,
@@ -330,10 +331,7 @@ tau = <b>{tau:.3f}</b>, {e(source)}</li>
 <p>{e(_method_sentence(summary))}</p>
 {_caveats_html(found)}
 <p>{e(by_patient(scan, tau).describe())}</p>
-<p>Neighbouring slices of one patient are not independent draws, so the memorized-training interval resamples
-training patients ({e(metrics.memorized.method)}) and the copy interval resamples what was drawn independently
-({e(metrics.copies.method)}), with the threshold held fixed. No interval includes the uncertainty of the threshold
-itself.</p>
+<p>{e(interval_note(scan, metrics))} No interval includes the uncertainty of the threshold itself.</p>
 {_selftest_html(study, summary)}
 {_strata_html(scan, tau, conditioned)}
 <h2>Correlation distributions</h2>{_histogram_html(scan, tau)}

@@ -102,6 +102,22 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
     )
 
 
+def interval_note(scan: ScanResults, metrics: MemorizationMetrics) -> str:
+    """How the two intervals were made, in plain words (the Overview and the report say the same)."""
+    rows = scan.train_rows()
+    if len({r.patient_id for r in rows}) < len(rows):
+        memorized = (
+            "Several training scans of one patient (neighbouring slices, say) are not independent draws, so the "
+            "memorized interval resamples training patients"
+        )
+    else:
+        memorized = "Each training patient has one scan, so the memorized interval counts patients"
+    return (
+        f"{memorized} ({metrics.memorized.method}); the copy interval resamples what was drawn independently "
+        f"({metrics.copies.method}), with the threshold held fixed."
+    )
+
+
 @dataclass(frozen=True)
 class ByPatient:
     """How many training *patients* have a memorized scan (issue 14: effective sample size).
