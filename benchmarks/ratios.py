@@ -12,7 +12,6 @@ Timings are printed and written to ``benchmarks/RESULTS.md``, never asserted.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import statistics
@@ -21,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,48 +51,94 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return min(times)
 
 
+@dataclass(frozen=True)
+class Paired:
+    """A figure and its reference timed in adjacent pairs: each pair sees the same state of the machine.
+
+    Attributes:
+        figure, reference: the times of the median pair (the pair whose ratio is the median), in seconds, so the
+            figure, the reference and the ratio in a row agree with each other.
+        ratios: ``reference / figure`` of each pair (above 1: the figure is faster).
+    """
+
+    figure: float
+    reference: float
+    ratios: list[float]
+
+    def ratio_text(self, percent: bool = False) -> str:
+        """The median ratio and the range over the pairs, e.g. ``92 % (84-101 %, 5 pairs)``."""
+        mid, low, high = statistics.median(self.ratios), min(self.ratios), max(self.ratios)
+        if percent:
+            return f"{mid:.0%} ({low:.0%}-{high:.0%}, {len(self.ratios)} pairs)"
+        return f"{mid:.2f}x ({low:.2f}-{high:.2f}x, {len(self.ratios)} pairs)"
+
+
+def paired(figure: Callable[[], object], reference: Callable[[], float], pairs: int = 5) -> Paired:
+    """Time ``figure`` and ``reference`` alternately (an odd number of pairs); ``reference`` returns its own seconds.
+
+    This shared machine's speed drifts within a minute, so the two measured one after the other gave ratios from
+    84 % to 120 % with no change to the code; the median of adjacent pairs, with its range, says how far one run
+    can be trusted."""
+    timed = []
+    for _ in range(pairs):
+        fig = best_of(figure, 1)
+        timed.append((fig, reference()))
+    middle = sorted(timed, key=lambda t: t[1] / t[0])[len(timed) // 2]
+    return Paired(middle[0], middle[1], [r / f for f, r in timed])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def samples_per_second(
-    ldm_folder: Path, device: torch.device, n: int, batch: int, steps: int, compiled: bool = False
-) -> float:
-    """Samples per second after a warm-up at the measured batch size (which pays any compilation)."""
+def sampler(ldm_folder: Path, device: torch.device, batch: int, compiled: bool = False) -> Callable[[int, int], float]:
+    """A loaded, warmed-up sampler at ``batch`` (the warm-up pays any compilation): called with ``(n, steps)``, it
+    generates ``n`` samples and returns the seconds per sample."""
     ldm = load_ldm(ldm_folder, device)
     if compiled:
         ldm = compile_denoiser(ldm, device)
-    seeds = [sample_seed(0, i) for i in range(n)]
-    sample(ldm, seeds[:batch], 2, SchedulerName.DDIM, device)  # warm-up (kernels, allocator)
+    sample(ldm, [sample_seed(0, i) for i in range(batch)], 2, SchedulerName.DDIM, device)  # kernels, allocator
     _sync(device)
-    start = time.perf_counter()
-    for b in range(0, n, batch):
-        sample(ldm, seeds[b : b + batch], steps, SchedulerName.DDIM, device)
-    _sync(device)
-    return n / (time.perf_counter() - start)
+
+    def run(n: int, steps: int) -> float:
+        seeds = [sample_seed(0, i) for i in range(n)]
+        start = time.perf_counter()
+        for b in range(0, n, batch):
+            sample(ldm, seeds[b : b + batch], steps, SchedulerName.DDIM, device)
+        _sync(device)
+        return (time.perf_counter() - start) / n
+
+    return run
+
+
+def samples_per_second(ldm_folder: Path, device: torch.device, n: int, batch: int, steps: int) -> float:
+    """Samples per second at ``batch`` after a warm-up."""
+    return 1 / sampler(ldm_folder, device, batch)(n, steps)
 
 
 def generation_rows(quick: bool) -> list[list[str]]:
     steps = 50
     n, batch = (8, 8) if quick else (32, 32)
     cpu = torch.device("cpu")
-    one = samples_per_second(LDM_2D, cpu, max(2, n // 8), 1, steps)
-    batched = samples_per_second(LDM_2D, cpu, n, batch, steps)
-    compiled = samples_per_second(LDM_2D, cpu, n, batch, steps, compiled=True)
+    one, batched = sampler(LDM_2D, cpu, 1), sampler(LDM_2D, cpu, batch)
+    compiled = sampler(LDM_2D, cpu, batch, compiled=True)
+    n_one = max(2, n // 8)  # one at a time is slow: fewer samples, scaled to n
+    vs_one = paired(lambda: batched(n, steps), lambda: one(n_one, steps) * n)
+    vs_eager = paired(lambda: compiled(n, steps), lambda: batched(n, steps) * n)
     rows = [
         [
             f"2D demo LDM, {steps} DDIM steps, CPU: batch {batch}",
-            f"{batched:.2f} samples/s",
-            f"one at a time {one:.2f} samples/s",
-            f"{batched / one:.1f}x",
+            f"{n / vs_one.figure:.2f} samples/s",
+            f"one at a time {n / vs_one.reference:.2f} samples/s",
+            vs_one.ratio_text(),
             ">= 20x one at a time (GPU)",
         ],
         [
             f"same, denoiser compiled (generate --compile; inductor), batch {batch}",
-            f"{compiled:.2f} samples/s",
-            f"not compiled {batched:.2f} samples/s",
-            f"{compiled / batched:.2f}x",
+            f"{n / vs_eager.figure:.2f} samples/s",
+            f"not compiled {n / vs_eager.reference:.2f} samples/s",
+            vs_eager.ratio_text(),
             "faster once compiled (CUDA graphs on a GPU: benchmarks/gpu_check.sh)",
         ],
     ]
@@ -114,8 +160,8 @@ def generation_rows(quick: bool) -> list[list[str]]:
             [
                 "GPU against this machine's CPU (same LDM)",
                 f"{on_gpu:.0f} samples/s",
-                f"CPU batch {batch} {batched:.2f} samples/s",
-                f"{on_gpu / batched:.0f}x",
+                f"CPU batch {batch} {n / vs_one.figure:.2f} samples/s",
+                f"{on_gpu * vs_one.figure / n:.0f}x",
                 "",
             ]
         )
@@ -140,18 +186,16 @@ def search_rows(quick: bool) -> list[list[str]]:
     for n_query, name, cls in cases:
         queries = rng.normal(size=(n_query, dim)).astype(np.float32)
         index = cls(database, SearchConfig(k=5))
-        # the search and its bound alternate, three of each, and each keeps its fastest: both see the same machine
-        seconds, bound = math.inf, 0.0
-        for _ in range(3):
-            seconds = min(seconds, best_of(lambda: index.search(queries), 1))  # noqa: B023 - called at once
-            bound = max(bound, matmul_gflops(repeat=1))
-        rate = 2 * n_query * n_db * dim / seconds / 1e9
+        # the search and its bound alternate: the bound is the time the 4096^3 rate predicts for this search
+        flops = 2 * n_query * n_db * dim
+        timed = paired(lambda: index.search(queries), lambda: flops / (matmul_gflops(repeat=1) * 1e9))  # noqa: B023
+        rate = flops / timed.figure / 1e9
         rows.append(
             [
                 f"exact top-5 search {n_query} x {n_db} x {dim}, {name}",
-                f"{rate:.1f} GFLOP/s ({seconds:.2f} s)",
-                f"4096^3 matmul {bound:.1f} GFLOP/s",
-                f"{rate / bound:.0%}",
+                f"{rate:.1f} GFLOP/s ({timed.figure:.2f} s)",
+                f"4096^3 matmul {flops / timed.reference / 1e9:.1f} GFLOP/s",
+                timed.ratio_text(percent=True),
                 ">= 80 % of the bound",
             ]
         )
@@ -171,17 +215,12 @@ def embedding_row(quick: bool) -> list[str]:
                 model(x)
 
     embed(model, images[:batch], batch_size=batch)  # warm-up
-    # the two alternate, three of each, and each keeps its fastest: measured one after the other, the VM's drift
-    # within a minute moved this ratio between 84 % and 102 % with no change to embed
-    t_embed = t_bare = math.inf
-    for _ in range(3):
-        t_embed = min(t_embed, best_of(lambda: embed(model, images, batch_size=batch), 1))
-        t_bare = min(t_bare, best_of(bare, 1))
+    timed = paired(lambda: embed(model, images, batch_size=batch), lambda: best_of(bare, 1))
     return [
         f"embedding {n} 64x64 images, ResNet-18 (batch {batch})",
-        f"{n / t_embed:.0f} images/s",
-        f"bare forward {n / t_bare:.0f} images/s",
-        f"{t_bare / t_embed:.0%}",
+        f"{n / timed.figure:.0f} images/s",
+        f"bare forward {n / timed.reference:.0f} images/s",
+        timed.ratio_text(percent=True),
         ">= 90 % of the bare forward",
     ]
 
@@ -337,7 +376,12 @@ def main() -> None:
     if args.write:
         command = "PYTHONPATH=. .venv/bin/python benchmarks/ratios.py --write"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        notes = f"{os.cpu_count()} CPU cores, {args.threads} torch threads; this process peaked at {peak:.0f} MiB."
+        notes = (
+            f"{os.cpu_count()} CPU cores, {args.threads} torch threads; this process peaked at {peak:.0f} MiB. "
+            "CPU generation, search and embedding: figure, reference and ratio of the median of 5 adjacent "
+            "figure/reference pairs, "
+            "the ratios' range in brackets (this shared machine's speed drifts within a minute)."
+        )
         pasted = write_result("ratios", table, command, notes)  # the README's copy
         text = (
             "# Benchmark results\n\nWritten by `make bench`; every reference was measured in the same run as its "
