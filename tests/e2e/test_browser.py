@@ -256,8 +256,11 @@ def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
     # the folder typed is the folder written (a default that changed with the clock once dropped it)
     page.get_by_text(re.compile(r"^generate finished in.*synthetic-browser")).wait_for(timeout=120_000)
     page.get_by_text("3 samples in").wait_for()
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden")  # no stale thumbnails of the previous run
-    assert page.get_by_test_id("stImage").count() == 3
+    from playwright.sync_api import expect
+
+    # the run that shows the new folder ends by removing the previous run's 24 thumbnails (a moment after the
+    # caption changes): expect retries until only the 3 new ones are left
+    expect(page.get_by_test_id("stImage")).to_have_count(3)
     page.screenshot(path=SHOTS / "generate.png", full_page=True)
 
 
