@@ -378,9 +378,8 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         notes = (
             f"{os.cpu_count()} CPU cores, {args.threads} torch threads; this process peaked at {peak:.0f} MiB. "
-            "CPU generation, search and embedding: figure, reference and ratio of the median of 5 adjacent "
-            "figure/reference pairs, "
-            "the ratios' range in brackets (this shared machine's speed drifts within a minute)."
+            "CPU generation, search and embedding: figure, reference and ratio of the median of 5 adjacent figure/"
+            "reference pairs, the ratios' range in brackets (this shared machine's speed drifts within a minute)."
         )
         pasted = write_result("ratios", table, command, notes)  # the README's copy
         text = (
