@@ -5,9 +5,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from PIL import Image
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_file
@@ -18,7 +24,7 @@ from core.study.results import ScanResults, read_summary
 from core.study.review import ANATOMY_FLOOR
 from core.study.scan import ScanConfig
 from core.study.store import DEMO_MARKER
-from tools import demo
+from tools import demo, rebuild_check
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = (REPO / "docs" / "FINDINGS.md").is_file()
@@ -52,6 +58,32 @@ def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None
     sources = (a / "SOURCES.md").read_text()
     for volume in demo._volumes(demo.TRAIN_SUBJECTS + demo.VAL_SUBJECTS):
         assert volume.subject in sources and volume.licence in sources and volume.relative_path in sources
+
+
+def test_the_rebuild_check_allows_rounding_and_nothing_more(tmp_path: Path) -> None:
+    """One grey level (PNG) or 1e-6 (NIfTI) is rounding; two levels, 1e-5, another shape or an edited manifest is a
+    changed recipe and is reported by file."""
+    committed, built = tmp_path / "committed", tmp_path / "built"
+    for root in (committed, built):
+        root.mkdir()
+        Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(root / "a.png")
+        nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(root / "c.nii.gz"))
+        (root / "manifest.csv").write_text("path,patient_id\n")
+
+    def change(png: int, cube: float, manifest: str = "path,patient_id\n") -> list[str]:
+        pixels = np.full((4, 4), 1000, np.uint16)
+        pixels[1, 2] += png
+        Image.fromarray(pixels).save(built / "a.png")
+        nib.save(nib.Nifti1Image(np.full((2, 2, 2), cube, np.float32), np.eye(4)), str(built / "c.nii.gz"))
+        (built / "manifest.csv").write_text(manifest)
+        return rebuild_check.differences(built, committed)
+
+    assert change(1, 1e-6) == []
+    assert [d.split(":")[0] for d in change(2, 0.0)] == ["a.png"]
+    assert [d.split(":")[0] for d in change(0, 1e-5)] == ["c.nii.gz"]
+    assert [d.split(":")[0] for d in change(0, 0.0, "path,patient\n")] == ["manifest.csv"]
+    (built / "extra.png").write_bytes((built / "a.png").read_bytes())
+    assert "extra.png: only in the rebuild" in change(0, 0.0)
 
 
 def test_compare_respects_intervals() -> None:
@@ -157,9 +189,16 @@ class TestCommittedDemo:
             "docs/FINDINGS.md is stale: run `python -m tools.demo findings`"
         )
 
-    def test_data_rebuilds_byte_for_byte(self, tmp_path: Path) -> None:
-        demo.build_data(tmp_path / "demo")
-        assert _tree_hashes(tmp_path / "demo") == _tree_hashes(self.paths.data)
+    def test_data_rebuilds_within_the_stated_tolerance(self, tmp_path: Path) -> None:
+        """The recipe rebuilds the committed data on any CPU: rebuilt here with torch's kernels pinned to plain
+        (unvectorised) code, as on a CPU unlike the build machine, it matches within :mod:`tools.rebuild_check`'s
+        tolerances; manifests and SOURCES.md are byte-identical."""
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": str(REPO)}
+        root = tmp_path / "root"
+        subprocess.run(
+            [sys.executable, "-m", "tools.demo", "build-data", "--root", str(root)], env=env, check=True, cwd=REPO
+        )
+        assert rebuild_check.differences(root / "data" / "demo", self.paths.data) == []
         record = json.loads(self.paths.record.read_text())
         assert record["data_manifests"]["2d"] == sha256_file(self.paths.manifest(2))
 
