@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.common.errors import MemoScopeError
+from core.io.patients import HELP as PATIENTS_HELP
 from core.study.store import create_study, working_copy
 
 DEFAULT_STUDY = "demo-2d"  # built by `make demo`, committed, opened first
@@ -68,6 +69,7 @@ def _submit_new_study() -> None:
                 "dims": int(get("new_dims", 2)),
                 "size": int(get("new_size", 64)),
                 "slices": get("new_slices", ""),
+                "patients": get("new_patients", "").strip() or "auto",
             },
         )
     except MemoScopeError as exc:
@@ -138,6 +140,7 @@ with st.sidebar:
         col1.selectbox("Dimensions", (2, 3), key="new_dims")
         col2.number_input("Size per axis", min_value=8, max_value=512, value=64, step=8, key="new_size")
         st.selectbox("2D slices of 3D files", ("", "axial", "coronal", "sagittal"), key="new_slices")
+        st.text_input("Patients from", placeholder="auto", key="new_patients", help=PATIENTS_HELP)
         st.form_submit_button("Create study", key="create_study", on_click=_submit_new_study)
         if "new_study_error" in st.session_state:
             st.error(st.session_state["new_study_error"])

@@ -19,6 +19,7 @@ from core.generative.ldm import SchedulerName
 from core.generative.sample import ImageFormat
 from core.io.augment import AugmentPolicy
 from core.io.data import SliceAxis
+from core.io.patients import HELP as PATIENTS_HELP
 from core.io.preprocessing import IntensityRule, ResizeMode
 
 
@@ -102,14 +103,19 @@ TRAIN_LDM_FLAGS = (
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
+    from core.io.patients import doubt_message
     from core.io.preprocessing import config_from_options
-    from core.study.scan import ScanConfig, run_scan
+    from core.study.scan import ScanConfig, check_inputs, run_scan
 
     options = _options(args, *DETECTOR_FLAGS, *VERIFY_FLAGS)
     verify = {k: getattr(args, k) for k in VERIFY_FLAGS if getattr(args, k) is not None}
     config = config_from_options(
         ScanConfig, {**options, "detector_overrides": _detector_overrides(args), "verify": verify}
     )
+    for role, grouping in check_inputs(config).items():
+        print(f"{role} patients: {grouping.describe()}", file=sys.stderr)
+        if grouping.doubtful:
+            print(f"warning: {doubt_message(role, getattr(config, role), grouping)}", file=sys.stderr)
     bars = StageBars()
     summary = run_scan(config, progress=bars)
     bars.close()
@@ -239,9 +245,13 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from core.common.tables import write_csv
-    from core.io.data import discover, split_by_patient, with_patients_from
+    from core.io.data import discover_patients, split_by_patient
+    from core.io.patients import doubt_message
 
-    records = with_patients_from(discover(args.input), args.patient_regex, args.input)
+    records, grouping = discover_patients(args.input, patients=args.patients)
+    print(f"patients: {grouping.describe()}")
+    if grouping.doubtful:  # a split of one-file patients would put one person's scans on both sides
+        raise MemoScopeError(doubt_message("the input", args.input, grouping) + " A split needs to know; refused.")
     train_idx, val_idx = split_by_patient([r.patient_id for r in records], args.val_fraction, args.seed or 0)
     roles = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
     out = Path(args.out).resolve()
@@ -362,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training images: folder or CSV manifest")
     p.add_argument("--val", required=True, help="held-out real images (other patients)")
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
+    p.add_argument("--patients", help=PATIENTS_HELP + " (default auto)")
     p.add_argument("--out", required=True, help="study folder for the outputs")
     p.add_argument("--detector", help="a trained detector folder (default: train one on --train)")
     p.add_argument(
@@ -500,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help="manifest CSV to write")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patient-regex", help="name patients by this regex on each file's path (its first group)")
+    p.add_argument("--patients", default="auto", help=PATIENTS_HELP + " (default auto)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_split)
 

@@ -371,11 +371,12 @@ def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path: Path, capsys: p
     assert main(["split", "--input", str(manifest), "--out", str(tmp_path / "s.csv")]) == 0, capsys.readouterr().err
 
 
-def test_split_by_a_patient_regex_keeps_subjects_together(tmp_path: Path) -> None:
+def test_split_by_a_patient_pattern_keeps_subjects_together(tmp_path: Path) -> None:
     for i in range(8):
         _png(tmp_path / "flat" / f"sub-0{i // 2}_slice{i}.png", i)
     out = tmp_path / "split.csv"
-    assert main(["split", "--input", str(tmp_path / "flat"), "--out", str(out), "--patient-regex", r"^(sub-\d+)_"]) == 0
+    pattern = r"pattern:^(?P<patient>sub-\d+)_"
+    assert main(["split", "--input", str(tmp_path / "flat"), "--out", str(out), "--patients", pattern]) == 0
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     sides = {patient: {r[2] for r in rows if r[1] == patient} for _, patient, _ in rows}
     assert len(sides) == 4 and all(len(s) == 1 for s in sides.values())

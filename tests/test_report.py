@@ -153,6 +153,27 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     assert "PHI-12345" in key  # the re-identification key stays in the study folder only
 
 
+def test_dicom_patients_are_grouped_from_headers_and_kept_only_as_keyed_hashes(study: Path) -> None:
+    """The training DICOM files carry PatientID in their headers: ``--patients auto`` groups them by it and every
+    patient column the scan writes holds a keyed hash, never the ID (the report and release are checked above)."""
+    import csv
+
+    grouping = read_summary(study).inputs["train"].patients
+    assert grouping is not None and grouping.rule == "dicom" and grouping.patients == 1  # one PatientID in all
+    for name, column in (
+        ("pairs.csv", "patient_id"),
+        ("train_nn.csv", "patient_id"),
+        ("patients.csv", "nearest_patient"),
+    ):
+        with open(study / name, newline="") as handle:
+            values = {row[column] for row in csv.DictReader(handle)}
+        assert values and all(v.startswith("pt-") for v in values), (name, values)
+        _assert_no_phi(" ".join(values), name)
+    header_only = [v for v in FORBIDDEN if "^" in v or v.isdigit() or " " in v or v.startswith("ACC") or "." in v]
+    for path in [study / "summary.json", *study.glob("*.csv")]:  # file names are the user's; header values never
+        assert not [v for v in header_only if v in path.read_text()], path
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="PDF needs Chromium (make test installs it)")
 def test_pdf_report_text_matches_summary_and_has_no_phi(study: Path, tmp_path: Path) -> None:
     out = write_report(study, tmp_path / "report.pdf", "pdf")

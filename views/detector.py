@@ -131,6 +131,7 @@ with st.form("scan"):
                 "dims": dims,
                 "size": size,
                 "slices": inputs.get("slices"),
+                "patients": inputs.get("patients"),
                 "method": method,
                 "threshold_rule": "" if rule == "the method's own" else rule,
                 "percentile": float(percentile),

@@ -131,6 +131,7 @@ for role in ROLES:
             "source": info.source if info else str(inputs.get(role) or "not set"),
             "images": info.n if info else None,
             "patients": info.n_patients if info else None,
+            "patients from": info.patient_rule if info else "",
             "content hash": info.content_hash[:12] if info else "",
         }
     )

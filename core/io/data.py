@@ -7,7 +7,6 @@ import csv
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import warnings
@@ -22,7 +21,11 @@ import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
+from core.io.patients import PatientGrouping, PatientRule, assign_patients, folder_patient
 from core.io.preprocessing import PreprocessSpec, is_constant, one_torch_thread, preprocess
+from core.io.records import SUFFIXES, ImageRecord
+
+__all__ = ["SUFFIXES", "ImageRecord"]  # discovery's records, re-exported where every caller already looks
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +40,12 @@ Role = Literal["train", "val", "synthetic"]
 
 # Voxel axis of each plane for arrays in NIfTI (RAS-like) order: i = sagittal, k = axial.
 SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
-SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".npy")
 _ROLE_NAMES: dict[str, set[str]] = {
     "train": {"train", "training"},
     "val": {"val", "validation", "valid"},
     "synthetic": {"synthetic", "generated", "syn"},
 }
 KNOWN_SPLITS = set().union(*_ROLE_NAMES.values()) | {"test", "exclude", "excluded"}
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image on disk: a file, or a folder holding one DICOM series."""
-
-    path: Path
-    sample_id: str
-    patient_id: str
-    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +67,8 @@ class ImageSet:
         spec: the preprocessing that produced ``images``.
         source: the folder or manifest it came from.
         skipped: files left out by ``skip_bad``.
+        grouping: how its patients were found (the ``--patients`` rule in force and what it found); ``None`` for
+            synthetic sets, whose samples have no patients.
     """
 
     ids: list[str]
@@ -83,6 +77,7 @@ class ImageSet:
     spec: PreprocessSpec
     source: str
     skipped: list[SkippedFile] = field(default_factory=list)
+    grouping: PatientGrouping | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,23 +97,12 @@ class ImageSet:
             spec=self.spec,
             source=self.source,
             skipped=list(self.skipped),
+            grouping=self.grouping,
         )
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _has_image_suffix(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
-
-
-def _patient_from_relpath(rel: Path) -> str:
-    """Folder layout rule: ``patient/…/file`` gives ``patient``; a top-level file its stem."""
-    return rel.parts[0] if len(rel.parts) > 1 else _strip_suffix(rel.name)
 
 
 def _series_uid(path: Path) -> str:
@@ -175,7 +159,7 @@ def discover_folder(root: Path) -> list[ImageRecord]:
     for directory, dcm_files in sorted(dicom_by_dir.items()):
         units.extend(_dicom_units(root, directory, dcm_files))
     units.sort(key=lambda unit: unit[1])
-    return [ImageRecord(path=path, sample_id=sid, patient_id=_patient_from_relpath(Path(sid))) for path, sid in units]
+    return [ImageRecord(path=path, sample_id=sid, patient_id=folder_patient(sid)) for path, sid in units]
 
 
 def discover_manifest(manifest: Path) -> list[ImageRecord]:
@@ -223,8 +207,11 @@ def _is_dicom_series_dir(path: Path) -> bool:
     return any(f.name.lower().endswith(".dcm") for f in path.iterdir())
 
 
-def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
-    """List the images of a folder or manifest; a manifest with a ``split`` column is filtered by role."""
+def discover_patients(
+    source: str | Path, role: Role | None = None, patients: PatientRule | str = "auto"
+) -> tuple[list[ImageRecord], PatientGrouping]:
+    """List the images of a folder or manifest with each one's patient by the ``patients`` rule
+    (:mod:`core.io.patients`), and what the rule found; a manifest with a ``split`` column is filtered by role."""
     source = Path(source)
     if not source.exists():
         raise MemoScopeError(f"{source}: no such file or folder; check the path.")
@@ -232,7 +219,7 @@ def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
         records = discover_folder(source)
         if not records:
             raise MemoScopeError(f"{source}: no images found (looked for {', '.join(SUFFIXES)} recursively).")
-        return records
+        return assign_patients(records, patients, source)
     if source.suffix.lower() != ".csv":
         raise MemoScopeError(f"{source}: expected a folder or a .csv manifest.")
     records = discover_manifest(source)
@@ -241,7 +228,17 @@ def discover(source: str | Path, role: Role | None = None) -> list[ImageRecord]:
         records = [r for r in records if (r.split or "").lower() in names]
         if not records:
             raise MemoScopeError(f"{source}: no rows with split in {sorted(names)}; fix the 'split' column.")
-    return records
+    return assign_patients(records, patients, source, is_manifest=True)
+
+
+def discover(
+    source: str | Path, role: Role | None = None, patients: PatientRule | str | None = None
+) -> list[ImageRecord]:
+    """The images of a folder or manifest (see :func:`discover_patients`). Without a rule, patients come from the
+    folders or the manifest's column and no header is read (all that listing a synthetic set needs)."""
+    if patients is None:
+        patients = "manifest" if Path(source).suffix.lower() == ".csv" else "folder"
+    return discover_patients(source, role, patients)[0]
 
 
 def _read_with(reader: object, path: Path) -> np.ndarray:
@@ -522,10 +519,16 @@ def load_set(
     role: Role | None = None,
     slices: SliceAxis | None = None,
     skip_bad: bool = False,
+    patients: PatientRule | str | None = None,
 ) -> ImageSet:
-    """Load a folder or manifest into a preprocessed :class:`ImageSet` (see :func:`load_records`)."""
-    records = discover(source, role)
-    return load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad)
+    """Load a folder or manifest into a preprocessed :class:`ImageSet` (see :func:`load_records`); with a
+    ``patients`` rule the set records what it found (``ImageSet.grouping``)."""
+    if patients is None:
+        return load_records(discover(source, role), spec, str(source), slices=slices, skip_bad=skip_bad)
+    records, grouping = discover_patients(source, role, patients)
+    images = load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad)
+    images.grouping = grouping
+    return images
 
 
 def patient_key(patient_id: str) -> str:
@@ -587,34 +590,6 @@ def check_patient_overlap(train: ImageSet, val: ImageSet) -> None:
             f"{train.ids[i]} ({train.source}): a leaked copy would raise the threshold and hide real copies. "
             "Remove it from one of the sets."
         )
-
-
-def with_patients_from(records: list[ImageRecord], pattern: str | None, source: str | Path) -> list[ImageRecord]:
-    """Records whose patient is named by ``pattern`` (a regex; its first group, or the whole match, on the ID).
-
-    Without a pattern, a folder with no patient subfolders is refused: each file would become its own
-    patient and one subject's slices would land on both sides of a split.
-    """
-    if pattern is None:
-        if records and all("/" not in r.sample_id for r in records) and not str(source).lower().endswith(".csv"):
-            raise MemoScopeError(
-                f"{source}: no patient subfolders, so every file would be its own patient and one subject could be "
-                "split across training and validation. Put each patient's files in a folder, write a manifest with "
-                "patient_id, or pass --patient-regex (e.g. '^(sub-\\d+)_' on the file name)."
-            )
-        return records
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise MemoScopeError(f"--patient-regex {pattern!r} is not a regular expression ({exc}).") from exc
-    named = []
-    for record in records:
-        match = regex.search(record.sample_id)
-        if match is None:
-            raise MemoScopeError(f"--patient-regex {pattern!r} does not match {record.sample_id!r} in {source}.")
-        patient = match.group(1) if regex.groups else match.group(0)
-        named.append(ImageRecord(record.path, record.sample_id, patient, record.split))
-    return named
 
 
 def split_by_patient(patient_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

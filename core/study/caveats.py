@@ -53,6 +53,21 @@ def caveats(
                 "patients.",
             )
         )
+    by_default = [
+        (name, summary.inputs[role].patients) for role, name in (("train", "training"), ("val", "validation"))
+    ]
+    doubtful = [(name, g) for name, g in by_default if g is not None and g.doubtful]
+    if doubtful:
+        sets = " and ".join(f"{name} ({g.files} files)" for name, g in doubtful)
+        found.append(
+            Caveat(
+                "one_file_one_patient",
+                f"Every {sets} file was taken as its own patient: the folders name no patients. Slices or scans of "
+                "one person then count as different people, so the new-patient threshold bound, the "
+                "leave-one-patient-out check and the patient intervals are optimistic. Rescan with --patients "
+                "pattern:REGEX (the patient's part of the file names) or a manifest with a patient_id column.",
+            )
+        )
     val = summary.inputs["val"]
     if val.n_patients < FEW_PATIENTS:
         found.append(

@@ -263,7 +263,7 @@ def build_report(
     inputs = summary.inputs
     rows = "".join(
         f"<tr><td>{role}</td><td>{inputs[role].n}</td><td>{inputs[role].n_patients}</td>"
-        f"<td><code>{inputs[role].content_hash[:16]}</code></td></tr>"
+        f"<td>{e(inputs[role].patient_rule)}</td><td><code>{inputs[role].content_hash[:16]}</code></td></tr>"
         for role in ROLES
     )
     detector = summary.detector
@@ -315,7 +315,7 @@ and a threshold calibrated on real scans of patients outside the training set.</
 <h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
 {f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
-<table><tr><th>set</th><th>images</th><th>patients</th><th>content hash</th></tr>{rows}</table>
+<table><tr><th>set</th><th>images</th><th>patients</th><th>patients from</th><th>content hash</th></tr>{rows}</table>
 <ul><li>Generator checkpoint: hash <code>{e(str(summary.checkpoint_hash)[:16])}</code></li>
 <li>Detector: {e(detector.config["arch"])} to {detector.config["embed_dim"]} dimensions,
 {e(detector.config["augmentation"])} augmentation, hash <code>{e(detector.hash[:16])}</code></li>

@@ -34,6 +34,7 @@ from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.data import SLICE_MARK, discover
+from core.io.patients import PatientGrouping
 from core.io.preprocessing import PreprocessSpec
 
 SCHEMA_VERSION = 2
@@ -58,6 +59,8 @@ class InputSet(Config):
 
     ``file_hashes`` (training and synthetic sets): the SHA-256 of each file as scanned, keyed by the file's
     sample ID, so that a release ships exactly what was checked and a verdict stays tied to the images it saw.
+    ``patients`` (training and validation sets): the rule that named the patients and what it found (``None`` in
+    studies scanned before it was recorded).
     """
 
     source: str
@@ -67,6 +70,14 @@ class InputSet(Config):
     skipped: tuple[dict[str, Any], ...] = ()
     embeddings_cached: bool = False
     file_hashes: dict[str, str] = field(default_factory=dict)
+    patients: PatientGrouping | None = None
+
+    @property
+    def patient_rule(self) -> str:
+        """How the set's patients were named, for a table: the rule, or ``-`` (synthetic, or an older study)."""
+        if self.patients is None:
+            return "-"
+        return "each file its own (no patient folders)" if self.patients.doubtful else self.patients.rule
 
 
 @dataclass(frozen=True)

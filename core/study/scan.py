@@ -35,7 +35,8 @@ from core.detect.metrics import (
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
-from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, load_set, source_of
+from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, discover_patients, load_set, source_of
+from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_message
 from core.io.preprocessing import PreprocessSpec
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
@@ -76,6 +77,8 @@ class ScanConfig(Config):
             against exact search, measured on a sample of the synthetic samples, goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
             scans (see :mod:`core.detect.resemblance`).
+        patients: where the training and validation scans' patients come from (:mod:`core.io.patients`):
+            ``auto``, ``folder``, ``dicom``, ``manifest`` or ``pattern:REGEX``.
     """
 
     train: str
@@ -100,6 +103,7 @@ class ScanConfig(Config):
     approximate_above: int = 1_000_000
     ray: str = ""
     workers: int = 0
+    patients: str = PatientSource.AUTO
 
     @property
     def rule(self) -> str:
@@ -112,6 +116,7 @@ class ScanConfig(Config):
         check_range("percentile", self.percentile, 0.0, 100.0)
         check_range("k", self.k, 1)
         check_range("patient_top", self.patient_top, 1)
+        object.__setattr__(self, "patients", str(PatientRule.parse(self.patients)))
         if self.slices and self.spec.spatial_dims != 2:
             raise MemoScopeError("slices takes 2D slices of 3D files; use it with 2D preprocessing (--dims 2).")
 
@@ -212,6 +217,7 @@ def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> 
             role=role if role != "synthetic" else None,  # type: ignore[arg-type]
             slices=config.slices,
             skip_bad=config.skip_bad,
+            patients=None if role == "synthetic" else config.patients,
         )
     check_patient_overlap(sets["train"], sets["val"])
     progress(
@@ -273,6 +279,7 @@ def _summary(
             tuple(vars(f) for f in s.skipped),
             cached[role],
             results.file_hashes(s.source, role) if role in results.HASHED_ROLES else {},
+            s.grouping,
         )
         for role, s in sets.items()
     }
@@ -323,6 +330,15 @@ def unseen_fpr(threshold: Threshold, val_to_train: np.ndarray, val_patients: lis
         return None
     low, high = wilson_interval(count, total)
     return Fraction(count, total, count / total, low, high, "validation scans above tau (not used to set it)")
+
+
+def labelled(unseen: Fraction | None, grouping: PatientGrouping | None) -> Fraction | None:
+    """The unseen-patient rate's method with the rule that made its patients: its folds are only as independent
+    as that rule's patients are different people."""
+    if unseen is None or grouping is None:
+        return unseen
+    how = "each file its own patient by default" if grouping.doubtful else f"patients by {grouping.rule}"
+    return unseen.replace(method=f"{unseen.method} ({how})")
 
 
 def _patient_resemblance(
@@ -379,6 +395,21 @@ def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> Non
         )
 
 
+def check_inputs(config: ScanConfig, progress: Progress = silent) -> dict[str, PatientGrouping]:
+    """Every path, manifest, split column and patient rule checked before anything is created; says which rule
+    gave each set its patients and how many it found (the CLI prints them, and warns when a grouping is
+    :attr:`~core.io.patients.PatientGrouping.doubtful`)."""
+    discover(config.synthetic)
+    found: dict[str, PatientGrouping] = {}
+    for role in ("train", "val"):
+        _, found[role] = discover_patients(getattr(config, role), role, config.patients)  # type: ignore[arg-type]
+        progress(ProgressEvent("load", 0, 3, f"{role} patients: {found[role].describe()}"))
+        logger.info("%s patients: %s", role, found[role].describe())
+        if found[role].doubtful:
+            logger.info(doubt_message(role, getattr(config, role), found[role]))
+    return found
+
+
 def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     from core.detect.detector import embed_set, load_detector
 
@@ -391,8 +422,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     rule, fixed = parse_rule(config.rule)
     device = resolve_device(config.device)
     precision = check_precision(device, config.precision)
-    for role in results.ROLES:  # every path, manifest and split column checked before anything is created
-        discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
+    check_inputs(config, progress)
     study = open_study(config.out)
     out = study.path
     timings: dict[str, float] = {}
@@ -497,7 +527,9 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files).replace(
             method=config.method,
             verify=config.verify if config.method == MatchMethod.VERIFIED else None,
-            fpr_unseen=unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids),
+            fpr_unseen=labelled(
+                unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids), sets["val"].grouping
+            ),
             notes=NOTES_BY_METHOD[config.method],
             patient_resemblance=resemblance,
             device=device_description(device),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.common.errors import MemoScopeError
+from core.common.home import user_home
 from core.common.processes import process_alive
 from core.common.provenance import atomic_write_json, atomic_write_text, now_utc
 from core.io.data import check_record_leaks, discover
@@ -153,8 +154,9 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     """Create ``root/name`` from checked inputs (what the app's "New study" form submits).
 
     ``inputs``: ``train`` and ``val`` (folder or manifest, required), ``synthetic`` and
-    ``checkpoint`` (optional), ``dims``, ``size``, ``slices``. Each source is listed the way a
-    scan will list it, so a bad path is reported now, by name, and nothing is created.
+    ``checkpoint`` (optional), ``dims``, ``size``, ``slices``, ``patients`` (the ``--patients`` rule, default
+    ``auto``). Each source is listed the way a scan will list it, patients named by that rule, so a bad path or a
+    pattern that misses a file is reported now, by name, and nothing is created.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise MemoScopeError("Study name: use letters, digits, '-', '_' or '.', starting with a letter or digit.")
@@ -165,7 +167,7 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     for label, role in (("Training", "train"), ("Validation", "val")):
         if not inputs.get(role):
             raise MemoScopeError(f"{label} images: enter a folder or a CSV manifest.")
-        records[role] = discover(inputs[role], role)  # type: ignore[arg-type]
+        records[role] = discover(inputs[role], role, inputs.get("patients") or "auto")  # type: ignore[arg-type]
     check_record_leaks(records["train"], records["val"], inputs["train"], inputs["val"])
     if inputs.get("synthetic"):
         discover(inputs["synthetic"])
@@ -175,11 +177,6 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     study = open_study(folder)
     study.set_inputs({key: value or None for key, value in inputs.items()})
     return study
-
-
-def user_home() -> Path:
-    """Where MemoScope keeps per-user data (``$MEMOSCOPE_HOME``, else ``~/.local/share/memoscope``)."""
-    return Path(os.environ.get("MEMOSCOPE_HOME") or Path.home() / ".local" / "share" / "memoscope")
 
 
 def working_copy(folder: str | Path) -> Path:
