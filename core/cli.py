@@ -69,7 +69,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 DETECTOR_FLAGS = ("detector_epochs", "augmentation", "arch", "batch_size")
-VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift")
+VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift", "max_size")
 
 
 def _verify_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,13 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-candidates", type=int, help="extra candidates from blurred pixels (default 5; 0 off)")
     parser.add_argument("--max-angle", type=float, help="rotation searched, degrees either way (default 8)")
     parser.add_argument("--max-shift", type=float, help="translation searched, fraction of each side (default 0.1)")
+    parser.add_argument(
+        "--verify-size",
+        dest="max_size",
+        type=int,
+        help="the verified call, pixel checks and Review compare scans at their own resolution up to this many "
+        "pixels/voxels per side (default 256 in 2D, 64 in 3D; never below --size)",
+    )
 
 
 DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU) | cpu | cuda[:i] | mps"

@@ -89,3 +89,53 @@ def test_background_scores_never_count_a_validation_scans_own_patient(slices: di
     assert other[0] == pytest.approx((own[0] + 1.0) / 2, abs=1e-4)
     with pytest.raises(ValueError, match="at least 2 patients"):
         background_scores(vectors, images, vectors, images, ["a"] * len(images), 1, config)
+
+
+def test_a_finer_grid_keeps_the_fine_cut_scales_the_coarse_one_and_batches_fewer_pairs() -> None:
+    config = VerifyConfig()
+    same = Verifier((64, 64), config)
+    assert (same.coarse_sigma, same.batch) == (config.coarse_sigma, config.batch_pairs)
+    fine = Verifier((256, 256), config)
+    assert fine.coarse_sigma == 4 * config.coarse_sigma and fine.batch == config.batch_pairs // 16
+    assert Verifier((64, 64, 64), config).coarse_sigma == 2 * config.coarse_sigma
+
+
+@pytest.mark.parametrize(
+    ("dims", "embedding", "native", "max_size", "side"),
+    [
+        (2, 64, 512, 0, 256),  # large scans: the default cap
+        (2, 64, 128, 0, 128),  # their own resolution
+        (2, 64, 48, 0, 64),  # never below the embedding's grid
+        (2, 64, 512, 96, 96),  # --verify-size
+        (3, 32, 256, 0, 64),
+    ],
+)
+def test_the_verification_grid_is_the_scans_own_up_to_the_cap(
+    dims: int, embedding: int, native: int, max_size: int, side: int
+) -> None:
+    assert VerifyConfig(max_size=max_size).grid_side(dims, embedding, native) == side
+
+
+def test_own_resolution_sees_fine_detail_the_thumbnail_hides() -> None:
+    """A scan with a training scan's anatomy but other fine detail scores almost like an exact copy on a 64 px
+    thumbnail, and clearly below one at its own 256 px; an exact (noisy) copy stays near one on both grids."""
+    from core.io.preprocessing import PreprocessSpec, resize_images
+
+    base = axial_slices({v.subject: v for v in REAL_VOLUMES}["mni152"], 256, step=20)[3, 0]
+    rng = np.random.default_rng(0)
+
+    def texture() -> np.ndarray:
+        return ndimage.gaussian_filter(rng.normal(size=(256, 256)), 1.0).astype(np.float32) * 0.6
+
+    train = np.clip(base + texture(), -1, 1)[None, None]
+    other_detail = np.clip(base + texture(), -1, 1)[None, None]
+    copy = np.clip(train + rng.normal(0, 0.05, train.shape).astype(np.float32), -1, 1)
+    gaps = {}
+    for side in (64, 256):
+        grid = (lambda x: x) if side == 256 else (lambda x: resize_images(x, PreprocessSpec((64, 64))))
+        queries = np.concatenate([grid(other_detail), grid(copy)])
+        structure, _, _ = Verifier((side, side)).score(queries, grid(train), np.zeros((2, 1), np.int64))
+        assert structure[1, 0] > 0.99, side
+        gaps[side] = structure[1, 0] - structure[0, 0]
+    # measured: 0.013 on the thumbnail, 0.079 at 256 px
+    assert gaps[64] < 0.03 and gaps[256] > 0.05, gaps

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.io.preprocessing import DEFAULT_SIZE
+
 Image = npt.NDArray[np.float32]
 Perturb = Callable[[Image, np.random.Generator], Image]
 LEVELS = (1, 2, 3)
 
 # strength of each change at levels 1, 2, 3
 NOISE_SIGMA = (0.05, 0.1, 0.2)  # Gaussian noise, in units of the [-1, 1] intensity range
-BLUR_SIGMA = (1.0, 1.5, 2.0)  # voxels
+BLUR_SIGMA = (1.0, 1.5, 2.0)  # voxels of a 64 px / 32-voxel image (scaled with finer images: _scale)
 GAIN = ((1.1, 0.05), (1.25, 0.1), (0.8, -0.15))  # intensity * gain + offset
 SHIFT_PX = (2.0, 4.0, 6.0)  # voxels along every axis
 ROTATE_DEG = (4.0, 8.0, 12.0)  # about one axis
@@ -29,11 +31,17 @@ def _noise(level: int) -> Perturb:
     return lambda x, rng: x + rng.normal(0.0, NOISE_SIGMA[level - 1], x.shape).astype(np.float32)
 
 
+def _scale(x: Image) -> float:
+    """Voxel-stated strengths are for a 64 px (2D) or 32-voxel (3D) image; a finer image's copy is changed as
+    much relative to its size (a 2-voxel shift at 64 px is an 8-voxel shift at 256 px)."""
+    return max(1.0, max(x.shape) / DEFAULT_SIZE[x.ndim])
+
+
 def _blur(level: int) -> Perturb:
     def blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from scipy import ndimage
 
-        return ndimage.gaussian_filter(x, sigma=BLUR_SIGMA[level - 1]).astype(np.float32)
+        return ndimage.gaussian_filter(x, sigma=BLUR_SIGMA[level - 1] * _scale(x)).astype(np.float32)
 
     return blur
 
@@ -47,7 +55,7 @@ def _shift(level: int) -> Perturb:
     def move(x: Image, rng: np.random.Generator) -> Image:
         from scipy import ndimage
 
-        offsets = rng.choice([-1.0, 1.0], size=x.ndim) * SHIFT_PX[level - 1]
+        offsets = rng.choice([-1.0, 1.0], size=x.ndim) * SHIFT_PX[level - 1] * _scale(x)
         return ndimage.shift(x, offsets, order=1, mode="nearest").astype(np.float32)
 
     return move
@@ -74,7 +82,7 @@ def _warp(level: int) -> Perturb:
         fields = [ndimage.gaussian_filter(rng.normal(size=x.shape), smooth) for _ in range(x.ndim)]
         peak = max(float(np.abs(f).max()) for f in fields) or 1.0
         grid = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in x.shape], indexing="ij")
-        coords = [g + f / peak * WARP_PX[level - 1] for g, f in zip(grid, fields, strict=True)]
+        coords = [g + f / peak * WARP_PX[level - 1] * _scale(x) for g, f in zip(grid, fields, strict=True)]
         return ndimage.map_coordinates(x, coords, order=1, mode="nearest").astype(np.float32)
 
     return deform

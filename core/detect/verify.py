@@ -30,9 +30,14 @@ import numpy.typing as npt
 
 from core.common.config import Config, check_range
 from core.detect.search import Neighbors, NeighborTables, SearchConfig, make_index
+from core.io.preprocessing import DEFAULT_SIZE
 
 if TYPE_CHECKING:  # torch and MONAI load when something is verified, not when a study's results are read
     import torch
+
+
+REFERENCE_SIDE = DEFAULT_SIZE  # the grid VerifyConfig's sigmas and batch are stated for: the default embedding size
+DEFAULT_VERIFY_SIDE = {2: 256, 3: 64}  # the largest grid a scan verifies on by default (``--verify-size``)
 
 
 class MatchMethod(StrEnum):
@@ -53,9 +58,14 @@ class VerifyConfig(Config):
         max_angle, angle_step: rotation search in degrees, ``-max_angle..max_angle`` (2D: in-plane).
         angle_step_3d: the step in 3D, where each axis is searched in turn (8 deg at 4 deg steps: 13 orientations).
         max_shift: largest translation searched, as a fraction of each side.
-        fine_sigma, coarse_sigma: the band-pass (voxels): below ``fine_sigma`` is noise and the blur a
-            generator adds; above ``coarse_sigma`` is the head shape all scans share.
-        batch_pairs: aligned pairs per batch (bounds memory: about ``batch_pairs x orientations`` images).
+        fine_sigma, coarse_sigma: the band-pass (voxels of a 64 px / 32-voxel grid): below ``fine_sigma`` is noise
+            and the blur a generator adds; above ``coarse_sigma`` is the head shape all scans share. On a finer
+            verification grid ``coarse_sigma`` grows with the grid and ``fine_sigma`` stays at its voxels.
+        batch_pairs: aligned pairs per batch at that grid (bounds memory: about ``batch_pairs x orientations``
+            images); a finer grid takes proportionally fewer.
+        max_size: the largest side, per axis, of the grid verification, the pixel checks and Review use: the scans'
+            own resolution up to this (0: the default, 256 px in 2D and 64 voxels in 3D), never below the
+            embedding's size.
     """
 
     candidates: int = 5
@@ -67,6 +77,7 @@ class VerifyConfig(Config):
     fine_sigma: float = 1.0
     coarse_sigma: float = 4.0
     batch_pairs: int = 64
+    max_size: int = 0
 
     def validate(self) -> None:
         check_range("candidates", self.candidates, 1)
@@ -78,6 +89,13 @@ class VerifyConfig(Config):
         check_range("fine_sigma", self.fine_sigma, 0.0)
         check_range("coarse_sigma", self.coarse_sigma, self.fine_sigma + 1e-6)
         check_range("batch_pairs", self.batch_pairs, 1)
+        check_range("max_size", self.max_size, 0)
+
+    def grid_side(self, spatial_dims: int, embedding_side: int, native_side: int) -> int:
+        """The verification grid's side: the scans' own (``native_side``) up to ``max_size`` (or the default), never
+        below the embedding's."""
+        cap = self.max_size or DEFAULT_VERIFY_SIDE[spatial_dims]
+        return max(embedding_side, min(cap, native_side))
 
     def angles(self, spatial_dims: int = 2) -> list[float]:
         step = self.angle_step if spatial_dims == 2 else self.angle_step_3d
@@ -149,8 +167,9 @@ def _rotation_matrix(spatial_dims: int, axis: int, degrees: float) -> torch.Tens
     return m
 
 
-def band_pass(images: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
-    """Difference of Gaussians with edge-replicating borders: ``(B, 1, *S)`` -> same shape."""
+def band_pass(images: torch.Tensor, fine_sigma: float, coarse_sigma: float) -> torch.Tensor:
+    """Difference of Gaussians (``fine_sigma`` - ``coarse_sigma`` voxels) with edge-replicating borders:
+    ``(B, 1, *S)`` -> same shape."""
     dims = images.ndim - 2
 
     def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -163,7 +182,7 @@ def band_pass(images: torch.Tensor, config: VerifyConfig) -> torch.Tensor:
         kernel = gaussian_1d(torch.tensor(sigma), truncated=3.0, normalize=True).to(x)
         return separable_filtering(x, [kernel] * dims, mode="replicate")
 
-    return blur(images, config.fine_sigma) - blur(images, config.coarse_sigma)
+    return blur(images, fine_sigma) - blur(images, coarse_sigma)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -189,6 +208,14 @@ class Verifier:
         if self.dims not in (2, 3):
             raise ValueError(f"verification needs 2D or 3D images, got shape {self.shape}")
         self.device = torch.device(device)
+        # on a grid finer than the reference the fine cut-off stays at one voxel (finer detail now counts) while the
+        # coarse one grows with the grid, so the head shape every scan shares is removed at the same physical scale
+        scale = max(1.0, max(self.shape) / REFERENCE_SIDE[self.dims])
+        self.coarse_sigma = self.config.coarse_sigma * scale
+        # pairs per batch shrink with the grid, so a batch holds about as many voxels as at the reference size
+        self.batch = max(
+            1, int(self.config.batch_pairs * REFERENCE_SIDE[self.dims] ** self.dims / math.prod(self.shape))
+        )
         self.orientations = _orientations(self.dims, self.config)
         matrices = torch.stack([_rotation_matrix(self.dims, axis, a) for axis, a in self.orientations])
         self._matrices = matrices.to(self.device)
@@ -260,10 +287,10 @@ class Verifier:
         import torch
 
         out = np.empty_like(images)
-        step = max(1, self.config.batch_pairs)
+        step = self.batch
         for start in range(0, len(images), step):
             batch = torch.from_numpy(images[start : start + step]).to(self.device)
-            out[start : start + step] = band_pass(batch, self.config).cpu().numpy()
+            out[start : start + step] = band_pass(batch, self.config.fine_sigma, self.coarse_sigma).cpu().numpy()
         return out
 
     def _crop_of(self, images: torch.Tensor) -> torch.Tensor:
@@ -306,7 +333,7 @@ class Verifier:
         used, d_local = np.unique(pairs_d, return_inverse=True)
         d_used = np.array(d_images[used])
         q_band, d_band = self._band(q_images), self._band(d_used)
-        step = self.config.batch_pairs
+        step = self.batch
 
         def batch(array: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> torch.Tensor:
             return torch.from_numpy(np.array(array[rows])).to(self.device)

@@ -69,6 +69,8 @@ class ImageSet:
         skipped: files left out by ``skip_bad``.
         grouping: how its patients were found (the ``--patients`` rule in force and what it found); ``None`` for
             synthetic sets, whose samples have no patients.
+        verify_images: the same samples on the verification grid (the scans' own resolution, up to a maximum),
+            when it is finer than ``spec``'s; ``None``: verification uses ``images``.
     """
 
     ids: list[str]
@@ -78,6 +80,7 @@ class ImageSet:
     source: str
     skipped: list[SkippedFile] = field(default_factory=list)
     grouping: PatientGrouping | None = None
+    verify_images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +101,13 @@ class ImageSet:
             source=self.source,
             skipped=list(self.skipped),
             grouping=self.grouping,
+            verify_images=None if self.verify_images is None else self.verify_images[idx],
         )
+
+    @property
+    def compared(self) -> np.ndarray:
+        """The images verification and the pixel checks compare: ``verify_images`` when loaded, else ``images``."""
+        return self.images if self.verify_images is None else self.verify_images
 
 
 def _has_image_suffix(path: Path) -> bool:
@@ -399,15 +408,16 @@ class _Spill:
             path.unlink()  # the open mapping keeps the data; nothing is left on disk when the set is gone
 
 
-Prepared = tuple[list[tuple[str, np.ndarray]], str | None]  # a file's preprocessed samples, or why it was refused
+Prepared = tuple[list[tuple[str, tuple[np.ndarray, ...]]], str | None]  # each sample at every spec, or why not
 
 
 @dataclass(frozen=True)
 class _PrepareFiles:
-    """Reads, checks and preprocesses one record by index: the unit of work a loader worker does."""
+    """Reads, checks and preprocesses one record by index (once per spec: the comparison grid and, when asked, the
+    verification grid): the unit of work a loader worker does."""
 
     records: Sequence[ImageRecord]
-    spec: PreprocessSpec
+    specs: tuple[PreprocessSpec, ...]
     slices: SliceAxis | None
     read: Callable[[Path], np.ndarray]
 
@@ -420,10 +430,10 @@ class _PrepareFiles:
             array = self.read(record.path)
             _check_values(record.path, array)
             prepared = []
-            for sample_id, sample in _samples_of(record, array, self.spec.spatial_dims, self.slices):
-                if self.spec.intensity == "minmax" and is_constant(sample):
+            for sample_id, sample in _samples_of(record, array, self.specs[0].spatial_dims, self.slices):
+                if self.specs[0].intensity == "minmax" and is_constant(sample):
                     raise MemoScopeError(f"{record.path}: constant image (min == max); remove it.")
-                prepared.append((sample_id, preprocess(sample[None], self.spec)))
+                prepared.append((sample_id, tuple(preprocess(sample[None], spec) for spec in self.specs)))
         except MemoScopeError as exc:  # refused files travel back as messages, in file order
             return [], str(exc)
         return prepared, None
@@ -452,6 +462,33 @@ def _prepared(files: _PrepareFiles, workers: int) -> Generator[Prepared, None, N
     yield from DataLoader(files, batch_size=None, num_workers=workers, collate_fn=_as_is)  # type: ignore[arg-type]
 
 
+class _Collector:
+    """One preprocessed grid's images: held in memory up to the budget, then spilled to a memory-mapped file."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self.images: list[np.ndarray] = []
+        self.spill: _Spill | None = None
+
+    def add(self, image: np.ndarray) -> None:
+        self.images.append(image)
+        self.held += image.nbytes
+        if self.held > self.limit:
+            self.spill = self.spill or _Spill(image.shape)
+            self.spill.add(self.images)
+            self.images, self.held = [], 0
+
+    def array(self) -> np.ndarray:
+        if self.spill is None:
+            return np.stack(self.images)
+        self.spill.add(self.images)
+        return self.spill.array()
+
+    def discard(self) -> None:
+        if self.spill is not None:
+            self.spill.array()  # removes the file
+
+
 def load_records(
     records: Sequence[ImageRecord],
     spec: PreprocessSpec,
@@ -461,13 +498,15 @@ def load_records(
     read: Callable[[Path], np.ndarray] = read_raw,
     budget: int | None = None,
     workers: int | None = None,
+    verify_spec: PreprocessSpec | None = None,
 ) -> ImageSet:
     """Read, check and preprocess records into an :class:`ImageSet`.
 
     Images are kept in memory up to ``budget`` bytes (default :func:`memory_budget`); past it the set spills to
     a read-only memory-mapped file, so scanning a set larger than RAM works (each stage reads it in chunks).
     ``workers`` processes (default :func:`load_workers`) read and preprocess the files in parallel; the set is
-    the same whatever their number.
+    the same whatever their number. With ``verify_spec`` each file is read once and preprocessed twice: the
+    set's ``verify_images`` hold the second grid (the verification's, at the scans' own resolution).
 
     Raises:
         MemoScopeError: a file is unreadable or invalid (unless ``skip_bad``), IDs repeat,
@@ -475,42 +514,35 @@ def load_records(
     """
     ids: list[str] = []
     patients: list[str] = []
-    images: list[np.ndarray] = []
     skipped: list[SkippedFile] = []
+    specs = (spec,) if verify_spec is None else (spec, verify_spec)
     limit = memory_budget() if budget is None else budget
-    spill: _Spill | None = None
-    held = 0
-    files = _PrepareFiles(records, spec, slices, read)
+    grids = [_Collector(limit) for _ in specs]
+    files = _PrepareFiles(records, specs, slices, read)
     loading = _prepared(files, load_workers() if workers is None else workers)
     with contextlib.closing(loading) as done:  # an early end stops the workers
         for record, (prepared, refused) in zip(records, done, strict=True):
             if refused is not None:
                 if not skip_bad:
-                    if spill is not None:
-                        spill.array()  # removes the file
+                    for grid in grids:
+                        grid.discard()
                     raise MemoScopeError(refused)
                 skipped.append(SkippedFile(str(record.path), refused))
                 continue
-            for sample_id, image in prepared:
+            for sample_id, images in prepared:
                 ids.append(sample_id)
                 patients.append(record.patient_id)
-                images.append(image)
-                held += image.nbytes
-            if held > limit:
-                spill = spill or _Spill(images[0].shape)
-                spill.add(images)
-                images, held = [], 0
+                for grid, image in zip(grids, images, strict=True):
+                    grid.add(image)
     if not ids:
         raise MemoScopeError(f"{source}: no readable images ({len(skipped)} skipped).")
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
-        if spill is not None:
-            spill.array()  # removes the file
+        for grid in grids:
+            grid.discard()
         raise MemoScopeError(f"{source}: duplicate sample IDs {duplicates[:5]}; rename the files.")
-    if spill is None:
-        return ImageSet(ids, patients, np.stack(images), spec, source, skipped)
-    spill.add(images)
-    return ImageSet(ids, patients, spill.array(), spec, source, skipped)
+    arrays = [grid.array() for grid in grids]
+    return ImageSet(ids, patients, arrays[0], spec, source, skipped, verify_images=arrays[1] if verify_spec else None)
 
 
 def load_set(
@@ -520,14 +552,15 @@ def load_set(
     slices: SliceAxis | None = None,
     skip_bad: bool = False,
     patients: PatientRule | str | None = None,
+    verify_spec: PreprocessSpec | None = None,
 ) -> ImageSet:
     """Load a folder or manifest into a preprocessed :class:`ImageSet` (see :func:`load_records`); with a
-    ``patients`` rule the set records what it found (``ImageSet.grouping``)."""
-    if patients is None:
-        return load_records(discover(source, role), spec, str(source), slices=slices, skip_bad=skip_bad)
-    records, grouping = discover_patients(source, role, patients)
-    images = load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad)
-    images.grouping = grouping
+    ``patients`` rule the set records what it found (``ImageSet.grouping``), and with ``verify_spec`` it also
+    holds its images on the verification grid (``ImageSet.verify_images``)."""
+    rule = patients or ("manifest" if Path(source).suffix.lower() == ".csv" else "folder")
+    records, grouping = discover_patients(source, role, rule)
+    images = load_records(records, spec, str(source), slices=slices, skip_bad=skip_bad, verify_spec=verify_spec)
+    images.grouping = grouping if patients is not None else None
     return images
 
 

@@ -174,3 +174,12 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     scaled = np.asarray(_intensity_transform(spec)(raw), dtype=np.float32)
     sized = np.asarray(_size_transform(spec)(scaled), dtype=np.float32)
     return np.clip(sized, -1.0, 1.0)
+
+
+def resize_images(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Bring already-scaled ``(N, 1, *S)`` images to ``spec``'s grid with its size rule only (the intensity rule
+    has been applied): what loading at ``spec`` would have given, e.g. planted copies made on a finer grid."""
+    transform = _size_transform(spec)
+    with one_torch_thread():
+        resized = [np.asarray(transform(image), dtype=np.float32) for image in images]
+    return np.clip(np.stack(resized), -1.0, 1.0) if resized else np.zeros((0, 1, *spec.spatial_size), np.float32)

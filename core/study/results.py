@@ -114,6 +114,8 @@ class ScanSummary(Config):
             never part of ``copies``.
         device: where the detector trained and embedded and pairs were verified.
         precision: the forward passes' dtype there (``fp32``, or mixed ``bf16``/``fp16``).
+        verification: the preprocessing of the images the verified call, the pixel checks and Review compared
+            (the scans' own resolution, up to ``verify.max_size``); ``None``: the same as ``preprocessing``.
         search: how the training set was searched: exact, or an approximate index with its measured recall@1.
         scan_id: this scan's identity (verdicts and releases refer to it).
         files: SHA-256 of each result file the scan wrote; a study whose files differ (an interrupted
@@ -147,6 +149,7 @@ class ScanSummary(Config):
     device: str = ""
     search: SearchReport | None = None
     precision: Precision = Precision.FP32
+    verification: PreprocessSpec | None = None
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
@@ -159,6 +162,11 @@ class ScanSummary(Config):
     @property
     def tau(self) -> float:
         return self.threshold.value
+
+    @property
+    def compared_spec(self) -> PreprocessSpec:
+        """The preprocessing of the images pairs were compared on (and alignments are stated in)."""
+        return self.verification or self.preprocessing
 
     def source(self, role: str) -> str:
         """The folder or manifest the ``role`` set was read from."""

@@ -368,13 +368,17 @@ def group_by_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def load_study_set(summary: ScanSummary, role: str) -> ImageSet:
-    """The preprocessed images of one input set of a scanned study (exactly what was compared)."""
+def load_study_set(summary: ScanSummary, role: str, embedding: bool = False) -> ImageSet:
+    """The preprocessed images of one input set of a scanned study, exactly as its pairs were compared (on the
+    verification grid, where alignments are stated). With ``embedding`` the set also holds them as the detector
+    saw them: ``images`` on the embedding grid, ``compared`` on the verification grid."""
+    compared = summary.compared_spec
     return load_set(
         summary.source(role),
-        summary.preprocessing,
+        summary.preprocessing if embedding else compared,
         role=role if role != "synthetic" else None,  # type: ignore[arg-type]
         slices=SliceAxis(summary.slices) if summary.slices else None,
+        verify_spec=compared if embedding and summary.verification is not None else None,
     )
 
 

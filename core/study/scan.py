@@ -35,7 +35,17 @@ from core.detect.metrics import (
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
-from core.io.data import ImageSet, SliceAxis, check_patient_overlap, discover, discover_patients, load_set, source_of
+from core.io.data import (
+    SLICE_AXES,
+    ImageSet,
+    SliceAxis,
+    check_patient_overlap,
+    discover,
+    discover_patients,
+    load_set,
+    source_of,
+)
+from core.io.headers import largest_side
 from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_message
 from core.io.preprocessing import PreprocessSpec
 from core.study import results
@@ -150,12 +160,12 @@ def pair_records(
     sims, idx = tables.synthetic_to_train.similarity, tables.synthetic_to_train.index
     p_values = empirical_p_values(sims.ravel(), null).reshape(sims.shape)
     two_d = train.spec.spatial_dims == 2
-    verifier = Verifier(train.images.shape[2:], verify_config) if verified is not None else None
+    verifier = Verifier(train.compared.shape[2:], verify_config) if verified is not None else None
     pairs = []
     for s, syn_id in enumerate(synthetic.ids):
         for rank in range(sims.shape[1]):
             t = int(idx[s, rank])
-            a, b = synthetic.images[s, 0], train.images[t, 0]
+            a, b = synthetic.compared[s, 0], train.compared[t, 0]
             retrieval, alignment, pixel = None, None, None
             if verified is not None and verifier is not None:
                 retrieval, alignment = float(verified.retrieval[s, rank]), verified.alignments[s][rank]
@@ -207,7 +217,29 @@ def neighbor_arrays(tables: NeighborTables, val_patients: list[str]) -> dict[str
     }
 
 
-def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> dict[str, ImageSet]:
+def verification_spec(config: ScanConfig, spec: PreprocessSpec) -> PreprocessSpec | None:
+    """The grid the verified call compares on: the scans' own resolution (from their headers) up to
+    ``config.verify.max_size``, when that is finer than the embedding's; ``None``: the embedding's grid."""
+    if config.method != MatchMethod.VERIFIED:
+        return None
+    axes = None
+    if config.slices is not None:
+        axes = tuple(a for a in range(3) if a != SLICE_AXES[config.slices])
+    records = [
+        r
+        for role in results.ROLES
+        for r in discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
+    ]
+    embedding = max(spec.spatial_size)
+    side = config.verify.grid_side(spec.spatial_dims, embedding, largest_side(records, axes))
+    if side <= embedding:
+        return None
+    return spec.replace(spatial_size=[round(s * side / embedding) for s in spec.spatial_size])
+
+
+def _load_sets(
+    config: ScanConfig, spec: PreprocessSpec, progress: Progress, verify_spec: PreprocessSpec | None = None
+) -> dict[str, ImageSet]:
     sets: dict[str, ImageSet] = {}
     for i, role in enumerate(results.ROLES):
         progress(ProgressEvent("load", i, len(results.ROLES), f"loading {role}"))
@@ -218,6 +250,7 @@ def _load_sets(config: ScanConfig, spec: PreprocessSpec, progress: Progress) -> 
             slices=config.slices,
             skip_bad=config.skip_bad,
             patients=None if role == "synthetic" else config.patients,
+            verify_spec=verify_spec,
         )
     check_patient_overlap(sets["train"], sets["val"])
     progress(
@@ -365,7 +398,7 @@ def check_near_duplicates(tables: NeighborTables, train: ImageSet, val: ImageSet
     best, index = tables.val_to_train.best, tables.val_to_train.index[:, 0]
     for j in np.flatnonzero(is_copy(best, tau)):
         i = int(index[j])
-        r = pixel_correlation(val.images[j, 0], train.images[i, 0])
+        r = pixel_correlation(val.compared[j, 0], train.compared[i, 0])
         if r >= NEAR_DUPLICATE_R:
             raise MemoScopeError(
                 f"validation image {val.ids[j]} ({val.source}) is a near-copy of training image {train.ids[i]} "
@@ -439,7 +472,10 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         if given is not None and given.config.preprocessing is not None and given.config.preprocessing != spec:
             logger.info("using the detector's preprocessing %s", given.config.preprocessing.to_dict())
             spec = given.config.preprocessing
-        sets = _load_sets(config, spec, progress)
+        verify_spec = verification_spec(config, spec)
+        if verify_spec is not None:
+            logger.info("verifying on %s (the scans' own resolution, up to the maximum)", verify_spec.spatial_size)
+        sets = _load_sets(config, spec, progress, verify_spec)
         check_calibration_size(config, sets)
         lap("load")
         # 2. detector
@@ -479,7 +515,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             progress(ProgressEvent("verify", 0, 1, "aligning each retrieved candidate and scoring the overlap"))
             checked = verify_tables(
                 {role: e.vectors for role, e in embeddings.items()},
-                {role: images.images for role, images in sets.items()},
+                {role: images.compared for role, images in sets.items()},
                 config.k,
                 config.verify,
                 str(device),
@@ -535,6 +571,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             device=device_description(device),
             search=search_report,
             precision=precision,
+            verification=verify_spec,
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(

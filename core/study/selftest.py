@@ -29,6 +29,7 @@ from core.common.provenance import atomic_write_json, now_utc, versions
 from core.detect.metrics import Fraction, ThresholdRule, calibrate, is_copy, min_null_size, wilson_interval
 from core.detect.planted import CHANGES, LEVELS, plant_copies
 from core.detect.verify import MatchMethod, VerifyConfig, best_match
+from core.io.preprocessing import resize_images
 from core.study.results import ScanResults
 from core.study.review import load_study_set
 
@@ -132,7 +133,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     else:
         percentile = summary.threshold.percentile
     progress(ProgressEvent("load", 0, 1, "loading the training and validation scans"))
-    train, val = load_study_set(summary, "train"), load_study_set(summary, "val")
+    train, val = load_study_set(summary, "train", embedding=True), load_study_set(summary, "val", embedding=True)
     calib, unseen = _split_patients(val.patient_ids, config.seed, rule.calibration_patients)
     calib_patients = [val.patient_ids[i] for i in calib]
     needed = min_null_size(percentile, rule)
@@ -146,15 +147,22 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     device = resolve_device(config.device)
     mixed = check_precision(device, config.precision)  # the forward passes' dtype (``precision`` is a metric here)
     progress(ProgressEvent("load", 1, 1, f"{len(calib)} calibration and {len(unseen)} unseen-patient scans"))
-    x_train, x_cal, x_unseen = train.images, val.images[calib], val.images[unseen]
+    # copies are planted on the grid the scan verifies on, and seen by the detector as a loaded scan would be
+    x_train, x_cal, x_unseen = train.compared, val.compared[calib], val.compared[unseen]
     planted = {
         level: plant_copies(x_train, x_unseen, config.per_kind, seed=config.seed + level, level=level)
         for level in config.levels
     }
+
+    def embedded(images: np.ndarray) -> np.ndarray:
+        if summary.verification is not None:
+            images = resize_images(images, summary.preprocessing)
+        return embed(detector.model, images, device=device, precision=mixed)
+
     progress(ProgressEvent("embed", 0, 1, "embedding"))
-    v_train = embed(detector.model, x_train, device=device, precision=mixed)
-    v_cal = embed(detector.model, x_cal, device=device, precision=mixed)
-    v_planted = {level: embed(detector.model, p.images, device=device, precision=mixed) for level, p in planted.items()}
+    v_train = embed(detector.model, train.images, device=device, precision=mixed)
+    v_cal = embed(detector.model, val.images[calib], device=device, precision=mixed)
+    v_planted = {level: embedded(p.images) for level, p in planted.items()}
     progress(ProgressEvent("embed", 1, 1, "embedded"))
     verify_config = summary.verify or VerifyConfig()
 
