@@ -39,6 +39,8 @@ bench: setup $(CHROMIUM)
 	PYTHONPATH=. $(PY) benchmarks/generate_speed.py --device cpu --n 32 --steps 20 --write
 	PYTHONPATH=. $(PY) benchmarks/scale.py --images 4000 --database 200000 --queries 5000 --write
 	PYTHONPATH=. $(PY) benchmarks/planted_copies.py --write --dims 3 2 --epochs 30 --per-kind 10 --background
+	PYTHONPATH=. $(PY) benchmarks/verify_resolution.py --write --dims 2 3 --epochs 30 --per-kind 10
+	PYTHONPATH=. $(PY) benchmarks/patient_layouts.py --write --epochs 30 --per-kind 10
 	PYTHONPATH=. $(PY) benchmarks/ratios.py --write
 	$(PY) -m tools.readme_tables
 

@@ -64,6 +64,30 @@ def test_creating_a_study_catches_leaks_between_training_and_validation(tmp_path
     assert not (tmp_path / "studies" / "leak").exists()
 
 
+def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(tmp_path: Path) -> None:
+    """Patients from a pattern on flat file names: a patient on both sides is caught only because the pattern
+    names it; a pattern that misses a file is refused by name; the rule goes to the study for its scans."""
+    from core.common.errors import MemoScopeError
+    from core.study.store import create_study
+
+    rng = np.random.default_rng(1)
+    for role, names in (("train", ("sub-01_a", "sub-01_b", "sub-02_a")), ("val", ("sub-03_a", "sub-01_c"))):
+        (tmp_path / role).mkdir()
+        for name in names:
+            np.save(tmp_path / role / f"{name}.npy", rng.normal(size=(8, 8)))
+    inputs = {"train": str(tmp_path / "train"), "val": str(tmp_path / "val")}
+    create_study(tmp_path / "studies", "by-file", inputs)  # by default each file is its own patient: no overlap seen
+    rule = r"pattern:^(?P<patient>sub-\d+)_"
+    with pytest.raises(MemoScopeError, match=r"appear in both .*sub-01"):
+        create_study(tmp_path / "studies", "leak", {**inputs, "patients": rule})
+    with pytest.raises(MemoScopeError, match=r"does not match 'sub-03_a\.npy'"):
+        create_study(tmp_path / "studies", "miss", {**inputs, "patients": r"pattern:^(?P<patient>sub-0[12])_"})
+    (tmp_path / "val" / "sub-01_c.npy").unlink()
+    study = create_study(tmp_path / "studies", "ok", {**inputs, "patients": rule})
+    assert study.inputs()["patients"] == rule
+    assert not (tmp_path / "studies" / "leak").exists() and not (tmp_path / "studies" / "miss").exists()
+
+
 def test_a_killed_run_is_marked_interrupted_when_the_study_is_next_used(tmp_path: Path) -> None:
     import sqlite3
 
