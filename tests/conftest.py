@@ -14,6 +14,17 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures (built before the per-test ones below) never touch the user's own cache
+    or home either: a read-only $HOME, or embeddings an older checkout left there, change nothing."""
+    root = tmp_path_factory.mktemp("session")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEMOSCOPE_CACHE_DIR", str(root / "cache"))
+        patch.setenv("MEMOSCOPE_HOME", str(root / "home"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMOSCOPE_CACHE_DIR", str(tmp_path / "cache"))

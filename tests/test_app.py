@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.common.devices import precision_choices, resolve_device
 from core.study import jobs
 from core.study.results import read_summary
 
@@ -162,7 +164,8 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.switch_page("views/generate.py").run()
     _ok(at)
     assert at.selectbox(key="generate_device").options[:2] == ["auto", "cpu"]
-    assert "fp16" not in at.selectbox(key="generate_precision").options  # no GPU here: not offered
+    # fp16 is offered where the device runs it (a GPU), never on a CPU
+    assert at.selectbox(key="generate_precision").options == list(precision_choices(resolve_device("auto")))
     at.selectbox[0].select("other path...").run()
     at.text_input[0].input("no/such/checkpoint").run()
     assert "no/such/checkpoint" in at.error[0].value
@@ -267,7 +270,7 @@ def test_report_page_builds_html_and_release_refuses_a_full_folder(
     at.text_input(key="release_out").input(str(tmp_path / "elsewhere"))  # a typed path may not write elsewhere
     _release_button(at).click().run()
     assert any("Release name" in e.value for e in at.error) and not (tmp_path / "elsewhere").exists()
-    name = f"test-{tmp_path.name}"
+    name = f"test-{uuid.uuid4().hex[:12]}"  # two runs on one checkout never share (or remove) each other's folder
     full = REPO / "releases" / name
     try:
         full.mkdir(parents=True)

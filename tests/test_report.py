@@ -98,6 +98,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         percentile=50.0,
         k=3,
         detector_overrides={"epochs": 2, "arch": "convres", "batch_size": 8},
+        device="cpu",  # the assertions below name the device and the index: the same on a machine with a GPU
+        cache_dir=str(root / "cache"),
     )
     run_scan(config)
     scan = ScanResults.open(root / "study")

@@ -57,7 +57,8 @@ def test_results_do_not_depend_on_the_chunk_size() -> None:
     whole = nearest_patients(queries, train, patients, chunk_size=1024)
     pieces = nearest_patients(queries, train, patients, chunk_size=4)
     assert whole.patient == pieces.patient
-    np.testing.assert_allclose(whole.similarity, pieces.similarity, rtol=1e-6)
+    # other block sizes take other BLAS kernels: float32 sums agree to about 1e-7 of a similarity in [-1, 1]
+    np.testing.assert_allclose(whole.similarity, pieces.similarity, rtol=1e-6, atol=1e-6)
 
 
 def test_the_ucb_rule_falls_back_to_the_percentile_on_a_small_null() -> None:

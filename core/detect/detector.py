@@ -378,7 +378,7 @@ def embed_on_ray(
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MEMOSCOPE_CACHE_DIR", Path.home() / ".cache" / "memoscope")) / "embeddings"
+    return Path(os.environ.get("MEMOSCOPE_CACHE_DIR") or Path.home() / ".cache" / "memoscope") / "embeddings"
 
 
 def embed_set(
