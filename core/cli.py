@@ -482,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--patients", help=PATIENTS_HELP + " (default auto; the leak check uses it)")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true")
     _spec_args(p)

@@ -336,3 +336,9 @@ def test_a_flat_folder_by_default_warns_before_work_and_the_caveat_reaches_overv
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("was taken as its own patient" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_folder_chosen_on_a_flat_folder_is_the_users_word_not_a_guess(tmp_path: Path) -> None:
+    flat_png_export(tmp_path / "flat")
+    _, chosen = discover_patients(tmp_path / "flat", patients="folder")
+    assert chosen.one_per_file and not chosen.doubtful

@@ -24,7 +24,7 @@ from tests.conftest import smooth_image
 
 PHI = {
     "PatientName": "DOE^JANE",
-    "PatientID": "PHI-12345",
+    "PatientID": "MRN-55555",  # in the headers only (the folders carry other planted identifiers)
     "PatientBirthDate": "19700101",
     "InstitutionName": "SECRET GENERAL HOSPITAL",
     "ReferringPhysicianName": "WHO^DOCTOR",
@@ -33,6 +33,7 @@ PHI = {
 }
 # the planted values as they could leak: header values, and the folder/file names built from them
 FORBIDDEN = [
+    "MRN-55555",
     "DOE^JANE",
     "DOE_JANE",
     "PHI-12345",
@@ -171,9 +172,11 @@ def test_dicom_patients_are_grouped_from_headers_and_kept_only_as_keyed_hashes(s
             values = {row[column] for row in csv.DictReader(handle)}
         assert values and all(v.startswith("pt-") for v in values), (name, values)
         _assert_no_phi(" ".join(values), name)
-    header_only = [v for v in FORBIDDEN if "^" in v or v.isdigit() or " " in v or v.startswith("ACC") or "." in v]
-    for path in [study / "summary.json", *study.glob("*.csv")]:  # file names are the user's; header values never
-        assert not [v for v in header_only if v in path.read_text()], path
+    header_only = [v for v in FORBIDDEN if "^" in v or v.isdigit() or " " in v or v[:3] in ("ACC", "MRN") or "." in v]
+    assert "MRN-55555" in header_only
+    for path in (p for p in study.rglob("*") if p.is_file()):  # file names are the user's; header values never
+        data = path.read_bytes()
+        assert not [v for v in header_only if v.encode() in data], path
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="PDF needs Chromium (make test installs it)")

@@ -105,3 +105,21 @@ def test_the_verified_call_compares_the_scans_at_their_own_resolution(data: Path
     thumb = read_summary(_scan(data, "thumbnail", max_size=64))
     assert thumb.verification is None  # --verify-size 64: everything on the embedding's grid, as before
     assert load_study_set(thumb, "train").images.shape[2:] == (64, 64)
+
+
+def test_the_grid_is_never_finer_than_the_synthetic_samples_nor_resampled_for_crop_pad(
+    data: Path, tmp_path: Path
+) -> None:
+    """An LDM's 64 px samples against 128 px training scans are verified at 64 px: upsampled, they would lack the
+    detail their own source has and a true copy would score low. crop_pad keeps the scans' pixels already."""
+    from core.study.scan import verification_spec
+
+    def config(synthetic: Path, **spec: object) -> tuple[ScanConfig, PreprocessSpec]:
+        chosen = PreprocessSpec((64, 64), **spec)  # type: ignore[arg-type]
+        return ScanConfig(str(data / "train"), str(data / "val"), str(synthetic), str(tmp_path / "s"), chosen), chosen
+
+    assert verification_spec(*config(data / "synthetic")) == PreprocessSpec((NATIVE, NATIVE))
+    for j in range(3):
+        _save(tmp_path / "generated", f"{j}.png", np.random.default_rng(j).random((1, 64, 64)).astype(np.float32))
+    assert verification_spec(*config(tmp_path / "generated")) is None
+    assert verification_spec(*config(data / "synthetic", resize="crop_pad")) is None

@@ -68,7 +68,7 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
     """Patients from a pattern on flat file names: a patient on both sides is caught only because the pattern
     names it; a pattern that misses a file is refused by name; the rule goes to the study for its scans."""
     from core.common.errors import MemoScopeError
-    from core.study.store import create_study
+    from core.study.store import create_study, patient_warnings
 
     rng = np.random.default_rng(1)
     for role, names in (("train", ("sub-01_a", "sub-01_b", "sub-02_a")), ("val", ("sub-03_a", "sub-01_c"))):
@@ -76,7 +76,9 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
         for name in names:
             np.save(tmp_path / role / f"{name}.npy", rng.normal(size=(8, 8)))
     inputs = {"train": str(tmp_path / "train"), "val": str(tmp_path / "val")}
-    create_study(tmp_path / "studies", "by-file", inputs)  # by default each file is its own patient: no overlap seen
+    guessed = create_study(tmp_path / "studies", "by-file", inputs)  # each file its own patient: no overlap seen
+    (warning,) = [w for w in patient_warnings(guessed.inputs()) if w.startswith("train")]
+    assert "each file its own patient" in warning and "--patients pattern:REGEX" in warning
     rule = r"pattern:^(?P<patient>sub-\d+)_"
     with pytest.raises(MemoScopeError, match=r"appear in both .*sub-01"):
         create_study(tmp_path / "studies", "leak", {**inputs, "patients": rule})
@@ -84,7 +86,14 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
         create_study(tmp_path / "studies", "miss", {**inputs, "patients": r"pattern:^(?P<patient>sub-0[12])_"})
     (tmp_path / "val" / "sub-01_c.npy").unlink()
     study = create_study(tmp_path / "studies", "ok", {**inputs, "patients": rule})
-    assert study.inputs()["patients"] == rule
+    assert study.inputs()["patients"] == rule and patient_warnings(study.inputs()) == []
+    # the app says so before any scan: on the Overview of a study not scanned yet
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.session_state["study"] = str(guessed.path)
+    at.run()
+    assert not at.exception and any("each file its own patient" in w.value for w in at.warning)
     assert not (tmp_path / "studies" / "leak").exists() and not (tmp_path / "studies" / "miss").exists()
 
 

@@ -12,7 +12,7 @@ from core.detect.record import Arch, is_detector_folder, read_detector_record
 from core.detect.verify import MatchMethod
 from core.io.augment import AugmentPolicy
 from core.study import results
-from core.study.store import open_study
+from core.study.store import open_study, patient_warnings
 from views import _ui
 
 study = _ui.require_study()
@@ -26,6 +26,9 @@ size = int(inputs.get("size") or (spec.spatial_size[0] if spec else 64))
 train, val, synthetic = (inputs.get(role) or (summary.source(role) if summary else None) for role in results.ROLES)
 detector = inputs.get("detector") or (summary.detector.path if summary else None)
 st.caption(f"Training `{train}` · validation `{val}` · synthetic `{synthetic}` · {dims}D at {size} per axis")
+if summary is None:  # after a scan the Overview's caveats say it
+    for warning in patient_warnings(inputs):
+        st.warning(warning)
 
 folder = detector or str(study / results.DETECTOR)
 record = None
@@ -60,6 +63,7 @@ with train_tab, st.form("train_detector"):
                 "dims": dims,
                 "size": size,
                 "slices": inputs.get("slices"),
+                "patients": inputs.get("patients"),
                 "seed": int(seed),
                 "out": out,
                 "overwrite": True,

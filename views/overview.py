@@ -12,6 +12,7 @@ from core.study import jobs, results
 from core.study.results import ROLES
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
+from core.study.store import patient_warnings
 from views import _ui
 
 study = _ui.require_study()
@@ -21,6 +22,8 @@ st.title(f"Study: {study.name}")
 
 if summary is None:
     st.info("Not scanned yet: no memorization numbers until the detector has embedded the sets.")
+    for warning in patient_warnings(inputs):
+        st.warning(warning)
 else:
     chosen = _ui.study_threshold(study)  # the same threshold Review, Agreement, the report and the release use
     at = metrics_at(_ui.require_scan(study), chosen.value, chosen.rule, chosen.percentile)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
+
+from core.common.errors import MemoScopeError
 
 KEY_FILE = "identity.key"
 
@@ -24,14 +27,16 @@ def identity_key() -> bytes:
     path = user_home() / KEY_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".identity-", dir=path.parent)  # mode 0600
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            pass
-        else:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
+            os.link(tmp, path)  # appears whole or not at all; another process's key, made first, wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     key = path.read_bytes()
     if len(key) < 16:
-        raise OSError(f"{path}: the identity key is truncated ({len(key)} bytes); delete it to make a new one.")
+        raise MemoScopeError(f"{path}: the identity key is truncated ({len(key)} bytes); delete it to make a new one.")
     return key

@@ -258,8 +258,18 @@ def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent)
     """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
     device = resolve_device(config.device)  # a missing GPU or an unsupported precision, before any data loads
     check_precision(device, config.precision)
-    train = load_set(config.train, config.spec, role="train", slices=config.slices, skip_bad=config.skip_bad)
-    val = load_set(config.val, config.spec, role="val", slices=config.slices, skip_bad=config.skip_bad)
+    sets = {
+        role: load_set(
+            getattr(config, role),
+            config.spec,
+            role=role,  # type: ignore[arg-type]
+            slices=config.slices,
+            skip_bad=config.skip_bad,
+            patients=config.patients,
+        )
+        for role in ("train", "val")
+    }
+    train, val = sets["train"], sets["val"]
     return train_and_save(
         train, val, config.out, config.seed, config.overrides, config.overwrite, progress, device, config.precision
     )

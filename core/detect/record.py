@@ -104,6 +104,7 @@ class TrainDetectorConfig(Config):
     overwrite: bool = False
     device: str = "auto"
     precision: Precision = Precision.FP32
+    patients: str = "auto"  # the --patients rule: training and validation must not share a patient by it
 
 
 def is_detector_folder(folder: str | Path) -> bool:

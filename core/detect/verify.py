@@ -453,6 +453,9 @@ def verify(
     config = config or VerifyConfig()
     q_images = np.asarray(query_images, dtype=np.float32)
     rows, retrieval = candidate_lists(query_vectors, database_vectors, q_images, database_images, config)
+    # a chunk holds its queries and their candidates, twice (raw and band-passed): fewer on a finer grid
+    grid = math.prod(q_images.shape[2:]) / REFERENCE_SIDE[q_images.ndim - 2] ** (q_images.ndim - 2)
+    chunk = max(1, int(chunk / max(1.0, grid)))
     chunks = [slice(start, start + chunk) for start in range(0, len(q_images), chunk)]
     if ray:
         from core.common.cluster import map_batches

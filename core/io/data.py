@@ -6,6 +6,7 @@ import contextlib
 import csv
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -517,7 +518,8 @@ def load_records(
     skipped: list[SkippedFile] = []
     specs = (spec,) if verify_spec is None else (spec, verify_spec)
     limit = memory_budget() if budget is None else budget
-    grids = [_Collector(limit) for _ in specs]
+    voxels = [math.prod(s.spatial_size) for s in specs]  # the budget is shared by the grids in proportion to size
+    grids = [_Collector(int(limit * v / sum(voxels))) for v in voxels]
     files = _PrepareFiles(records, specs, slices, read)
     loading = _prepared(files, load_workers() if workers is None else workers)
     with contextlib.closing(loading) as done:  # an early end stops the workers

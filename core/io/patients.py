@@ -87,8 +87,8 @@ class PatientGrouping(Config):
     Attributes:
         rule: the rule in force (``auto`` resolved: ``folder``, ``dicom``, ``manifest`` or ``pattern:…``).
         files: files (or DICOM series) in the set; patients: distinct patients among them.
-        by_default: patients were taken from file names because the folder has no patient subfolders: the
-            layout said nothing about who is who.
+        by_default: ``auto`` took patients from file names because the folder has no patient subfolders: the
+            layout said nothing about who is who (``--patients folder`` says each file is a patient: not a guess).
         scans_per_patient: the median number of files per patient.
     """
 
@@ -123,7 +123,7 @@ def doubt_message(role: str, source: str, grouping: PatientGrouping) -> str:
         f"{role} set {source}: {grouping.describe()}. Slices or scans of one person then count as different "
         "people, so the new-patient threshold bound and the leave-one-patient-out check are optimistic. Say who is "
         "who: --patients pattern:REGEX on the file names (e.g. 'pattern:(?P<patient>sub-\\d+)_'), a CSV manifest "
-        "with patient_id, or one folder per patient."
+        "with patient_id, or one folder per patient (or --patients folder if each file really is another patient)."
     )
 
 
@@ -211,7 +211,8 @@ def assign_patients(
     Raises:
         MemoScopeError: the rule cannot be followed for a record (names the file and what to do instead).
     """
-    used = resolve(PatientRule.parse(rule), records, is_manifest)
+    asked = PatientRule.parse(rule)
+    used = resolve(asked, records, is_manifest)
     by_default = False
     if used.source == PatientSource.MANIFEST:
         named = list(records)
@@ -222,7 +223,9 @@ def assign_patients(
         named = [replace(r, patient_id=_pattern_patient(regex, r, str(source))) for r in records]
     else:
         named = [replace(r, patient_id=folder_patient(r.sample_id)) for r in records]
-        by_default = bool(named) and all(len(Path(r.sample_id).parts) == 1 for r in named)
+        # only ``auto`` guesses: ``--patients folder`` on a flat folder is the user's word that each file is a patient
+        flat = bool(named) and all(len(Path(r.sample_id).parts) == 1 for r in named)
+        by_default = flat and asked.source == PatientSource.AUTO
     counts = Counter(r.patient_id for r in named)
     grouping = PatientGrouping(
         rule=str(used),

@@ -373,11 +373,13 @@ def load_study_set(summary: ScanSummary, role: str, embedding: bool = False) -> 
     verification grid, where alignments are stated). With ``embedding`` the set also holds them as the detector
     saw them: ``images`` on the embedding grid, ``compared`` on the verification grid."""
     compared = summary.compared_spec
+    grouping = summary.inputs[role].patients
     return load_set(
         summary.source(role),
         summary.preprocessing if embedding else compared,
         role=role if role != "synthetic" else None,  # type: ignore[arg-type]
         slices=SliceAxis(summary.slices) if summary.slices else None,
+        patients=grouping.rule if grouping is not None else None,  # the scan's own patients (the self-test splits them)
         verify_spec=compared if embedding and summary.verification is not None else None,
     )
 

@@ -47,7 +47,7 @@ from core.io.data import (
 )
 from core.io.headers import largest_side
 from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_message
-from core.io.preprocessing import PreprocessSpec
+from core.io.preprocessing import PreprocessSpec, ResizeMode
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
 from core.study.store import open_study
@@ -218,20 +218,23 @@ def neighbor_arrays(tables: NeighborTables, val_patients: list[str]) -> dict[str
 
 
 def verification_spec(config: ScanConfig, spec: PreprocessSpec) -> PreprocessSpec | None:
-    """The grid the verified call compares on: the scans' own resolution (from their headers) up to
-    ``config.verify.max_size``, when that is finer than the embedding's; ``None``: the embedding's grid."""
-    if config.method != MatchMethod.VERIFIED:
+    """The grid the verified call compares on: the scans' own resolution (from their headers; the coarser of the
+    real and the synthetic sets) up to ``config.verify.max_size``, when that is finer than the embedding's;
+    ``None``: the embedding's grid (also for ``crop_pad``, which keeps the scans' own pixels already)."""
+    if config.method != MatchMethod.VERIFIED or spec.resize == ResizeMode.CROP_PAD:  # crop_pad: already native
         return None
     axes = None
     if config.slices is not None:
         axes = tuple(a for a in range(3) if a != SLICE_AXES[config.slices])
-    records = [
-        r
+    sides = {
+        role: largest_side(discover(getattr(config, role), role if role != "synthetic" else None), axes)  # type: ignore[arg-type]
         for role in results.ROLES
-        for r in discover(getattr(config, role), role if role != "synthetic" else None)  # type: ignore[arg-type]
-    ]
+    }
+    # never finer than the synthetic samples: an LDM's 64 px samples upsampled onto 256 px training scans would lose
+    # to their own source the detail they never had, and copies would score low
+    native = min(max(sides["train"], sides["val"]), sides["synthetic"])
     embedding = max(spec.spatial_size)
-    side = config.verify.grid_side(spec.spatial_dims, embedding, largest_side(records, axes))
+    side = config.verify.grid_side(spec.spatial_dims, embedding, native)
     if side <= embedding:
         return None
     return spec.replace(spatial_size=[round(s * side / embedding) for s in spec.spatial_size])
@@ -579,6 +582,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
                 "train": config.train,
                 "val": config.val,
                 "synthetic": config.synthetic,
+                "patients": config.patients,
                 "detector": summary.detector.path,
                 "checkpoint": summary.checkpoint,
             }

@@ -18,7 +18,8 @@ from core.common.errors import MemoScopeError
 from core.common.home import user_home
 from core.common.processes import process_alive
 from core.common.provenance import atomic_write_json, atomic_write_text, now_utc
-from core.io.data import check_record_leaks, discover
+from core.io.data import check_record_leaks, discover, discover_patients
+from core.io.patients import PatientGrouping, doubt_message
 
 DB_NAME = "study.sqlite"
 DEMO_MARKER = ".memoscope-demo"  # in a committed demo study: the app works on a per-user copy of it
@@ -150,6 +151,17 @@ def open_study(path: str | Path) -> Study:
     return study
 
 
+PATIENT_GROUPINGS = "patient_groupings"  # study.json: what the patient rule found in each set when it was created
+
+
+def patient_warnings(inputs: dict[str, Any]) -> list[str]:
+    """Before any scan: a warning for each set whose patients the rule only guessed (each file its own patient),
+    from what :func:`create_study` recorded (a scan's summary then carries the caveat)."""
+    found = inputs.get(PATIENT_GROUPINGS) or {}
+    groupings = {role: PatientGrouping.from_dict(g, source=f"{PATIENT_GROUPINGS}.{role}") for role, g in found.items()}
+    return [doubt_message(role, str(inputs.get(role)), g) for role, g in groupings.items() if g.doubtful]
+
+
 def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     """Create ``root/name`` from checked inputs (what the app's "New study" form submits).
 
@@ -163,12 +175,14 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     folder = Path(root) / name
     if folder.exists():
         raise MemoScopeError(f"{folder} already exists; open it instead or choose another name.")
-    records = {}
+    records, groupings = {}, {}
     for label, role in (("Training", "train"), ("Validation", "val")):
         if not inputs.get(role):
             raise MemoScopeError(f"{label} images: enter a folder or a CSV manifest.")
-        records[role] = discover(inputs[role], role, inputs.get("patients") or "auto")  # type: ignore[arg-type]
+        rule = inputs.get("patients") or "auto"
+        records[role], groupings[role] = discover_patients(inputs[role], role, rule)  # type: ignore[arg-type]
     check_record_leaks(records["train"], records["val"], inputs["train"], inputs["val"])
+    inputs = {**inputs, PATIENT_GROUPINGS: {role: g.to_dict() for role, g in groupings.items()}}
     if inputs.get("synthetic"):
         discover(inputs["synthetic"])
     checkpoint = inputs.get("checkpoint")
