@@ -435,14 +435,15 @@ def check_inputs(config: ScanConfig, progress: Progress = silent) -> dict[str, P
     """Every path, manifest, split column and patient rule checked before anything is created; says which rule
     gave each set its patients and how many it found (the CLI prints them, and warns when a grouping is
     :attr:`~core.io.patients.PatientGrouping.doubtful`)."""
-    discover(config.synthetic)
     found: dict[str, PatientGrouping] = {}
     for role in ("train", "val"):
         _, found[role] = discover_patients(getattr(config, role), role, config.patients)  # type: ignore[arg-type]
-        progress(ProgressEvent("load", 0, 3, f"{role} patients: {found[role].describe()}"))
-        logger.info("%s patients: %s", role, found[role].describe())
-        if found[role].doubtful:
-            logger.info(doubt_message(role, getattr(config, role), found[role]))
+    discover(config.synthetic)
+    for role, grouping in found.items():
+        progress(ProgressEvent("load", 0, 3, f"{role} patients: {grouping.describe()}"))
+        logger.info("%s patients: %s", role, grouping.describe())
+        if grouping.doubtful:
+            logger.info(doubt_message(role, getattr(config, role), grouping))
     return found
 
 
