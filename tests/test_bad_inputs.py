@@ -110,6 +110,26 @@ def patient_ids_differ_only_by_case(root: Path) -> list[str]:
     return _scan_args(root, train, val)
 
 
+def patient_ids_in_two_unicode_forms(root: Path) -> list[str]:
+    """ "Müller" composed (NFC) in training, decomposed (NFD, macOS file names) in validation: one patient."""
+    train, val, _ = _sets(root)
+    shutil.move(train / "P0", train / "M\u00fcller")
+    shutil.move(val / "V0", val / "Mu\u0308ller")
+    return _scan_args(root, train, val)
+
+
+def patient_id_with_a_zero_width_space(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    shutil.move(val / "V0", val / "P\u200b0")  # shows as "P0", the training patient
+    return _scan_args(root, train, val)
+
+
+def npy_without_voxels(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    np.save(root / "synthetic" / "empty.npy", np.zeros((0, 64), np.float32))
+    return _scan_args(root, train, val)
+
+
 def scan_out_is_a_file(root: Path) -> list[str]:
     train, val, _ = _sets(root)
     args = _scan_args(root, train, val)
@@ -320,6 +340,9 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (validation_image_equals_training_image, "identical to training images", "study/detector"),
     (validation_image_nearly_equals_training_image, "is a near-copy of training image", "study/detector"),
     (patient_ids_differ_only_by_case, "appear in both training", "study/detector"),
+    (patient_ids_in_two_unicode_forms, "appear in both training", "study/detector"),
+    (patient_id_with_a_zero_width_space, "appear in both training", "study/detector"),
+    (npy_without_voxels, "empty.npy: shape (0, 64) is not an image", "study/detector"),
     (scan_out_is_a_file, "is a file; give a folder", None),
     (k_is_zero, "k 0 must be in [1, inf]", "study"),
     (scan_on_a_missing_gpu, "--device cuda", "study"),

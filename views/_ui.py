@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,16 @@ from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
 CHECKPOINTS = Path("checkpoints")
+
+
+def code(value: object) -> str:
+    """``value`` as Markdown inline code that nothing in it can leave: a patient ID or file name with backticks
+    (`` x` ![a](https://…) ``) would otherwise close the code span and show a live remote image or link. The fence is
+    one backtick longer than any run inside (CommonMark), and line breaks become spaces."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def current_study() -> Path | None:

@@ -25,7 +25,10 @@ dims = int(inputs.get("dims") or (spec.spatial_dims if spec else 2))
 size = int(inputs.get("size") or (spec.spatial_size[0] if spec else 64))
 train, val, synthetic = (inputs.get(role) or (summary.source(role) if summary else None) for role in results.ROLES)
 detector = inputs.get("detector") or (summary.detector.path if summary else None)
-st.caption(f"Training `{train}` · validation `{val}` · synthetic `{synthetic}` · {dims}D at {size} per axis")
+st.caption(
+    f"Training {_ui.code(train)} · validation {_ui.code(val)} · synthetic {_ui.code(synthetic)} · "
+    f"{dims}D at {size} per axis"
+)
 if summary is None:  # after a scan the Overview's caveats say it
     for warning in patient_warnings(inputs):
         st.warning(warning)
@@ -82,7 +85,7 @@ with load_tab, st.form("load_detector"):
             st.session_state["detector_chosen"] = path
             st.rerun()
 if st.session_state.get("detector_chosen") == detector and detector:
-    st.success(f"This study now uses the detector in `{detector}`; the next scan embeds with it.")
+    st.success(f"This study now uses the detector in {_ui.code(detector)}; the next scan embeds with it.")
 _ui.job_panel(study, "train-detector")
 
 if record is not None:
@@ -96,7 +99,7 @@ if record is not None:
         fig.update_layout(xaxis_title="epoch", yaxis_title="loss", height=320, margin=dict(t=30, b=40))
         st.plotly_chart(fig, key="loss_curve")
     st.caption(
-        f"`{record.folder}`: {record.config.arch} -> {record.config.embed_dim}, "
+        f"{_ui.code(record.folder)}: {record.config.arch} -> {record.config.embed_dim}, "
         f"{record.config.augmentation} augmentation, best epoch {record.best_epoch + 1}"
     )
 

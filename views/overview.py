@@ -142,11 +142,11 @@ st.dataframe(rows, hide_index=True)
 checkpoint = (summary.checkpoint if summary else None) or inputs.get("checkpoint")
 detector = summary.detector if summary else None
 st.markdown(
-    f"- LDM checkpoint: `{checkpoint or 'none (synthetic images brought in)'}`"
+    f"- LDM checkpoint: {_ui.code(checkpoint or 'none (synthetic images brought in)')}"
     + (f", hash `{str(summary.checkpoint_hash)[:12]}`" if summary and summary.checkpoint_hash else "")
 )
 st.markdown(
-    f"- Detector: `{detector.path if detector else inputs.get('detector') or 'not trained yet'}`"
+    f"- Detector: {_ui.code(detector.path if detector else inputs.get('detector') or 'not trained yet')}"
     + (f", {detector.config['arch']}, hash `{detector.hash[:12]}`" if detector else "")
 )
 if summary:

@@ -171,15 +171,17 @@ to_url("pair", index + 1)
 row: dict[str, Any] = rows[index]
 if blinded:
     nav.markdown(
-        f"**{index + 1} / {len(rows)}**: pair `{row['synthetic_id']}` vs `{_ui.shown_scan(study, row['train_id'])}`"
+        f"**{index + 1} / {len(rows)}**: pair {_ui.code(row['synthetic_id'])} vs "
+        f"{_ui.code(_ui.shown_scan(study, row['train_id']))}"
     )
 else:
     score = "verified score" if "alignment" in row else "similarity"
     retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
     scan_name, patient_name = _ui.shown_scan(study, row["train_id"]), _ui.shown_patient(study, row["patient_id"])
     nav.markdown(
-        f"**{index + 1} / {len(rows)}**: `{row['synthetic_id']}` vs training `{scan_name}` "
-        f"(patient `{patient_name}`) · {score} **{row['similarity']:.3f}**{retrieved} · p-value {row['p_value']:.3g} · "
+        f"**{index + 1} / {len(rows)}**: {_ui.code(row['synthetic_id'])} vs training {_ui.code(scan_name)} "
+        f"(patient {_ui.code(patient_name)}) · {score} **{row['similarity']:.3f}**{retrieved} · "
+        f"p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
         + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )

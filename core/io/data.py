@@ -16,15 +16,16 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
+from core.common.tables import unescape_cell
 from core.io.patients import PatientGrouping, PatientRule, assign_patients, folder_patient
 from core.io.preprocessing import PreprocessSpec, is_constant, one_torch_thread, preprocess
-from core.io.records import SUFFIXES, ImageRecord
+from core.io.records import SUFFIXES, ImageRecord, canonical_patient
 
 __all__ = ["SUFFIXES", "ImageRecord"]  # discovery's records, re-exported where every caller already looks
 
@@ -189,8 +190,8 @@ def discover_manifest(manifest: Path) -> list[ImageRecord]:
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
-        rel = (row.get("path") or "").strip()
-        patient = (row.get("patient_id") or "").strip()
+        rel = unescape_cell((row.get("path") or "").strip())  # as MemoScope's own manifests escape formulas
+        patient = canonical_patient(unescape_cell(row.get("patient_id") or ""))
         if not rel or not patient:
             raise MemoScopeError(f"{manifest}, line {line}: empty 'path' or 'patient_id'.")
         if rel in seen:
@@ -271,22 +272,79 @@ def _reader_for(path: Path) -> object:
     if name.endswith((".nii", ".nii.gz")):
         return NibabelReader()
     if name.endswith(".png"):
-        return PILReader(reverse_indexing=False)
+        return PILReader(converter=_as_displayed, reverse_indexing=False)
     if name.endswith(".npy"):
         return NumpyReader(allow_pickle=False)
     raise MemoScopeError(f"{path}: unsupported file type; use NIfTI, DICOM, PNG or NPY.")
 
 
+def _as_displayed(image: Any) -> Any:
+    """A PIL image as a viewer shows it: a palette image's colours, not its palette indices (``quantize()`` and many
+    image tools save greyscale slices that way, with indices in any order); a 1-bit image as 0/255 grey."""
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    return image
+
+
+def _first_dicom(path: Path) -> Path:
+    if path.is_file():
+        return path
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(".dcm"))
+    if not files:
+        raise MemoScopeError(f"{path}: no .dcm files in the series folder.")
+    return files[0]
+
+
+def _dicom_as_displayed(path: Path, array: np.ndarray) -> np.ndarray:
+    """What a DICOM viewer shows, in the modality's values: MONAI's reader has applied the rescale slope and
+    intercept; here a Modality LUT Sequence (when there is no rescale), a VOI LUT Sequence (a display curve that only
+    the header knows), and MONOCHROME1 (low values shown bright: most X-ray) turned around so that bright is high,
+    as in every other file. Window centre/width is not applied: it is a linear map with clipping, which the scan's
+    intensity rule (``--intensity``) decides for every set alike. A series takes its first file's header."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    first = _first_dicom(path)
+    try:
+        header = pydicom.dcmread(first, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for a damaged header
+        raise MemoScopeError(f"{first}: not a readable DICOM header ({type(exc).__name__}).") from exc
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if int(header.get("SamplesPerPixel", 1) or 1) > 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise MemoScopeError(f"{path}: a colour DICOM image ({photometric}); MemoScope compares greyscale scans only.")
+    values = np.asarray(array)
+    if "ModalityLUTSequence" in header and "RescaleSlope" not in header:
+        values = apply_modality_lut(values, header)
+    if "VOILUTSequence" in header:
+        values = apply_voi(values, header)
+    if photometric == "MONOCHROME1":
+        wide = values.astype(np.float64)
+        values = wide.max() + wide.min() - wide  # the same range, bright where the viewer shows bright
+    return np.asarray(values)
+
+
 def read_raw(path: str | Path) -> np.ndarray:
-    """Read one image or DICOM series with MONAI's readers, keeping its dtype and values.
+    """Read one image or DICOM series with MONAI's readers, as a viewer displays it.
+
+    A palette PNG gives its colours' grey values (not palette indices); a DICOM file its modality values with the
+    Modality and VOI LUT sequences applied and MONOCHROME1 turned so that bright is high (:func:`_dicom_as_displayed`).
+    A copy saved in any of these ways reads as the image it shows.
 
     Returns:
         ``(H, W)`` or ``(X, Y, Z)`` array: singleton axes dropped, DICOM rescale applied.
     """
+    from monai.data import PydicomReader
+
     path = Path(path)
     reader = _reader_for(path)
     try:
         array = _read_with(reader, path)
+        if isinstance(reader, PydicomReader):
+            array = _dicom_as_displayed(path, array)
     except MemoScopeError:
         raise
     except Exception as exc:  # readers raise OSError, EOFError, zlib, pydicom and PIL errors
@@ -299,19 +357,17 @@ def read_raw(path: str | Path) -> np.ndarray:
         if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[-1])):
             raise MemoScopeError(f"{path}: a colour PNG; save it as single-channel greyscale.")
         array = colour[..., 0]
-    if path.is_file() and path.name.lower().endswith(".dcm") and _samples_per_pixel(path) > 1:
-        raise MemoScopeError(f"{path}: a colour (RGB) DICOM image; MemoScope compares greyscale scans only.")
     return np.squeeze(array)
 
 
-def _samples_per_pixel(path: Path) -> int:
-    import pydicom
-
-    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SamplesPerPixel"])
-    return int(getattr(header, "SamplesPerPixel", 1) or 1)
-
-
 def _check_values(path: Path, array: np.ndarray) -> None:
+    if array.size == 0 or array.ndim < 2 or min(array.shape) < 2:
+        raise MemoScopeError(
+            f"{path}: shape {array.shape} is not an image (MemoScope reads 2D images and 3D volumes of at least 2 "
+            "voxels per axis); remove the file or export it again."
+        )
+    if array.dtype == np.bool_:
+        array = array.view(np.uint8)
     if not np.issubdtype(array.dtype, np.number):
         raise MemoScopeError(f"{path}: voxel type {array.dtype} is not numeric.")
     if np.iscomplexobj(array):
@@ -434,7 +490,11 @@ class _PrepareFiles:
             for sample_id, sample in _samples_of(record, array, self.specs[0].spatial_dims, self.slices):
                 if self.specs[0].intensity == "minmax" and is_constant(sample):
                     raise MemoScopeError(f"{record.path}: constant image (min == max); remove it.")
-                prepared.append((sample_id, tuple(preprocess(sample[None], spec) for spec in self.specs)))
+                try:
+                    grids = tuple(preprocess(sample[None], spec) for spec in self.specs)
+                except ValueError as exc:
+                    raise MemoScopeError(f"{record.path}: {exc}; fix or remove the image.") from exc
+                prepared.append((sample_id, grids))
         except MemoScopeError as exc:  # refused files travel back as messages, in file order
             return [], str(exc)
         return prepared, None
@@ -567,8 +627,9 @@ def load_set(
 
 
 def patient_key(patient_id: str) -> str:
-    """How patient IDs are compared: case and surrounding space do not make another patient."""
-    return patient_id.strip().casefold()
+    """How patient IDs are compared: case, Unicode form, invisible characters and surrounding space do not make
+    another patient (:func:`core.io.records.canonical_patient`)."""
+    return canonical_patient(patient_id).casefold()
 
 
 def image_hashes(images: ImageSet) -> list[str]:

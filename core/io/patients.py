@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import re
 import statistics
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from pathlib import Path
 from core.common.config import Config, choices
 from core.common.errors import MemoScopeError
 from core.common.home import identity_key
-from core.io.records import ImageRecord, strip_suffix
+from core.io.records import ImageRecord, canonical_patient, strip_suffix
 
 
 class PatientSource(StrEnum):
@@ -147,9 +146,10 @@ def _dicom_header_file(record: ImageRecord) -> Path:
 
 
 def pseudonymous_id(value: str) -> str:
-    """A header identifier as a keyed hash (``pt-`` + 16 hex digits): equal for equal IDs (after Unicode NFKC,
-    case folding and trimming, as :func:`core.io.data.patient_key` compares them), unreadable without the key."""
-    normal = unicodedata.normalize("NFKC", value).strip().casefold()
+    """A header identifier as a keyed hash (``pt-`` + 16 hex digits): equal for equal IDs (in one Unicode form,
+    without invisible characters or case, as :func:`core.io.data.patient_key` compares them), unreadable without
+    the key."""
+    normal = canonical_patient(value).casefold()
     return "pt-" + hmac.new(identity_key(), normal.encode(), hashlib.sha256).hexdigest()[:16]
 
 

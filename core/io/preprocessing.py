@@ -169,10 +169,18 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if image.ndim != spec.spatial_dims + 1 or image.shape[0] != 1:
         raise ValueError(f"expected (1, {spec.spatial_dims} spatial dims), got {image.shape}")
     raw = np.asarray(image, dtype=np.float64)
+    if raw.size == 0 or not np.isfinite(raw).all():
+        raise ValueError("image has no voxels or holds NaN/Inf values")
     if spec.intensity == "minmax" and is_constant(raw):
         raise ValueError("image is constant (min == max); min-max scaling is undefined")
+    if spec.intensity != "ct" and not np.isfinite(np.ptp(raw)):
+        # values near the float64 limit (+-1.7e308): max - min overflows and the scaled image would be NaN. The
+        # minmax and percentile rules do not depend on the values' scale, so divide by the largest magnitude first.
+        raw = raw / np.abs(raw).max()
     scaled = np.asarray(_intensity_transform(spec)(raw), dtype=np.float32)
     sized = np.asarray(_size_transform(spec)(scaled), dtype=np.float32)
+    if not np.isfinite(sized).all():
+        raise ValueError("scaling gave NaN/Inf values; check the image's values (extremes, empty regions)")
     return np.clip(sized, -1.0, 1.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,18 @@ class ImageRecord:
     sample_id: str
     patient_id: str
     split: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patient_id", canonical_patient(self.patient_id))
+
+
+def canonical_patient(patient_id: str) -> str:
+    """One spelling per patient ID: Unicode NFKC (a composed and a decomposed umlaut, the macOS file-name form, are
+    one letter), invisible characters (zero-width spaces, joiners, BOMs, soft hyphens, controls) removed, and
+    surrounding space trimmed. Every grouping, count and leak check sees IDs in this form; case is compared
+    without (:func:`core.io.data.patient_key`)."""
+    normal = unicodedata.normalize("NFKC", patient_id)
+    return "".join(c for c in normal if unicodedata.category(c) not in ("Cf", "Cc")).strip()
 
 
 def strip_suffix(name: str) -> str:

@@ -1,0 +1,105 @@
+"""The second hardening probe, one test per way around the copy call or the record (issue 28): what a patient ID, a
+file name, an edited summary, a truncated audit or a second scan could once do, and what now happens."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.cli import main
+from core.common.tables import csv_text, read_csv, write_csv
+from core.io.data import discover_manifest, patient_key
+from tests.conftest import smooth_image
+
+FORMULAS = ("=cmd|' /C calc'!A0", '+HYPERLINK("http://x")', "@SUM(1)", "-2+3", "'=already quoted", "\tTAB")
+
+
+def _png(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = smooth_image(np.random.default_rng(seed), (32, 32))
+    Image.fromarray(((image - image.min()) / np.ptp(image) * 65535).astype(np.uint16)).save(path)
+
+
+def test_formula_cells_are_escaped_and_read_back_exactly(tmp_path: Path) -> None:
+    rows = [[value, "-0.25", -0.25, 3] for value in FORMULAS]
+    write_csv(tmp_path / "t.csv", ["id", "text_number", "number", "n"], rows)
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    # a spreadsheet runs a cell starting with = + - @ tab or CR as a formula: none does, except real numbers
+    risky = [c for c in cells if c[:1] in "=+-@\t\r" and c not in ("-0.25",)]
+    assert not risky, risky
+    assert [r["id"] for r in read_csv(tmp_path / "t.csv")] == list(FORMULAS)
+    assert all(r["text_number"] == "-0.25" and r["number"] == "-0.25" for r in read_csv(tmp_path / "t.csv"))
+    assert csv_text(["a"], [["plain"], ["'quoted"]]).splitlines()[1:] == ["plain", "''quoted"]
+
+
+def test_a_manifest_memoscope_wrote_reads_back_its_formula_like_ids(tmp_path: Path) -> None:
+    _png(tmp_path / "=a.png", 0)
+    write_csv(tmp_path / "m.csv", ["path", "patient_id"], [["=a.png", "=cmd|' /C calc'!A0"]])
+    (record,) = discover_manifest(tmp_path / "m.csv")
+    assert record.path == tmp_path / "=a.png" and record.patient_id == "=cmd|' /C calc'!A0"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("M\u00fcller", "Mu\u0308ller"), ("P0", "P\u200b0"), ("P0", "\ufeffP0"), ("ＰＩＤ-１", "PID-1"), ("p0", " P0 ")],
+)
+def test_one_patient_in_any_unicode_spelling_is_one_patient(a: str, b: str) -> None:
+    assert patient_key(a) == patient_key(b)
+
+
+def test_every_csv_of_a_scan_and_report_is_safe_to_open_in_a_spreadsheet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Patients named like formulas: pairs.csv, patients.csv, train_nn.csv and pseudonyms.csv escape them, and
+    the study reads its own IDs back unchanged."""
+    from core.study.results import ScanResults
+
+    evil = ["=cmd|' calc'!A0", "+HYPERLINK(1)"]
+    for i in range(8):
+        _png(tmp_path / "train" / evil[i % 2] / f"{i}.png", i)
+    for i in range(60):
+        _png(tmp_path / "val" / f"@V{i % 3}" / f"{i}.png", 100 + i)
+    for i in range(4):
+        _png(tmp_path / "synthetic" / f"-s{i}.png", 200 + i)
+    argv = ["scan", "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val")]
+    argv += ["--synthetic", str(tmp_path / "synthetic"), "--out", str(tmp_path / "study")]
+    assert main([*argv, "--size", "32", "--detector-epochs", "1", "--device", "cpu"]) == 0, capsys.readouterr()
+    assert main(["report", "--study", str(tmp_path / "study"), "--out", str(tmp_path / "r.html")]) == 0
+    written = sorted((tmp_path / "study").rglob("*.csv"))
+    assert {p.name for p in written} >= {"pairs.csv", "patients.csv", "train_nn.csv", "pseudonyms.csv"}
+    for path in written:
+        with open(path, newline="", encoding="utf-8") as handle:
+            risky = [c for row in csv.reader(handle) for c in row if c[:1] in "=+@\t\r" or c.startswith("-s")]
+        assert not risky, (path.name, risky[:3])
+    pairs = ScanResults.open(tmp_path / "study").pairs()
+    assert {p.patient_id for p in pairs} <= set(evil) and {p.synthetic_id[:2] for p in pairs} == {"-s"}
+
+
+def test_review_shows_ids_as_code_that_nothing_can_leave() -> None:
+    """A backtick in a patient ID once closed Review's code span and showed a live remote image and link."""
+    from markdown_it import MarkdownIt
+
+    from views._ui import code
+
+    for value in ("x` ![a](https://evil.example/p.png) [b](https://evil.example)", "``two``", "`", "a\n\n# b"):
+        tokens = MarkdownIt("commonmark").parseInline(f"patient {code(value)} end")[0].children or []
+        assert [t.type for t in tokens] == ["text", "code_inline", "text"], (value, tokens)
+        assert tokens[1].content == " ".join(value.split())
+
+
+def test_shared_patients_in_two_unicode_forms_are_a_leak(tmp_path: Path) -> None:
+    from core.common.errors import MemoScopeError
+    from core.io.data import check_record_leaks
+    from core.io.records import ImageRecord
+
+    _png(tmp_path / "a.png", 0)
+    _png(tmp_path / "b.png", 1)
+    train = [ImageRecord(tmp_path / "a.png", "a.png", "M\u00fcller")]
+    val = [ImageRecord(tmp_path / "b.png", "b.png", "Mu\u0308ller\u200b")]
+    with pytest.raises(MemoScopeError, match="appear in both training"):
+        check_record_leaks(train, val, "train", "val")
