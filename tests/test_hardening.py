@@ -103,3 +103,37 @@ def test_shared_patients_in_two_unicode_forms_are_a_leak(tmp_path: Path) -> None
     val = [ImageRecord(tmp_path / "b.png", "b.png", "Mu\u0308ller\u200b")]
     with pytest.raises(MemoScopeError, match="appear in both training"):
         check_record_leaks(train, val, "train", "val")
+
+
+def _scan(root: Path, synthetic: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    """A small scan (32 px, a one-epoch detector) of distinct smooth images: enough for what a record promises."""
+    for i in range(8):
+        _png(root / "train" / f"P{i % 2}" / f"{i}.png", i)
+    for i in range(60):
+        _png(root / "val" / f"V{i % 3}" / f"{i}.png", 100 + i)
+    argv = ["scan", "--train", str(root / "train"), "--val", str(root / "val"), "--synthetic", str(synthetic)]
+    argv += ["--out", str(root / "study"), "--size", "32", "--detector-epochs", "1", "--device", "cpu", *extra]
+    assert main(argv) == 0, capsys.readouterr()
+    return root / "study"
+
+
+def test_a_release_writes_only_inside_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Manifest paths with ``..`` and absolute paths once sent released samples to ``--out/../../data/...``
+    (overwriting what was there) or failed with SameFileError."""
+    for i in range(3):
+        _png(tmp_path / "elsewhere" / f"s{i}.png", 200 + i)
+    _png(tmp_path / "lists" / "own.png", 210)
+    rows = [["../elsewhere/s0.png", "g"], ["../elsewhere/../elsewhere/s1.png", "g"]]
+    rows += [[str(tmp_path / "elsewhere" / "s2.png"), "g"], ["own.png", "g"]]
+    write_csv(tmp_path / "lists" / "synthetic.csv", ["path", "patient_id"], rows)
+    study = _scan(tmp_path, tmp_path / "lists" / "synthetic.csv", capsys)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    out = tmp_path / "deep" / "release"
+    assert main(["release", "--study", str(study), "--out", str(out), "--threshold", "1.0"]) == 0, capsys.readouterr()
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - set(before) - {study / "pseudonyms.csv"}  # its key
+    outside = sorted(str(p) for p in written if not p.is_relative_to(out))
+    assert written and not outside, outside
+    assert all(before[p] == p.stat().st_mtime_ns for p in before)  # nothing that was there was touched
+    shipped = [r["path"] for r in read_csv(out / "manifest.csv")]
+    assert len(shipped) == 4 and "samples/own.png" in shipped
+    assert all(".." not in p and (out / p).is_file() for p in shipped), shipped

@@ -8,6 +8,7 @@ study folder (``pseudonyms.csv``, never exported), and only pixel data is used: 
 
 from __future__ import annotations
 
+import hashlib
 import base64
 import html
 import json
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -557,6 +558,22 @@ def check_synthetic_files(summary: ScanSummary, sample_ids: list[str]) -> dict[s
     return {s: files[s] for s in sample_ids}
 
 
+OUTSIDE = "outside"  # release names of samples whose IDs point outside their set (``../x.png``, ``/abs/x.png``)
+
+
+def release_name(sample_id: str) -> str:
+    """Where a sample goes under the release's ``samples/``: its relative ID when that is a plain relative path, so
+    ``a/s.png`` and ``b/s.png`` cannot collide; an ID from a manifest that climbs out of its folder (``..``), is
+    absolute or names a drive becomes ``outside/<hash>-<file name>``, so nothing is ever written outside ``--out``."""
+    parts = PurePosixPath(sample_id.replace("\\", "/")).parts
+    plain = bool(parts) and not PurePosixPath(sample_id).is_absolute() and ":" not in parts[0]
+    if plain and all(part not in ("", ".", "..") for part in parts) and "\\" not in sample_id:
+        return sample_id
+    digest = hashlib.sha256(sample_id.encode()).hexdigest()[:12]
+    name = next((part for part in reversed(parts) if part not in ("", ".", "..", "/")), "sample")
+    return f"{OUTSIDE}/{digest}-{name}"
+
+
 def release(
     study: str | Path, out: str | Path, threshold: float | None = None, exclude_confirmed: bool = False
 ) -> ReleaseResult:
@@ -597,13 +614,16 @@ def release(
         rows = []
         for sample_id in keep:
             source = Path(files[sample_id])
-            target = tmp / "samples" / sample_id  # the relative ID: a/s.png and b/s.png cannot collide
+            name = release_name(sample_id)
+            target = tmp / "samples" / name
+            if not target.resolve().is_relative_to((tmp / "samples").resolve()):  # never past --out, whatever the ID
+                raise MemoScopeError(f"sample {sample_id!r}: its release path leaves the release folder; rename it.")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
             p = nearest[sample_id]
             rows.append(
                 [
-                    f"samples/{sample_id}",
+                    f"samples/{name}",
                     names.scans[p.train_id],
                     f"{p.similarity:.6f}",
                     f"{p.p_value:.6g}",

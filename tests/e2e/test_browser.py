@@ -138,6 +138,7 @@ def test_opens_the_demo(page) -> None:  # noqa: ANN001
 
 
 def test_new_study_form_names_a_bad_path_then_creates_the_study(page) -> None:  # noqa: ANN001
+    _settled(page)  # the first run has drawn the sidebar: a click into a sidebar still being drawn can be lost
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_text("New study").click()
     sidebar.get_by_label("Name", exact=True).fill("from-browser")
@@ -223,6 +224,7 @@ def _reviewer(page, name: str) -> None:  # noqa: ANN001
 
 
 def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
+    _settled(page)
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name="demo-2d", exact=True).click()
     _go(page, "Review")
