@@ -293,7 +293,8 @@ def cmd_upgrade_study(args: argparse.Namespace) -> None:
     from core.study.results import SCHEMA_VERSION, upgrade_study
 
     changed = upgrade_study(args.study)
-    print(f"{args.study}: {'upgraded to' if changed else 'already at'} schema {SCHEMA_VERSION}")
+    state = "upgraded to" if changed else "already at"
+    print(f"{args.study}: {state} schema {SCHEMA_VERSION}, its summary recorded in study.sqlite (edits now show)")
 
 
 def cmd_selftest(args: argparse.Namespace) -> None:
@@ -540,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser(
-        "upgrade-study", help="rewrite an older study's summary.json in the current schema (numbers unchanged)"
+        "upgrade-study",
+        help="rewrite an older study's summary.json in the current schema (numbers unchanged) and record its hash",
     )
     p.add_argument("--study", required=True)
     p.set_defaults(func=cmd_upgrade_study)

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.common.devices import resolve_device
 from core.study import jobs
-from core.study.results import read_summary
+from core.study.results import read_summary, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -360,9 +360,13 @@ def test_a_conditional_study_shows_each_samples_values_and_copies_per_band(
     lines = (samples / "manifest.csv").read_text().splitlines()
     rows = [f"{line},{(i % 4) / 4}" for i, line in enumerate(lines[1:])]
     (samples / "manifest.csv").write_text("\n".join([lines[0] + ",age", *rows]) + "\n")
-    summary = json.loads((study / "summary.json").read_text())
-    summary["inputs"]["synthetic"]["source"] = str(samples)
-    (study / "summary.json").write_text(json.dumps(summary))
+    summary = read_summary(study)  # the study now reads its samples from the copy (recorded as a scan records it)
+    write_summary(
+        study,
+        summary.replace(
+            inputs={**summary.inputs, "synthetic": summary.inputs["synthetic"].replace(source=str(samples))}
+        ),
+    )
 
     at = _app(str(study))
     _ok(at)

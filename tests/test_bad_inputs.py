@@ -195,6 +195,18 @@ def corrupt_summary_for_report(root: Path) -> list[str]:
     return ["report", "--study", str(root / "study")]
 
 
+def summary_that_is_a_list(root: Path) -> list[str]:
+    (root / "study").mkdir()
+    (root / "study" / SUMMARY).write_text("[1, 2, 3]")
+    return ["report", "--study", str(root / "study"), "--out", str(root / "study" / "report.html")]
+
+
+def summary_nested_too_deeply(root: Path) -> list[str]:
+    (root / "study").mkdir()
+    (root / "study" / SUMMARY).write_text("[" * 100_000 + "]" * 100_000)
+    return ["release", "--study", str(root / "study"), "--out", str(root / "release")]
+
+
 def older_study_for_release(root: Path) -> list[str]:
     (root / "study").mkdir()
     (root / "study" / SUMMARY).write_text(json.dumps({"threshold": 0.9, "rule": "paper"}))
@@ -358,6 +370,8 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (validation_of_one_patient, "heldout-patient rule measures how the threshold transfers", "study/detector"),
     (garbage_study_database, "not a readable study database", None),
     (corrupt_summary_for_report, "not valid JSON", "study/report.html"),
+    (summary_that_is_a_list, "holds a JSON list, not a scan summary", "study/report.html"),
+    (summary_nested_too_deeply, "nested too deeply", "release"),
     (older_study_for_release, "upgrade-study", "release"),
     (pickle_named_safetensors, "ae.safetensors", "ck"),
     (text_file_named_pt, "ae.pt", "ck"),

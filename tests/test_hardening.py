@@ -137,3 +137,46 @@ def test_a_release_writes_only_inside_its_folder(tmp_path: Path, capsys: pytest.
     shipped = [r["path"] for r in read_csv(out / "manifest.csv")]
     assert len(shipped) == 4 and "samples/own.png" in shipped
     assert all(".." not in p and (out / p).is_file() for p in shipped), shipped
+
+
+def _synthetic(root: Path) -> Path:
+    for i in range(4):
+        _png(root / "synthetic" / f"s{i}.png", 200 + i)
+    return root / "synthetic"
+
+
+@pytest.mark.parametrize("value", ["0.99", "NaN", "-Infinity"])
+def test_an_edited_summary_is_refused_by_every_reader(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """summary.json's threshold set to 0.99 once released every copy without a word; NaN made the report say no
+    sample is close. Its hash is recorded in study.sqlite and every reader checks it."""
+    import json
+    import re
+
+    study = _scan(tmp_path, _synthetic(tmp_path), capsys)
+    path = study / "summary.json"
+    path.write_text(re.sub(r'("threshold": \{[^}]*"value": )[-0-9.eE]+', rf"\g<1>{value}", path.read_text()))
+    assert json.loads(path.read_text())["threshold"]["value"] != pytest.approx(0.0)
+    capsys.readouterr()
+    for argv in (
+        ["release", "--study", str(study), "--out", str(tmp_path / "rel")],
+        ["report", "--study", str(study), "--out", str(tmp_path / "r.html")],
+        ["upgrade-study", "--study", str(study)],  # never blesses an edit
+        ["selftest", "--study", str(study), "--per-kind", "1"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "summary.json" in err and ("edited" in err or "[-1, 1]" in err) and "Traceback" not in err, err
+    assert not (tmp_path / "rel").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_a_summary_from_elsewhere_is_recorded_only_at_the_users_word(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = _scan(tmp_path, _synthetic(tmp_path), capsys)
+    (study / "study.sqlite").unlink()  # a summary copied in without its database, or scanned by an older MemoScope
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 2
+    assert "upgrade-study" in capsys.readouterr().err
+    assert main(["upgrade-study", "--study", str(study)]) == 0
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0

@@ -107,6 +107,10 @@ class Config:
             return cls(**data)
         except TypeError as exc:
             raise MemoScopeError(f"{where}: {exc}.") from exc
+        except MemoScopeError as exc:  # a value refused by validate(): say which file held it
+            if source is None or str(exc).startswith(source):
+                raise
+            raise MemoScopeError(f"{source}: {exc}") from exc
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (validated like any new config)."""

@@ -8,8 +8,8 @@ study folder (``pseudonyms.csv``, never exported), and only pixel data is used: 
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import html
 import json
 import logging

@@ -9,6 +9,7 @@ carries ``schema_version``: an older study gets a clear error and an upgrade com
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.data import SLICE_MARK, discover
 from core.io.patients import PatientGrouping
 from core.io.preprocessing import PreprocessSpec
+from core.study.store import DB_NAME, anchor_summary, summary_anchor
 
 SCHEMA_VERSION = 2
 SUMMARY = "summary.json"
@@ -158,6 +160,9 @@ class ScanSummary(Config):
         missing = set(ROLES) - set(self.inputs)
         if missing:
             raise MemoScopeError(f"inputs: missing set(s) {sorted(missing)}.")
+        tau = self.threshold.value
+        if not (isinstance(tau, int | float) and math.isfinite(tau) and -1.0 <= tau <= 1.0):
+            raise MemoScopeError(f"threshold.value {tau!r} is not a number in [-1, 1]; rescan the study.")
 
     @property
     def tau(self) -> float:
@@ -391,7 +396,21 @@ def commit_scan(folder: str | Path, stage: Path, summary: ScanSummary) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(item, target)
-    atomic_write_json(folder / SUMMARY, summary.to_dict())
+    write_summary(folder, summary)
+
+
+def summary_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a summary's canonical JSON form (keys sorted, no spaces): what ``study.sqlite`` records."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_summary(folder: str | Path, summary: ScanSummary) -> None:
+    """Write ``summary.json`` and record its hash in ``study.sqlite`` (first, so a summary is never on disk
+    unrecorded): the only way MemoScope writes a summary."""
+    data = json.loads(json.dumps(summary.to_dict()))  # as a reader will parse it
+    anchor_summary(folder, summary.scan_id, summary_digest(data))
+    atomic_write_json(Path(folder) / SUMMARY, data)
 
 
 def write_scan(
@@ -433,12 +452,35 @@ def read_summary(folder: str | Path) -> ScanSummary:
     path = Path(folder) / SUMMARY
     if not path.is_file():
         raise MemoScopeError(f"{path}: this study has not been scanned yet; run a scan first.")
+    data = _summary_json(path)
+    _check_version(data, path)
+    summary = ScanSummary.from_dict(data, source=str(path))
+    anchor = summary_anchor(folder, summary.scan_id)
+    if anchor is None:
+        raise MemoScopeError(
+            f"{path}: not recorded in the study's {DB_NAME} (copied from elsewhere, edited, or written by an older "
+            f"MemoScope). If you trust it as it is, record it with `python -m core upgrade-study --study {folder}`; "
+            "otherwise rescan."
+        )
+    if anchor != summary_digest(data):
+        raise MemoScopeError(
+            f"{path}: differs from the summary the scan recorded in {DB_NAME} (edited after the scan: a threshold, "
+            "a count, a path); rescan the study, or restore the file the scan wrote."
+        )
+    return summary
+
+
+def _summary_json(path: Path) -> dict[str, Any]:
+    """``summary.json`` parsed, refused by name when it is not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MemoScopeError(f"{path}: not valid JSON ({exc}); rescan the study.") from exc
-    _check_version(data, path)
-    return ScanSummary.from_dict(data, source=str(path))
+    except RecursionError as exc:
+        raise MemoScopeError(f"{path}: nested too deeply to be a MemoScope summary; rescan the study.") from exc
+    if not isinstance(data, dict):
+        raise MemoScopeError(f"{path}: holds a JSON {type(data).__name__}, not a scan summary; rescan the study.")
+    return data
 
 
 def is_scanned(folder: str | Path) -> bool:
@@ -614,9 +656,19 @@ def upgrade_study(folder: str | Path) -> bool:
     path = Path(folder) / SUMMARY
     if not path.is_file():
         raise MemoScopeError(f"{path}: not a scanned study.")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _summary_json(path)
     version = data.get("schema_version", 1)
     if version == SCHEMA_VERSION:
+        summary = ScanSummary.from_dict(data, source=str(path))
+        recorded = summary_anchor(folder, summary.scan_id)
+        if recorded is None:  # scanned before summaries were recorded: record it as it is, at the user's word
+            anchor_summary(folder, summary.scan_id, summary_digest(data))
+            return True
+        if recorded != summary_digest(data):
+            raise MemoScopeError(
+                f"{path}: differs from the summary the scan recorded in {DB_NAME} (edited after the scan); "
+                "upgrade-study does not bless an edit: rescan the study, or restore the file the scan wrote."
+            )
         return False
     if version != 1:
         _check_version(data, path)
@@ -626,7 +678,7 @@ def upgrade_study(folder: str | Path) -> bool:
     for role in HASHED_ROLES:
         inputs[role] = inputs[role].replace(file_hashes=file_hashes(summary.source(role), role))
     summary = summary.replace(files=files, inputs=inputs)
-    atomic_write_json(path, summary.to_dict())
+    write_summary(folder, summary)
     return True
 
 

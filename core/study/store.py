@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS runs (
     summary_json TEXT,
     error TEXT
 );
+CREATE TABLE IF NOT EXISTS summaries (
+    scan_id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
 """
 
 
@@ -129,6 +134,34 @@ class Study:
         with contextlib.closing(self.connect()) as db:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
+
+
+def anchor_summary(folder: str | Path, scan_id: str, digest: str) -> None:
+    """Record the hash of a scan's ``summary.json`` (its canonical form) in ``study.sqlite``: every reader checks
+    the file against it, so an edit to the summary (a threshold set to 0.99, a count) shows."""
+    with contextlib.closing(Study(Path(folder)).connect()) as db, db:
+        db.execute(
+            "INSERT OR REPLACE INTO summaries (scan_id, sha256, recorded_at) VALUES (?, ?, ?)",
+            (scan_id, digest, now_utc()),
+        )
+
+
+def summary_anchor(folder: str | Path, scan_id: str) -> str | None:
+    """The summary hash recorded for ``scan_id``, or ``None`` (no database, no record); opened read-only, so a
+    study on a read-only disk can still be read."""
+    path = Path(folder) / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            row = db.execute("SELECT sha256 FROM summaries WHERE scan_id = ?", (scan_id,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise MemoScopeError(f"{path}: cannot read the study database ({exc}).") from exc
+    except sqlite3.DatabaseError as exc:
+        raise MemoScopeError(f"{path}: not a readable study database ({exc}); restore it from a backup.") from exc
+    return str(row[0]) if row else None
 
 
 def open_study(path: str | Path) -> Study:

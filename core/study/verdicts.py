@@ -340,6 +340,11 @@ def study_threshold(study: str | Path, scan: ScanResults) -> StudyThreshold:
     found = _thresholds(study, "WHERE scan_id = ? ORDER BY id DESC LIMIT 1", (scan.summary.scan_id,))
     if found:
         r = found[0]
+        if not (isinstance(r["value"], int | float) and math.isfinite(r["value"]) and -1.0 <= r["value"] <= 1.0):
+            raise MemoScopeError(
+                f"{Path(study) / DB_NAME}: the saved study threshold {r['value']!r} is not a similarity in [-1, 1] "
+                "(the database was edited); save the threshold again on Calibrate."
+            )
         return StudyThreshold(r["value"], r["rule"], r["percentile"], r["set_by"], r["at"], r["note"])
     th = scan.summary.threshold
     return StudyThreshold(th.value, str(th.rule), th.percentile)
