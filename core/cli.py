@@ -291,8 +291,10 @@ def cmd_verify_audit(args: argparse.Namespace) -> None:
 
 def cmd_upgrade_study(args: argparse.Namespace) -> None:
     from core.study.results import SCHEMA_VERSION, upgrade_study
+    from core.study.verdicts import anchor_audit
 
     changed = upgrade_study(args.study)
+    anchor_audit(args.study)
     state = "upgraded to" if changed else "already at"
     print(f"{args.study}: {state} schema {SCHEMA_VERSION}, its summary recorded in study.sqlite (edits now show)")
 

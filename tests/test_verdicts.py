@@ -231,3 +231,46 @@ def test_reading_a_study_writes_nothing_beside_it(tmp_path: Path) -> None:
     finally:
         study.chmod(0o755)
     assert sorted(p.name for p in study.iterdir()) == before
+
+
+def test_removing_the_newest_rows_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows deleted from the end (after dropping the triggers) leave a chain intact as far as it goes: the head kept
+    beside the database (audit-head.json) shows that it went further. Deleting that file too shows as well."""
+    from core.cli import main
+
+    study = open_study(tmp_path / "s").path
+    for i, verdict in enumerate(("copy", "not_copy", "copy", "unsure")):
+        verdicts.record(study, "ana", _ref(f"s{i}", "t1"), verdict)
+    assert verdicts.verify_audit(study).anchored and verdicts.verify_audit(study).ok
+    with sqlite3.connect(study / DB_NAME) as db:
+        db.execute("DROP TRIGGER audit_no_delete")
+        db.execute("DELETE FROM audit WHERE id > 2")
+    check = verdicts.verify_audit(study)
+    assert (
+        not check.ok
+        and "records 4 chained rows" in check.problems[0]
+        and "newest rows were removed" in check.problems[0]
+    )
+    assert main(["verify-audit", "--study", str(study)]) == 2 and "newest rows were removed" in capsys.readouterr().err
+    (study / verdicts.AUDIT_HEAD).unlink()
+    assert "no audit-head.json" in verdicts.verify_audit(study).problems[0]
+    assert main(["upgrade-study", "--study", str(study)]) == 2  # not a scanned study: nothing is blessed
+    assert not verdicts.verify_audit(study).ok
+
+
+def test_an_older_trail_is_anchored_at_the_users_word(tmp_path: Path) -> None:
+    study = open_study(tmp_path / "s").path
+    for verdict in ("copy", "not_copy"):
+        verdicts.record(study, "ana", _ref("s1", "t1"), verdict)
+    (study / verdicts.AUDIT_HEAD).unlink()  # as MemoScope before the anchor left it
+    assert not verdicts.verify_audit(study).ok
+    assert verdicts.anchor_audit(study).ok and verdicts.verify_audit(study).anchored
+    verdicts.record(study, "ana", _ref("s2", "t1"), "copy")
+    assert verdicts.verify_audit(study).ok
+
+
+def test_verify_audit_on_a_missing_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.cli import main
+
+    assert main(["verify-audit", "--study", str(tmp_path / "nowhere")]) == 2
+    assert "no such study folder" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from core.common.errors import MemoScopeError
-from core.common.provenance import now_utc
+from core.common.provenance import atomic_write_text, now_utc
 from core.detect.metrics import Threshold, is_copy
 from core.study.results import PairRef, ScanResults
 from core.study.store import DB_NAME
@@ -209,9 +209,16 @@ def record(study: str | Path, reviewer: str, pair: PairRef, verdict: str, note: 
                 row_hash=row_hash(prev_hash, row),
             )
             db.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-            db.execute("COMMIT")
+            chained = db.execute("SELECT count(*) FROM audit WHERE row_hash IS NOT NULL").fetchone()[0]
+            before = _write_anchor(study, int(chained), str(row["row_hash"]))  # under the write lock: in step
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                _restore_anchor(study, before)
+                raise
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
 
@@ -253,14 +260,48 @@ def stale_decisions(study: str | Path, scan: ScanResults) -> list[Decision]:
     return [d for d in decisions(study) if not d.judged(scan.pair_ref(d.synthetic_id, d.train_id))]
 
 
+AUDIT_HEAD = "audit-head.json"  # the chain's head, kept outside the database it protects
+
+
+def _write_anchor(study: str | Path, rows: int, head: str) -> str | None:
+    """Record the chain's length and head in :data:`AUDIT_HEAD`; returns what it held before (for a rollback).
+
+    Removing the newest rows of the table (after dropping its triggers) leaves a chain that is intact as far as it
+    goes; only a record kept elsewhere shows that it went further. The report prints the head as well."""
+    path = Path(study) / AUDIT_HEAD
+    before = path.read_text(encoding="utf-8") if path.is_file() else None
+    atomic_write_text(path, json.dumps({"rows": rows, "head": head, "at": now_utc()}, sort_keys=True) + "\n")
+    return before
+
+
+def _restore_anchor(study: str | Path, before: str | None) -> None:
+    path = Path(study) / AUDIT_HEAD
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_text(path, before)
+
+
+def anchor_audit(study: str | Path) -> AuditCheck:
+    """Record the head of an intact chain that has no anchor yet (verdicts recorded by an older MemoScope), at the
+    user's word (``upgrade-study``); an anchored or broken chain is left as it is."""
+    check = verify_audit(study)
+    if check.anchored or [p for p in check.problems if not p.startswith(f"no {AUDIT_HEAD}")]:
+        return check
+    if check.rows - check.legacy_rows:
+        _write_anchor(study, check.rows - check.legacy_rows, check.head)
+    return verify_audit(study)
+
+
 @dataclass(frozen=True)
 class AuditCheck:
-    """The result of re-walking the audit chain."""
+    """The result of re-walking the audit chain (and comparing it with :data:`AUDIT_HEAD`)."""
 
     rows: int
     head: str
     problems: tuple[str, ...]
     legacy_rows: int = 0
+    anchored: bool = False
 
     @property
     def ok(self) -> bool:
@@ -268,11 +309,15 @@ class AuditCheck:
 
 
 def verify_audit(study: str | Path) -> AuditCheck:
-    """Recompute the audit chain row by row; any edited, removed, reordered or forged-in-place row shows."""
+    """Recompute the audit chain row by row and compare its end with :data:`AUDIT_HEAD`: any edited, removed,
+    reordered or forged-in-place row shows, and so do removed newest rows."""
+    if not Path(study).is_dir():
+        raise MemoScopeError(f"{study}: no such study folder; give the folder of a study.")
     rows = [dict(r) for r in _select(study, "SELECT * FROM audit ORDER BY id")]
     problems: list[str] = []
     prev, legacy = "", 0
     last_at = ""
+    chain: list[str] = []
     for row in rows:
         if row.get("row_hash") is None:
             legacy += 1  # written by MemoScope 0.1, before the chain
@@ -284,7 +329,35 @@ def verify_audit(study: str | Path) -> AuditCheck:
         if row["at"] < last_at:
             problems.append(f"row {row['id']}: dated before the row before it")
         prev, last_at = row["row_hash"], row["at"]
-    return AuditCheck(len(rows), prev, tuple(problems), legacy)
+        chain.append(str(row["row_hash"]))
+    anchor = _read_anchor(study)
+    if anchor is None and chain:
+        problems.append(
+            f"no {AUDIT_HEAD} beside the database: removed newest rows would not show (verdicts recorded by an older "
+            f"MemoScope, or the file was deleted); if the trail is as you expect, record its head with "
+            f"`python -m core upgrade-study --study {study}`"
+        )
+    elif anchor is not None:
+        n, head = anchor
+        if n > len(chain):
+            problems.append(
+                f"{AUDIT_HEAD} records {n} chained rows ending in {head[:16]}, the table holds {len(chain)}: "
+                "the newest rows were removed"
+            )
+        elif n and chain[n - 1] != head:
+            problems.append(f"{AUDIT_HEAD}: its head {head[:16]} is not row {n} of the chain (rows were rewritten)")
+    return AuditCheck(len(rows), prev, tuple(problems), legacy, anchored=anchor is not None)
+
+
+def _read_anchor(study: str | Path) -> tuple[int, str] | None:
+    path = Path(study) / AUDIT_HEAD
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return int(data["rows"]), str(data["head"])
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise MemoScopeError(f"{path}: not a readable audit head ({exc}); restore it from a backup.") from exc
 
 
 def audit_trail(study: str | Path) -> list[dict[str, Any]]:
