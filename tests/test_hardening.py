@@ -4,6 +4,7 @@ file name, an edited summary, a truncated audit or a second scan could once do, 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,41 @@ def test_a_summary_from_elsewhere_is_recorded_only_at_the_users_word(
     assert "upgrade-study" in capsys.readouterr().err
     assert main(["upgrade-study", "--study", str(study)]) == 0
     assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0
+
+
+def test_report_top_zero_still_says_how_many_pairs_are_copies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --top 0`` once said "No pair is above the threshold." beside a count of 2/8 copies."""
+    synthetic = _synthetic(tmp_path)
+    _scan(tmp_path, synthetic, capsys)  # the training images exist once scanned; copy two into a second set
+    for i in (0, 3):
+        shutil.copy(tmp_path / "train" / f"P{i % 2}" / f"{i}.png", synthetic / f"copy{i}.png")
+    shutil.rmtree(tmp_path / "study")
+    study = _scan(tmp_path, synthetic, capsys)
+    from core.study.results import read_summary
+
+    assert read_summary(study).copies.count == 2
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html"), "--top", "0"]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "No pair is above the threshold" not in text and "2 pair(s) are above the threshold" in text
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r2.html"), "--top", "-1"]) == 2
+    assert "must be 0 or more" in capsys.readouterr().err and not (tmp_path / "r2.html").exists()
+
+
+def test_a_second_scan_into_a_study_being_scanned_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two scans into one --out once both exited 0 and the first was silently replaced. The second is refused before
+    any work; a killed scan's leftovers are removed by the next scan."""
+    from core.study.store import open_study
+
+    synthetic = _synthetic(tmp_path)
+    study = open_study(tmp_path / "study")
+    (study.path / ".scan-killed.tmp").mkdir()  # what a killed scan leaves
+    with study.exclusive("scan"):  # a scan in progress (the lock is the operating system's: any process sees it)
+        with pytest.raises(AssertionError, match="another --out"):
+            _scan(tmp_path, synthetic, capsys)
+        assert not (study.path / "summary.json").exists()
+    _scan(tmp_path, synthetic, capsys)
+    assert not list(study.path.glob(".scan-*.tmp"))

@@ -244,6 +244,8 @@ def build_report(
     ``threshold``: the threshold the report judges at (default: the study's, saved or the scan's).
     ``release_note``: for a report written with a release, what the release did (kept, removed, its threshold).
     """
+    if top < 0:
+        raise MemoScopeError(f"--top {top}: the number of copy pairs shown as images must be 0 or more.")
     study = Path(study)
     scan = ScanResults.open(study)
     summary = scan.summary
@@ -276,16 +278,17 @@ def build_report(
     else:
         source = f"given for {chosen.set_by} (the scan calibrated {summary.tau:.3f})"
     conditioned = sample_conditioning(summary)
-    pair_html = (
-        "".join(
-            f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic "
-            f"{e(p.synthetic_id)} vs "
-            f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value "
-            f"{p.p_value:.3g}, "
-            f"pixel correlation {p.pixel_corr:.3f}{_generated_with(conditioned, p.synthetic_id)}</figcaption></figure>"
-            for p, a, b, d in _pair_images(summary, flagged, top)
-        )
-        or "<p>No pair is above the threshold.</p>"
+    pair_html = "".join(
+        f"<figure>{_img(a, 'synthetic')}{_img(b, 'training')}{_img(d, 'difference')}<figcaption>synthetic "
+        f"{e(p.synthetic_id)} vs "
+        f"{names.scans[p.train_id]} ({names.patients[p.patient_id]}): similarity {p.similarity:.3f}, p-value "
+        f"{p.p_value:.3g}, "
+        f"pixel correlation {p.pixel_corr:.3f}{_generated_with(conditioned, p.synthetic_id)}</figcaption></figure>"
+        for p, a, b, d in _pair_images(summary, flagged, top)
+    ) or (
+        f"<p>{len(flagged)} pair(s) are above the threshold; none is shown as images (top {top}).</p>"
+        if flagged
+        else "<p>No pair is above the threshold.</p>"
     )
     agreement = _agreement_rows(scan, pairs, tau)
     agreement_html = (

@@ -469,7 +469,11 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         timings[f"{name}_s"] = time.perf_counter() - clock - sum(timings.values())
 
     scan_id = results.new_scan_id()
-    with study.run("scan", {**config.to_dict(), "scan_id": scan_id}) as record, results.staged_scan(out) as stage:
+    with (
+        study.exclusive("scan"),
+        study.run("scan", {**config.to_dict(), "scan_id": scan_id}) as record,
+        results.staged_scan(out) as stage,
+    ):
         # 1. data, with the given detector's own preprocessing when it has one; every check before any training
         given = load_detector(config.detector) if config.detector else None
         spec = config.spec

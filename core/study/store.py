@@ -35,6 +35,7 @@ def mark_demo(folder: str | Path) -> None:
 
 
 STUDY_FILE = "study.json"
+LOCK_FILE = ".memoscope.lock"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -114,6 +115,36 @@ class Study:
                     run_id,
                 ),
             )
+
+    @contextlib.contextmanager
+    def exclusive(self, kind: str) -> Iterator[None]:
+        """Hold the study for one writing run (a scan): a second one started meanwhile, from any process, is refused
+        by name before any work (two scans into one folder once both exited 0 and the first was silently replaced).
+        The operating system releases the lock when the process ends, however it ends, so a killed scan never
+        blocks the next; the next then removes what the killed one left half written (``.scan-*.tmp``)."""
+        import fcntl
+
+        path = self.path / LOCK_FILE
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise MemoScopeError(
+                    f"{self.path}: {holder} is writing this study; wait for it to finish (or stop it), or give "
+                    "another --out."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"a {kind} (process {os.getpid()}, since {now_utc()})")
+            handle.flush()
+            for left in [*self.path.glob(".scan-*.tmp"), *self.path.glob(".*.old")]:  # a killed run's leftovers
+                shutil.rmtree(left, ignore_errors=True)
+            yield
+        finally:
+            handle.close()  # releases the lock
 
     def mark_interrupted(self) -> int:
         """Mark runs whose process has ended without finishing (killed) as failed; returns how many."""
