@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,15 @@ def cmd_scan(args: argparse.Namespace) -> None:
     config = config_from_options(
         ScanConfig, {**options, "detector_overrides": _detector_overrides(args), "verify": verify}
     )
+    if args.detector:  # a given detector is used as trained: what would train one changes nothing
+        ignored = [f"--{k.replace('_', '-')}" for k in DETECTOR_FLAGS if getattr(args, k, None) is not None]
+        ignored += ["--size"] if args.size is not None else []
+        if ignored:
+            print(
+                f"warning: {', '.join(ignored)} ignored: --detector {args.detector} is used as trained, with its own "
+                "architecture, weights and (when it records one) image size.",
+                file=sys.stderr,
+            )
     for role, grouping in check_inputs(config).items():
         print(f"{role} patients: {grouping.describe()}", file=sys.stderr)
         if grouping.doubtful:
@@ -193,6 +204,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from core.io.data import load_set
     from core.io.preprocessing import PreprocessSpec
 
+    if Path(args.out).is_dir():
+        raise MemoScopeError(f"--out {args.out}: is a folder; give the .npz file to write the embeddings to.")
     device = resolve_device(args.device)  # a missing GPU is reported before anything loads
     precision = check_precision(device, args.precision or "fp32")
     detector = load_detector(args.detector)
@@ -573,4 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume where supported", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only folder, a quota: the system's words and the file they hit
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror}; free space or choose a writable folder, then rerun.", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc) and "readonly" not in str(exc):
+            raise
+        print(f"error: the study database cannot be written ({exc}); free space, then rerun.", file=sys.stderr)
+        return 2
     return 0

@@ -257,6 +257,96 @@ def network_keywords_that_do_not_build(root: Path) -> list[str]:
     return _import_args(root, "w.safetensors", "w.safetensors")
 
 
+def _kwargs_with(root: Path, part: str, **values: object) -> list[str]:
+    """``import-checkpoint`` of a config whose ``part`` (autoencoder, unet, scheduler, or "" for the top level)
+    carries ``values``: what import once accepted and generate then crashed on."""
+    config = default_config(2, (32, 32)).to_dict()
+    config = {k: config[k] for k in ("spatial_dims", "image_size", "autoencoder", "unet", "scheduler")}
+    if part:
+        config[part] = {**config[part], **values}
+    else:
+        config.update(values)
+    (root / "kw.json").write_text(json.dumps(config))
+    (root / "w.safetensors").write_bytes(b"")
+    return _import_args(root, "w.safetensors", "w.safetensors")
+
+
+def nested_target_as_norm_eps(root: Path) -> list[str]:
+    return _kwargs_with(root, "autoencoder", norm_eps={"_target_": "os.system", "command": "echo hi"})
+
+
+def scale_factor_as_text(root: Path) -> list[str]:
+    return _kwargs_with(root, "", scale_factor="abc")
+
+
+def zero_train_timesteps(root: Path) -> list[str]:
+    return _kwargs_with(root, "scheduler", num_train_timesteps=0)
+
+
+def schedule_naming_a_function(root: Path) -> list[str]:
+    return _kwargs_with(root, "scheduler", schedule="os.system")
+
+
+def nan_beta_start(root: Path) -> list[str]:
+    return _kwargs_with(root, "scheduler", beta_start=float("nan"))
+
+
+def _bundle(root: Path, text: str) -> list[str]:
+    (root / "b" / "configs").mkdir(parents=True)
+    (root / "b" / "models").mkdir()
+    (root / "b" / "configs" / "inference.yaml").write_text(text)
+    return ["import-checkpoint", "--bundle", str(root / "b"), "--out", str(root / "ck")]
+
+
+def bundle_yaml_with_a_python_tag(root: Path) -> list[str]:
+    return _bundle(root, "autoencoder_def: !!python/object/apply:os.system ['echo owned']\n")
+
+
+def bundle_yaml_broken(root: Path) -> list[str]:
+    return _bundle(root, "autoencoder_def: {spatial_dims: 2\n  - [unclosed\n")
+
+
+def generate_more_steps_than_the_schedule(root: Path) -> list[str]:
+    return ["generate", "--checkpoint", str(CHECKPOINT), "--out", str(root / "g"), "--n", "1", "--steps", "5000"]
+
+
+def nan_weights(root: Path) -> list[str]:
+    from safetensors.torch import load_file, save_file
+
+    from core.generative.ldm import write_checksums
+
+    shutil.copytree(CHECKPOINT, root / "ck")
+    state = load_file(root / "ck" / "unet.safetensors")
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, root / "ck" / "unet.safetensors")
+    write_checksums(root / "ck")  # the damage is in the weights themselves, not in transit
+    return ["generate", "--checkpoint", str(root / "ck"), "--out", str(root / "g"), "--n", "1", "--steps", "1"]
+
+
+def embed_out_is_a_folder(root: Path) -> list[str]:
+    _sets(root)
+    (root / "e").mkdir()
+    det = str(REPO / "checkpoints" / "demo-2d-detector")
+    return ["embed", "--detector", det, "--input", str(root / "train"), "--out", str(root / "e")]
+
+
+def percentile_100(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    return _scan_args(root, train, val, "--percentile", "100")
+
+
+def scan_out_is_empty(root: Path) -> list[str]:
+    train, val, _ = _sets(root)
+    args = _scan_args(root, train, val)
+    args[args.index("--out") + 1] = ""
+    return args
+
+
+def image_size_beyond_memory(root: Path) -> list[str]:
+    return _kwargs_with(root, "", image_size=[400000, 400000])
+
+
 def generate_zero_samples(root: Path) -> list[str]:
     return ["generate", "--checkpoint", str(root / "none"), "--out", str(root / "g"), "--n", "0"]
 
@@ -377,6 +467,19 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (text_file_named_pt, "ae.pt", "ck"),
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+    (percentile_100, "percentile 100 puts the threshold above every validation score", "study"),
+    (scan_out_is_empty, "--out is empty", "detector"),
+    (image_size_beyond_memory, "160,000,000,000 pixels per sample", "ck"),
+    (nested_target_as_norm_eps, "autoencoder.norm_eps: a nested object", "ck"),
+    (scale_factor_as_text, "scale_factor 'abc' must be a finite number above 0", "ck"),
+    (zero_train_timesteps, "num_train_timesteps 0 must be a whole number of at least 1", "ck"),
+    (schedule_naming_a_function, "scheduler.schedule 'os.system' is not a noise schedule", "ck"),
+    (nan_beta_start, "scheduler.beta_start: nan is not a finite number", "ck"),
+    (bundle_yaml_with_a_python_tag, "Python tags such as !!python/object are never run", "ck"),
+    (bundle_yaml_broken, "not a plain YAML bundle config", "ck"),
+    (generate_more_steps_than_the_schedule, "--steps 5000: the checkpoint's schedule has 1000 timesteps", "g"),
+    (nan_weights, "weight tensor(s) hold NaN or Inf", "g"),
+    (embed_out_is_a_folder, "is a folder; give the .npz file", None),
     (complex_npy, "complex voxels (complex64); save the magnitude", "study/detector"),
     (truncated_detector_weights, "detector.safetensors: not a readable safetensors file", "e.npz"),
     (image_size_as_text, "image_size '32' must be a list of integers", "ck"),

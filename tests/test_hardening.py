@@ -219,3 +219,45 @@ def test_a_second_scan_into_a_study_being_scanned_is_refused(
         assert not (study.path / "summary.json").exists()
     _scan(tmp_path, synthetic, capsys)
     assert not list(study.path.glob(".scan-*.tmp"))
+
+
+def test_a_damaged_embedding_cache_is_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated cache file once raised BadZipFile; it is now recomputed (and the result is the same)."""
+    for i in range(4):
+        _png(tmp_path / "in" / f"{i}.png", i)
+    det = str(Path(__file__).resolve().parents[1] / "checkpoints" / "demo-2d-detector")
+    argv = ["embed", "--detector", det, "--input", str(tmp_path / "in"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--out", str(tmp_path / "a.npz"), "--device", "cpu"]) == 0
+    (cached,) = (tmp_path / "cache").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert main([*argv, "--out", str(tmp_path / "b.npz"), "--device", "cpu"]) == 0, capsys.readouterr()
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["vectors"], b["vectors"])
+    assert "(cached)" not in capsys.readouterr().out
+
+
+def test_a_selftest_on_a_read_only_study_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only study once failed the self-test only at its final write, after all the work. (The suite runs as
+    root, whom permissions do not stop, so the folder is made read-only where Python touches it.)"""
+    import errno
+
+    from core.study import review
+
+    study = _scan(tmp_path, _synthetic(tmp_path), capsys)
+    touch = Path.touch
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent == study:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        touch(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the self-test loaded scans before checking that it can write its result")
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    monkeypatch.setattr(review, "load_study_set", no_work)
+    monkeypatch.setattr("core.study.selftest.load_study_set", no_work)
+    assert main(["selftest", "--study", str(study), "--per-kind", "1"]) == 2
+    assert "cannot write selftest.json into the study (Read-only file system)" in capsys.readouterr().err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from core.detect.record import (  # noqa: F401 - re-exported: the detector's pub
 )
 from core.io.augment import augment_batch, augmentation
 from core.io.data import ImageSet, check_patient_overlap, load_set
+
+logger = logging.getLogger(__name__)
 
 
 class ConvResEncoder(nn.Module):
@@ -418,8 +422,14 @@ def embed_set(
     key = sha256_json(keyed)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.npz"
     if detector.detector_hash and path.is_file():
-        with np.load(path, allow_pickle=False) as cached:
-            return Embeddings(list(cached["ids"]), cached["vectors"]), True
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                found = Embeddings(list(cached["ids"]), np.asarray(cached["vectors"]))
+            if found.ids == list(images.ids) and len(found.vectors) == len(images) and np.isfinite(found.vectors).all():
+                return found, True
+            logger.warning("%s: a cached embedding that does not match its images; recomputing it", path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # damaged: recompute, never trust
+            logger.warning("%s: an unreadable cached embedding (%s); recomputing it", path, type(exc).__name__)
     if ray and folder is not None:  # fanned out over a Ray cluster: each worker loads the saved detector
         vectors = embed_on_ray(
             folder, images.images, ray, workers, device="auto", batch_size=batch_size, precision=precision

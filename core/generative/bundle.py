@@ -86,9 +86,15 @@ def _load_config(folder: Path) -> tuple[Path, dict[str, Any]]:
         else:
             import yaml
 
-            data = yaml.safe_load(text)  # plain data only: no Python tags
-    except (OSError, ValueError) as exc:
-        raise MemoScopeError(f"{path}: unreadable bundle config ({exc}).") from exc
+            try:
+                data = yaml.safe_load(text)  # plain data only: a Python tag is refused, never run
+            except yaml.YAMLError as exc:
+                raise MemoScopeError(
+                    f"{path}: not a plain YAML bundle config ({str(exc).splitlines()[0]}); Python tags such as "
+                    "!!python/object are never run. Fix the file or use the bundle's inference.json."
+                ) from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise MemoScopeError(f"{path}: unreadable bundle config ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(data, dict):
         raise MemoScopeError(f"{path}: expected a JSON/YAML object at the top level.")
     return path, data

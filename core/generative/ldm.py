@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "ldm.json"
 AE_WEIGHTS = "autoencoder.safetensors"
 UNET_WEIGHTS = "unet.safetensors"
+MAX_VOXELS = 512**3  # a 512^3 volume or a 11,585^2 slice: beyond any LDM's samples, and beyond memory to compare
 CHECKSUMS = "checksums.json"  # SHA-256 of the weights, checked on every load (not part of the checkpoint hash)
 
 
@@ -91,11 +93,66 @@ class LDMConfig(Config):
         for part in ("autoencoder", "unet", "scheduler"):
             if not isinstance(getattr(self, part), dict):
                 raise MemoScopeError(f"{part} must be a JSON object of keyword arguments.")
+        if math.prod(self.image_size) > MAX_VOXELS:
+            raise MemoScopeError(
+                f"image_size {self.image_size}: {math.prod(self.image_size):,} pixels per sample, above the "
+                f"{MAX_VOXELS:,} MemoScope generates and compares (a typo, or an image size in another unit?)."
+            )
         if self.spatial_dims not in (2, 3) or len(self.image_size) != self.spatial_dims:
             raise MemoScopeError(f"spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree.")
         for part in ("autoencoder", "unet"):
             if int(getattr(self, part).get("spatial_dims", self.spatial_dims)) != self.spatial_dims:
                 raise MemoScopeError(f"{part}.spatial_dims differs from spatial_dims.")
+        for part in ("autoencoder", "unet", "scheduler"):
+            for key, value in getattr(self, part).items():
+                _check_keyword(f"{part}.{key}", value)
+        scale = self.scale_factor
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
+            raise MemoScopeError(f"scale_factor {scale!r} must be a finite number above 0 (1 / std of the latents).")
+        _check_schedule(self.scheduler)
+
+
+def _check_keyword(name: str, value: Any) -> None:
+    """A network or scheduler keyword is plain data: a number (finite), a string, a boolean, null, or a list of
+    these. A nested object (a ``_target_`` to build, as in ``norm_eps: {"_target_": ...}``) is never built."""
+    if isinstance(value, dict):
+        raise MemoScopeError(
+            f"{name}: a nested object ({sorted(value)[:3]}) is not a keyword value; MemoScope never builds objects "
+            "named in a config. Give a number, string, boolean or list."
+        )
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_keyword(name, item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise MemoScopeError(f"{name}: {value!r} is not a finite number.")
+    elif value is not None and not isinstance(value, bool | int | float | str):
+        raise MemoScopeError(f"{name}: {type(value).__name__} is not a keyword value.")
+
+
+MONAI_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")  # MONAI 1.6's NoiseSchedules
+
+
+def _check_schedule(scheduler: dict[str, Any]) -> None:
+    """The diffusion schedule's own numbers, before any network is built: what a sampler would otherwise crash on
+    (0 timesteps) or run through to black images (NaN betas)."""
+    steps = scheduler.get("num_train_timesteps", DEFAULT_SCHEDULER["num_train_timesteps"])
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise MemoScopeError(f"scheduler.num_train_timesteps {steps!r} must be a whole number of at least 1.")
+    schedule = scheduler.get("schedule", "linear_beta")
+    if schedule not in MONAI_SCHEDULES:  # a newer MONAI may know more: ask it (importing it only then)
+        from monai.networks.schedulers.scheduler import NoiseSchedules
+
+        if not isinstance(schedule, str) or schedule not in NoiseSchedules:
+            known = ", ".join(sorted(NoiseSchedules.names))
+            raise MemoScopeError(f"scheduler.schedule {schedule!r} is not a noise schedule; use one of {known}.")
+    start, end = scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 2e-2)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end))
+    if not numbers or not 0.0 < float(start) < float(end) < 1.0:
+        raise MemoScopeError(f"scheduler beta_start {start!r} and beta_end {end!r} must satisfy 0 < start < end < 1.")
+    if scheduler.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
+        raise MemoScopeError(
+            f"scheduler.prediction_type {scheduler.get('prediction_type')!r} must be epsilon, v_prediction or sample."
+        )
 
 
 def default_config(spatial_dims: int, image_size: tuple[int, ...]) -> LDMConfig:
@@ -304,6 +361,12 @@ def load_ldm(folder: str | Path, device: str | torch.device = "cpu") -> LDM:
             state = load_file(path)
         except Exception as exc:  # safetensors raises SafetensorError on damaged headers
             raise MemoScopeError(f"{path}: unreadable safetensors file ({exc}).") from exc
+        broken = [k for k, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+        if broken:
+            raise MemoScopeError(
+                f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf (e.g. {broken[0]}); every sample would be "
+                "blank. Use a checkpoint saved before training diverged."
+            )
         _load_into(module, state, str(path))
     autoencoder.to(device).eval()
     unet.to(device).eval()

@@ -144,6 +144,11 @@ def sample(
             latents = denoise_step(scheduler, noise_pred, int(t), latents, generators)
         with autocast:
             images = ldm.autoencoder.decode_stage_2_outputs(latents / ldm.config.scale_factor).float()
+    if not torch.isfinite(images).all():
+        raise MemoScopeError(
+            "the decoder gave NaN/Inf pixels (a diverged checkpoint, or a scale factor or schedule that does not fit "
+            "it); no sample was written for this batch."
+        )
     return images.clamp(-1.0, 1.0).cpu().numpy()
 
 
@@ -268,6 +273,11 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     check_against_model(given, read_config(config.checkpoint).conditioning, config.checkpoint)  # before any work
     torch_device = resolve_device(config.device)
     ldm = load_ldm(config.checkpoint, torch_device)
+    trained = int(ldm.config.scheduler.get("num_train_timesteps", 1000))
+    if config.steps > trained:
+        raise MemoScopeError(
+            f"--steps {config.steps}: the checkpoint's schedule has {trained} timesteps; give at most {trained}."
+        )
     dims, fmt, seed, n = ldm.config.spatial_dims, config.format, config.seed, config.n
     out = Path(config.out)
     record = {

@@ -665,6 +665,4 @@ def release(
         )
         report_threshold = chosen if threshold is None else verdicts.StudyThreshold(tau, "fixed", None, "the release")
         atomic_write_text(tmp / "report.html", build_report(study, release_note=note, threshold=report_threshold))
-    for warning in warnings:
-        logger.warning(warning)
     return ReleaseResult(out, len(keep), len(over), len(dropped_confirmed), tuple(warnings))

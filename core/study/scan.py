@@ -124,6 +124,13 @@ class ScanConfig(Config):
     def validate(self) -> None:
         parse_rule(self.rule)
         check_range("percentile", self.percentile, 0.0, 100.0)
+        if self.percentile >= 100.0:
+            raise MemoScopeError(
+                "percentile 100 puts the threshold above every validation score, so no finite null can set it; "
+                "use at most 99.9 (or --threshold-rule fixed:X)."
+            )
+        if not str(self.out).strip():
+            raise MemoScopeError("--out is empty; give the study folder to write (new or existing).")
         check_range("k", self.k, 1)
         check_range("patient_top", self.patient_top, 1)
         object.__setattr__(self, "patients", str(PatientRule.parse(self.patients)))

@@ -32,6 +32,7 @@ from core.detect.verify import MatchMethod, VerifyConfig, best_match
 from core.io.preprocessing import resize_images
 from core.study.results import ScanResults
 from core.study.review import load_study_set
+from core.study.store import check_writable
 
 logger = logging.getLogger(__name__)
 SELFTEST = "selftest.json"
@@ -126,6 +127,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     from core.detect.detector import embed, load_detector
 
     scan = ScanResults.open(config.study)
+    check_writable(config.study, f"{SELFTEST} into the study")  # before the work, not at its end
     summary = scan.summary
     rule = ThresholdRule(summary.threshold.rule)
     if rule == ThresholdRule.FIXED or summary.threshold.percentile is None:

@@ -195,20 +195,24 @@ def summary_anchor(folder: str | Path, scan_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def open_study(path: str | Path) -> Study:
-    """Open or create the study folder at ``path`` (a file, or a folder we cannot write, is refused by name)."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise MemoScopeError(f"{folder}: is a file; give a folder for the study (new or existing).")
+def check_writable(folder: str | Path, what: str = "the study folder") -> None:
+    """Refuse, before any work, a folder that cannot be written (read-only, no permission, no space for a file)."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-check-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise MemoScopeError(
-            f"{folder}: cannot write the study folder ({exc.strerror}); choose a writable folder."
-        ) from exc
+        raise MemoScopeError(f"{folder}: cannot write {what} ({exc.strerror}); choose a writable folder.") from exc
+
+
+def open_study(path: str | Path) -> Study:
+    """Open or create the study folder at ``path`` (a file, or a folder we cannot write, is refused by name)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise MemoScopeError(f"{folder}: is a file; give a folder for the study (new or existing).")
+    check_writable(folder)
     study = Study(folder)
     with contextlib.closing(study.connect()):
         pass
