@@ -312,9 +312,21 @@ def cmd_upgrade_study(args: argparse.Namespace) -> None:
     print(f"{args.study}: {state} schema {SCHEMA_VERSION}, its summary recorded in study.sqlite (edits now show)")
 
 
+def _work_in(study: str) -> str:
+    """The folder a writing command works in: the study, or for a committed demo study its per-user copy (so
+    the pseudonym key, the report and the self-test never land in the repository); says which."""
+    from core.study.store import working_copy
+
+    folder = working_copy(study)
+    if folder != Path(study):
+        print(f"{study} is a committed demo study: working on its per-user copy {folder}", file=sys.stderr)
+    return str(folder)
+
+
 def cmd_selftest(args: argparse.Namespace) -> None:
     from core.study.selftest import SelfTestConfig, run_selftest
 
+    args.study = _work_in(args.study)
     options = {
         "study": args.study,
         "per_kind": args.per_kind,
@@ -357,6 +369,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from core.study.report import write_report
 
+    args.study = _work_in(args.study)
     out = args.out or str(Path(args.study) / f"report.{args.format}")
     print(f"wrote {write_report(args.study, out, args.format, args.top)}")
 
@@ -364,7 +377,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_release(args: argparse.Namespace) -> None:
     from core.study.report import release
 
-    result = release(args.study, args.out, args.threshold, args.exclude_confirmed)
+    result = release(_work_in(args.study), args.out, args.threshold, args.exclude_confirmed)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(

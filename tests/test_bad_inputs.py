@@ -347,6 +347,11 @@ def image_size_beyond_memory(root: Path) -> list[str]:
     return _kwargs_with(root, "", image_size=[400000, 400000])
 
 
+def generate_into_a_folder_of_real_scans(root: Path) -> list[str]:
+    _sets(root)
+    return ["generate", "--checkpoint", str(CHECKPOINT), "--out", str(root / "train"), "--n", "1", "--steps", "1"]
+
+
 def generate_zero_samples(root: Path) -> list[str]:
     return ["generate", "--checkpoint", str(root / "none"), "--out", str(root / "g"), "--n", "0"]
 
@@ -467,6 +472,11 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (text_file_named_pt, "ae.pt", "ck"),
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+    (
+        generate_into_a_folder_of_real_scans,
+        "MemoScope did not generate (e.g. 0.png: real scans?)",
+        "train/generation.json",
+    ),
     (percentile_100, "percentile 100 puts the threshold above every validation score", "study"),
     (scan_out_is_empty, "--out is empty", "detector"),
     (image_size_beyond_memory, "160,000,000,000 pixels per sample", "ck"),

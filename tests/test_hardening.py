@@ -261,3 +261,84 @@ def test_a_selftest_on_a_read_only_study_is_refused_before_the_work(
     monkeypatch.setattr("core.study.selftest.load_study_set", no_work)
     assert main(["selftest", "--study", str(study), "--per-kind", "1"]) == 2
     assert "cannot write selftest.json into the study (Read-only file system)" in capsys.readouterr().err
+
+
+def test_skip_bad_skips_an_unreadable_dicom_among_others(tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    from core.common.errors import MemoScopeError
+    from core.io.data import load_set
+    from core.io.preprocessing import PreprocessSpec
+    from tests.test_patients import write_dicom
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = smooth_image(rng, (32, 32))
+        write_dicom(tmp_path / "x" / f"{i}.dcm", (image - image.min()) / np.ptp(image) * 4000, "P", generate_uid())
+    (tmp_path / "x" / "broken.dcm").write_bytes(b"not a DICOM file" * 20)
+    with pytest.raises(MemoScopeError, match="broken.dcm"):
+        load_set(tmp_path / "x", PreprocessSpec((32, 32)))
+    loaded = load_set(tmp_path / "x", PreprocessSpec((32, 32)), skip_bad=True)
+    assert len(loaded) == 3 and [Path(s.path).name for s in loaded.skipped] == ["broken.dcm"]
+
+
+def test_a_killed_writers_temporary_folder_goes_with_the_next_write(tmp_path: Path) -> None:
+    """Killed releases once left ``.out.*.tmp`` folders forever; one whose writer still runs is left alone."""
+    import os
+
+    from core.common.provenance import atomic_dir
+
+    orphan = tmp_path / ".out.99999999.k3j2.tmp"  # no process has this ID (above Linux's pid_max)
+    orphan.mkdir()
+    running = tmp_path / f".out.{os.getpid()}.a1b2.tmp"
+    running.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f.txt").write_text("x")
+    assert not orphan.exists() and running.exists() and (tmp_path / "out" / "f.txt").is_file()
+
+
+def test_report_and_release_on_the_committed_demo_write_nothing_into_the_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's own example once wrote pseudonyms.csv and report.html into studies/demo-2d (the session fixture
+    checks that no committed file changed; this checks that nothing new appeared either)."""
+    demo = Path(__file__).resolve().parents[1] / "studies" / "demo-2d"
+    before = sorted(p.name for p in demo.iterdir())
+    assert main(["report", "--study", str(demo)]) == 0
+    assert main(["release", "--study", str(demo), "--out", str(tmp_path / "rel")]) == 0
+    assert sorted(p.name for p in demo.iterdir()) == before
+    err = capsys.readouterr().err
+    assert "committed demo study: working on its per-user copy" in err
+    copy = tmp_path / "home" / "studies" / "demo-2d"
+    assert (copy / "report.html").is_file() and (copy / "pseudonyms.csv").is_file()
+
+
+def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk once gave a traceback (exit 1). Now: exit 2, the file and the system's words, nothing half
+    written. (The disk fills where the release copies its third sample and where the report is written.)"""
+    import errno
+
+    from core.study import report
+
+    study = _scan(tmp_path, _synthetic(tmp_path), capsys)
+    copies = []
+
+    def copy_until_full(source: Path, target: Path) -> None:
+        copies.append(target)
+        if len(copies) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        shutil.copyfile(source, target)
+
+    def write_nothing(path: object, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report.shutil, "copy2", copy_until_full)
+    assert main(["release", "--study", str(study), "--out", str(tmp_path / "rel"), "--threshold", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device; free space" in err and "Traceback" not in err
+    assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".rel.*"))
+    monkeypatch.setattr(report, "atomic_write_text", write_nothing)
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 2
+    assert "r.html: No space left on device" in capsys.readouterr().err and not (tmp_path / "r.html").exists()

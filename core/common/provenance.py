@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -111,6 +112,17 @@ def atomic_write_json(target: str | os.PathLike[str], value: Any) -> None:
     atomic_write_text(target, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def _remove_orphans(target: Path) -> None:
+    """Remove the temporary folders a killed writer of ``target`` left beside it (their names carry the writer's
+    process ID; a folder whose writer still runs is left alone)."""
+    from core.common.processes import process_alive
+
+    for left in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = left.name[len(target.name) + 2 :].split(".")[0]
+        if left.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; rename it to ``target`` only on success.
@@ -125,7 +137,8 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Itera
     if target.exists() and not overwrite:
         raise MemoScopeError(f"{target} already exists; choose another folder or remove it first.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_orphans(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700

@@ -22,6 +22,7 @@ from core.common.provenance import atomic_path, atomic_write_json, now_utc, vers
 from core.common.tables import write_csv
 from core.generative.conditioning import Conditioning, check_against_model, conditioning_values
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm, read_config
+from core.io.records import SUFFIXES
 
 if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a generation job is configured
     import torch
@@ -305,6 +306,13 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
             raise MemoScopeError(
                 f"{out}: holds samples from another checkpoint, seed, step count, scheduler, precision or "
                 "conditioning; resuming would mix them under one label. Choose an empty folder."
+            )
+    elif out.is_dir():
+        foreign = sorted(f for f in out.rglob("*") if f.name.lower().endswith(SUFFIXES))
+        if foreign:
+            raise MemoScopeError(
+                f"{out}: holds {len(foreign)} image file(s) MemoScope did not generate (e.g. {foreign[0].name}: real "
+                "scans?); samples written among them would be scanned as one synthetic set. Choose an empty folder."
             )
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(n) if not (out / sample_filename(i, dims, fmt)).exists()]

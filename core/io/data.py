@@ -126,16 +126,25 @@ def _series_uid(path: Path) -> str:
     return str(getattr(header, "SeriesInstanceUID", ""))
 
 
+def _series_uid_or_none(path: Path) -> str | None:
+    try:
+        return _series_uid(path)
+    except MemoScopeError:
+        return None
+
+
 def _dicom_units(root: Path, directory: Path, files: list[Path]) -> list[tuple[Path, str]]:
     """Decide whether the .dcm files of one folder are one series or separate images."""
     rel_dir = directory.relative_to(root).as_posix()
     if len(files) == 1:
         return [(files[0], files[0].relative_to(root).as_posix())]
-    uids = [_series_uid(f) for f in files]
-    if len(set(uids)) == 1 and uids[0]:
+    found = {f: _series_uid_or_none(f) for f in files}
+    readable = [f for f in files if found[f] is not None]
+    uids = [found[f] for f in readable]
+    if len(set(uids)) == 1 and uids[0] and len(readable) > 1:  # one series (an unreadable slice fails it when read)
         return [(directory, rel_dir if rel_dir != "." else directory.name)]
-    if len(set(uids)) == len(uids):
-        return [(f, f.relative_to(root).as_posix()) for f in files]
+    if len(set(uids)) == len(uids):  # separate images; an unreadable file is its own unit, refused or skipped
+        return [(f, f.relative_to(root).as_posix()) for f in files]  # when read (--skip-bad), as any other file
     raise MemoScopeError(
         f"{directory}: holds {len(set(uids))} DICOM series mixed together; put each series "
         "in its own folder or list them in a CSV manifest."
