@@ -342,3 +342,11 @@ def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothi
     monkeypatch.setattr(report, "atomic_write_text", write_nothing)
     assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 2
     assert "r.html: No space left on device" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+def test_options_a_given_detector_ignores_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--size, --batch-size and --detector-epochs with --detector once changed nothing without a word."""
+    det = str(Path(__file__).resolve().parents[1] / "checkpoints" / "demo-2d-detector")
+    _scan(tmp_path, _synthetic(tmp_path), capsys, "--detector", det, "--batch-size", "8")
+    err = capsys.readouterr().err
+    assert "warning: --detector-epochs, --batch-size, --size ignored: --detector" in err, err
