@@ -71,7 +71,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 DETECTOR_FLAGS = ("detector_epochs", "augmentation", "arch", "batch_size")
-VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift", "max_size")
+VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift", "max_scale", "max_size")
 
 
 def _verify_args(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +85,9 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-candidates", type=int, help="extra candidates from blurred pixels (default 5; 0 off)")
     parser.add_argument("--max-angle", type=float, help="rotation searched, degrees either way (default 8)")
     parser.add_argument("--max-shift", type=float, help="translation searched, fraction of each side (default 0.1)")
+    parser.add_argument(
+        "--max-scale", type=float, help="zoom searched, fraction either way (default 0.1: 0.9-1.1 in 0.05 steps; 0 off)"
+    )
     parser.add_argument(
         "--verify-size",
         dest="max_size",

@@ -25,6 +25,7 @@ GAIN = ((1.1, 0.05), (1.25, 0.1), (0.8, -0.15))  # intensity * gain + offset
 SHIFT_PX = (2.0, 4.0, 6.0)  # voxels along every axis
 ROTATE_DEG = (4.0, 8.0, 12.0)  # about one axis
 WARP_PX = (0.5, 1.0, 2.0)  # largest displacement of a smooth elastic deformation
+ZOOM = (1.03, 1.06, 1.10)  # magnified or shrunk (either, at random) about the centre by this factor
 
 
 def _noise(level: int) -> Perturb:
@@ -72,6 +73,22 @@ def _rotate(level: int) -> Perturb:
     return turn
 
 
+def _zoom(level: int) -> Perturb:
+    """Magnified or shrunk about the centre, the size kept (a generator that reproduces a scan at another field of
+    view; the edge voxels fill what a shrunk image leaves)."""
+
+    def zoom(x: Image, rng: np.random.Generator) -> Image:
+        from scipy import ndimage
+
+        factor = ZOOM[level - 1] if rng.random() < 0.5 else 1.0 / ZOOM[level - 1]
+        centre = (np.array(x.shape) - 1) / 2.0
+        matrix = np.eye(x.ndim) / factor  # pull: output voxel o reads the input at centre + (o - centre) / factor
+        offset = centre - matrix @ centre
+        return ndimage.affine_transform(x, matrix, offset=offset, order=1, mode="nearest").astype(np.float32)
+
+    return zoom
+
+
 def _warp(level: int) -> Perturb:
     """A smooth random deformation (what a generator's imperfect reproduction of anatomy looks like)."""
 
@@ -102,6 +119,7 @@ CHANGES: dict[str, Callable[[int], Perturb]] = {
     "rotate": _rotate,
     "warp": _warp,
     "mixed": _mixed,
+    "zoom": _zoom,  # last: the changes before it draw the same random numbers as before it was added
 }
 PERTURBATIONS: dict[str, Perturb] = {kind: make(1) for kind, make in CHANGES.items()}
 

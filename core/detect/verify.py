@@ -58,6 +58,9 @@ class VerifyConfig(Config):
         max_angle, angle_step: rotation search in degrees, ``-max_angle..max_angle`` (2D: in-plane).
         angle_step_3d: the step in 3D, where each axis is searched in turn (8 deg at 4 deg steps: 13 orientations).
         max_shift: largest translation searched, as a fraction of each side.
+        max_scale, scale_step: zoom search, ``1 - max_scale .. 1 + max_scale`` in steps (0: none). It runs at the
+            best rotation found at scale 1 (a zoom scores every rotation alike), so it costs ``2 max_scale /
+            scale_step`` more transforms per pair, not that many times the rotations.
         fine_sigma, coarse_sigma: the band-pass (voxels of a 64 px / 32-voxel grid): below ``fine_sigma`` is noise
             and the blur a generator adds; above ``coarse_sigma`` is the head shape all scans share. On a finer
             verification grid ``coarse_sigma`` grows with the grid and ``fine_sigma`` stays at its voxels.
@@ -74,6 +77,8 @@ class VerifyConfig(Config):
     angle_step: float = 2.0
     angle_step_3d: float = 4.0
     max_shift: float = 0.1
+    max_scale: float = 0.1
+    scale_step: float = 0.05
     fine_sigma: float = 1.0
     coarse_sigma: float = 4.0
     batch_pairs: int = 64
@@ -86,6 +91,8 @@ class VerifyConfig(Config):
         check_range("angle_step", self.angle_step, 0.1, 45.0)
         check_range("angle_step_3d", self.angle_step_3d, 0.1, 45.0)
         check_range("max_shift", self.max_shift, 0.0, 0.45)
+        check_range("max_scale", self.max_scale, 0.0, 0.3)
+        check_range("scale_step", self.scale_step, 0.005, 0.3)
         check_range("fine_sigma", self.fine_sigma, 0.0)
         check_range("coarse_sigma", self.coarse_sigma, self.fine_sigma + 1e-6)
         check_range("batch_pairs", self.batch_pairs, 1)
@@ -97,6 +104,11 @@ class VerifyConfig(Config):
         cap = self.max_size or DEFAULT_VERIFY_SIDE[spatial_dims]
         return max(embedding_side, min(cap, native_side))
 
+    def scales(self) -> list[float]:
+        """The zooms searched besides 1 (the candidate magnified by each to match its query), nearest first."""
+        n = int(math.floor(self.max_scale / self.scale_step + 1e-9))
+        return [round(1.0 + sign * i * self.scale_step, 6) for i in range(1, n + 1) for sign in (-1.0, 1.0)]
+
     def angles(self, spatial_dims: int = 2) -> list[float]:
         step = self.angle_step if spatial_dims == 2 else self.angle_step_3d
         n = int(math.floor(self.max_angle / step + 1e-9))
@@ -105,16 +117,20 @@ class VerifyConfig(Config):
 
 @dataclass(frozen=True)
 class Alignment:
-    """How a candidate was moved onto its query: rotation (degrees, about ``axis``) and shift (voxels)."""
+    """How a candidate was moved onto its query: rotation (degrees, about ``axis``), zoom (``scale``, about the
+    centre, applied with the rotation) and shift (voxels)."""
 
     axis: int
     angle: float
     shift: tuple[int, ...]
+    scale: float = 1.0
 
     def label(self) -> str:
         moved = [f"rotated {self.angle:+g} deg" + (f" about axis {self.axis}" if self.axis >= 0 else "")] * bool(
             self.angle
         )
+        if self.scale != 1.0:
+            moved.append(f"scaled x{self.scale:g}")
         if any(self.shift):
             moved.append("shifted " + ",".join(f"{s:+d}" for s in self.shift) + " px")
         return "; ".join(moved) or "not moved"
@@ -150,20 +166,22 @@ def _orientations(spatial_dims: int, config: VerifyConfig) -> list[tuple[int, fl
     return [(-1, 0.0)] + [(axis, a) for axis in range(3) for a in angles if a]
 
 
-def _rotation_matrix(spatial_dims: int, axis: int, degrees: float) -> torch.Tensor:
-    """Homogeneous (d+1, d+1) rotation about the image centre (MONAI ``AffineTransform``, zero-centred, pull).
+def _rotation_matrix(spatial_dims: int, axis: int, degrees: float, scale: float = 1.0) -> torch.Tensor:
+    """Homogeneous (d+1, d+1) rotation (and zoom by ``scale``) about the image centre (MONAI ``AffineTransform``,
+    zero-centred, pull: an output voxel reads the input at the matrix times its position).
 
-    The sign follows ``scipy.ndimage.rotate(image, degrees)`` in 2D, so an alignment reads as the move applied.
+    The sign follows ``scipy.ndimage.rotate(image, degrees)`` in 2D, so an alignment reads as the move applied; a
+    ``scale`` above 1 magnifies the image (reads it at positions divided by the scale).
     """
     import torch
 
     t = -math.radians(degrees)
     c, s = math.cos(t), math.sin(t)
     m = torch.eye(spatial_dims + 1, dtype=torch.float32)
-    if spatial_dims == 3 and axis < 0:
-        return m
-    i, j = (0, 1) if spatial_dims == 2 else [a for a in range(3) if a != axis]
-    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    if not (spatial_dims == 3 and axis < 0):
+        i, j = (0, 1) if spatial_dims == 2 else [a for a in range(3) if a != axis]
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    m[:spatial_dims, :spatial_dims] /= scale
     return m
 
 
@@ -217,8 +235,12 @@ class Verifier:
             1, int(self.config.batch_pairs * REFERENCE_SIDE[self.dims] ** self.dims / math.prod(self.shape))
         )
         self.orientations = _orientations(self.dims, self.config)
+        self.scales = self.config.scales()
         matrices = torch.stack([_rotation_matrix(self.dims, axis, a) for axis, a in self.orientations])
         self._matrices = matrices.to(self.device)
+        zoom = torch.ones(len(self.scales), self.dims + 1, dtype=torch.float32)
+        zoom[:, : self.dims] = 1.0 / torch.tensor(self.scales, dtype=torch.float32)[:, None]
+        self._zooms = torch.diag_embed(zoom).to(self.device)  # (Z, d+1, d+1): applied after the rotation
         self._warp = AffineTransform(
             spatial_size=self.shape, normalized=False, padding_mode="border", align_corners=True, zero_centered=True
         )
@@ -246,41 +268,70 @@ class Verifier:
 
     def _rotate(self, images: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
         """Resample ``(B, 1, *S)`` images, each at its orientation index, with border padding."""
+        return self._resample(images, self._grids[orientation])
+
+    @staticmethod
+    def _resample(images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         import torch
 
         return torch.nn.functional.grid_sample(
-            images, self._grids[orientation], mode="bilinear", padding_mode="border", align_corners=True
+            images, grids, mode="bilinear", padding_mode="border", align_corners=True
         )
+
+    def _best_shift(self, q_band: torch.Tensor, m_band: torch.Tensor, repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each moved band-passed candidate's best allowed shift onto its query (FFT cross-correlation) and the
+        structure score there: ``m_band`` holds ``repeat`` moved versions per query, query-major."""
+        import torch
+
+        dims = tuple(range(2, 2 + self.dims))
+        q_spec = torch.fft.rfftn(q_band, dim=dims).repeat_interleave(repeat, dim=0)
+        cross = q_spec * torch.conj(torch.fft.rfftn(m_band, dim=dims))
+        surface = torch.fft.irfftn(cross, s=self.shape, dim=dims)[:, 0]  # circular cross-correlation
+        surface = surface.masked_fill(~self._allowed, -math.inf)
+        flat = surface.reshape(len(surface), -1).argmax(dim=1)
+        shift = torch.stack(torch.unravel_index(flat, self.shape), dim=1)  # (P*R, d) in [0, s)
+        sizes = torch.tensor(self.shape, device=shift.device)
+        shift = torch.where(shift > sizes // 2, shift - sizes, shift)
+        q_crop = self._crop_of(q_band).repeat_interleave(repeat, dim=0)
+        return _pearson(q_crop, self._shifted_crop(m_band, shift)), shift
 
     def _align_scores(
         self, q_raw: torch.Tensor, q_band: torch.Tensor, d_raw: torch.Tensor, d_band: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best orientation and shift of each candidate onto its query: scores (P,), pixel (P,), orient (P,), shift.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best orientation, zoom and shift of each candidate onto its query: scores (P,), pixel (P,), orientation
+        (P,), zoom (P,: 0 for none, else 1 + index into ``scales``), shift (P, d).
 
-        The band-passed candidate is rotated (a Gaussian band-pass commutes with rotation), so each image is
-        filtered once per call, not once per orientation; the query's spectrum is taken once per pair.
+        First every rotation at scale 1, then every zoom at the best rotation. The band-passed candidate is moved
+        (a Gaussian band-pass commutes with rotation; with a zoom, nearly: the band shifts by the zoom's few per
+        cent), so each image is filtered once per call; the query's spectrum is taken once per pair.
         """
         import torch
 
         p, o = len(q_raw), len(self.orientations)
         orientation = torch.arange(o, device=q_raw.device).repeat(p)  # (P*O,), orientation fastest
         m_band = self._rotate(d_band.repeat_interleave(o, dim=0), orientation)  # (P*O, 1, *S)
-        dims = tuple(range(2, 2 + self.dims))
-        q_spec = torch.fft.rfftn(q_band, dim=dims).repeat_interleave(o, dim=0)
-        cross = q_spec * torch.conj(torch.fft.rfftn(m_band, dim=dims))
-        surface = torch.fft.irfftn(cross, s=self.shape, dim=dims)[:, 0]  # circular cross-correlation
-        surface = surface.masked_fill(~self._allowed, -math.inf)
-        flat = surface.reshape(len(surface), -1).argmax(dim=1)
-        shift = torch.stack(torch.unravel_index(flat, self.shape), dim=1)  # (P*O, d) in [0, s)
-        sizes = torch.tensor(self.shape, device=shift.device)
-        shift = torch.where(shift > sizes // 2, shift - sizes, shift)
-        q_crop = self._crop_of(q_band).repeat_interleave(o, dim=0)
-        structure = _pearson(q_crop, self._shifted_crop(m_band, shift)).reshape(p, o)
-        best = structure.argmax(dim=1)
-        rows = torch.arange(p, device=best.device) * o + best
-        moved = self._rotate(d_raw, best)
-        pixel = _pearson(self._crop_of(q_raw), self._shifted_crop(moved, shift[rows]))
-        return structure.max(dim=1).values, pixel, best, shift[rows]
+        structure, shifts = self._best_shift(q_band, m_band, o)
+        structure = structure.reshape(p, o)
+        score, best = structure.max(dim=1)
+        shift = shifts[torch.arange(p, device=best.device) * o + best]
+        zoom = torch.zeros(p, dtype=torch.long, device=best.device)
+        matrices = self._matrices[best]  # (P, d+1, d+1): the final move of each pair
+        if self.scales:
+            z = len(self.scales)
+            zoomed = (self._zooms[None] @ matrices[:, None]).reshape(p * z, self.dims + 1, self.dims + 1)
+            grids = self._sampling_grids(zoomed)
+            scored, zoom_shifts = self._best_shift(q_band, self._resample(d_band.repeat_interleave(z, dim=0), grids), z)
+            scored = scored.reshape(p, z)
+            zoom_score, zoom_best = scored.max(dim=1)
+            better = zoom_score > score
+            rows = torch.arange(p, device=best.device) * z + zoom_best
+            score = torch.where(better, zoom_score, score)
+            shift = torch.where(better[:, None], zoom_shifts[rows], shift)
+            zoom = torch.where(better, zoom_best + 1, zoom)
+            matrices = torch.where(better[:, None, None], zoomed[rows], matrices)
+        moved = self._resample(d_raw, self._sampling_grids(matrices))
+        pixel = _pearson(self._crop_of(q_raw), self._shifted_crop(moved, shift))
+        return score, pixel, best, zoom, shift
 
     def _band(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Band-pass every image once, in batches on the device."""
@@ -327,6 +378,7 @@ class Verifier:
         structure = np.empty(n_q * n_c, np.float32)
         pixel = np.empty(n_q * n_c, np.float32)
         orient = np.empty(n_q * n_c, np.int64)
+        zooms = np.empty(n_q * n_c, np.int64)
         shifts = np.empty((n_q * n_c, self.dims), np.int64)
         # only the database rows some query retrieved are read and band-passed: a large (memory-mapped)
         # training set costs its candidates, not its size
@@ -342,14 +394,19 @@ class Verifier:
             sl = slice(start, start + step)
             q, d = pairs_q[sl], d_local[sl]
             with torch.no_grad():
-                s, px, o, sh = self._align_scores(
+                s, px, o, z, sh = self._align_scores(
                     batch(q_images, q), batch(q_band, q), batch(d_used, d), batch(d_band, d)
                 )
             structure[sl], pixel[sl] = s.cpu().numpy(), px.cpu().numpy()
-            orient[sl], shifts[sl] = o.cpu().numpy(), sh.cpu().numpy()
+            orient[sl], zooms[sl], shifts[sl] = o.cpu().numpy(), z.cpu().numpy(), sh.cpu().numpy()
+        scale_of = [1.0, *self.scales]
         alignments = [
             [
-                Alignment(*self.orientations[int(orient[i * n_c + c])], tuple(int(v) for v in shifts[i * n_c + c]))
+                Alignment(
+                    *self.orientations[int(orient[i * n_c + c])],
+                    tuple(int(v) for v in shifts[i * n_c + c]),
+                    scale_of[int(zooms[i * n_c + c])],
+                )
                 for c in range(n_c)
             ]
             for i in range(n_q)
@@ -361,7 +418,7 @@ class Verifier:
         import torch
 
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].to(self.device)
-        theta = _rotation_matrix(self.dims, alignment.axis, alignment.angle)[None].to(self.device)
+        theta = _rotation_matrix(self.dims, alignment.axis, alignment.angle, alignment.scale)[None].to(self.device)
         moved = self._warp(x, theta)[0, 0]
         return torch.roll(moved, alignment.shift, tuple(range(self.dims))).cpu().numpy()
 

@@ -286,11 +286,11 @@ def _pair_line(p: Pair, tau: float) -> list[Any]:
     if p.alignment is not None:
         retrieval = "" if p.retrieval is None or math.isnan(p.retrieval) else f"{p.retrieval:.6f}"
         shift = " ".join(str(v) for v in p.alignment.shift)
-        line += [retrieval, p.alignment.axis, f"{p.alignment.angle:g}", shift]
+        line += [retrieval, p.alignment.axis, f"{p.alignment.angle:g}", shift, f"{p.alignment.scale:g}"]
     return line
 
 
-VERIFIED_HEADER = ("retrieval_similarity", "align_axis", "align_angle", "align_shift")
+VERIFIED_HEADER = ("retrieval_similarity", "align_axis", "align_angle", "align_shift", "align_scale")
 
 
 def _alignment(row: dict[str, str]) -> tuple[float | None, Alignment | None]:
@@ -298,7 +298,8 @@ def _alignment(row: dict[str, str]) -> tuple[float | None, Alignment | None]:
         return None, None
     retrieval = float(row["retrieval_similarity"]) if row.get("retrieval_similarity") else math.nan
     shift = tuple(int(v) for v in row["align_shift"].split())
-    return retrieval, Alignment(int(row["align_axis"]), float(row["align_angle"]), shift)
+    scale = float(row.get("align_scale") or 1.0)  # scans before the zoom search wrote no column: not scaled
+    return retrieval, Alignment(int(row["align_axis"]), float(row["align_angle"]), shift, scale)
 
 
 RESULT_FILES = (PAIRS, TRAIN_NN, NEIGHBORS, PATIENTS)
