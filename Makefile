@@ -41,6 +41,7 @@ bench: setup $(CHROMIUM)
 	PYTHONPATH=. $(PY) benchmarks/planted_copies.py --write --dims 3 2 --epochs 30 --per-kind 10 --background
 	PYTHONPATH=. $(PY) benchmarks/verify_resolution.py --write --dims 2 3 --epochs 30 --per-kind 10
 	PYTHONPATH=. $(PY) benchmarks/patient_layouts.py --write --epochs 30 --per-kind 10
+	PYTHONPATH=. $(PY) benchmarks/calibration_transfer.py --write --per-kind 5
 	PYTHONPATH=. $(PY) benchmarks/ratios.py --write
 	$(PY) -m tools.readme_tables
 

@@ -147,14 +147,20 @@ def cmd_scan(args: argparse.Namespace) -> None:
                 "all are listed in summary.json",
                 file=sys.stderr,
             )
+    from core.study.caveats import caveats
     from core.study.results import ScanResults
-    from core.study.review import by_patient
+    from core.study.review import by_patient, metrics_at, nearer_than_heldout
 
     mem, cop = summary.memorized, summary.copies
     print(f"threshold {summary.tau:.3f} ({summary.threshold.rule})")
     for name, f in (("copies", cop), ("memorized training scans", mem)):
         print(f"{name} {f.count}/{f.total} ({f.value:.1%}; 95 % CI {f.low:.1%} to {f.high:.1%}, {f.method})")
-    print(by_patient(ScanResults.open(args.out), summary.tau).describe())
+    scan = ScanResults.open(args.out)
+    print(by_patient(scan, summary.tau).describe())
+    pairs = scan.pairs()
+    metrics = metrics_at(scan, summary.tau, str(summary.threshold.rule), summary.threshold.percentile)
+    for caveat in caveats(summary, metrics, pairs, nearer_than_heldout(scan, pairs), summary.diagnostics):
+        print(f"caveat: {caveat.text}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv (scan {summary.scan_id})")
 
 

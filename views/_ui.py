@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from core.common.errors import MemoScopeError
+from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import BeyondHeldout
 from core.io.data import source_of
 from core.study import jobs, results, verdicts
@@ -16,7 +17,14 @@ from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies
 from core.study.report import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
-from core.study.review import ByPatient, by_patient, metrics_at, nearer_than_heldout, sample_conditioning
+from core.study.review import (
+    ByPatient,
+    by_patient,
+    diagnostics_at,
+    metrics_at,
+    nearer_than_heldout,
+    sample_conditioning,
+)
 from core.study.store import Study, working_copy
 
 STUDIES = Path("studies")
@@ -206,12 +214,22 @@ def study_threshold(study: Path) -> verdicts.StudyThreshold:
     return verdicts.study_threshold(study, scanned)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _diagnostics(study: str, mtime: float, tau: float) -> CalibrationDiagnostics:
+    return diagnostics_at(_scan(study, mtime), tau)
+
+
+def diagnostics(study: Path, tau: float) -> CalibrationDiagnostics:
+    """Where ``tau`` sits in the study's synthetic scores, and the gap rule's second opinion."""
+    return _diagnostics(str(study), _scan_mtime(study), float(tau))
+
+
 def show_caveats(study: Path, collapsed: bool = False) -> None:
     """The study's caveats at its threshold: a warning box (Overview), or a collapsed expander (Review)."""
     scanned = require_scan(study)
     chosen = study_threshold(study)
     at = metrics_at(scanned, chosen.value, chosen.rule, chosen.percentile)
-    found = caveats(scanned.summary, at, pairs(study), beyond_heldout(study))
+    found = caveats(scanned.summary, at, pairs(study), beyond_heldout(study), diagnostics(study, chosen.value))
     if not found:
         return
     text = "\n".join(f"- {c.text}" for c in found)

@@ -9,6 +9,7 @@ from core.common.config import choices
 from core.common.errors import MemoScopeError
 from core.detect.metrics import Threshold, ThresholdRule
 from core.study import verdicts
+from core.study.caveats import calibration_caveats
 from core.study.review import calibration_figure, live_metrics
 from views import _ui
 
@@ -105,7 +106,24 @@ def controls() -> None:
         f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed."
     )
 
-    st.plotly_chart(calibration_figure(cal, tau, str(summary.method)), key="calibration")
+    diagnosis = _ui.diagnostics(study, tau)
+    st.plotly_chart(calibration_figure(cal, tau, str(summary.method), diagnosis.gap_tau), key="calibration")
+    second = (
+        f"the gap rule (the widest gap in the synthetic scores above the validation median, {diagnosis.gap_low:.3f} "
+        f"to {diagnosis.gap_high:.3f}) puts it at **{diagnosis.gap_tau:.3f}** and calls {diagnosis.disagree} "
+        "sample(s) differently"
+        if diagnosis.gap_tau is not None
+        else "the synthetic scores show no gap of at least 0.05 above the validation median, so no second threshold"
+    )
+    st.markdown(
+        f"**Second opinion.** Beside the calibrated {tau:.3f}, {second}. {diagnosis.near_tau} of "
+        f"{diagnosis.n_synthetic} samples lie within {diagnosis.band:g} of {tau:.3f}; "
+        f"{diagnosis.bulk_above_val95} of the {diagnosis.bulk} samples below the gap score above 95 % of the "
+        f"validation scans ({diagnosis.val_p95:.3f})."
+        + ("" if diagnosis.readable else " Too few samples or validation scans to read a distribution from: no caveat.")
+    )
+    for caveat in calibration_caveats(diagnosis):
+        st.warning(caveat.text)
     st.caption(
         f"Null sizes: {len(cal.train_to_val)} training and {len(cal.val_to_train)} validation samples; "
         f"median synthetic->training {float(np.median(cal.synthetic_to_train)):.3f}."

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import BeyondHeldout, MemorizationMetrics
 from core.study.results import Pair, ScanSummary, copies, nearest_pairs
 from core.study.review import ANATOMY_FLOOR, sample_quality
@@ -29,10 +30,16 @@ class Caveat:
 
 
 def caveats(
-    summary: ScanSummary, metrics: MemorizationMetrics, pairs: list[Pair], beyond: BeyondHeldout | None = None
+    summary: ScanSummary,
+    metrics: MemorizationMetrics,
+    pairs: list[Pair],
+    beyond: BeyondHeldout | None = None,
+    diagnostics: CalibrationDiagnostics | None = None,
 ) -> list[Caveat]:
     """The caveats that apply to a study judged at ``metrics.threshold`` (see the module docstring); ``beyond``
-    (:func:`core.study.review.nearer_than_heldout`) adds the one about samples between the held-out scores and tau."""
+    (:func:`core.study.review.nearer_than_heldout`) adds the one about samples between the held-out scores and tau,
+    ``diagnostics`` (:func:`core.study.review.diagnostics_at`, at the same tau) those about where tau sits in the
+    synthetic scores."""
     found: list[Caveat] = []
     tau = metrics.threshold.value
     if metrics.expected_fpr_copy > HIGH_FPR:
@@ -123,12 +130,63 @@ def caveats(
                     "called a copy does not make a sample new anatomy: review those pairs before sharing.",
                 )
             )
+    if diagnostics is not None:
+        found += calibration_caveats(diagnostics)
     if summary.method == "paper":
         found.append(
             Caveat(
                 "paper_method",
                 "Scanned with the paper's copy call (embedding correlation only), which on MemoScope's planted-copy "
                 "benchmark misses most shifted and mixed copies; rescan with the verified call for those.",
+            )
+        )
+    return found
+
+
+SETTLE = (
+    "What would settle it: validation patients from the same source, scanner and preprocessing as the training scans "
+    "(and the patients the synthetic data will stand for), and more of them."
+)
+
+
+def calibration_caveats(d: CalibrationDiagnostics) -> list[Caveat]:
+    """The diagnostics' findings in words, each with its numbers and what would settle it."""
+    found: list[Caveat] = []
+    if d.tau_in_bulk:
+        found.append(
+            Caveat(
+                "tau_in_bulk",
+                f"The threshold {d.tau:.3f} sits inside the synthetic samples' scores, not in a gap: {d.near_tau} of "
+                f"{d.n_synthetic} ({d.near_tau / d.n_synthetic:.0%}) lie within {d.band:g} of it, so whether each is "
+                "called a copy hangs on exactly where the threshold is. If those samples are new anatomy that simply "
+                "resembles training, the copy fraction overstates copying; review them. " + SETTLE,
+            )
+        )
+    if d.rules_disagree and d.gap_tau is not None:
+        direction = (
+            "would call fewer samples copies: the calibrated threshold may flag new anatomy"
+            if d.gap_tau > d.tau
+            else "would call more samples copies: a separate group of high scores lies below the calibrated threshold"
+        )
+        found.append(
+            Caveat(
+                "second_opinion",
+                f"A second opinion read from the synthetic scores themselves (the widest gap above the validation "
+                f"patients' median, {d.gap_low:.3f} to {d.gap_high:.3f}) puts the threshold at {d.gap_tau:.3f}, not "
+                f"{d.tau:.3f}, and {direction} ({d.disagree} of {d.n_synthetic} samples called differently). The "
+                "calibrated threshold stays the study's; review the samples between the two. " + SETTLE,
+            )
+        )
+    if d.val_unlike_bulk and d.bulk_median is not None:
+        found.append(
+            Caveat(
+                "val_unlike_synthetic",
+                f"The validation patients are less like the training scans than the synthetic samples read as new are: "
+                f"{d.bulk_above_val95} of those {d.bulk} samples (median score {d.bulk_median:.3f}) score above 95 % "
+                f"of the validation scans ({d.val_p95:.3f}; their median {d.val_median:.3f}). Either the generator "
+                "reproduces training anatomy closely, or the validation patients come from another source than the "
+                "patients the synthetic samples resemble; a threshold calibrated on them then sits too low for new "
+                "patients like the training ones. " + SETTLE,
             )
         )
     return found

@@ -30,6 +30,7 @@ from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
+from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
@@ -116,6 +117,8 @@ class ScanSummary(Config):
             never part of ``copies``.
         device: where the detector trained and embedded and pairs were verified.
         precision: the forward passes' dtype there (``fp32``, or mixed ``bf16``/``fp16``).
+        diagnostics: where tau sits in the synthetic samples' own scores and the gap rule's second opinion on it
+            (:mod:`core.detect.diagnostics`), at the scan's tau; ``None`` for scans before it was recorded.
         verification: the preprocessing of the images the verified call, the pixel checks and Review compared
             (the scans' own resolution, up to ``verify.max_size``); ``None``: the same as ``preprocessing``.
         search: how the training set was searched: exact, or an approximate index with its measured recall@1.
@@ -152,6 +155,7 @@ class ScanSummary(Config):
     search: SearchReport | None = None
     precision: Precision = Precision.FP32
     verification: PreprocessSpec | None = None
+    diagnostics: CalibrationDiagnostics | None = None
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:

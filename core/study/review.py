@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.common.tables import read_csv
+from core.detect.diagnostics import CalibrationDiagnostics, calibration_diagnostics
 from core.detect.metrics import (
     BeyondHeldout,
     Fraction,
@@ -147,6 +148,17 @@ def nearer_than_heldout(scan: ScanResults, pairs: list[Pair] | None = None) -> B
     return beyond_heldout(
         scan.best("synthetic_to_train"), scan.calibration().val_to_train, volumes, seed=scan.summary.seed + 2
     )
+
+
+def diagnostics_at(scan: ScanResults, tau: float) -> CalibrationDiagnostics:
+    """Where ``tau`` sits in a scanned study's synthetic scores (:mod:`core.detect.diagnostics`): the scan's own
+    record at its tau, else computed from ``neighbors.npz`` (a saved study threshold, or a scan before it was
+    recorded)."""
+    recorded = scan.summary.diagnostics
+    if recorded is not None and recorded.tau == tau:
+        return recorded
+    calibration = scan.calibration()
+    return calibration_diagnostics(calibration.synthetic_to_train, calibration.val_to_train, tau)
 
 
 ANATOMY_FLOOR = 0.3  # median pixel r below this: the samples resemble no real scan (pure noise scores about 0)
@@ -297,9 +309,10 @@ def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -
     return fig
 
 
-def calibration_figure(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
+def calibration_figure(cal: Calibration, tau: float, method: str = "paper", second: float | None = None) -> go.Figure:
     """The Calibrate page's figure: the four distributions above, the fractions against the threshold below,
-    on one shared threshold axis (so the two tau lines are one vertical line)."""
+    on one shared threshold axis (so the two tau lines are one vertical line); ``second``: the gap rule's threshold
+    (:mod:`core.detect.diagnostics`), drawn dashed beside tau."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.06)
@@ -313,6 +326,14 @@ def calibration_figure(cal: Calibration, tau: float, method: str = "paper") -> g
     ):
         fig.add_scatter(x=curve["tau"], y=curve[key], name=name, line=dict(dash=dash), row=2, col=1)
     fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
+    if second is not None:
+        fig.add_vline(
+            x=second,
+            line_color="purple",
+            line_dash="dash",
+            annotation_text=f"gap rule {second:.3f}",
+            annotation_position="bottom right",
+        )
     fig.update_layout(barmode="overlay", height=620, margin=dict(t=30, b=40), legend=dict(orientation="h", y=-0.12))
     fig.update_yaxes(title_text="share of samples", row=1, col=1)
     fig.update_yaxes(title_text="fraction above tau", tickformat=".0%", range=[0, 1.02], row=2, col=1)

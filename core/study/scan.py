@@ -16,6 +16,7 @@ from core.common.devices import Precision, check_precision, device_description, 
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import now_utc, versions
+from core.detect.diagnostics import calibration_diagnostics
 from core.detect.metrics import (
     Fraction,
     MemorizationMetrics,
@@ -587,6 +588,9 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             search=search_report,
             precision=precision,
             verification=verify_spec,
+            diagnostics=calibration_diagnostics(
+                tables.synthetic_to_train.best, tables.val_to_train.best, threshold.value
+            ),
         )
         results.commit_scan(out, stage, summary)
         study.set_inputs(
