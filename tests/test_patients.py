@@ -12,41 +12,32 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from core.common.errors import MemoScopeError
 from core.io.data import discover, discover_patients, load_set
 from core.io.patients import PatientRule, PatientSource, pseudonymous_id
 from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
+from tests.dicom_files import write_dicom as dicom_file
 
 PATIENT_IDS = ("MRN-0042", "MRN-0077", "MRN-0103")  # what a hospital export carries; never to be written anywhere
 
 
 def write_dicom(path: Path, pixels: np.ndarray, patient_id: str, series_uid: str, instance: int = 1) -> None:
-    """One MR slice as a DICOM file, with the patient's ID in its header."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientID, ds.PatientName = patient_id, f"DOE^{patient_id}"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), series_uid
-    ds.SOPInstanceUID, ds.SOPClassUID, ds.Modality = meta.MediaStorageSOPInstanceUID, MRImageStorage, "MR"
-    ds.InstanceNumber, ds.ImagePositionPatient, ds.ImageOrientationPatient = (
-        instance,
-        [0, 0, instance],
-        [1, 0, 0, 0, 1, 0],
+    """One MR slice of a series as a DICOM file, with the patient's ID in its header."""
+    dicom_file(
+        path,
+        pixels.astype(np.uint16),
+        PatientID=patient_id,
+        PatientName=f"DOE^{patient_id}",
+        SeriesInstanceUID=series_uid,
+        InstanceNumber=instance,
+        ImagePositionPatient=[0, 0, instance],
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        PixelSpacing=[1, 1],
+        SliceThickness=1,
     )
-    ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
 
 
 def _u16(image: np.ndarray) -> np.ndarray:

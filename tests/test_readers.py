@@ -15,13 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from core.common.errors import MemoScopeError
 from core.io.data import read_raw
 from core.io.preprocessing import PreprocessSpec, preprocess
 from core.io.sample_data import REAL_VOLUMES, axial_slices
+from tests.dicom_files import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTOR = REPO / "checkpoints" / "demo-2d-detector"
@@ -35,23 +36,8 @@ def _unit(image: np.ndarray) -> np.ndarray:
 
 
 def _dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", **tags: object) -> None:
-    """One secondary-capture DICOM image with the given stored values (uint16 unless ``signed``)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    signed = stored.dtype.kind == "i"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    """One secondary-capture (X-ray-like) DICOM image with the given stored values."""
+    write_dicom(path, stored, photometric, SecondaryCaptureImageStorage, Modality="DX", **tags)
 
 
 def _lut_item(table: np.ndarray, first: int = 0) -> Dataset:

@@ -10,8 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pypdf import PdfReader
 
 from core.common.errors import MemoScopeError
@@ -21,6 +19,7 @@ from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
 from core.study.results import ScanResults, read_summary
 from core.study.scan import ScanConfig, run_scan
 from tests.conftest import smooth_image
+from tests.dicom_files import write_dicom as dicom_file
 
 PHI = {
     "PatientName": "DOE^JANE",
@@ -48,24 +47,7 @@ FORBIDDEN = [
 
 
 def _write_dicom(path: Path, pixels: np.ndarray) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    for key, value in PHI.items():
-        setattr(ds, key, value)
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SOPClassUID = MRImageStorage
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    dicom_file(path, pixels.astype(np.uint16), **PHI, StudyInstanceUID="1.2.826.0.1.3680043.8.498.4242")
 
 
 def _u16(image: np.ndarray) -> np.ndarray:

@@ -151,7 +151,7 @@ def one_torch_thread() -> Iterator[None]:
 
 def is_constant(image: np.ndarray) -> bool:
     """True when an image has no intensity range (min == max), e.g. an empty slice."""
-    return bool(np.ptp(image) == 0)
+    return bool(np.min(image) == np.max(image))  # not ptp: max - min overflows for values near the float limit
 
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -173,7 +173,9 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         raise ValueError("image has no voxels or holds NaN/Inf values")
     if spec.intensity == "minmax" and is_constant(raw):
         raise ValueError("image is constant (min == max); min-max scaling is undefined")
-    if spec.intensity != "ct" and not np.isfinite(np.ptp(raw)):
+    with np.errstate(over="ignore"):  # the overflow is what this tests for
+        spread = np.ptp(raw)
+    if spec.intensity != "ct" and not np.isfinite(spread):
         # values near the float64 limit (+-1.7e308): max - min overflows and the scaled image would be NaN. The
         # minmax and percentile rules do not depend on the values' scale, so divide by the largest magnitude first.
         raw = raw / np.abs(raw).max()
