@@ -118,7 +118,8 @@ def controls() -> None:
     st.markdown(
         f"**Second opinion.** Beside the calibrated {tau:.3f}, {second}. {diagnosis.near_tau} of "
         f"{diagnosis.n_synthetic} samples lie within {diagnosis.band:g} of {tau:.3f}; "
-        f"{diagnosis.bulk_above_val95} of the {diagnosis.bulk} samples below the gap score above 95 % of the "
+        f"{diagnosis.bulk_above_val95} of the {diagnosis.bulk} samples below "
+        f"{'the gap' if diagnosis.gap_tau is not None else 'it'} score above 95 % of the "
         f"validation scans ({diagnosis.val_p95:.3f})."
         + ("" if diagnosis.readable else " Too few samples or validation scans to read a distribution from: no caveat.")
     )

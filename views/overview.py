@@ -56,7 +56,7 @@ else:
     st.caption(
         "Copy call: "
         + (
-            "**verified**: the embedding proposes training scans, each is aligned (rotation, shift) and the "
+            "**verified**: the embedding proposes training scans, each is aligned (rotation, zoom, shift) and the "
             "correlation of the aligned structure decides."
             if summary.method == "verified"
             else "**paper** (Dar et al.): the embedding correlation decides."
