@@ -110,8 +110,8 @@ with st.form("scan"):
         "Copy call",
         choices(MatchMethod),
         index=choices(MatchMethod).index(MatchMethod.VERIFIED),
-        help="verified: the embedding proposes candidates, then each is aligned (rotation, zoom, shift) and the aligned "
-        "structure correlation decides. paper: the embedding correlation decides, as in Dar et al.",
+        help="verified: the embedding proposes candidates, then each is aligned (rotation, zoom, shift) and the "
+        "aligned structure correlation decides. paper: the embedding correlation decides, as in Dar et al.",
     )
     rule = cols[1].selectbox(
         "Threshold rule",
