@@ -279,3 +279,23 @@ def test_the_report_says_when_the_transfer_to_unseen_patients_could_not_be_measu
     assert read_summary(study).fpr_unseen is None
     text = write_report(study, tmp_path / "report.html", "html").read_text()
     assert "could not be measured: the heldout-patient rule needs validation scans of at least 3 patients" in text
+
+
+def test_the_agreement_table_reads_detector_rows_and_reviewer_columns(tmp_path: Path) -> None:
+    """Two "not a copy" verdicts on pairs the detector called copies once read "detector: not a copy / reviewer 1:
+    copy = 2" in the report: the opposite of what happened."""
+    import re
+
+    from core.study.results import ScanResults, copies
+
+    study = tmp_path / "demo"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "studies" / "demo-2d", study)
+    scan = ScanResults.open(study)
+    flagged = copies(scan.pairs(), scan.summary.tau)[:2]
+    for pair in flagged:
+        verdicts.record(study, "ana", scan.pair_ref(pair.synthetic_id, pair.train_id), "not_copy")
+    html = write_report(study, tmp_path / "r.html").read_text()
+    table = re.search(r"<table><tr><th></th><th>reviewer 1: not a copy</th>.*?</table>", html, re.S)
+    assert table is not None, "the detector's rows and the reviewer's columns"
+    rows = re.findall(r"<tr><th>(detector: [^<]+)</th><td>(\d+)</td><td>(\d+)</td></tr>", table.group(0))
+    assert rows == [("detector: not a copy", "0", "0"), ("detector: copy", "2", "0")], rows

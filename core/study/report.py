@@ -148,7 +148,7 @@ def _agreement_rows(scan: ScanResults, pairs: list[Pair], tau: float) -> list[tu
         by = verdicts.by_reviewer(study, mode, scan)
         names = list(by)
         for k, name in enumerate(names, start=1):
-            rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(by[name], detector)))
+            rows.append((mode, f"detector vs reviewer {k}", verdicts.agreement(detector, by[name])))  # rows: detector
         for (i, a), (j, b) in combinations(enumerate(names, start=1), 2):
             rows.append((mode, f"reviewer {i} vs reviewer {j}", verdicts.agreement(by[a], by[b])))
     return rows
