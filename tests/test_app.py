@@ -377,3 +377,36 @@ def test_a_conditional_study_shows_each_samples_values_and_copies_per_band(
     at.switch_page("views/review.py").run()
     _ok(at)
     assert any(c.value.startswith("generated with age ") for c in at.caption)
+
+
+@needs_demo
+def test_presentation_mode_shows_no_training_file_or_patient_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the switch on, the Review work list and the Agreement audit trail once showed `mni152/axial009.png` and
+    `mni152`: tables are drawn on a canvas, so this reads every page's text and every data frame's cells."""
+    from core.study import verdicts
+    from core.study.results import ScanResults
+
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    scan = ScanResults.open(study)
+    pairs = scan.pairs()
+    first = pairs[0]
+    verdicts.record(study, "rater", scan.pair_ref(first.synthetic_id, first.train_id), "copy")
+    names = {p.train_id for p in pairs} | {p.patient_id for p in pairs}
+    at = _app(str(study))
+    at.session_state["presentation"] = True
+    at.session_state["reviewer"] = "rater"
+    leaks: list[str] = []
+    for page in ("views/overview.py", "views/review.py", "views/agreement.py", "views/calibrate.py"):
+        at.switch_page(page).run()
+        _ok(at)
+        if page.endswith("review.py"):
+            at.toggle(key=f"only::{study}").set_value(False).run()
+        if page.endswith("agreement.py"):
+            at.radio(key="agreement_mode").set_value("open").run()
+        texts = [e.value for kind in ("markdown", "caption", "text", "warning", "info") for e in getattr(at, kind)]
+        cells = [str(v) for frame in at.dataframe for v in frame.value.astype(str).to_numpy().ravel()]
+        leaks += [f"{page}: {n}" for n in names if any(n in t for t in texts + cells)]
+    assert not leaks, sorted(leaks)[:8]

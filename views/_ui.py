@@ -204,6 +204,28 @@ def shown_patient(study: Path, patient_id: str) -> str:
     return names.patients.get(patient_id, "patient-?") if presenting() else patient_id
 
 
+SCAN_COLUMNS = ("train_id", "nearest_training")
+PATIENT_COLUMNS = ("patient_id", "nearest_patient")
+
+
+def shown_rows(study: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows as the app shows them: in presentation mode every training-scan and patient column under its
+    report pseudonym (tables are drawn on a canvas, where a file name is as visible as in text)."""
+    if not presenting():
+        return rows
+    return [
+        {
+            key: shown_scan(study, value)
+            if key in SCAN_COLUMNS and isinstance(value, str)
+            else shown_patient(study, value)
+            if key in PATIENT_COLUMNS and isinstance(value, str)
+            else value
+            for key, value in row.items()
+        }
+        for row in rows
+    ]
+
+
 def inputs(study: Path) -> dict[str, Any]:
     return Study(study).inputs()  # reading does not touch the database
 

@@ -93,4 +93,4 @@ with st.expander("Audit trail (every verdict and what it replaced)"):
         st.caption(f"Hash chain verified: {check.rows} rows, head `{check.head[:16]}`.")
     else:
         st.error("The audit trail failed verification: " + "; ".join(check.problems[:5]))
-    st.dataframe(verdicts.audit_trail(study), hide_index=True)
+    st.dataframe(_ui.shown_rows(study, verdicts.audit_trail(study)), hide_index=True)

@@ -366,7 +366,9 @@ with st.container(border=True):
             + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
         )
 
-st.dataframe(rows, hide_index=True, on_select="rerun", selection_mode="single-row", key=table_key, height=260)
+st.dataframe(
+    _ui.shown_rows(study, rows), hide_index=True, on_select="rerun", selection_mode="single-row", key=table_key, height=260
+)
 
 if blinded:
     st.stop()  # the neighbours show similarities: not in the blinded check
