@@ -311,8 +311,11 @@ def test_a_flat_folder_by_default_warns_before_work_and_the_caveat_reaches_overv
     code = main(
         ["scan", "--train", str(root / "png/train"), "--val", str(root / "png/val"), *args, "--out", str(study)]
     )
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 0
+    # the headline that counts patients says they are files (it once stated the count as if they were people)
+    assert "These patients are files" in captured.out
     warning = err.index("warning: train set")
     assert warning < err.index("load"), "the warning must come before any work"
     assert "each file its own patient: no patient subfolders" in err and "--patients pattern:REGEX" in err
@@ -321,6 +324,7 @@ def test_a_flat_folder_by_default_warns_before_work_and_the_caveat_reaches_overv
     assert summary.fpr_unseen is not None and "each file its own patient by default" in summary.fpr_unseen.method
     html = write_report(study, root / "report.html", "html").read_text()
     assert "was taken as its own patient" in html and "each file its own (no patient folders)" in html
+    assert "These patients are files" in html and "counts files as if they were people" in html
     monkeypatch.chdir(REPO)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.session_state["study"] = str(study)

@@ -78,7 +78,7 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
     inputs = {"train": str(tmp_path / "train"), "val": str(tmp_path / "val")}
     guessed = create_study(tmp_path / "studies", "by-file", inputs)  # each file its own patient: no overlap seen
     (warning,) = [w for w in patient_warnings(guessed.inputs()) if w.startswith("train")]
-    assert "each file its own patient" in warning and "--patients pattern:REGEX" in warning
+    assert "each file its own patient" in warning and "pattern:REGEX" in warning and "Patients from" in warning
     rule = r"pattern:^(?P<patient>sub-\d+)_"
     with pytest.raises(MemoScopeError, match=r"appear in both .*sub-01"):
         create_study(tmp_path / "studies", "leak", {**inputs, "patients": rule})
@@ -94,6 +94,10 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
     at.session_state["study"] = str(guessed.path)
     at.run()
     assert not at.exception and any("each file its own patient" in w.value for w in at.warning)
+    table = next(d.value for d in at.dataframe if "patients from" in d.value.columns)  # before a scan: as listed
+    train = table[table["set"] == "train"].iloc[0]
+    assert train["images"] == "3 files" and train["patients"] == 3
+    assert train["patients from"] == "each file its own (no patient folders)"
     assert not (tmp_path / "studies" / "leak").exists() and not (tmp_path / "studies" / "miss").exists()
 
 

@@ -12,7 +12,7 @@ from core.study import jobs, results
 from core.study.results import ROLES
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
-from core.study.store import patient_warnings
+from core.study.store import patient_warnings, recorded_groupings
 from views import _ui
 
 study = _ui.require_study()
@@ -126,15 +126,17 @@ else:
 
 st.subheader("Data and models")
 rows = []
+listed = recorded_groupings(inputs)  # before a scan: what the patient rule found when the study was created
 for role in ROLES:
     info = summary.inputs[role] if summary else None
+    found = listed.get(role)
     rows.append(
         {
             "set": role,
             "source": info.source if info else str(inputs.get(role) or "not set"),
-            "images": info.n if info else None,
-            "patients": info.n_patients if info else None,
-            "patients from": info.patient_rule if info else "",
+            "images": info.n if info else (f"{found.files} files" if found else "not scanned yet"),
+            "patients": info.n_patients if info else (found.patients if found else None),
+            "patients from": info.patient_rule if info else (found.label() if found else ""),
             "content hash": info.content_hash[:12] if info else "",
         }
     )

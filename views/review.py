@@ -367,7 +367,12 @@ with st.container(border=True):
         )
 
 st.dataframe(
-    _ui.shown_rows(study, rows), hide_index=True, on_select="rerun", selection_mode="single-row", key=table_key, height=260
+    _ui.shown_rows(study, rows),
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key=table_key,
+    height=260,
 )
 
 if blinded:

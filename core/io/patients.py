@@ -109,6 +109,10 @@ class PatientGrouping(Config):
         word: one scan per patient is common for volumes and radiographs)."""
         return self.one_per_file and self.by_default
 
+    def label(self) -> str:
+        """How the patients were named, for a table: the rule, or that each file was taken as its own patient."""
+        return "each file its own (no patient folders)" if self.doubtful else self.rule
+
     def describe(self) -> str:
         """``12 patients in 240 files (rule: dicom)``."""
         noun = "patient" if self.patients == 1 else "patients"
@@ -121,8 +125,10 @@ def doubt_message(role: str, source: str, grouping: PatientGrouping) -> str:
     return (
         f"{role} set {source}: {grouping.describe()}. Slices or scans of one person then count as different "
         "people, so the new-patient threshold bound and the leave-one-patient-out check are optimistic. Say who is "
-        "who: --patients pattern:REGEX on the file names (e.g. 'pattern:(?P<patient>sub-\\d+)_'), a CSV manifest "
-        "with patient_id, or one folder per patient (or --patients folder if each file really is another patient)."
+        "who: --patients (in the app: 'Patients from') pattern:REGEX on the file names, e.g. "
+        "'pattern:^(?P<patient>[^_]+)_' for names like sub-07_slice012.png (the patient is what comes before the "
+        "first underscore), a CSV manifest with patient_id, or one folder per patient (or folder if each file really "
+        "is another patient)."
     )
 
 

@@ -80,7 +80,7 @@ class InputSet(Config):
         """How the set's patients were named, for a table: the rule, or ``-`` (synthetic, or an older study)."""
         if self.patients is None:
             return "-"
-        return "each file its own (no patient folders)" if self.patients.doubtful else self.patients.rule
+        return self.patients.label()
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,11 @@ def interval_note(scan: ScanResults, metrics: MemorizationMetrics) -> str:
             "Several training scans of one patient (neighbouring slices, say) are not independent draws, so the "
             "memorized interval resamples training patients"
         )
+    elif _guessed_patients(scan.summary):
+        memorized = (
+            "No patient was named (each training file was taken as its own patient), so the memorized interval "
+            "counts files as if they were people: too narrow if files share a patient (see the caveat)"
+        )
     else:
         memorized = "Each training patient has one scan, so the memorized interval counts patients"
     return (
@@ -131,13 +136,20 @@ class ByPatient:
     """
 
     patients_memorized: Fraction
+    guessed: bool = False  # the "patients" are files: the rule only guessed (each file its own patient)
 
     def describe(self) -> str:
         p = self.patients_memorized
-        return (
+        text = (
             f"By patient: {p.count} of {p.total} training patients have at least one memorized scan "
             f"(95 % CI {p.low:.0%} to {p.high:.0%}, {p.method})."
         )
+        if self.guessed:
+            text += (
+                " These patients are files: no patient was named, so each file counts as a person and the interval "
+                "is too narrow if files share a patient; name the patients to count people."
+            )
+        return text
 
 
 def nearer_than_heldout(scan: ScanResults, pairs: list[Pair] | None = None) -> BeyondHeldout:
@@ -175,7 +187,14 @@ def sample_quality(pairs: list[Pair]) -> float | None:
 def by_patient(scan: ScanResults, tau: float) -> ByPatient:
     """:class:`ByPatient` at ``tau`` from the study's ``train_nn.csv``: any scanned study."""
     rows = scan.train_rows()
-    return ByPatient(any_per_group(is_copy([r.similarity for r in rows], tau), [r.patient_id for r in rows]))
+    found = any_per_group(is_copy([r.similarity for r in rows], tau), [r.patient_id for r in rows])
+    return ByPatient(found, _guessed_patients(scan.summary))
+
+
+def _guessed_patients(summary: ScanSummary) -> bool:
+    """Whether the training set's patients were only guessed (each file its own patient, by default)."""
+    grouping = summary.inputs["train"].patients
+    return grouping is not None and grouping.doubtful
 
 
 def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:

@@ -225,9 +225,14 @@ PATIENT_GROUPINGS = "patient_groupings"  # study.json: what the patient rule fou
 def patient_warnings(inputs: dict[str, Any]) -> list[str]:
     """Before any scan: a warning for each set whose patients the rule only guessed (each file its own patient),
     from what :func:`create_study` recorded (a scan's summary then carries the caveat)."""
-    found = inputs.get(PATIENT_GROUPINGS) or {}
-    groupings = {role: PatientGrouping.from_dict(g, source=f"{PATIENT_GROUPINGS}.{role}") for role, g in found.items()}
+    groupings = recorded_groupings(inputs)
     return [doubt_message(role, str(inputs.get(role)), g) for role, g in groupings.items() if g.doubtful]
+
+
+def recorded_groupings(inputs: dict[str, Any]) -> dict[str, PatientGrouping]:
+    """What the patient rule found in each set when the study was created (files and patients, before any scan)."""
+    found = inputs.get(PATIENT_GROUPINGS) or {}
+    return {role: PatientGrouping.from_dict(g, source=f"{PATIENT_GROUPINGS}.{role}") for role, g in found.items()}
 
 
 def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
