@@ -215,6 +215,9 @@ def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monke
     at.text_input(key="reviewer_input").input("rater one")
     at.button[[b.label for b in at.button].index("Add and review as this name")].click().run()
     assert at.session_state["reviewer"] == "rater one" and at.query_params["reviewer"] in ("rater one", ["rater one"])
+    # the chooser shows who you are now, and the new-name form is gone
+    assert at.selectbox(key=f"reviewer_pick::{study}").value == "rater one"
+    assert "Add and review as this name" not in [b.label for b in at.button]
     for verdict in ("copy", "not_copy", "unsure"):
         at.button(key=f"verdict_{verdict}").click().run()
         _ok(at)

@@ -76,7 +76,8 @@ def _add_reviewer() -> None:
     name = st.session_state.get("reviewer_input", "").strip()
     if name:
         _use_reviewer(name)
-        st.session_state.pop(f"reviewer_pick::{study}", None)
+        st.session_state[f"reviewer_pick::{study}"] = name  # the chooser shows who you are (popping it left the
+        # browser's "+ add a reviewer" in place, and the new-name form with it)
 
 
 if "reviewer" not in st.session_state and st.query_params.get("reviewer"):

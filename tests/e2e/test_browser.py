@@ -221,6 +221,11 @@ def _reviewer(page, name: str) -> None:  # noqa: ANN001
     page.get_by_label("New reviewer's name").fill(name)
     page.get_by_role("button", name="Add and review as this name").click()
     page.get_by_role("button", name=re.compile(r"^Copy")).wait_for()
+    # the chooser now shows who you are, and the new-name form is gone (it once still read "+ add a reviewer")
+    page.get_by_role("button", name="Add and review as this name").wait_for(state="detached", timeout=15_000)
+    chooser = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Reviewer"))
+    shown = chooser.first.locator("input").first.input_value() or chooser.first.inner_text()
+    assert name in shown, f"the reviewer chooser reads {shown!r}"
 
 
 def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
