@@ -52,6 +52,8 @@ def _studies() -> list[str]:
 
 def _open_chosen() -> None:
     st.session_state["study"] = str(working_copy(STUDIES / st.session_state["study_select"]))
+    for param in ("pair", "bpair", "blind"):  # a position in another study's list means nothing here
+        st.query_params.pop(param, None)
 
 
 def _submit_new_study() -> None:
@@ -83,11 +85,17 @@ def _submit_new_study() -> None:
 with st.sidebar:
     st.markdown("**MemoScope**: patient-data copies among synthetic scans")
     names = _studies()
-    if "study" not in st.session_state and names:
-        first = DEFAULT_STUDY if DEFAULT_STUDY in names else names[0]
+    if "study" not in st.session_state and names:  # the study in the URL (a reload, a shared link), else the demo
+        asked = st.query_params.get("study")
+        first = asked if asked in names else DEFAULT_STUDY if DEFAULT_STUDY in names else names[0]
         st.session_state["study"] = str(working_copy(STUDIES / first))
         st.session_state["study_select"] = first
     current = Path(st.session_state["study"]) if st.session_state.get("study") else None
+    chosen_name = st.session_state.get("study_select")
+    if chosen_name:  # kept in the URL on every page: a reload opens this study, not the default one
+        st.query_params["study"] = chosen_name
+    if st.session_state.get("reviewer"):  # and who is reviewing, whichever page was opened since
+        st.query_params["reviewer"] = st.session_state["reviewer"]
     if names:
         if "study_select" not in st.session_state:  # a study may also live outside studies/: then none is selected
             inside = current is not None and current.parent == STUDIES and current.name in names

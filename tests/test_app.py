@@ -413,3 +413,34 @@ def test_presentation_mode_shows_no_training_file_or_patient_name(
         cells = [str(v) for frame in at.dataframe for v in frame.value.astype(str).to_numpy().ravel()]
         leaks += [f"{page}: {n}" for n in names if any(n in t for t in texts + cells)]
     assert not leaks, sorted(leaks)[:8]
+
+
+@needs_demo
+def test_the_to_do_list_follows_what_reviewers_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It once kept "Review the 127 flagged copies" after every copy was judged (and said "Review the 0 flagged
+    copies" on a study without any), and "Check the threshold" after a reviewer had saved one."""
+    from core.detect.metrics import Threshold, ThresholdRule
+    from core.study import verdicts
+    from core.study.results import ScanResults, copies
+
+    monkeypatch.chdir(REPO)
+    study = _copy_demo(tmp_path)
+    scan = ScanResults.open(study)
+    flagged = copies(scan.pairs(), scan.summary.tau)
+
+    def todo() -> list[str]:
+        at = _app(str(study))
+        _ok(at)
+        return [m.value for m in at.markdown if m.value.startswith(("Review the", "Check the threshold"))]
+
+    assert todo() == [
+        "Check the threshold against the null distributions.",
+        f"Review the {len(flagged)} flagged copies no reviewer has judged yet.",
+    ]
+    for pair in flagged[:-1]:
+        verdicts.record(study, "ana", scan.pair_ref(pair.synthetic_id, pair.train_id), "copy")
+    assert todo()[-1] == "Review the 1 flagged copies no reviewer has judged yet."
+    last = flagged[-1]
+    verdicts.record(study, "ana", scan.pair_ref(last.synthetic_id, last.train_id), "not_copy")
+    verdicts.save_threshold(study, "ana", scan, Threshold(ThresholdRule.FIXED, None, scan.summary.tau, 0))
+    assert todo() == []

@@ -8,8 +8,8 @@ import streamlit as st
 
 from core.detect.metrics import ThresholdRule, crossfit_needs
 from core.detect.record import is_detector_folder
-from core.study import jobs, results
-from core.study.results import ROLES
+from core.study import jobs, results, verdicts
+from core.study.results import ROLES, copies
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
 from core.study.store import patient_warnings, recorded_groupings
@@ -176,8 +176,13 @@ if not (detector or inputs.get("detector") or is_detector_folder(study / results
 if summary is None:
     todo.append(("Not embedded and scanned yet.", "views/detector.py", "Embed and scan"))
 else:
-    todo.append(("Check the threshold against the null distributions.", "views/calibrate.py", "Calibrate"))
-    todo.append((f"Review the {summary.copies.count} flagged copies.", "views/review.py", "Review pairs"))
+    if chosen.set_by is None:  # a saved study threshold has been checked by someone, who is named
+        todo.append(("Check the threshold against the null distributions.", "views/calibrate.py", "Calibrate"))
+    flagged = copies(_ui.pairs(study), chosen.value)
+    judged = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=_ui.scan(study))}
+    open_ = sum((p.synthetic_id, p.train_id) not in judged for p in flagged)
+    if open_:
+        todo.append((f"Review the {open_} flagged copies no reviewer has judged yet.", "views/review.py", "Review"))
 for text, page, label in todo:
     cols = st.columns([3, 1])
     cols[0].write(text)

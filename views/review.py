@@ -33,7 +33,7 @@ from core.study.review import aligned_training, display_units, group_by_training
 from views import _ui
 
 study = _ui.require_study()
-st.title("Review pairs")
+st.title(f"Review pairs: {study.name}")  # the study the next verdict goes into, named where it is given
 summary = _ui.require_summary(study)
 chosen = _ui.study_threshold(study)
 tau = chosen.value
@@ -101,6 +101,7 @@ with st.sidebar:  # the settings of this review session: the main column is for 
     elif pick and pick != reviewer:
         _use_reviewer(pick)
         reviewer = pick
+    from_url("blind", f"blind::{study}", (True, False), False, cast=lambda v: v == "1")  # a reload stays blinded
     blinded = st.toggle(
         "Blinded check",
         key=f"blind::{study}",
@@ -121,6 +122,11 @@ with st.sidebar:  # the settings of this review session: the main column is for 
         )
         st.caption(f"Study threshold: {chosen.label}. Sorted by similarity, highest first.")
 mode = "blinded" if blinded else "open"
+if blinded:
+    to_url("blind", 1)
+else:
+    st.query_params.pop("blind", None)
+PAIR = "bpair" if blinded else "pair"  # a position in the blinded sample is not one in the open list
 scan = _ui.scan(study)
 mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode, scan)} if reviewer else {}
 
@@ -148,7 +154,7 @@ for r in rows:
 
 sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
 if sel_key not in st.session_state:  # the pair in the URL (a reload, a shared link), else where this reviewer left off
-    asked = st.query_params.get("pair", "")
+    asked = st.query_params.get(PAIR, "")
     st.session_state[sel_key] = (
         int(asked) - 1
         if asked.isdigit() and 1 <= int(asked) <= len(rows)
@@ -168,7 +174,7 @@ if nav.button("Previous", disabled=index == 0, key="prev", shortcut="k"):
 if nav.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
     index += 1
 st.session_state[sel_key] = index
-to_url("pair", index + 1)
+to_url(PAIR, index + 1)
 row: dict[str, Any] = rows[index]
 if blinded:
     nav.markdown(

@@ -379,3 +379,32 @@ def test_the_view_is_kept_in_the_url_and_typing_a_note_never_records_a_verdict(b
         assert note.input_value() == "yes, unsure"
         page.get_by_text(re.compile(r"as note taker: 0/")).wait_for()  # nothing recorded
         page.screenshot(path=SHOTS / "review-url-state.png")
+
+
+def test_verdicts_go_into_the_study_on_screen(browser, server: str) -> None:  # noqa: ANN001
+    """A reload once returned to demo-2d whatever study was open, the pair number carried over between studies, the
+    blinded check was lost on a reload, and the reviewer dropped out of the URL after moving between pages; the
+    Review heading did not name the study the next verdict goes into."""
+    with _fresh_page(browser, server, 1400, 1500) as page:
+        _settled(page)
+        _go(page, "Review")
+        _show_all_if_no_copies(page)
+        page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-2d")).wait_for()
+        _reviewer(page, "url rater")
+        _pick_row(page, 3)
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name="demo-3d", exact=True).click()
+        page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-3d")).wait_for()
+        _show_all_if_no_copies(page)
+        page.get_by_text(re.compile(r"^1 / \d+:")).first.wait_for()  # not demo-2d's pair 3
+        _go(page, "Overview")
+        _settled(page)
+        assert "study=demo-3d" in page.url and "reviewer=url+rater" in page.url, page.url
+        page.reload()
+        page.get_by_text("Study: demo-3d").wait_for()  # the reload stays in the study that was open
+        _go(page, "Review")
+        page.get_by_test_id("stSidebar").get_by_text("Blinded check").click()
+        _settled(page)
+        page.reload()
+        page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-3d")).wait_for()
+        page.get_by_text(re.compile(r"^Blinded: \d+ pairs")).wait_for()  # still blinded after the reload
