@@ -299,3 +299,22 @@ def test_the_agreement_table_reads_detector_rows_and_reviewer_columns(tmp_path: 
     assert table is not None, "the detector's rows and the reviewer's columns"
     rows = re.findall(r"<tr><th>(detector: [^<]+)</th><td>(\d+)</td><td>(\d+)</td></tr>", table.group(0))
     assert rows == [("detector: not a copy", "0", "0"), ("detector: copy", "2", "0")], rows
+
+
+def test_the_report_says_what_was_done_in_words_a_board_can_check(tmp_path: Path) -> None:
+    """The header once named the paper's embedding correlation for a verified scan, the conclusion gave the
+    memorized fraction without the interval that rests on a few patients, the recommendation said "if the copy
+    fraction is high" at 99 %, the synthetic set had "patients", and kappa and the rules were not explained."""
+    import re
+
+    study = tmp_path / "demo"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "studies" / "demo-2d", study)
+    html = write_report(study, tmp_path / "r.html").read_text()
+    header = re.search(r"Method: (.*?)</p>", html, re.S)
+    assert header and "aligned" in header.group(1) and "Pearson correlation of embeddings" not in header.group(1)
+    conclusion = re.search(r'<p class="key">(.*?)</p>', html, re.S)
+    assert conclusion and re.search(r"training scans \([\d.]+%, 95 % CI [\d.]+% to [\d.]+%", conclusion.group(1))
+    assert "if the copy fraction is high" not in html and "the generator reproduces its training data" in html
+    assert re.search(r"<tr><td>synthetic</td><td>\d+</td><td>-</td>", html)
+    for term in ("Cohen&#x27;s kappa", "Wilson interval", "Precision, recall, F1, AUROC", "heldout-patient rule"):
+        assert term in html or term.replace("&#x27;", "'") in html, term

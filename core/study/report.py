@@ -176,6 +176,22 @@ def _audit_sentence(audit: verdicts.AuditCheck, n_stale: int) -> str:
 UNCONFIRMED = {"not_anatomy", "pixel_disagrees"}  # caveats under which a flag is not yet evidence of a copy
 
 
+HIGH_COPY_FRACTION = 0.10  # a copy fraction at or above this is the generator's habit, not an accident
+
+
+def _method_header(summary: ScanSummary) -> str:
+    """The method line under the title: the copy call this scan used, not always the paper's."""
+    base = "after Dar et al. (arXiv 2402.01054): a self-supervised contrastive encoder"
+    if summary.method == "verified":
+        call = (
+            "proposes the nearest training scans, each is aligned to the sample (rotation, zoom, shift) and the "
+            "correlation of the aligned images' structure decides"
+        )
+    else:
+        call = "and exact nearest-neighbour search by Pearson correlation of embeddings decide"
+    return f"{base} {call}, against a threshold calibrated on real scans of patients outside the training set."
+
+
 def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset[str] = frozenset()) -> tuple[str, str]:
     """A plain-language conclusion and recommendation from the numbers at the study's threshold.
 
@@ -225,15 +241,22 @@ def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset
         text = (
             f"{copies.count} of {copies.total} synthetic samples ({copies.value:.1%}, 95 % CI {copies.low:.1%} to "
             f"{copies.high:.1%}) are closer to a training scan than real scans of other patients usually are: they are "
-            f"likely copies of patient data. {mem.count} of {mem.total} training scans ({mem.value:.1%}) have such a "
-            f"copy. About {fpr:.1%} of genuinely new scans would also be flagged at this threshold."
+            f"likely copies of patient data. {mem.count} of {mem.total} training scans ({mem.value:.1%}, 95 % CI "
+            f"{mem.low:.1%} to {mem.high:.1%}, {mem.method}) have such a copy. About {fpr:.1%} of genuinely new scans "
+            "would also be flagged at this threshold."
         )
         advice = (
             "Do not share this synthetic set as it is. Remove the flagged samples (MemoScope's release filter does "
             "this and "
             "records what it removed)"
             + (f", including the {n_confirmed} pairs reviewers confirmed as copies" if n_confirmed else "")
-            + "; if the copy fraction is high, retrain the generator with more data, augmentation or fewer epochs."
+            + (
+                f". With {copies.value:.0%} of the samples copies, the generator reproduces its training data: "
+                "retrain it with more data, augmentation or fewer epochs before sharing its samples."
+                if copies.value >= HIGH_COPY_FRACTION
+                else "; if copies recur in later samples, retrain the generator with more data, augmentation or fewer "
+                "epochs."
+            )
         )
     return text, advice
 
@@ -283,7 +306,8 @@ def build_report(
     e = html.escape
     inputs = summary.inputs
     rows = "".join(
-        f"<tr><td>{role}</td><td>{inputs[role].n}</td><td>{inputs[role].n_patients}</td>"
+        f"<tr><td>{role}</td><td>{inputs[role].n}</td>"
+        f"<td>{inputs[role].n_patients if role != 'synthetic' else '-'}</td>"
         f"<td>{e(inputs[role].patient_rule)}</td><td><code>{inputs[role].content_hash[:16]}</code></td></tr>"
         for role in ROLES
     )
@@ -331,9 +355,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;t
 figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-right:3px}}
 .key{{font-size:1.1em;background:#f4f4f4;padding:.6em}}</style></head><body>
 <h1>Memorization check: {e(study.name)}</h1>
-<p>Generated {now_utc()} by MemoScope {e(v.get("memoscope", "?"))}. Method: Dar et al. (arXiv 2402.01054):
-a self-supervised contrastive encoder, exact nearest-neighbour search by Pearson correlation of embeddings,
-and a threshold calibrated on real scans of patients outside the training set.</p>
+<p>Generated {now_utc()} by MemoScope {e(v.get("memoscope", "?"))}. Method: {e(_method_header(summary))}</p>
 <h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
 {f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
@@ -394,6 +416,20 @@ can be called significant.</dd>
 threshold would call copies. A copy fraction close to it means little: real new patients would score as high.</dd>
 <dt>Unseen-patient false-positive rate</dt><dd>The same, measured on validation patients the threshold was not
 calibrated on (each held out in turn): how the threshold carries over to new people.</dd>
+<dt>Verified call</dt><dd>Each synthetic sample's nearest training scans are aligned to it (turned, zoomed and moved
+a little) and the correlation of their aligned structure is the similarity: a copy that was shifted or blurred still
+scores as a copy.</dd>
+<dt>heldout-patient rule</dt><dd>The threshold a scan of a new patient would exceed only 5 % of the time, allowing
+for how much patients differ from each other, not only scans.</dd>
+<dt>Wilson interval, bootstrap</dt><dd>Two ways to put a 95 % interval on a fraction: Wilson from the count itself;
+the bootstrap by recomputing the fraction on resampled patients or volumes (used when several scans come from one
+person, which are not independent).</dd>
+<dt>Precision, recall, F1, AUROC</dt><dd>Precision: of the flagged samples, the share that are copies. Recall: of the
+copies, the share flagged. F1 combines the two. AUROC: how well the score ranks copies above non-copies (1 is
+perfect, 0.5 is chance).</dd>
+<dt>Cohen's kappa</dt><dd>Agreement between two raters beyond what chance alone would give. When nearly every pair
+falls in one class, chance agreement is already high, so kappa can be near 0 (or undefined) even when the raters
+agree on most pairs.</dd>
 </dl>"""
 
 
