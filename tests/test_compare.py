@@ -46,3 +46,56 @@ def test_stages_that_make_no_anatomy_are_marked_too_poor_to_judge() -> None:
     later = [r for name, r in rows.items() if not name.endswith("-early")]
     assert early and all(r.too_poor_to_judge and "too poor to judge" in r.table_row()["sample quality"] for r in early)
     assert later and not any(r.too_poor_to_judge for r in later)
+
+
+@pytest.mark.skipif(not DEMOS, reason="the committed demo studies are needed")
+def test_compare_answers_the_augmentation_question_in_words_with_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "Does augmentation reduce memorization in this demo?" once had to be read off a plot; stages too poor to
+    judge were plotted at 0 %, a saved threshold was not marked, and a missing self-test read "None"."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.study.compare import augmentation_sentence
+
+    rows = compare_studies(DEMOS)
+    sentence = augmentation_sentence(rows)
+    assert sentence is not None and sentence.startswith("Copy fraction with vs without augmentation: ")
+    assert "training patients)" in sentence and "So augmentation" in sentence
+    assert "25 epochs: too poor to judge, left out" in sentence  # the early stages make no anatomy
+    figure = fractions_by_epochs(rows)
+    plotted = {int(x) for trace in figure.data for x in trace.x}
+    assert plotted == {r.unet_epochs for r in rows if not r.too_poor_to_judge}
+    assert all(r.table_row()["self-test F1"] in ("not run",) or "." in r.table_row()["self-test F1"] for r in rows)
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["study"] = str(DEMOS[0])
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, at.exception
+    assert any(m.value.startswith("**Does augmentation reduce memorization here?**") for m in at.markdown)
+
+
+@pytest.mark.skipif(not DEMOS, reason="the committed demo studies are needed")
+def test_studies_at_different_thresholds_are_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.detect.metrics import Threshold, ThresholdRule
+    from core.study import verdicts
+    from core.study.results import ScanResults
+
+    for demo in DEMOS[:2]:
+        shutil.copytree(demo, tmp_path / "studies" / demo.name)
+    saved = tmp_path / "studies" / DEMOS[0].name
+    scan = ScanResults.open(saved)
+    verdicts.save_threshold(saved, "ana", scan, Threshold(ThresholdRule.FIXED, None, 0.456, 0))
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["study"] = str(saved)
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, at.exception
+    (warning,) = [w.value for w in at.warning if "different thresholds" in w.value]
+    assert f"{DEMOS[0].name} at 0.456" in warning and "saved by ana" in warning
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["study", "threshold"]  # in view, not off-screen at the right

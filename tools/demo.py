@@ -47,6 +47,7 @@ from core.generative.train import TrainLDMConfig, train_ldm
 from core.io.data import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
+from core.study.compare import compare
 from core.study.results import ScanResults, ScanSummary, is_scanned, nearest_pairs
 from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, nearer_than_heldout, sample_quality
 from core.study.scan import ScanConfig, run_scan
@@ -571,19 +572,6 @@ def _patients(found: ByPatient) -> str:
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def compare(a: Fraction, b: Fraction) -> str:
-    """How fraction ``b`` stands against ``a``, in words that respect their 95 % intervals."""
-    if b.low > a.high:
-        return "clearly higher than (intervals apart)"
-    if b.high < a.low:
-        return "clearly lower than (intervals apart)"
-    if b.value > a.value:
-        return "higher, within overlapping intervals, than"
-    if b.value < a.value:
-        return "lower, within overlapping intervals, than"
-    return "the same as"
 
 
 def _unet_loss(ldm: dict[str, Any]) -> float | None:

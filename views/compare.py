@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.study.compare import fractions_by_epochs
+from core.study.compare import augmentation_sentence, fractions_by_epochs
 from core.study.review import ANATOMY_FLOOR
 from views import _ui
 
@@ -25,6 +25,15 @@ if not chosen:
     st.info("Choose at least one study.")
     st.stop()
 rows = _ui.compare_rows(tuple(chosen))
+if sentence := augmentation_sentence(rows):
+    st.markdown(f"**Does augmentation reduce memorization here?** {sentence}")
+taus = {round(r.tau, 3) for r in rows}
+if len(taus) > 1:
+    st.warning(
+        "These studies are judged at different thresholds, so their fractions are not directly comparable: "
+        + "; ".join(f"{r.study} at {r.tau:.3f} ({r.threshold})" for r in rows)
+        + "."
+    )
 st.dataframe([r.table_row() for r in rows], hide_index=True)
 st.caption(
     "Fractions: value [95 % interval]. Expected FPR: the share of real held-out scans the threshold calls copies. "
@@ -45,5 +54,7 @@ if poor:
     )
 if any(r.unet_epochs is not None for r in rows):
     st.plotly_chart(fractions_by_epochs(rows), config={"displayModeBar": False})
+    if poor:
+        st.caption(f"Left out of the plot (too poor to judge, not a result of 0 %): {', '.join(poor)}.")
 else:
     st.caption("No training length is recorded in these studies' checkpoints, so there is no plot against epochs.")

@@ -43,6 +43,7 @@ class StudyRow:
     selftest_f1: float | None
     sample_quality: float | None = None  # median pixel r of each sample with its nearest training scan
     beyond_heldout: BeyondHeldout | None = None  # samples nearer to training than every held-out scan
+    train_patients: int | None = None  # what the memorized interval rests on
 
     @property
     def too_poor_to_judge(self) -> bool:
@@ -64,6 +65,7 @@ class StudyRow:
 
         return {
             "study": self.study,
+            "threshold": self.threshold,
             "dims": f"{self.dims}D",
             "checkpoint": self.checkpoint or "",
             "UNet epochs": self.unet_epochs,
@@ -77,10 +79,79 @@ class StudyRow:
             "expected FPR": f"{self.expected_fpr_copy:.1%}",
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
-            "self-test F1": None if self.selftest_f1 is None else round(self.selftest_f1, 3),
+            "self-test F1": "not run" if self.selftest_f1 is None else f"{self.selftest_f1:.3f}",
             "copy call": self.method,
-            "threshold": self.threshold,
         }
+
+
+def compare(a: Fraction, b: Fraction) -> str:
+    """How fraction ``b`` stands against ``a``, in words that respect their 95 % intervals."""
+    if b.low > a.high:
+        return "clearly higher than (intervals apart)"
+    if b.high < a.low:
+        return "clearly lower than (intervals apart)"
+    if b.value > a.value:
+        return "higher, within overlapping intervals, than"
+    if b.value < a.value:
+        return "lower, within overlapping intervals, than"
+    return "the same as"
+
+
+def augmentation_sentence(rows: list[StudyRow]) -> str | None:
+    """Does augmentation lower memorization here? One sentence from the rows with and without augmentation at the
+    same training length and dimensions (studies too poor to judge left out), each fraction with its interval and
+    what it rests on; ``None`` when no such pair is chosen."""
+    pairs, poor = [], []
+    for aug in rows:
+        matches = [
+            r
+            for r in rows
+            if aug.augmentation is True
+            and r.augmentation is False
+            and r.dims == aug.dims
+            and r.unet_epochs == aug.unet_epochs
+            and r.unet_epochs is not None
+        ]
+        if matches and (aug.too_poor_to_judge or matches[0].too_poor_to_judge):
+            poor.append(f"{aug.unet_epochs} epochs")
+        elif matches:
+            pairs.append((matches[0], aug))
+    if not pairs:
+        return None
+    pairs.sort(key=lambda p: (p[0].dims, p[0].unet_epochs or 0))
+
+    def line(which: str) -> tuple[str, int]:
+        items, clear = [], 0
+        for plain, aug in pairs:
+            a, b = getattr(aug, which), getattr(plain, which)
+            lower = compare(b, a).startswith("clearly lower")
+            clear += lower
+            items.append(
+                f"{aug.unet_epochs} epochs{f' ({aug.dims}D)' if len({p.dims for p, _ in pairs}) > 1 else ''} "
+                f"{_frac(a)} vs {_frac(b)} ({'clearly lower' if lower else 'intervals overlap'})"
+            )
+        return "; ".join(items), clear
+
+    copies, clear_c = line("copies")
+    memorized, clear_m = line("memorized")
+    patients = sorted({r.train_patients for pair in pairs for r in pair if r.train_patients})
+    on = f" ({', '.join(map(str, patients))} training patients)" if patients else ""
+    n = len(pairs)
+    answer = (
+        f"augmentation clearly lowered the copy fraction at {clear_c} of {n} training lengths and the memorized "
+        f"fraction at {clear_m} of {n}"
+        if clear_c or clear_m
+        else f"augmentation's effect cannot be told from chance at any of the {n} training lengths"
+    )
+    left_out = f" ({', '.join(poor)}: too poor to judge, left out)" if poor else ""
+    return (
+        f"Copy fraction with vs without augmentation: {copies}. Memorized training scans{on}: {memorized}. "
+        f"So {answer}{left_out}."
+    )
+
+
+def _frac(f: Fraction) -> str:
+    return f"{f.value:.1%} [{f.low:.1%}, {f.high:.1%}]"
 
 
 def _training(checkpoint: str | None) -> tuple[int | None, bool | None]:
@@ -125,6 +196,7 @@ def study_row(folder: str | Path) -> StudyRow:
         tested.f1 if tested is not None else None,
         sample_quality(pairs),
         nearer_than_heldout(scan, pairs),
+        summary.inputs["train"].n_patients,
     )
 
 
@@ -142,11 +214,11 @@ def compare_studies(folders: list[str | Path]) -> list[StudyRow]:
 
 def fractions_by_epochs(rows: list[StudyRow]) -> go.Figure:
     """Copies and memorized training against UNet epochs, one line per augmentation setting, with 95 % intervals
-    (studies without known training length are left out of the plot, not the table)."""
+    (studies without known training length, or too poor to judge, are left out of the plot, not the table)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("synthetic copies", "memorized training"), shared_yaxes=True)
     groups: dict[str, list[StudyRow]] = {}
     for row in rows:
-        if row.unet_epochs is not None:
+        if row.unet_epochs is not None and not row.too_poor_to_judge:  # a stage that cannot make anatomy is no result
             name = (
                 f"{row.dims}D, "
                 + {True: "augmented", False: "not augmented", None: "augmentation unknown"}[row.augmentation]
