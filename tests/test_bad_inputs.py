@@ -352,6 +352,13 @@ def generate_into_a_folder_of_real_scans(root: Path) -> list[str]:
     return ["generate", "--checkpoint", str(CHECKPOINT), "--out", str(root / "train"), "--n", "1", "--steps", "1"]
 
 
+def generate_fewer_into_a_finished_generation(root: Path) -> list[str]:
+    """A set a study scanned (6 samples) must not become a set of 4 with the same checkpoint and settings."""
+    args = ["generate", "--checkpoint", str(CHECKPOINT), "--out", str(root / "g"), "--steps", "1", "--device", "cpu"]
+    assert main([*args, "--n", "6"]) == 0
+    return [*args, "--n", "4"]
+
+
 def generate_zero_samples(root: Path) -> list[str]:
     return ["generate", "--checkpoint", str(root / "none"), "--out", str(root / "g"), "--n", "0"]
 
@@ -472,6 +479,7 @@ CASES: list[tuple[Setup, str, str | None]] = [
     (text_file_named_pt, "ae.pt", "ck"),
     (network_keywords_that_do_not_build, "kw.json: the network keywords do not build", "ck"),
     (generate_zero_samples, "n 0 must be in [1, inf]", "g"),
+    (generate_fewer_into_a_finished_generation, "would replace the set a study may have scanned", None),
     (
         generate_into_a_folder_of_real_scans,
         "MemoScope did not generate (e.g. 0.png: real scans?)",

@@ -307,6 +307,12 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
                 f"{out}: holds samples from another checkpoint, seed, step count, scheduler, precision or "
                 "conditioning; resuming would mix them under one label. Choose an empty folder."
             )
+        if int(old.get("n", 0)) > n:
+            raise MemoScopeError(
+                f"{out}: holds a generation of {old['n']} samples; writing {n} there would replace the set a study may "
+                "have scanned (and its manifest) with a smaller one. Choose a new folder, or give --n "
+                f"{old['n']} or more to resume or extend it."
+            )
     elif out.is_dir():
         foreign = sorted(f for f in out.rglob("*") if f.name.lower().endswith(SUFFIXES))
         if foreign:
