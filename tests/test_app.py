@@ -444,3 +444,20 @@ def test_the_to_do_list_follows_what_reviewers_did(tmp_path: Path, monkeypatch: 
     verdicts.record(study, "ana", scan.pair_ref(last.synthetic_id, last.train_id), "not_copy")
     verdicts.save_threshold(study, "ana", scan, Threshold(ThresholdRule.FIXED, None, scan.summary.tau, 0))
     assert todo() == []
+
+
+@needs_demo
+def test_one_number_has_one_interval_on_every_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrate once gave the memorized fraction a Wilson interval over 147 scans (97.5-100 %) while the Overview
+    and the report gave 43.9-100 % over 3 patients: the same quantity now has the same interval and method."""
+    from core.study.results import read_summary
+
+    monkeypatch.chdir(REPO)
+    summary = read_summary(DEMO_2D)
+    mem, cop = summary.memorized, summary.copies
+    at = _app()
+    at.switch_page("views/calibrate.py").run()
+    _ok(at)
+    caption = next(c.value for c in at.caption if c.value.startswith("Memorized training"))
+    for f in (mem, cop):
+        assert f"95 % CI {f.low:.1%} to {f.high:.1%}, {f.method}" in caption, (f, caption)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.common.errors import MemoScopeError
 from core.detect.diagnostics import CalibrationDiagnostics
-from core.detect.metrics import BeyondHeldout
+from core.detect.metrics import BeyondHeldout, MemorizationMetrics
 from core.io.data import source_of
 from core.study import jobs, results, verdicts
 from core.study.caveats import caveats
@@ -228,6 +228,17 @@ def shown_rows(study: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def inputs(study: Path) -> dict[str, Any]:
     return Study(study).inputs()  # reading does not touch the database
+
+
+@st.cache_data(show_spinner="Computing the intervals...", max_entries=256)
+def _metrics(study: str, mtime: float, tau: float, rule: str, percentile: float | None) -> MemorizationMetrics:
+    return metrics_at(_scan(study, mtime), tau, rule, percentile)
+
+
+def metrics(study: Path, tau: float, rule: str, percentile: float | None) -> MemorizationMetrics:
+    """Both fractions at ``tau`` with the scan's own interval methods (the same numbers the Overview, Compare and
+    the report show at that threshold), cached per threshold."""
+    return _metrics(str(study), _scan_mtime(study), float(tau), rule, percentile)
 
 
 def study_threshold(study: Path) -> verdicts.StudyThreshold:

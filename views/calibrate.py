@@ -10,7 +10,7 @@ from core.common.errors import MemoScopeError
 from core.detect.metrics import Threshold, ThresholdRule
 from core.study import verdicts
 from core.study.caveats import calibration_caveats
-from core.study.review import calibration_figure, live_metrics
+from core.study.review import calibration_figure
 from views import _ui
 
 study = _ui.require_study()
@@ -79,31 +79,33 @@ def controls() -> None:
             return
         note = f"{rule} rule at the {percentile:g}th percentile"
     save_form(rule, percentile, tau)
-    m = live_metrics(cal, tau)
-    (ml, mh), (cl, ch) = m.memorized_interval, m.copy_interval
+    at = _ui.metrics(study, tau, rule, percentile)  # the intervals the Overview, Compare and the report show
+    mem, cop = at.memorized, at.copies
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{tau:.3f}", help=note)
     cols[1].metric(
         "Memorized",
-        f"{m.memorized_fraction:.1%}",
-        help=f"training scans with a synthetic copy: {m.memorized}/{m.n_train}; 95 % Wilson CI {ml:.1%} to {mh:.1%}",
+        f"{mem.value:.1%}",
+        help=f"training scans with a synthetic copy: {mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to "
+        f"{mem.high:.1%} ({mem.method})",
     )
     cols[2].metric(
         "Copies",
-        f"{m.copy_fraction:.1%}",
-        help=f"synthetic samples that copy a training scan: {m.copies}/{m.n_synthetic}; 95 % Wilson CI {cl:.1%} "
-        f"to {ch:.1%}",
+        f"{cop.value:.1%}",
+        help=f"synthetic samples that copy a training scan: {cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to "
+        f"{cop.high:.1%} ({cop.method})",
     )
     cols[3].metric(
         "Expected FPR",
-        f"{m.fpr_copy:.1%}",
-        help=f"expected false-positive rate: real held-out scans above tau; memorization FPR {m.fpr_memorized:.1%}",
+        f"{at.expected_fpr_copy:.1%}",
+        help="expected false-positive rate: real held-out scans above tau; memorization FPR "
+        f"{at.expected_fpr_memorized:.1%}",
     )
     st.caption(
-        f"Memorized training {m.memorized_fraction:.1%} ({m.memorized}/{m.n_train}; 95 % Wilson CI {ml:.1%} to "
-        f"{mh:.1%}); copies {m.copy_fraction:.1%} ({m.copies}/{m.n_synthetic}) "
-        f"(95 % Wilson CI {cl:.1%} to {ch:.1%}). The scan's summary "
-        f"(tau {summary.tau:.3f}) uses bootstrap intervals; both hold the threshold fixed."
+        f"Memorized training {mem.value:.1%} ({mem.count}/{mem.total}; 95 % CI {mem.low:.1%} to {mem.high:.1%}, "
+        f"{mem.method}); copies {cop.value:.1%} ({cop.count}/{cop.total}; 95 % CI {cop.low:.1%} to {cop.high:.1%}, "
+        f"{cop.method}). The same interval methods as the Overview, Compare and the report; each holds the "
+        "threshold fixed."
     )
 
     diagnosis = _ui.diagnostics(study, tau)
