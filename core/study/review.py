@@ -338,12 +338,12 @@ def calibration_figure(cal: Calibration, tau: float, method: str = "paper", seco
     for trace in correlation_histogram(cal, tau, method).data:
         fig.add_trace(trace, row=1, col=1)
     curve = threshold_curve(cal)
-    for key, name, dash in (
-        ("copy_fraction", "copy fraction", None),
-        ("memorized_fraction", "memorized fraction", None),
-        ("expected_fpr_copy", "expected FPR (copy)", "dot"),
+    for key, name, dash, colour in (  # colours apart from each other and from the histograms above
+        ("copy_fraction", "copy fraction", None, "#d62728"),
+        ("memorized_fraction", "memorized fraction", "dash", "#1f3a93"),
+        ("expected_fpr_copy", "expected FPR (copy)", "dot", "#7f7f7f"),
     ):
-        fig.add_scatter(x=curve["tau"], y=curve[key], name=name, line=dict(dash=dash), row=2, col=1)
+        fig.add_scatter(x=curve["tau"], y=curve[key], name=name, line=dict(dash=dash, color=colour), row=2, col=1)
     fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
     if second is not None:
         fig.add_vline(
@@ -376,7 +376,7 @@ def worklist(
             "synthetic_id": p.synthetic_id,
             "train_id": p.train_id,
             "patient_id": p.patient_id,
-            "similarity": round(p.similarity, 4),
+            "similarity": round(p.similarity, 3),  # as the pair's heading shows it (0.9945 read as 0.995 and 0.994)
             "p_value": p.p_value,
             "pixel_corr": round(p.pixel_corr, 3),
             "copy": p.is_copy(tau),
