@@ -161,3 +161,17 @@ def test_own_resolution_sees_fine_detail_the_thumbnail_hides() -> None:
         gaps[side] = structure[1, 0] - structure[0, 0]
     # measured: 0.013 on the thumbnail, 0.079 at 256 px
     assert gaps[64] < 0.03 and gaps[256] > 0.05, gaps
+
+
+def test_verification_reports_each_direction_as_it_goes(slices: dict[str, np.ndarray]) -> None:
+    """The scan's progress once sat at "verify 0/1" until all four directions were done, while the ETA climbed."""
+    from core.detect.verify import verify_tables
+
+    train, other = slices["mni152"][:12], slices["nibabel-anatomical"][:8]
+    images = {"train": train, "val": other[:4], "synthetic": other[4:]}
+    vectors = {role: pixel_descriptors(x) for role, x in images.items()}
+    steps: list[tuple[int, int]] = []
+    verify_tables(
+        vectors, images, 2, VerifyConfig(candidates=2, pixel_candidates=1), on_step=lambda d, t, w: steps.append((d, t))
+    )
+    assert steps == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]

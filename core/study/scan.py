@@ -528,7 +528,6 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         lap("search")
         verified = None
         if config.method == MatchMethod.VERIFIED:
-            progress(ProgressEvent("verify", 0, 1, "aligning each retrieved candidate and scoring the overlap"))
             checked = verify_tables(
                 {role: e.vectors for role, e in embeddings.items()},
                 {role: images.compared for role, images in sets.items()},
@@ -537,6 +536,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
                 str(device),
                 config.ray,
                 config.workers,
+                on_step=lambda done, total, what: progress(ProgressEvent("verify", done, total, what)),
             )
             tables, verified = checked.tables, checked.synthetic_to_train
             lap("verify")
