@@ -110,21 +110,7 @@ def controls() -> None:
 
     diagnosis = _ui.diagnostics(study, tau)
     st.plotly_chart(calibration_figure(cal, tau, str(summary.method), diagnosis.gap_tau), key="calibration")
-    second = (
-        f"the gap rule (the widest gap in the synthetic scores above the validation median, {diagnosis.gap_low:.3f} "
-        f"to {diagnosis.gap_high:.3f}) puts it at **{diagnosis.gap_tau:.3f}** and calls {diagnosis.disagree} "
-        "sample(s) differently"
-        if diagnosis.gap_tau is not None
-        else "the synthetic scores show no gap of at least 0.05 above the validation median, so no second threshold"
-    )
-    st.markdown(
-        f"**Second opinion.** Beside the calibrated {tau:.3f}, {second}. {diagnosis.near_tau} of "
-        f"{diagnosis.n_synthetic} samples lie within {diagnosis.band:g} of {tau:.3f}; "
-        f"{diagnosis.bulk_above_val95} of the {diagnosis.bulk} samples below "
-        f"{'the gap' if diagnosis.gap_tau is not None else 'it'} score above 95 % of the "
-        f"validation scans ({diagnosis.val_p95:.3f})."
-        + ("" if diagnosis.readable else " Too few samples or validation scans to read a distribution from: no caveat.")
-    )
+    st.markdown(diagnosis.describe().replace("Second opinion:", "**Second opinion:**", 1))
     for caveat in calibration_caveats(diagnosis):
         st.warning(caveat.text)
     st.caption(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.study.compare import augmentation_sentence, fractions_by_epochs
+from core.study.compare import augmentation_sentence, fractions_by_epochs, threshold_note
 from core.study.review import ANATOMY_FLOOR
 from views import _ui
 
@@ -27,13 +27,8 @@ if not chosen:
 rows = _ui.compare_rows(tuple(chosen))
 if sentence := augmentation_sentence(rows):
     st.markdown(f"**Does augmentation reduce memorization here?** {sentence}")
-taus = {round(r.tau, 3) for r in rows}
-if len(taus) > 1:
-    st.warning(
-        "These studies are judged at different thresholds, so their fractions are not directly comparable: "
-        + "; ".join(f"{r.study} at {r.tau:.3f} ({r.threshold})" for r in rows)
-        + "."
-    )
+if note := threshold_note(rows):
+    st.warning(note)
 st.dataframe([r.table_row() for r in rows], hide_index=True)
 st.caption(
     "Fractions: value [95 % interval]. Expected FPR: the share of real held-out scans the threshold calls copies. "

@@ -9,7 +9,7 @@ import streamlit as st
 from core.detect.metrics import ThresholdRule, crossfit_needs
 from core.detect.record import is_detector_folder
 from core.study import jobs, results, verdicts
-from core.study.results import ROLES, copies
+from core.study.results import ROLES
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
 from core.study.store import patient_warnings, recorded_groupings
@@ -178,9 +178,7 @@ if summary is None:
 else:
     if chosen.set_by is None:  # a saved study threshold has been checked by someone, who is named
         todo.append(("Check the threshold against the null distributions.", "views/calibrate.py", "Calibrate"))
-    flagged = copies(_ui.pairs(study), chosen.value)
-    judged = {(d.synthetic_id, d.train_id) for d in verdicts.decisions(study, scan=_ui.scan(study))}
-    open_ = sum((p.synthetic_id, p.train_id) not in judged for p in flagged)
+    open_ = verdicts.unjudged_copies(study, _ui.require_scan(study), chosen.value)
     if open_:
         todo.append((f"Review the {open_} flagged copies no reviewer has judged yet.", "views/review.py", "Review"))
 for text, page, label in todo:

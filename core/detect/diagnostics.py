@@ -70,6 +70,27 @@ class CalibrationDiagnostics(Config):
     bulk_median: float | None
     band: float = BAND
 
+    def describe(self) -> str:
+        """The gap rule beside the calibrated threshold and where tau sits, in words (Calibrate and the report show
+        the same sentence); it never replaces the calibrated threshold."""
+        if self.gap_tau is None:
+            gap = "the synthetic scores show no gap of at least 0.05 above the validation patients' median"
+        else:
+            gap = (
+                f"the widest gap in the synthetic scores above the validation patients' median ({self.gap_low:.3f} "
+                f"to {self.gap_high:.3f}) would put the threshold at {self.gap_tau:.3f}, calling {self.disagree} "
+                "sample(s) differently"
+            )
+        below = "the gap" if self.gap_tau is not None else "tau"
+        text = (
+            f"Second opinion: {gap}; {self.near_tau} of {self.n_synthetic} samples lie within {self.band:g} of tau "
+            f"{self.tau:.3f}, and {self.bulk_above_val95} of the {self.bulk} below {below} score above 95 % of the "
+            f"validation scans ({self.val_p95:.3f}). The calibrated threshold decides."
+        )
+        if not self.readable:
+            text += " Too few samples or validation scans to read a distribution from: no caveat."
+        return text
+
     @property
     def readable(self) -> bool:
         """Enough samples and validation scans to read a distribution from (else: numbers only, no caveat)."""

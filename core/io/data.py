@@ -261,7 +261,8 @@ def discover(
     return discover_patients(source, role, patients)[0]
 
 
-def _read_with(reader: object, path: Path) -> np.ndarray:
+def _read_with(reader: object, path: Path) -> tuple[np.ndarray, Any]:
+    """The image's array and the reader's own object for it (a DICOM file's dataset, a series' list of them)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         image_obj = reader.read(str(path))  # type: ignore[attr-defined]
@@ -269,7 +270,7 @@ def _read_with(reader: object, path: Path) -> np.ndarray:
     failed = [w for w in caught if "Failed to read" in str(w.message)]
     if failed:
         raise MemoScopeError(f"{path}: {len(failed)} DICOM slice(s) could not be read.")
-    return np.asarray(array)
+    return np.asarray(array), image_obj
 
 
 def _reader_for(path: Path) -> object:
@@ -299,29 +300,17 @@ def _as_displayed(image: Any) -> Any:
     return image
 
 
-def _first_dicom(path: Path) -> Path:
-    if path.is_file():
-        return path
-    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(".dcm"))
-    if not files:
-        raise MemoScopeError(f"{path}: no .dcm files in the series folder.")
-    return files[0]
-
-
-def _dicom_as_displayed(path: Path, array: np.ndarray) -> np.ndarray:
+def _dicom_as_displayed(path: Path, array: np.ndarray, header: Any) -> np.ndarray:
     """What a DICOM viewer shows, in the modality's values: MONAI's reader has applied the rescale slope and
     intercept; here a Modality LUT Sequence (when there is no rescale), a VOI LUT Sequence (a display curve that only
     the header knows), and MONOCHROME1 (low values shown bright: most X-ray) turned around so that bright is high,
     as in every other file. Window centre/width is not applied: it is a linear map with clipping, which the scan's
-    intensity rule (``--intensity``) decides for every set alike. A series takes its first file's header."""
-    import pydicom
+    intensity rule (``--intensity``) decides for every set alike. ``header``: the dataset MONAI's reader read the
+    pixels from (a series: its first slice's), so no file is read twice."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
-    first = _first_dicom(path)
-    try:
-        header = pydicom.dcmread(first, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises many types for a damaged header
-        raise MemoScopeError(f"{first}: not a readable DICOM header ({type(exc).__name__}).") from exc
+    if isinstance(header, list):
+        header = header[0]
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     if int(header.get("SamplesPerPixel", 1) or 1) > 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise MemoScopeError(f"{path}: a colour DICOM image ({photometric}); MemoScope compares greyscale scans only.")
@@ -351,9 +340,9 @@ def read_raw(path: str | Path) -> np.ndarray:
     path = Path(path)
     reader = _reader_for(path)
     try:
-        array = _read_with(reader, path)
+        array, image_obj = _read_with(reader, path)
         if isinstance(reader, PydicomReader):
-            array = _dicom_as_displayed(path, array)
+            array = _dicom_as_displayed(path, array, image_obj)
     except MemoScopeError:
         raise
     except Exception as exc:  # readers raise OSError, EOFError, zlib, pydicom and PIL errors
@@ -375,9 +364,7 @@ def _check_values(path: Path, array: np.ndarray) -> None:
             f"{path}: shape {array.shape} is not an image (MemoScope reads 2D images and 3D volumes of at least 2 "
             "voxels per axis); remove the file or export it again."
         )
-    if array.dtype == np.bool_:
-        array = array.view(np.uint8)
-    if not np.issubdtype(array.dtype, np.number):
+    if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.number):  # a 1-bit image is numeric enough
         raise MemoScopeError(f"{path}: voxel type {array.dtype} is not numeric.")
     if np.iscomplexobj(array):
         raise MemoScopeError(

@@ -150,6 +150,18 @@ def augmentation_sentence(rows: list[StudyRow]) -> str | None:
     )
 
 
+def threshold_note(rows: list[StudyRow]) -> str | None:
+    """When the studies are judged at different thresholds (a saved one beside the scans' own), which at which:
+    their fractions are then not directly comparable."""
+    if len({round(r.tau, 3) for r in rows}) < 2:
+        return None
+    return (
+        "These studies are judged at different thresholds, so their fractions are not directly comparable: "
+        + "; ".join(f"{r.study} at {r.tau:.3f} ({r.threshold})" for r in rows)
+        + "."
+    )
+
+
 def _frac(f: Fraction) -> str:
     return f"{f.value:.1%} [{f.low:.1%}, {f.high:.1%}]"
 

@@ -26,7 +26,6 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_path, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
-from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
 from core.io.data import discover, source_of
 from core.io.viewer import (
@@ -261,21 +260,6 @@ def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset
     return text, advice
 
 
-def _second_opinion(d: CalibrationDiagnostics) -> str:
-    """The gap rule beside the calibrated threshold, in one sentence (never replacing it)."""
-    if d.gap_tau is None:
-        gap = "the synthetic scores show no gap of at least 0.05 above the validation patients' median"
-    else:
-        gap = (
-            f"the widest gap in the synthetic scores above the validation patients' median ({d.gap_low:.3f} to "
-            f"{d.gap_high:.3f}) would put the threshold at {d.gap_tau:.3f}, calling {d.disagree} sample(s) differently"
-        )
-    return (
-        f"Second opinion: {gap}; {d.near_tau} of {d.n_synthetic} samples lie within {d.band:g} of tau. The "
-        "calibrated threshold decides."
-    )
-
-
 def build_report(
     study: str | Path, top: int = 8, release_note: str = "", threshold: StudyThreshold | None = None
 ) -> str:
@@ -368,7 +352,7 @@ figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-r
 <h2>Threshold and results</h2>
 <ul><li>Threshold rule <b>{e(chosen.rule)}</b>{e(pct)} ({e(ThresholdRule(chosen.rule).meaning)}):
 tau = <b>{tau:.3f}</b>, {e(source)}</li>
-<li>{e(_second_opinion(diagnosis))}</li>
+<li>{e(diagnosis.describe())}</li>
 <li>Memorized training fraction: <b>{_pct(metrics.memorized)}</b></li>
 <li>Copy fraction among synthetic samples: <b>{_pct(metrics.copies)}</b></li>
 <li>Expected false-positive rate: copies {metrics.expected_fpr_copy:.1%}, memorization

@@ -23,7 +23,7 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_write_text, now_utc
 from core.detect.metrics import Threshold, is_copy
-from core.study.results import PairRef, ScanResults
+from core.study.results import PairRef, ScanResults, copies
 from core.study.store import DB_NAME
 
 Verdict = Literal["copy", "not_copy", "unsure"]
@@ -255,6 +255,12 @@ def decisions(
     return [d for d in found if d.judged(scan.pair_ref(d.synthetic_id, d.train_id))]
 
 
+def unjudged_copies(study: str | Path, scan: ScanResults, tau: float) -> int:
+    """How many pairs called copies at ``tau`` no reviewer has judged yet on the images this scan compared."""
+    judged = {(d.synthetic_id, d.train_id) for d in decisions(study, scan=scan)}
+    return sum((p.synthetic_id, p.train_id) not in judged for p in copies(scan.pairs(), tau))
+
+
 def stale_decisions(study: str | Path, scan: ScanResults) -> list[Decision]:
     """Verdicts given on images the current scan no longer compares (another synthetic set, changed files)."""
     return [d for d in decisions(study) if not d.judged(scan.pair_ref(d.synthetic_id, d.train_id))]
@@ -286,7 +292,7 @@ def anchor_audit(study: str | Path) -> AuditCheck:
     """Record the head of an intact chain that has no anchor yet (verdicts recorded by an older MemoScope), at the
     user's word (``upgrade-study``); an anchored or broken chain is left as it is."""
     check = verify_audit(study)
-    if check.anchored or [p for p in check.problems if not p.startswith(f"no {AUDIT_HEAD}")]:
+    if check.anchored or len(check.problems) > check.missing_anchor:  # anchored already, or broken otherwise
         return check
     if check.rows - check.legacy_rows:
         _write_anchor(study, check.rows - check.legacy_rows, check.head)
@@ -302,6 +308,7 @@ class AuditCheck:
     problems: tuple[str, ...]
     legacy_rows: int = 0
     anchored: bool = False
+    missing_anchor: bool = False  # chained rows but no AUDIT_HEAD (one of ``problems``)
 
     @property
     def ok(self) -> bool:
@@ -346,7 +353,14 @@ def verify_audit(study: str | Path) -> AuditCheck:
             )
         elif n and chain[n - 1] != head:
             problems.append(f"{AUDIT_HEAD}: its head {head[:16]} is not row {n} of the chain (rows were rewritten)")
-    return AuditCheck(len(rows), prev, tuple(problems), legacy, anchored=anchor is not None)
+    return AuditCheck(
+        len(rows),
+        prev,
+        tuple(problems),
+        legacy,
+        anchored=anchor is not None,
+        missing_anchor=anchor is None and bool(chain),
+    )
 
 
 def _read_anchor(study: str | Path) -> tuple[int, str] | None:
