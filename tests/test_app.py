@@ -119,8 +119,11 @@ def test_review_3d_has_three_synchronised_planes(monkeypatch: pytest.MonkeyPatch
     at.switch_page("views/review.py").run()
     at.toggle(key=f"only::{study}").set_value(False).run()
     _ok(at)
-    assert [s.label for s in at.slider] == ["axial slice", "coronal slice", "sagittal slice"]
+    assert [s.label for s in at.slider] == ["axial slice"]  # one plane first: the pair fits the screen
     at.slider(key="slice_axial").set_value(3).run()
+    at.selectbox(key="plane_3d").set_value("all three").run()
+    assert [s.label for s in at.slider] == ["axial slice", "coronal slice", "sagittal slice"]
+    assert at.slider(key="slice_axial").value == 3  # the position survives the change of view
     at.radio(key="compare_mode_3d").set_value("flicker").run()
     _ok(at)
     assert at.slider(key="slice_axial").value == 3

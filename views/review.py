@@ -168,16 +168,41 @@ if picked is not None and picked != st.session_state.get(f"{sel_key}::picked"): 
     st.session_state[sel_key] = picked
 st.session_state[f"{sel_key}::picked"] = picked
 index = min(int(st.session_state.get(sel_key, 0)), len(rows) - 1)
-nav = st.container(horizontal=True, vertical_alignment="center")
-if nav.button("Previous", disabled=index == 0, key="prev", shortcut="k"):
+# One toolbar above the images: moving and judging are in the same row, on screen without scrolling at any window
+# size (the verdict buttons once sat below nine 3D images, and read "Co...", "No..." at 1024 px).
+bar = st.container(horizontal=True, vertical_alignment="center", key="review_bar")
+if bar.button("Previous", disabled=index == 0, key="prev", shortcut="k"):
     index -= 1
-if nav.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
+if bar.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j"):
     index += 1
 st.session_state[sel_key] = index
 to_url(PAIR, index + 1)
 row: dict[str, Any] = rows[index]
+current = mine.get((row["synthetic_id"], row["train_id"]))
+if reviewer:
+    for label, value, key in (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")):
+        if bar.button(
+            f"{label} ({key})",
+            key=f"verdict_{value}",
+            shortcut=key,
+            type="primary" if current is not None and current.verdict == value else "secondary",
+            help=f"record '{label}' as {reviewer}",
+            width="content",
+        ):
+            note = st.session_state.get(f"note::{sel_key}::{index}", current.note if current else "")
+            verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
+            st.session_state[sel_key] = min(index + 1, len(rows) - 1)
+            st.rerun()
+    bar.text_input(
+        "Note (optional)",
+        key=f"note::{sel_key}::{index}",
+        value=current.note if current else "",
+        placeholder="Note (optional), saved with the verdict",
+        label_visibility="collapsed",
+        width=260,
+    )
 if blinded:
-    nav.markdown(
+    st.markdown(
         f"**{index + 1} / {len(rows)}**: pair {_ui.code(row['synthetic_id'])} vs "
         f"{_ui.code(_ui.shown_scan(study, row['train_id']))}"
     )
@@ -185,13 +210,20 @@ else:
     score = "verified score" if "alignment" in row else "similarity"
     retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
     scan_name, patient_name = _ui.shown_scan(study, row["train_id"]), _ui.shown_patient(study, row["patient_id"])
-    nav.markdown(
+    st.markdown(
         f"**{index + 1} / {len(rows)}**: {_ui.code(row['synthetic_id'])} vs training {_ui.code(scan_name)} "
         f"(patient {_ui.code(patient_name)}) · {score} **{row['similarity']:.3f}**{retrieved} · "
         f"p-value {row['p_value']:.3g} · "
         f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
         + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
     )
+done = sum(1 for r in rows if r["your verdict"])
+st.caption(
+    f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
+    + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
+    if reviewer
+    else "Choose or add your name under Review settings in the sidebar to record verdicts."
+)
 if generated_with := _ui.conditioning_text(study, row["synthetic_id"]):
     st.caption(generated_with)
 
@@ -208,7 +240,7 @@ training_image = train.images[train_index[row["train_id"]], 0]
 if (
     pair is not None
     and pair.alignment is not None
-    and st.toggle(
+    and st.sidebar.toggle(  # a setting of the view, beside the others: the main column is for the pair
         "Align the training scan as verified",
         value=True,
         key="align",
@@ -269,10 +301,15 @@ def difference_legend(window: Window) -> None:
     """The difference colour bar with its fixed scale (the same for every pair in this window)."""
     limit = difference_limit(window)
     cols = st.columns([2, 1])
+    cols[0].caption(window_caption(window))
     cols[1].image(png_bytes(difference_bar(192, 10)), width="stretch")
     cols[1].caption(
         f"difference synthetic - training: blue -{limit:.3g}, white 0, red +{limit:.3g} {unit} (half the window)"
     )
+
+
+def window_caption(window: Window) -> str:
+    return f"Window width {window.width:.4g}, level {window.level:.4g} {unit}, applied to both images."
 
 
 @st.fragment
@@ -280,45 +317,63 @@ def viewer_2d() -> None:
     window, mode, scale, fit = view_controls("")
     width = "stretch" if fit else "content"
     wa, wb = apply_window(a, window), apply_window(b, window)
-    st.caption(f"Window width {window.width:.4g}, level {window.level:.4g} {unit}, applied to both images.")
+    training_caption = f"nearest training {_ui.shown_scan(study, row['train_id'])}"
+    # Three columns in every mode, so that the pair is as large in flicker and checkerboard as side by side and
+    # stays above the fold (a flicker two columns wide was cut at 900 px).
+    c = st.columns(3)
     if mode == "side by side":
-        c = st.columns(3)
         c[0].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}", width=width)
-        c[1].image(
-            png_bytes(wb, scale), caption=f"nearest training {_ui.shown_scan(study, row['train_id'])}", width=width
-        )
+        c[1].image(png_bytes(wb, scale), caption=training_caption, width=width)
         c[2].image(png_bytes(difference(a, b, difference_limit(window)), scale), caption="difference", width=width)
         difference_legend(window)
+        return
+    if mode == "flicker":
+        c[0].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training, 0.6 s each", width=width)
     else:
-        c = st.columns([2, 1]) if fit else [st.container()]
-        if mode == "flicker":
-            c[0].image(flicker_gif(wa, wb, scale), caption="flicker: synthetic / training, 0.6 s each", width=width)
-        else:
-            tiles = st.slider("Tiles", 2, 16, 8, key="tiles")
-            c[0].image(
-                png_bytes(checkerboard(wa, wb, tiles), scale),
-                caption="checkerboard: synthetic and training tiles",
-                width=width,
-            )
+        tiles = int(st.session_state.get("tiles", 8))
+        c[0].image(
+            png_bytes(checkerboard(wa, wb, tiles), scale),
+            caption="checkerboard: synthetic and training tiles",
+            width=width,
+        )
+    c[1].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}", width=width)
+    c[2].image(png_bytes(wb, scale), caption=training_caption, width=width)
+    below = st.columns([2, 1])
+    below[0].caption(window_caption(window))
+    if mode == "checkerboard":
+        below[1].slider("Tiles", 2, 16, 8, key="tiles")
+
+
+ALL_PLANES = "all three"
 
 
 @st.fragment
 def viewer_3d() -> None:
     window, mode, scale, fit = view_controls("_3d")
     width = "stretch" if fit else "content"
-    sliders = st.columns(3)
+    # One plane by default: the pair (synthetic | training | difference) and the verdict buttons then fit on one
+    # screen at 1440x900 (nine images came first once); all three planes, with crosshairs, are one choice away.
+    controls = st.columns([1, 3], vertical_alignment="bottom")
+    choices = (*PLANES, ALL_PLANES)
+    from_url("plane", "plane_3d", choices, PLANES[0])
+    chosen_plane = controls[0].selectbox("Plane", choices, key="plane_3d")
+    to_url("plane", chosen_plane)
+    planes = list(PLANES) if chosen_plane == ALL_PLANES else [chosen_plane]
+    sliders = controls[1].columns(len(planes))
     position = {}
-    for i, plane in enumerate(PLANES):
+    for plane in PLANES:
         n = plane_size(a.shape, plane)
         from_url(plane, f"slice_{plane}", range(n), n // 2, int)
-        position[plane] = sliders[i].slider(f"{plane} slice", 0, n - 1, key=f"slice_{plane}")
-        to_url(plane, position[plane])
-    cross = st.toggle("Crosshair", value=True, key="crosshair", help="Where the other two planes cut each plane")
-    st.caption(
-        f"One slice position for both volumes; window width {window.width:.4g}, level {window.level:.4g} {unit}."
+        if plane in planes:
+            position[plane] = sliders[planes.index(plane)].slider(f"{plane} slice", 0, n - 1, key=f"slice_{plane}")
+            to_url(plane, position[plane])
+        else:  # not drawn: where the URL (or the middle) says, for the crosshair of the shown planes
+            position[plane] = int(st.session_state[f"slice_{plane}"])
+    cross = len(planes) > 1 and st.toggle(
+        "Crosshair", value=True, key="crosshair", help="Where the other two planes cut each plane"
     )
     limit = difference_limit(window)
-    for plane in PLANES:
+    for plane in planes:
         sa, sb = orthogonal_slice(a, plane, position[plane]), orthogonal_slice(b, plane, position[plane])
         wa, wb = apply_window(sa, window), apply_window(sb, window)
         if mode == "flicker":
@@ -337,6 +392,8 @@ def viewer_3d() -> None:
             c[2].image(pictures[2], caption="difference" if mode == "side by side" else "checkerboard", width=width)
     if mode == "side by side":
         difference_legend(window)
+    else:
+        st.caption(window_caption(window))
 
 
 if spec.spatial_dims == 2:
@@ -344,37 +401,10 @@ if spec.spatial_dims == 2:
 else:
     viewer_3d()
 
-with st.container(border=True):
-    if not reviewer:
-        st.caption("Choose or add your name under Review settings in the sidebar to record verdicts.")
-    else:
-        current = mine.get((row["synthetic_id"], row["train_id"]))
-        cols = st.columns([3, 1, 1, 1])
-        note = cols[0].text_input(
-            "Note (optional)", key=f"note::{sel_key}::{index}", value=current.note if current else ""
-        )
-        for col, (label, value, key) in zip(
-            cols[1:], (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")), strict=True
-        ):
-            chosen = current is not None and current.verdict == value
-            if col.button(
-                f"{label} ({key})",
-                key=f"verdict_{value}",
-                shortcut=key,
-                type="primary" if chosen else "secondary",
-                help=f"record '{label}' as {reviewer}",
-            ):
-                verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
-                st.session_state[sel_key] = min(index + 1, len(rows) - 1)
-                st.rerun()
-        done = sum(1 for r in rows if r["your verdict"])
-        st.caption(
-            f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
-            + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
-        )
-
+shown = _ui.shown_rows(study, rows)
 st.dataframe(
-    _ui.shown_rows(study, rows),
+    shown,
+    column_order=["your verdict", *(k for k in shown[0] if k != "your verdict")],  # on screen at any width
     hide_index=True,
     on_select="rerun",
     selection_mode="single-row",
@@ -386,13 +416,14 @@ if blinded:
     st.stop()  # the neighbours show similarities: not in the blinded check
 st.subheader("Top training neighbours")
 neighbours = sorted((p for p in pairs if p.synthetic_id == row["synthetic_id"]), key=lambda p: p.rank)
-cols = st.columns(max(len(neighbours), 1))
+cols = st.columns(max(len(neighbours), 5))  # one thumbnail size whatever the number of neighbours
 for col, p in zip(cols, neighbours, strict=False):
     image, _ = display_units(train.images[train_index[p.train_id], 0], spec)
     if image.ndim == 3:
         image = orthogonal_slice(image, "axial", image.shape[2] // 2)
     col.image(
         png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
+        width="stretch",  # one size for every neighbour (3D volumes of different shapes once differed)
         caption=f"#{p.rank} {_ui.shown_scan(study, p.train_id)} · r {p.similarity:.3f}"
         + (" · copy" if p.is_copy(tau) else ""),
     )

@@ -408,3 +408,37 @@ def test_verdicts_go_into_the_study_on_screen(browser, server: str) -> None:  # 
         page.reload()
         page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-3d")).wait_for()
         page.get_by_text(re.compile(r"^Blinded: \d+ pairs")).wait_for()  # still blinded after the reload
+
+
+@pytest.mark.parametrize("study", ["demo-2d", "demo-3d"])
+@pytest.mark.parametrize("size", [(1440, 900), (1024, 768)], ids=["1440x900", "1024x768"])
+def test_the_pair_and_the_verdict_buttons_fit_the_screen(
+    browser, server: str, study: str, size: tuple[int, int]
+) -> None:  # noqa: ANN001
+    """A radiologist sees the pair and the three verdict buttons without scrolling at 1440x900 and with at most one
+    scroll at 1024x768; the buttons' labels are whole and the work list's "your verdict" column is on screen. (The
+    buttons once sat below the images, below the fold; at 1024 px they read "Co...", "No...", "Un...".)"""
+    width, height = size
+    with _fresh_page(browser, f"{server}/review?study={study}&reviewer=layout%20rater", width, height) as page:
+        page.get_by_role("heading", name=re.compile(f"^Review pairs: {study}")).wait_for()
+        _show_all_if_no_copies(page)
+        images = page.get_by_test_id("stImage")
+        images.nth(2).wait_for()
+        _settled(page)
+        page.screenshot(path=SHOTS / f"review-layout-{study}-{width}x{height}.png")
+        for label in ("Copy (y)", "Not a copy (n)", "Unsure (u)"):
+            button = page.get_by_role("button", name=label)
+            box = button.bounding_box()
+            assert box is not None and box["y"] + box["height"] <= height, f"{label} at {box} in a {size} window"
+            cut = button.evaluate("b => [b, ...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)")
+            assert not cut, f"the label {label!r} is cut at {size}"
+        fold = height if width >= 1440 else 2 * height  # one scroll allowed at 1024x768
+        for i in range(3):  # synthetic | training | difference
+            box = images.nth(i).locator("img").bounding_box()
+            assert box is not None and box["y"] + box["height"] <= fold, f"image {i} ends at {box} (fold {fold})"
+        frame = page.get_by_test_id("stDataFrame")
+        frame.scroll_into_view_if_needed()
+        columns = frame.locator("[role=columnheader]")  # the grid's accessible table: the columns drawn on screen
+        columns.first.wait_for(state="attached")
+        headers = columns.all_inner_texts()
+        assert "your verdict" in headers, f"the work list's visible columns are {headers}"
