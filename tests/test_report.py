@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from core.io.preprocessing import PreprocessSpec
 from core.study import verdicts
 from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
 from core.study.results import ScanResults, read_summary
+from core.study.review import HISTOGRAM_COLOURS
 from core.study.scan import ScanConfig, run_scan
 from tests.conftest import smooth_image
 from tests.dicom_files import write_dicom as dicom_file
@@ -117,15 +120,17 @@ def test_html_report_numbers_and_no_phi(study: Path, tmp_path: Path) -> None:
     assert "best score to the validation scans (Dar et al.))" in text  # what the rule means, in words
     copies = summary.copies
     assert f"{copies.value:.1%} ({copies.count}/{copies.total}" in text
-    assert "data:image/png;base64," in text and "<script" in text  # images and plot embedded
+    assert "data:image/png;base64," in text and "<svg" in text  # images and plot embedded
     assert "train-00001" in text and "patient-0001" in text
     _assert_no_phi(text, "HTML report")
     body, _, appendix = text.partition("<h2>Appendix: settings</h2>")
-    assert "<h2>Glossary</h2>" in body and "ct_window" not in body and "ct_window" in appendix
+    assert (
+        "<h2>Glossary</h2>" in body and "ct_window" not in body and '"intensity": "minmax"' in html.unescape(appendix)
+    )
     assert "every image resized to 32 x 32 pixels" in body
     agreement = body.partition("<h2>Reviewer agreement</h2>")[2]
     assert ": not a copy</th>" in agreement and "[[" not in agreement, agreement[:800]  # a labelled 2 x 2 table
-    assert body.count("marker") >= 4 and "#0072B2" in body  # the histogram's series have their own colours
+    assert all(c.lower() in body.lower() for c in HISTOGRAM_COLOURS)  # the histogram's series have their own colours
     assert summary.device == "cpu" and summary.search is not None  # where and how the scan searched, recorded
     assert summary.search.index == "exact (faiss flat)" and summary.search.recall_at_1 == 1.0
     resemblance = summary.patient_resemblance
@@ -318,3 +323,19 @@ def test_the_report_says_what_was_done_in_words_a_board_can_check(tmp_path: Path
     assert re.search(r"<tr><td>synthetic</td><td>\d+</td><td>-</td>", html)
     for term in ("Cohen&#x27;s kappa", "Wilson interval", "Precision, recall, F1, AUROC", "heldout-patient rule"):
         assert term in html or term.replace("&#x27;", "'") in html, term
+
+
+def test_the_report_is_small_and_lists_only_the_settings_in_force(study: Path, tmp_path: Path) -> None:
+    """The HTML report embedded plotly.js (5 MB) for one static histogram, and an MR study's appendix listed the
+    CT window it never applied. The histogram is an inline SVG now, its series and threshold drawn."""
+    text = write_report(study, tmp_path / "r.html").read_text()
+    size = len(text.encode())
+    assert size < 1_000_000, f"the report is {size / 1e6:.1f} MB"
+    assert "plotly" not in text.lower()
+    figure = re.search(r"<h2>Correlation distributions</h2>(<svg.*?</svg>)", text, re.S)
+    assert figure, "no inline histogram"
+    assert all(name in figure.group(1) for name in ("training -&gt; validation", "synthetic -&gt; training", "tau"))
+    appendix = text.split("Appendix: settings", 1)[1]
+    assert "minmax" in appendix and "ct_window" not in appendix and "percentiles" not in appendix
+    spec = PreprocessSpec((32, 32), intensity="ct", ct_window=(-160.0, 240.0))
+    assert tuple(spec.settings()["ct_window"]) == (-160.0, 240.0) and "percentiles" not in spec.settings()

@@ -67,6 +67,15 @@ class PreprocessSpec(Config):
         unit = "pixels" if len(self.spatial_size) == 2 else "voxels"
         return f"every image {fit} to {size} {unit}, intensities scaled from {scale} to [-1, 1]"
 
+    def settings(self) -> dict[str, Any]:
+        """The settings in force: ``to_dict`` without the rules' parameters that the chosen rule does not use (an
+        MR study's report once listed a CT window it never applied)."""
+        unused = {
+            IntensityRule.CT: ("percentiles",),
+            IntensityRule.PERCENTILE: ("ct_window",),
+        }.get(self.intensity, ("ct_window", "percentiles"))
+        return {k: v for k, v in self.to_dict().items() if k not in unused}
+
     def validate(self) -> None:
         object.__setattr__(self, "spatial_size", tuple(int(s) for s in self.spatial_size))
         if len(self.spatial_size) not in (2, 3) or any(s < 4 for s in self.spatial_size):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
 import logging
 import math
@@ -41,16 +42,18 @@ from core.study import verdicts
 from core.study.caveats import Caveat, caveats
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import (
+    HISTOGRAM_BIN,
     aligned_training,
     by_patient,
     copies_by_condition,
-    correlation_histogram,
     diagnostics_at,
+    histogram_series,
     interval_note,
     load_study_set,
     metrics_at,
     nearer_than_heldout,
     sample_conditioning,
+    score_label,
 )
 from core.study.selftest import read_selftest
 from core.study.verdicts import StudyThreshold
@@ -132,10 +135,54 @@ def _pair_images(summary: ScanSummary, pairs: list[Pair], top: int) -> list[tupl
     return out
 
 
-def _histogram_html(scan: ScanResults, tau: float) -> str:
-    fig = correlation_histogram(scan.calibration(), tau, str(scan.summary.method))
-    fig.update_layout(width=900)  # fixed width for print
-    return fig.to_html(full_html=False, include_plotlyjs="inline", config={"staticPlot": True})
+def _histogram_svg(scan: ScanResults, tau: float) -> str:
+    """The four best-correlation distributions and the threshold as an inline SVG drawn by matplotlib.
+
+    The Calibrate page draws the same series with plotly; a report embedding plotly.js was 5 MB for one static
+    figure (a board prints it). Text stays text (smaller, searchable), and the file is the same on every run
+    (no date, a fixed id salt), so that two reports of one study differ only where the study does.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    cal = scan.calibration()
+    series = histogram_series(cal)
+    finite = np.concatenate([v[np.isfinite(v)] for v, _, _ in series] + [np.array([tau])])
+    low = np.floor(finite.min() / HISTOGRAM_BIN) * HISTOGRAM_BIN
+    high = np.ceil(finite.max() / HISTOGRAM_BIN) * HISTOGRAM_BIN + HISTOGRAM_BIN
+    bins = np.arange(low, high + HISTOGRAM_BIN / 2, HISTOGRAM_BIN)
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "memoscope", "font.size": 9}):
+        fig = Figure(figsize=(9, 3.6))
+        ax = fig.add_subplot()
+        for values, name, colour in series:
+            values = values[np.isfinite(values)]
+            if values.size:
+                ax.hist(
+                    values,
+                    bins=bins.tolist(),
+                    weights=np.full(values.size, 1 / values.size),
+                    alpha=0.55,
+                    color=colour,
+                    label=name,
+                )
+        ax.axvline(tau, color="red", linewidth=1.2)
+        ax.annotate(
+            f"tau {tau:.3f}",
+            (tau, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            color="red",
+        )
+        ax.set_xlabel(score_label(str(scan.summary.method)))
+        ax.set_ylabel("share")
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+        fig.tight_layout()
+        out = io.StringIO()
+        fig.savefig(out, format="svg", metadata={"Date": None})
+    svg = out.getvalue()
+    return svg[svg.index("<svg") :]  # inline: without the XML prolog and doctype
 
 
 def _agreement_rows(scan: ScanResults, pairs: list[Pair], tau: float) -> list[tuple[str, str, verdicts.Agreement]]:
@@ -363,14 +410,14 @@ tau = <b>{tau:.3f}</b>, {e(source)}</li>
 <p>{e(interval_note(scan, metrics))} No interval includes the uncertainty of the threshold itself.</p>
 {_selftest_html(study, summary)}
 {_strata_html(scan, tau, conditioned)}
-<h2>Correlation distributions</h2>{_histogram_html(scan, tau)}
+<h2>Correlation distributions</h2>{_histogram_svg(scan, tau)}
 <h2>Top copy pairs</h2><p>Synthetic | training | difference, one shared window per pair. The difference is
 synthetic minus training on a fixed scale of half that window: {_img(png_bytes(difference_bar(160, 8)), "colour bar")}
 blue darker, white equal, red brighter. Training scans and patients are shown under pseudonyms only.</p>{pair_html}
 <h2>Reviewer agreement</h2>{agreement_html}
 <p>{e(_audit_sentence(audit, len(stale)))}</p>
 {GLOSSARY_HTML}
-<h2>Appendix: settings</h2><p>Preprocessing:</p><pre>{e(json.dumps(summary.preprocessing.to_dict(), indent=1))}</pre>
+<h2>Appendix: settings</h2><p>Preprocessing:</p><pre>{e(json.dumps(summary.preprocessing.settings(), indent=1))}</pre>
 </body></html>
 """
 

@@ -298,23 +298,39 @@ def score_label(method: str) -> str:
     return "best Pearson correlation of embeddings"
 
 
+def histogram_series(cal: Calibration) -> list[tuple[npt.NDArray[np.float64], str, str]]:
+    """The four best-correlation distributions (values, name, colour), as every figure of them draws them."""
+    return [
+        (np.asarray(values, dtype=np.float64), name, colour)
+        for (values, name), colour in zip(
+            (
+                (cal.train_to_val, "training -> validation (paper null)"),
+                (cal.val_to_train, "validation -> training (held-out null)"),
+                (cal.train_to_synthetic, "training -> synthetic"),
+                (cal.synthetic_to_train, "synthetic -> training"),
+            ),
+            HISTOGRAM_COLOURS,
+            strict=True,
+        )
+    ]
+
+
+HISTOGRAM_BIN = 0.01  # one bin per hundredth of the score
+
+
 def correlation_histogram(cal: Calibration, tau: float, method: str = "paper") -> go.Figure:
-    """The four best-correlation distributions with the threshold drawn on them (Calibrate page and report)."""
+    """The four best-correlation distributions with the threshold drawn on them (Calibrate page)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for (values, name), colour in zip(
-        (
-            (cal.train_to_val, "training -> validation (paper null)"),
-            (cal.val_to_train, "validation -> training (held-out null)"),
-            (cal.train_to_synthetic, "training -> synthetic"),
-            (cal.synthetic_to_train, "synthetic -> training"),
-        ),
-        HISTOGRAM_COLOURS,
-        strict=True,
-    ):
+    for values, name, colour in histogram_series(cal):
         fig.add_histogram(
-            x=values, name=name, opacity=0.55, histnorm="probability", xbins=dict(size=0.01), marker_color=colour
+            x=values,
+            name=name,
+            opacity=0.55,
+            histnorm="probability",
+            xbins=dict(size=HISTOGRAM_BIN),
+            marker_color=colour,
         )
     fig.add_vline(x=tau, line_color="red", annotation_text=f"tau {tau:.3f}")
     fig.update_layout(

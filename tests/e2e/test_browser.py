@@ -436,6 +436,11 @@ def test_the_pair_and_the_verdict_buttons_fit_the_screen(
         for i in range(3):  # synthetic | training | difference
             box = images.nth(i).locator("img").bounding_box()
             assert box is not None and box["y"] + box["height"] <= fold, f"image {i} ends at {box} (fold {fold})"
+        thumbnails = page.get_by_test_id("stImage").locator("img").evaluate_all(
+            "els => els.map(e => e.getBoundingClientRect()).filter(r => r.height > 30).slice(3)"
+            ".map(r => Math.round(r.width))"
+        )
+        assert len(set(thumbnails)) <= 1, f"the neighbour thumbnails differ in size: {thumbnails}"
         frame = page.get_by_test_id("stDataFrame")
         frame.scroll_into_view_if_needed()
         columns = frame.locator("[role=columnheader]")  # the grid's accessible table: the columns drawn on screen
