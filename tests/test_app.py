@@ -167,6 +167,10 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.switch_page("views/generate.py").run()
     _ok(at)
     assert at.selectbox(key="generate_device").options[:2] == ["auto", "cpu"]
+    # the checkpoint's provenance note is a note, not a warning (it was drawn as one)
+    assert any("MemoScope demo" in i.value for i in at.info) and not any(
+        "MemoScope demo" in w.value for w in at.warning
+    )
     # fp16 is offered where the device runs it (a GPU), never on a CPU
     options = at.selectbox(key="generate_precision").options
     assert ("fp16" in options) == (resolve_device("auto").type != "cpu") and "fp32" in options
@@ -314,6 +318,18 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     assert any("saved by Dr Ada" in c.value for c in at.caption)
     at.switch_page("views/calibrate.py").run()
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"  # Calibrate starts from it
+    # ways back after trying thresholds (there was none): the scan's own threshold, then the saved one
+    at.radio(key=f"rule::{study}").set_value("fixed").run()
+    at.slider(key=f"fixed::{study}").set_value(0.2).run()
+    at.button(key="reset::Reset to the scan's threshold").click().run()
+    _ok(at)
+    scanned = read_summary(study).threshold
+    assert {m.label: m.value for m in at.metric}["Threshold"] == f"{scanned.value:.3f}"
+    assert at.radio(key=f"rule::{study}").value == scanned.rule
+    at.button(key="reset::Back to the study threshold").click().run()
+    assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
+    assert at.slider(key=f"pct::{study}").value == 85.0
+    assert verdicts.study_threshold(study, ScanResults.open(study)).value == saved.value  # nothing saved by a reset
     at.switch_page("views/report.py").run()
     assert any("saved by Dr Ada" in c.value for c in at.caption)
     at.switch_page("views/overview.py").run()

@@ -46,6 +46,43 @@ def save_form(rule: str, percentile: float | None, tau: float) -> None:
             st.rerun(scope="app")
 
 
+RULE, PCT, FIXED = f"rule::{study}", f"pct::{study}", f"fixed::{study}"
+
+
+def show_threshold(rule: str, percentile: float | None, value: float) -> None:
+    """Put the controls at a threshold (widget callback: runs before the widgets are drawn again)."""
+    st.session_state[RULE] = str(rule)
+    st.session_state[PCT] = float(percentile or summary.threshold.percentile or 95.0)
+    st.session_state[FIXED] = float(value)
+
+
+if RULE not in st.session_state:  # the controls start at the study threshold
+    show_threshold(saved.rule, saved.percentile, saved.value)
+
+
+def reset_buttons(rule: str, percentile: float | None, tau: float) -> None:
+    """Ways back after trying other thresholds: the study's saved threshold and the one the scan computed."""
+    scanned = summary.threshold
+    row = st.container(horizontal=True)
+    for label, target in (
+        (f"Back to the study threshold ({saved.value:.3f})", (saved.rule, saved.percentile, saved.value)),
+        (
+            f"Reset to the scan's threshold ({scanned.value:.3f}, {scanned.rule}"
+            + (f" at the {scanned.percentile:g}th percentile)" if scanned.percentile is not None else ")"),
+            (scanned.rule, scanned.percentile, scanned.value),
+        ),
+    ):
+        shown = str(target[0]) == rule and abs(target[2] - tau) < 1e-12
+        row.button(
+            label,
+            disabled=shown,
+            on_click=show_threshold,
+            args=target,
+            key=f"reset::{label.split(' (')[0]}",
+            help="Only moves the controls; Save makes a threshold the study's",
+        )
+
+
 @st.fragment
 def controls() -> None:
     cols = st.columns([1, 2])
@@ -53,25 +90,17 @@ def controls() -> None:
         "Rule",
         choices(ThresholdRule),
         horizontal=True,
-        key=f"rule::{study}",
-        index=choices(ThresholdRule).index(saved.rule),
+        key=RULE,
         help="paper: percentile of training->nearest validation; heldout: of validation->nearest training (the "
         "null built like the test); heldout-ucb: a 95 % upper confidence bound on that percentile; heldout-patient: "
         "a prediction bound for a scan of a new patient (allows for how patients differ); fixed: your value",
     )
     if rule == "fixed":
-        tau = cols[1].slider("Threshold", -1.0, 1.0, float(saved.value), 0.001, key=f"fixed::{study}")
+        tau = cols[1].slider("Threshold", -1.0, 1.0, step=0.001, key=FIXED)
         percentile = None
         note = "fixed by hand"
     else:
-        percentile = cols[1].slider(
-            "Percentile",
-            50.0,
-            99.9,
-            float(saved.percentile or summary.threshold.percentile or 95.0),
-            0.1,
-            key=f"pct::{study}",
-        )
+        percentile = cols[1].slider("Percentile", 50.0, 99.9, step=0.1, key=PCT)
         try:
             tau = cal.threshold(rule, percentile).value
         except MemoScopeError as exc:
@@ -79,6 +108,7 @@ def controls() -> None:
             return
         note = f"{rule} rule at the {percentile:g}th percentile"
     save_form(rule, percentile, tau)
+    reset_buttons(rule, percentile, tau)
     at = _ui.metrics(study, tau, rule, percentile)  # the intervals the Overview, Compare and the report show
     mem, cop = at.memorized, at.copies
     cols = st.columns(4)

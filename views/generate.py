@@ -40,7 +40,7 @@ if config is not None:
         f"{training.get('seed', '?')}"
     )
     for note in config.provenance.get("notes", []):
-        st.warning(note)
+        st.info(note, icon=":material/info:")  # the trainer's notes: provenance, not a warning
     with st.expander("ldm.json"):
         st.json(config.to_dict(), expanded=False)
 
