@@ -326,7 +326,7 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     scanned = read_summary(study).threshold
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{scanned.value:.3f}"
     assert at.radio(key=f"rule::{study}").value == scanned.rule
-    at.button(key="reset::Back to the study threshold").click().run()
+    at.button(key="reset::Back to the saved threshold").click().run()
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
     assert at.slider(key=f"pct::{study}").value == 85.0
     assert verdicts.study_threshold(study, ScanResults.open(study)).value == saved.value  # nothing saved by a reset

@@ -25,7 +25,7 @@ def save_form(rule: str, percentile: float | None, tau: float) -> None:
     """Save the slider's threshold as the study's (who and when are recorded; earlier choices stay in the history)."""
     if abs(tau - saved.value) < 1e-12 and rule == saved.rule:
         return
-    cols = st.columns([2, 3, 1], vertical_alignment="bottom")
+    cols = st.columns([2, 3, 2], vertical_alignment="bottom")
     reviewer = cols[0].text_input("Your name", value=st.session_state.get("reviewer", ""), key=f"save_by::{study}")
     note = cols[1].text_input("Why (optional)", key=f"save_note::{study}")
     if cols[2].button(
@@ -60,26 +60,25 @@ if RULE not in st.session_state:  # the controls start at the study threshold
     show_threshold(saved.rule, saved.percentile, saved.value)
 
 
-def reset_buttons(rule: str, percentile: float | None, tau: float) -> None:
-    """Ways back after trying other thresholds: the study's saved threshold and the one the scan computed."""
+def reset_buttons(rule: str, tau: float) -> None:
+    """Ways back after trying other thresholds: the one the scan computed, and the study's saved one where that
+    differs. They only move the controls."""
     scanned = summary.threshold
+    targets = {"Reset to the scan's threshold": scanned}
+    if str(saved.rule) != str(scanned.rule) or abs(saved.value - scanned.value) > 1e-12:
+        targets["Back to the saved threshold"] = saved
     row = st.container(horizontal=True)
-    for label, target in (
-        (f"Back to the study threshold ({saved.value:.3f})", (saved.rule, saved.percentile, saved.value)),
-        (
-            f"Reset to the scan's threshold ({scanned.value:.3f}, {scanned.rule}"
-            + (f" at the {scanned.percentile:g}th percentile)" if scanned.percentile is not None else ")"),
-            (scanned.rule, scanned.percentile, scanned.value),
-        ),
-    ):
-        shown = str(target[0]) == rule and abs(target[2] - tau) < 1e-12
+    for label, target in targets.items():
+        how = f"{target.rule}" + (
+            f" at the {target.percentile:g}th percentile" if target.percentile is not None else ""
+        )
         row.button(
-            label,
-            disabled=shown,
+            f"{label} ({target.value:.3f})",
+            disabled=str(target.rule) == rule and abs(target.value - tau) < 1e-12,
             on_click=show_threshold,
-            args=target,
-            key=f"reset::{label.split(' (')[0]}",
-            help="Only moves the controls; Save makes a threshold the study's",
+            args=(target.rule, target.percentile, target.value),
+            key=f"reset::{label}",
+            help=f"{how}. Only moves the controls; Save makes a threshold the study's.",
         )
 
 
@@ -108,7 +107,7 @@ def controls() -> None:
             return
         note = f"{rule} rule at the {percentile:g}th percentile"
     save_form(rule, percentile, tau)
-    reset_buttons(rule, percentile, tau)
+    reset_buttons(rule, tau)
     at = _ui.metrics(study, tau, rule, percentile)  # the intervals the Overview, Compare and the report show
     mem, cop = at.memorized, at.copies
     cols = st.columns(4)
