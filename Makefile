@@ -46,7 +46,7 @@ bench: setup $(CHROMIUM)
 	$(PY) -m tools.readme_tables
 
 SHOWN = overview.png calibrate.png review-2d.png review-3d.png verdicts.png generate.png presentation-mode.png \
-	page-demo-2d-compare-1920x1080.png page-demo-2d-review-1024x768.png
+	page-demo-2d-compare-1920x1080.png review-layout-demo-2d-1024x768.png
 
 screenshots: setup $(CHROMIUM)
 	$(PY) -m pytest -q tests/e2e && mkdir -p docs/screenshots && cd artifacts/screenshots && cp $(SHOWN) ../../docs/screenshots/

@@ -172,6 +172,7 @@ def test_threshold_slider_changes_the_counts(page) -> None:  # noqa: ANN001
         "b => ![...document.querySelectorAll('[data-testid=stMetricValue]')].some(e => e.innerText === b)",
         arg=before["Threshold"],
     )
+    _settled(page)  # the other metrics are replaced a moment after the threshold's (a read in between saw old counts)
     after = {label: _metric(page, label) for label in before}
     assert float(after["Threshold"]) < float(before["Threshold"])
     counts = [(float(before[k].rstrip("%")), float(after[k].rstrip("%"))) for k in ("Memorized", "Copies")]
@@ -209,6 +210,10 @@ def test_3d_slice_moves(page) -> None:  # noqa: ANN001
     slider.press("ArrowRight")
     slider.press("ArrowRight")
     page.get_by_text(f"synthetic · axial {start + 2}").wait_for()
+    page.get_by_test_id("stSelectbox").filter(has_text="Plane").click()  # one plane first; all three on request
+    page.get_by_role("option", name="all three").click()
+    page.get_by_text("synthetic · sagittal").wait_for()
+    page.get_by_text(f"synthetic · axial {start + 2}").wait_for()  # the position kept
     page.screenshot(path=SHOTS / "review-3d.png", full_page=True)
 
 
@@ -436,9 +441,13 @@ def test_the_pair_and_the_verdict_buttons_fit_the_screen(
         for i in range(3):  # synthetic | training | difference
             box = images.nth(i).locator("img").bounding_box()
             assert box is not None and box["y"] + box["height"] <= fold, f"image {i} ends at {box} (fold {fold})"
-        thumbnails = page.get_by_test_id("stImage").locator("img").evaluate_all(
-            "els => els.map(e => e.getBoundingClientRect()).filter(r => r.height > 30).slice(3)"
-            ".map(r => Math.round(r.width))"
+        thumbnails = (
+            page.get_by_test_id("stImage")
+            .locator("img")
+            .evaluate_all(
+                "els => els.map(e => e.getBoundingClientRect()).filter(r => r.height > 30).slice(3)"
+                ".map(r => Math.round(r.width))"
+            )
         )
         assert len(set(thumbnails)) <= 1, f"the neighbour thumbnails differ in size: {thumbnails}"
         frame = page.get_by_test_id("stDataFrame")
