@@ -384,7 +384,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> None:
-    from core.study.report import release
+    from core.study.release import release
 
     result = release(_work_in(args.study), args.out, args.threshold, args.exclude_confirmed)
     for warning in result.warnings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +16,9 @@ from pypdf import PdfReader
 from core.common.errors import MemoScopeError
 from core.io.preprocessing import PreprocessSpec
 from core.study import verdicts
-from core.study.report import CHROMIUM, PSEUDONYMS, release, write_report
+from core.study.pseudonyms import PSEUDONYMS
+from core.study.release import read_release_record, release
+from core.study.report import CHROMIUM, write_report
 from core.study.results import ScanResults, read_summary
 from core.study.review import HISTOGRAM_COLOURS
 from core.study.scan import ScanConfig, run_scan
@@ -194,8 +195,8 @@ def test_release_removes_copies_and_confirmed_pairs(study: Path, tmp_path: Path)
     assert plain.removed_by_threshold == summary.copies.count
     strict = release(study, tmp_path / "strict", exclude_confirmed=True)
     assert strict.kept == plain.kept - strict.removed_as_confirmed
-    record = json.loads((tmp_path / "strict" / "release.json").read_text())
-    assert "sample_000003.png" in record["removed"]
+    record = read_release_record(tmp_path / "strict")
+    assert "sample_000003.png" in record.removed
     kept_files = sorted(p.name for p in (tmp_path / "strict" / "samples").iterdir())
     assert "sample_000003.png" not in kept_files and len(kept_files) == strict.kept
     for path in (tmp_path / "strict").rglob("*"):
@@ -230,9 +231,9 @@ def test_release_refuses_a_threshold_outside_minus_one_to_one(study: Path, tmp_p
 
 def test_a_looser_release_threshold_is_warned_and_recorded(study: Path, tmp_path: Path) -> None:
     result = release(study, tmp_path / "out", threshold=1.0)
-    record = json.loads((tmp_path / "out" / "release.json").read_text())
-    assert result.warnings and "looser than the scan's" in record["warnings"][0]
-    assert record["scan_id"] == read_summary(study).scan_id
+    record = read_release_record(tmp_path / "out")
+    assert result.warnings and "looser than the scan's" in record.warnings[0]
+    assert record.scan_id == read_summary(study).scan_id
 
 
 def test_the_report_and_release_use_the_saved_study_threshold(study: Path, tmp_path: Path) -> None:
@@ -246,8 +247,8 @@ def test_the_report_and_release_use_the_saved_study_threshold(study: Path, tmp_p
     text = write_report(copied, tmp_path / "r.html").read_text()
     assert "tau = <b>1.000</b>, saved by rater one" in text and "None of the 6 synthetic samples" in text
     result = release(copied, tmp_path / "rel")
-    record = json.loads((tmp_path / "rel" / "release.json").read_text())
-    assert result.removed_by_threshold == 0 and record["threshold_source"] == "saved by rater one"
+    record = read_release_record(tmp_path / "rel")
+    assert result.removed_by_threshold == 0 and record.threshold_source == "saved by rater one"
     assert result.warnings  # looser than the scan's calibration: said and recorded
 
 

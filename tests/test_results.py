@@ -95,7 +95,8 @@ def test_a_newer_study_asks_for_a_newer_memoscope(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
 def test_a_half_committed_rescan_is_refused(tmp_path: Path) -> None:
     """A rescan killed after pairs.csv was replaced leaves new pairs beside the old summary: refused everywhere."""
-    from core.study.report import release, write_report
+    from core.study.release import release
+    from core.study.report import write_report
 
     study = tmp_path / "study"
     shutil.copytree(DEMO, study)

@@ -15,7 +15,7 @@ from core.io.data import source_of
 from core.study import jobs, results, verdicts
 from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies
-from core.study.report import Pseudonyms
+from core.study.pseudonyms import Pseudonyms
 from core.study.results import Calibration, Pair, ScanResults, ScanSummary
 from core.study.review import (
     ByPatient,

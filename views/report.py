@@ -7,7 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.common.errors import MemoScopeError
-from core.study.report import CHROMIUM, release, release_folder, write_report
+from core.study.release import release, release_folder
+from core.study.report import CHROMIUM, write_report
 from views import _ui
 
 study = _ui.require_study()
