@@ -15,6 +15,7 @@ from core.common.config import choices
 from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.progress import StageBars
+from core.detect.metrics import RULE_CHOICES, rule_help
 from core.detect.record import Arch
 from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
@@ -422,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", help="a trained detector folder (default: train one on --train)")
     p.add_argument(
         "--threshold-rule",
-        help="paper | heldout | heldout-ucb | heldout-patient | fixed:X (default: the method's own; heldout-patient "
-        "for verified: a prediction bound for a scan of a new patient)",
+        help=f"{RULE_CHOICES} (default: the method's own: paper for paper, heldout-patient for verified). "
+        + rule_help().replace("%", "%%"),  # argparse formats help with %
     )
     p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")

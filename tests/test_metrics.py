@@ -242,3 +242,29 @@ def test_beyond_heldout_expects_one_in_n_plus_one_of_new_samples() -> None:
     assert "4 volumes" in grouped.share.method
     with pytest.raises(MemoScopeError, match="held-out"):
         beyond_heldout([0.5], [])
+
+
+def test_every_threshold_rule_is_one_row_of_the_table_and_behaves_as_it_says() -> None:
+    """Adding a rule is a member of ThresholdRule and a row of RULES: each row here sets tau from the null it names,
+    refuses a null below its minimum, and appears in the help the CLI and the Calibrate page show."""
+    from core.detect.metrics import RULES, ThresholdRule, calibrate, min_null_size, rule_help
+
+    assert set(RULES) == set(ThresholdRule), "a rule without its row (or a row without its rule)"
+    rng = np.random.default_rng(0)
+    train_to_val, val_to_train = rng.uniform(0.0, 0.5, 200), rng.uniform(0.5, 0.9, 200)
+    patients = [f"p{i % 8}" for i in range(200)]
+    for rule, spec in RULES.items():
+        assert f"{rule}: {spec.summary}" in rule_help() and spec.meaning == rule.meaning
+        if spec.null is None:
+            assert calibrate(rule, train_to_val, val_to_train, fixed=0.42).value == 0.42
+            continue
+        tau = calibrate(rule, train_to_val, val_to_train, 95.0, val_patients=patients)
+        assert tau.rule == rule and tau.null_size == 200
+        inside = (0.0, 0.5) if spec.null == "train_to_val" else (0.5, 1.0)  # tau is set on the null it names
+        assert inside[0] <= tau.value <= inside[1], (rule, tau.value)
+        assert rule.uses_heldout_null == (spec.null == "val_to_train")
+        needed = min_null_size(95.0, rule)
+        small = needed - 1
+        if small >= 1:
+            with pytest.raises(MemoScopeError, match="needs at least"):
+                calibrate(rule, train_to_val[:small], val_to_train[:small], 95.0, val_patients=patients[:small])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,9 @@ from core.common.errors import MemoScopeError
 
 
 class ThresholdRule(StrEnum):
+    """How tau is set. What each rule does (its null, its minimum null size, its tau, its words) is one row of
+    :data:`RULES`, below: adding a rule is a member here and a row there."""
+
     PAPER = "paper"
     HELDOUT = "heldout"
     HELDOUT_UCB = "heldout-ucb"
@@ -24,28 +28,23 @@ class ThresholdRule(StrEnum):
     FIXED = "fixed"
 
     @property
+    def spec(self) -> RuleSpec:
+        return RULES[self]
+
+    @property
     def uses_heldout_null(self) -> bool:
         """Calibrated on validation -> training scores (the null built like the test statistic)."""
-        return self in (ThresholdRule.HELDOUT, ThresholdRule.HELDOUT_UCB, ThresholdRule.HELDOUT_PATIENT)
+        return self.spec.null == "val_to_train"
 
     @property
     def meaning(self) -> str:
         """What the rule's tau means, in words a review board can read."""
-        return {
-            ThresholdRule.PAPER: "the percentile of each training scan's best score to the validation scans (Dar et "
-            "al.)",
-            ThresholdRule.HELDOUT: "the percentile of each validation scan's best score to training",
-            ThresholdRule.HELDOUT_UCB: "a 95 % upper confidence bound on the percentile of each validation scan's "
-            "best score to training",
-            ThresholdRule.HELDOUT_PATIENT: "the score a scan of a new patient exceeds with the complementary "
-            "probability, allowing for how much validation patients differ from each other",
-            ThresholdRule.FIXED: "a value chosen by hand",
-        }[self]
+        return self.spec.meaning
 
     @property
     def calibration_patients(self) -> int:
-        """Patients a null needs to set tau: the patient bound estimates a spread between patients (2)."""
-        return 2 if self == ThresholdRule.HELDOUT_PATIENT else 1
+        """Patients a null needs to set tau (the patient bound estimates a spread between patients: 2)."""
+        return self.spec.calibration_patients
 
     @property
     def min_patients(self) -> int:
@@ -86,10 +85,17 @@ CALIBRATED_RULES = tuple(r.value for r in ThresholdRule if r != ThresholdRule.FI
 RULE_CHOICES = ", ".join(CALIBRATED_RULES) + " or fixed:X"
 
 
-def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
+class RuleChoice(NamedTuple):
+    """A threshold rule as given (``--threshold-rule``), parsed: the rule, and the value of ``fixed:X``."""
+
+    rule: ThresholdRule
+    fixed: float | None
+
+
+def parse_rule(text: str) -> RuleChoice:
     """Parse a calibrated rule's name (:data:`CALIBRATED_RULES`) or ``fixed:X`` (X in [-1, 1])."""
     if text in CALIBRATED_RULES:
-        return ThresholdRule(text), None
+        return RuleChoice(ThresholdRule(text), None)
     if text.startswith("fixed:"):
         try:
             value = float(text.split(":", 1)[1])
@@ -97,20 +103,25 @@ def parse_rule(text: str) -> tuple[ThresholdRule, float | None]:
             value = math.nan
         if not -1.0 <= value <= 1.0:
             raise MemoScopeError(f"--threshold-rule {text!r}: fixed:X needs a number X in [-1, 1].")
-        return ThresholdRule.FIXED, value
+        return RuleChoice(ThresholdRule.FIXED, value)
     raise MemoScopeError(f"--threshold-rule {text!r} must be {RULE_CHOICES}.")
 
 
 def min_null_size(percentile: float, rule: ThresholdRule = ThresholdRule.PAPER) -> int:
-    """Smallest null sample the rule can use: one whose ``percentile`` leaves a value above it, or (for
-    ``heldout-ucb``) one whose largest value exceeds the percentile with 95 % confidence."""
+    """Smallest null sample ``rule`` can use at ``percentile`` (its row's ``min_null``)."""
     if percentile >= 100:
         return math.inf  # type: ignore[return-value]
-    if rule == ThresholdRule.HELDOUT_UCB:
-        return math.ceil(math.log(1 - UCB_CONFIDENCE) / math.log(percentile / 100.0))
-    if rule == ThresholdRule.HELDOUT_PATIENT:
-        return 3  # two patients, one with two scans: a spread between and within patients
+    return ThresholdRule(rule).spec.min_null(percentile)
+
+
+def _percentile_min_null(percentile: float) -> int:
+    """A null whose ``percentile`` leaves a value above it."""
     return math.ceil(100.0 / (100.0 - percentile))
+
+
+def _ucb_min_null(percentile: float) -> int:
+    """A null whose largest value exceeds the percentile with 95 % confidence."""
+    return math.ceil(math.log(1 - UCB_CONFIDENCE) / math.log(percentile / 100.0))
 
 
 def ucb_order_statistic(n: int, percentile: float, confidence: float = UCB_CONFIDENCE) -> int | None:
@@ -171,25 +182,92 @@ def patient_bound(null: npt.ArrayLike, patients: Sequence[object], percentile: f
     return float(np.tanh(float(np.mean(means)) + quantile * scale))
 
 
-def percentile_threshold(
-    null: npt.ArrayLike, percentile: float, rule: ThresholdRule, patients: Sequence[object] | None = None
-) -> float:
-    """tau from a null sample: its percentile, the order statistic bounding it (``heldout-ucb``), or the new-patient
-    prediction bound (``heldout-patient``, which needs each null score's ``patients``)."""
-    if rule == ThresholdRule.HELDOUT_PATIENT:
-        if patients is None:
-            raise MemoScopeError("the heldout-patient rule needs the patient of each validation scan.")
-        return patient_bound(null, patients, percentile)
+def _percentile_tau(null: npt.ArrayLike, percentile: float, patients: Sequence[object] | None) -> float:
+    return float(np.percentile(np.asarray(null, dtype=np.float64), percentile))
+
+
+def _ucb_tau(null: npt.ArrayLike, percentile: float, patients: Sequence[object] | None) -> float:
     values = np.sort(np.asarray(null, dtype=np.float64))
-    if rule != ThresholdRule.HELDOUT_UCB:
-        return float(np.percentile(values, percentile))
     r = ucb_order_statistic(len(values), percentile)
     if r is None:
         raise MemoScopeError(
-            f"the heldout-ucb rule at percentile {percentile:g} needs at least {min_null_size(percentile, rule)} "
+            f"the heldout-ucb rule at percentile {percentile:g} needs at least {_ucb_min_null(percentile)} "
             f"validation samples; there are {len(values)}. Add validation images or use another rule."
         )
     return float(values[r - 1])
+
+
+def _patient_tau(null: npt.ArrayLike, percentile: float, patients: Sequence[object] | None) -> float:
+    if patients is None:
+        raise MemoScopeError("the heldout-patient rule needs the patient of each validation scan.")
+    return patient_bound(null, patients, percentile)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One threshold rule's behaviour: a row of :data:`RULES`.
+
+    Attributes:
+        null: which best-score null calibrates it (``train_to_val``: each training scan's best score to
+            validation, the paper's; ``val_to_train``: each validation scan's best score to training, built like
+            the test); ``None`` for a value chosen by hand.
+        summary: a few words for option help (CLI and pages).
+        meaning: what its tau means, in words a review board can read (reports and pages).
+        min_null: the smallest null it can use at a percentile.
+        tau: tau from the null scores, the percentile and each score's patient.
+        calibration_patients: patients a null needs to set tau.
+    """
+
+    null: str | None
+    summary: str
+    meaning: str
+    min_null: Callable[[float], int] = _percentile_min_null
+    tau: Callable[[npt.ArrayLike, float, Sequence[object] | None], float] = _percentile_tau
+    calibration_patients: int = 1
+
+
+RULES: dict[ThresholdRule, RuleSpec] = {
+    ThresholdRule.PAPER: RuleSpec(
+        "train_to_val",
+        "percentile of training -> nearest validation (Dar et al.)",
+        "the percentile of each training scan's best score to the validation scans (Dar et al.)",
+    ),
+    ThresholdRule.HELDOUT: RuleSpec(
+        "val_to_train",
+        "percentile of validation -> nearest training (the null built like the test)",
+        "the percentile of each validation scan's best score to training",
+    ),
+    ThresholdRule.HELDOUT_UCB: RuleSpec(
+        "val_to_train",
+        "a 95 % upper confidence bound on that percentile",
+        "a 95 % upper confidence bound on the percentile of each validation scan's best score to training",
+        min_null=_ucb_min_null,
+        tau=_ucb_tau,
+    ),
+    ThresholdRule.HELDOUT_PATIENT: RuleSpec(
+        "val_to_train",
+        "a prediction bound for a scan of a new patient (allows for how patients differ)",
+        "the score a scan of a new patient exceeds with the complementary probability, allowing for how much "
+        "validation patients differ from each other",
+        min_null=lambda percentile: 3,  # two patients, one with two scans: a spread between and within patients
+        tau=_patient_tau,
+        calibration_patients=2,
+    ),
+    ThresholdRule.FIXED: RuleSpec(None, "your value (fixed:X on the command line)", "a value chosen by hand"),
+}
+
+
+def rule_help() -> str:
+    """Every rule and what it does, from :data:`RULES` (the CLI's and the Calibrate page's help)."""
+    return "; ".join(f"{rule}: {spec.summary}" for rule, spec in RULES.items())
+
+
+def percentile_threshold(
+    null: npt.ArrayLike, percentile: float, rule: ThresholdRule, patients: Sequence[object] | None = None
+) -> float:
+    """tau from a null sample by ``rule``'s row of :data:`RULES` (``heldout-patient`` needs each score's
+    ``patients``)."""
+    return ThresholdRule(rule).spec.tau(null, percentile, patients)
 
 
 def calibrate(
@@ -210,7 +288,8 @@ def calibrate(
         fixed: tau for ``rule == "fixed"``.
         val_patients: the patient of each ``val_to_train`` score (``heldout-patient`` needs them).
     """
-    if rule == "fixed":
+    rule = ThresholdRule(rule)
+    if rule.spec.null is None:
         if fixed is None:
             raise MemoScopeError("threshold rule 'fixed' needs a value (fixed:X).")
         return Threshold(ThresholdRule.FIXED, None, float(fixed), 0)
@@ -224,7 +303,7 @@ def calibrate(
             f"{needed} so that some real held-out samples lie above the threshold. Add "
             "validation images or lower --percentile."
         )
-    null = np.asarray(train_to_val if rule == ThresholdRule.PAPER else val_to_train, dtype=np.float64)
+    null = np.asarray(train_to_val if rule.spec.null == "train_to_val" else val_to_train, dtype=np.float64)
     tau = percentile_threshold(null, percentile, rule, val_patients)
     return Threshold(rule, percentile, tau, len(null))
 

@@ -254,10 +254,10 @@ class Calibration:
 
     def threshold(self, rule: str, percentile: float = 95.0, fixed: float | None = None) -> Threshold:
         kind = ThresholdRule(rule)
-        if kind == ThresholdRule.HELDOUT_PATIENT and self.val_groups is None:
+        if kind.calibration_patients > 1 and self.val_groups is None:  # a rule that needs the patients
             raise MemoScopeError(
-                "this study was scanned before validation patients were recorded with its scores; the heldout-patient "
-                "rule needs them. Rescan the study (python -m core scan) or choose another rule."
+                f"this study was scanned before validation patients were recorded with its scores; the {kind} rule "
+                "needs them. Rescan the study (python -m core scan) or choose another rule."
             )
         groups = None if self.val_groups is None else self.val_groups.tolist()
         return calibrate(kind, self.train_to_val, self.val_to_train, percentile, fixed, groups)

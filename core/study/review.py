@@ -89,7 +89,7 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
     cal = scan.calibration()
     kind = ThresholdRule(rule)
     null = cal.val_to_train if kind.uses_heldout_null else cal.train_to_val
-    null_size = 0 if kind == ThresholdRule.FIXED else len(null)
+    null_size = 0 if kind.spec.null is None else len(null)
     threshold = Threshold(kind, percentile, float(value), null_size)
     return memorization_metrics(
         threshold,

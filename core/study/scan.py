@@ -20,6 +20,7 @@ from core.detect.diagnostics import calibration_diagnostics
 from core.detect.metrics import (
     Fraction,
     MemorizationMetrics,
+    RuleChoice,
     Threshold,
     ThresholdRule,
     calibrate,
@@ -122,8 +123,13 @@ class ScanConfig(Config):
         own = ThresholdRule.PAPER if self.method == MatchMethod.PAPER else ThresholdRule.HELDOUT_PATIENT
         return self.threshold_rule or own
 
+    @property
+    def rule_choice(self) -> RuleChoice:
+        """:attr:`rule` parsed (checked when the config is built, so this never fails afterwards)."""
+        return parse_rule(self.rule)
+
     def validate(self) -> None:
-        parse_rule(self.rule)
+        parse_rule(self.rule)  # the boundary: a bad rule is refused here, naming the option
         check_range("percentile", self.percentile, 0.0, 100.0)
         if self.percentile >= 100.0:
             raise MemoScopeError(
@@ -420,8 +426,8 @@ def check_near_duplicates(tables: NeighborTables, train: ImageSet, val: ImageSet
 
 def check_calibration_size(config: ScanConfig, sets: dict[str, ImageSet]) -> None:
     """Refuse, before any training, a validation set too small for the rule's percentile."""
-    rule, _ = parse_rule(config.rule)
-    if rule == ThresholdRule.FIXED:
+    rule = config.rule_choice.rule
+    if rule.spec.null is None:  # a value chosen by hand needs no null
         return
     needed = min_null_size(config.percentile, rule)
     if len(sets["val"]) < needed:
@@ -464,7 +470,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     3. embed (cached); 4. exact search in four directions; 5. calibrate tau and compute the
     metrics; 6. write every output atomically and record the run in the study database.
     """
-    rule, fixed = parse_rule(config.rule)
+    rule, fixed = config.rule_choice
     device = resolve_device(config.device)
     precision = check_precision(device, config.precision)
     check_inputs(config, progress)

@@ -130,7 +130,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
     check_writable(config.study, f"{SELFTEST} into the study")  # before the work, not at its end
     summary = scan.summary
     rule = ThresholdRule(summary.threshold.rule)
-    if rule == ThresholdRule.FIXED or summary.threshold.percentile is None:
+    if rule.spec.null is None or summary.threshold.percentile is None:
         rule, percentile = ThresholdRule.PAPER if summary.method == MatchMethod.PAPER else ThresholdRule.HELDOUT, 95.0
     else:
         percentile = summary.threshold.percentile
@@ -176,7 +176,7 @@ def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTes
 
     progress(ProgressEvent("score", 0, len(planted) + 1, "calibrating on part of the validation patients"))
     cal_to_train, _ = nearest(v_cal, x_cal, v_train, x_train)
-    train_to_cal = nearest(v_train, x_train, v_cal, x_cal)[0] if rule == ThresholdRule.PAPER else cal_to_train
+    train_to_cal = nearest(v_train, x_train, v_cal, x_cal)[0] if rule.spec.null == "train_to_val" else cal_to_train
     tau = calibrate(rule, train_to_cal, cal_to_train, percentile, val_patients=calib_patients).value
     recall: dict[str, Fraction] = {}
     precision = f1 = auroc = float("nan")
