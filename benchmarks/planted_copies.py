@@ -32,7 +32,7 @@ from core.detect.metrics import ThresholdRule, calibrate, crossfit_fpr, is_copy,
 from core.detect.planted import CHANGES, LEVELS, PlantedSet, plant_copies
 from core.detect.search import Neighbors
 from core.detect.verify import MatchMethod, background_scores, best_match
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from core.io.sample_data import REAL_VOLUMES, axial_slices, volume_cube
 from tools.readme_tables import markdown_table, write_result

@@ -181,7 +181,10 @@ def search_rows(quick: bool) -> list[list[str]]:
     rng = np.random.default_rng(0)
     database = rng.normal(size=(n_db, dim)).astype(np.float32)
     rows = []
-    cases = [(1000 if quick else 5000, "faiss flat (the CPU default)", ExactIndex), (512, "faiss flat", ExactIndex)]
+    cases: list[tuple[int, str, type[ExactIndex | TorchIndex]]] = [
+        (1000 if quick else 5000, "faiss flat (the CPU default)", ExactIndex),
+        (512, "faiss flat", ExactIndex),
+    ]
     cases.append((cases[0][0], "torch chunked matmul + top-k", TorchIndex))
     for n_query, name, cls in cases:
         queries = rng.normal(size=(n_query, dim)).astype(np.float32)
@@ -229,7 +232,8 @@ def loading_row(quick: bool) -> list[str]:
     """Reading and preprocessing NIfTI volumes with the default worker processes against in this process."""
     import nibabel as nib
 
-    from core.io.data import PARALLEL_FROM, discover, load_records, load_workers
+    from core.io.discover import discover
+    from core.io.load import PARALLEL_FROM, load_records, load_workers
     from core.io.preprocessing import PreprocessSpec
 
     n = PARALLEL_FROM if quick else 96
@@ -316,7 +320,8 @@ def memory_row(quick: bool) -> list[str]:
 def recount_row() -> list[str]:
     rng = np.random.default_rng(0)
     arrays = [rng.uniform(0, 1, 250_000) for _ in range(4)]
-    cal = Calibration(*(np.sort(a) for a in arrays))
+    train_to_val, val_to_train, train_to_synthetic, synthetic_to_train = (np.sort(a) for a in arrays)
+    cal = Calibration(train_to_val, val_to_train, train_to_synthetic, synthetic_to_train)
     taus = rng.uniform(0.5, 1.0, 100)
 
     def sorted_recount() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from core.detect.search import ExactIndex, HNSWIndex, SearchConfig, recall_at_1
-from core.io.data import discover, load_records
+from core.io.discover import discover
+from core.io.load import load_records
 from core.io.preprocessing import PreprocessSpec
 from tools.readme_tables import markdown_table, write_result
 

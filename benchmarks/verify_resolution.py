@@ -26,7 +26,7 @@ from core.detect.detector import DetectorConfig, embed, train_detector
 from core.detect.metrics import ThresholdRule, calibrate, is_copy, wilson_interval
 from core.detect.planted import CHANGES, PlantedSet, plant_copies
 from core.detect.verify import MatchMethod, VerifyConfig, best_match
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 from core.io.preprocessing import DEFAULT_SIZE, PreprocessSpec, resize_images
 from core.io.sample_data import REAL_VOLUMES, axial_slices, volume_cube
 from tools.readme_tables import markdown_table, write_result

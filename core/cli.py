@@ -21,7 +21,7 @@ from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
 from core.generative.sample import ImageFormat
 from core.io.augment import AugmentPolicy
-from core.io.data import SliceAxis
+from core.io.load import SliceAxis
 from core.io.patients import HELP as PATIENTS_HELP
 from core.io.preprocessing import IntensityRule, ResizeMode
 
@@ -180,7 +180,7 @@ def cmd_train_ldm(args: argparse.Namespace) -> None:
     from core.common.devices import resolve_device
     from core.generative.ldm import networks_config
     from core.generative.train import TrainLDMConfig, train_ldm
-    from core.io.data import load_set
+    from core.io.load import load_set
     from core.io.preprocessing import PreprocessSpec
 
     resolve_device(args.device or "auto")  # a missing GPU is reported before the data loads
@@ -211,7 +211,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from core.common.devices import check_precision, resolve_device
     from core.common.provenance import atomic_path
     from core.detect.detector import embed_set, load_detector
-    from core.io.data import load_set
+    from core.io.load import load_set
     from core.io.preprocessing import PreprocessSpec
 
     if Path(args.out).is_dir():
@@ -275,8 +275,9 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from core.common.tables import write_csv
-    from core.io.data import discover_patients, split_by_patient
+    from core.io.discover import discover_patients
     from core.io.patients import doubt_message
+    from core.io.splits import split_by_patient
 
     records, grouping = discover_patients(args.input, patients=args.patients)
     print(f"patients: {grouping.describe()}")

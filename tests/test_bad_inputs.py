@@ -541,7 +541,8 @@ def test_split_by_a_patient_pattern_keeps_subjects_together(tmp_path: Path) -> N
 
 
 def test_grey_alpha_png_and_symlinked_patient_folders_are_read(tmp_path: Path) -> None:
-    from core.io.data import discover, read_raw
+    from core.io.discover import discover
+    from core.io.readers import read_raw
 
     grey = (np.arange(64, dtype=np.uint8).reshape(8, 8)) * 3
     Image.fromarray(np.stack([grey, np.full_like(grey, 255)], axis=-1), mode="LA").save(tmp_path / "la.png")

@@ -14,8 +14,11 @@ import torch
 from pydicom.data import get_testdata_file
 
 from core.common.errors import MemoScopeError
-from core.io.data import ImageSet, discover, load_records, load_set, read_raw, split_by_patient
+from core.io.discover import discover
+from core.io.load import ImageSet, load_records, load_set
 from core.io.preprocessing import PreprocessSpec
+from core.io.readers import read_raw
+from core.io.splits import split_by_patient
 
 SPEC2 = PreprocessSpec((32, 32))
 
@@ -136,7 +139,7 @@ def test_hashing_in_chunks_matches_hashing_whole() -> None:
 
 
 def test_worker_processes_load_the_same_set_in_the_same_order(tmp_path: Path) -> None:
-    from core.io.data import PARALLEL_FROM, load_workers
+    from core.io.load import PARALLEL_FROM, load_workers
 
     rng = np.random.default_rng(0)
     for i in range(PARALLEL_FROM + 8):
@@ -180,7 +183,7 @@ def test_worker_processes_load_the_same_set_in_the_same_order(tmp_path: Path) ->
 
 
 def test_load_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.io.data import load_workers
+    from core.io.load import load_workers
 
     monkeypatch.setenv("MEMOSCOPE_LOAD_WORKERS", "0")
     assert load_workers() == 0

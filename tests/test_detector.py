@@ -18,7 +18,7 @@ from core.detect.detector import (
     save_detector,
     train_detector,
 )
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from core.cli import main
 from core.common.tables import csv_text, read_csv, write_csv
-from core.io.data import discover_manifest, patient_key
+from core.io.discover import discover_manifest
+from core.io.splits import patient_key
 from tests.conftest import smooth_image
 
 FORMULAS = ("=cmd|' /C calc'!A0", '+HYPERLINK("http://x")', "@SUM(1)", "-2+3", "'=already quoted", "\tTAB")
@@ -95,8 +96,8 @@ def test_review_shows_ids_as_code_that_nothing_can_leave() -> None:
 
 def test_shared_patients_in_two_unicode_forms_are_a_leak(tmp_path: Path) -> None:
     from core.common.errors import MemoScopeError
-    from core.io.data import check_record_leaks
     from core.io.records import ImageRecord
+    from core.io.splits import check_record_leaks
 
     _png(tmp_path / "a.png", 0)
     _png(tmp_path / "b.png", 1)
@@ -267,7 +268,7 @@ def test_skip_bad_skips_an_unreadable_dicom_among_others(tmp_path: Path) -> None
     from pydicom.uid import generate_uid
 
     from core.common.errors import MemoScopeError
-    from core.io.data import load_set
+    from core.io.load import load_set
     from core.io.preprocessing import PreprocessSpec
     from tests.test_patients import write_dicom
 

@@ -15,7 +15,8 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from core.common.errors import MemoScopeError
-from core.io.data import discover, discover_patients, load_set
+from core.io.discover import discover, discover_patients
+from core.io.load import load_set
 from core.io.patients import PatientRule, PatientSource, pseudonymous_id
 from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image

@@ -13,7 +13,7 @@ from core.common.errors import MemoScopeError
 from core.detect.metrics import count_above, empirical_p_values, is_copy, parse_rule, wilson_interval
 from core.generative.ldm import SchedulerName
 from core.generative.sample import GenerateConfig, ImageFormat, Precision
-from core.io.data import KNOWN_SPLITS, discover_manifest
+from core.io.discover import KNOWN_SPLITS, discover_manifest
 
 similarities = st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=60)
 

@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from core.common.errors import MemoScopeError
-from core.io.data import read_raw
 from core.io.preprocessing import PreprocessSpec, preprocess
+from core.io.readers import read_raw
 from core.io.sample_data import REAL_VOLUMES, axial_slices
 from tests.dicom_files import write_dicom
 
@@ -158,7 +158,7 @@ def test_finite_extremes_never_become_nan() -> None:
 
 
 def test_an_image_without_voxels_is_named(tmp_path: Path) -> None:
-    from core.io.data import load_records
+    from core.io.load import load_records
     from core.io.records import ImageRecord
 
     for name, array in (("empty.npy", np.zeros((0, 64))), ("line.npy", np.zeros((1, 64))), ("dot.png", None)):

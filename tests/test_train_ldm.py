@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.generative.train import TrainLDMConfig, train_ldm
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 from core.io.preprocessing import PreprocessSpec
 from tests.conftest import smooth_image
 

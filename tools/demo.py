@@ -44,7 +44,7 @@ from core.detect.metrics import MIN_RESAMPLED_GROUPS, BeyondHeldout, Fraction, T
 from core.generative.ldm import networks_config, read_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
-from core.io.data import load_set
+from core.io.load import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
 from core.study.compare import compare

@@ -11,7 +11,7 @@ import streamlit as st
 from core.common.errors import MemoScopeError
 from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import BeyondHeldout, MemorizationMetrics
-from core.io.data import source_of
+from core.io.load import source_of
 from core.study import jobs, results, verdicts
 from core.study.caveats import caveats
 from core.study.compare import StudyRow, compare_studies

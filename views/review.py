@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 from core.io.viewer import (
     CT_PRESETS,
     PERCENTILE_PRESETS,

@@ -39,7 +39,8 @@ from core.detect.record import (  # noqa: F401 - re-exported: the detector's pub
     read_detector_record,
 )
 from core.io.augment import augment_batch, augmentation
-from core.io.data import ImageSet, check_patient_overlap, load_set
+from core.io.load import ImageSet, load_set
+from core.io.splits import check_patient_overlap
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from core.common.devices import Precision
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_files
 from core.io.augment import AugmentPolicy
-from core.io.data import SliceAxis
+from core.io.load import SliceAxis
 from core.io.preprocessing import PreprocessSpec
 
 

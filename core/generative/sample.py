@@ -22,7 +22,7 @@ from core.common.provenance import atomic_path, atomic_write_json, now_utc, vers
 from core.common.tables import write_csv
 from core.generative.conditioning import Conditioning, check_against_model, conditioning_values
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm, read_config
-from core.io.records import SUFFIXES
+from core.io.readers import SUFFIXES
 
 if TYPE_CHECKING:  # torch and MONAI load when samples are drawn, not when a generation job is configured
     import torch

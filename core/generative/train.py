@@ -28,7 +28,7 @@ from core.generative.ldm import (
     save_ldm,
 )
 from core.io.augment import AugmentPolicy, augment_batch, augmentation
-from core.io.data import ImageSet
+from core.io.load import ImageSet
 
 STATE_FILE = "train_state.pt"
 _STATE_PARTS = ("autoencoder", "unet", "discriminator", "opt_autoencoder", "opt_unet", "opt_discriminator")

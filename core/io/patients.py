@@ -153,7 +153,7 @@ def _dicom_header_file(record: ImageRecord) -> Path:
 
 def pseudonymous_id(value: str) -> str:
     """A header identifier as a keyed hash (``pt-`` + 16 hex digits): equal for equal IDs (in one Unicode form,
-    without invisible characters or case, as :func:`core.io.data.patient_key` compares them), unreadable without
+    without invisible characters or case, as :func:`core.io.splits.patient_key` compares them), unreadable without
     the key."""
     normal = canonical_patient(value).casefold()
     return "pt-" + hmac.new(identity_key(), normal.encode(), hashlib.sha256).hexdigest()[:16]

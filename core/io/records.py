@@ -6,7 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".npy")
+from core.io.readers import SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ def canonical_patient(patient_id: str) -> str:
     """One spelling per patient ID: Unicode NFKC (a composed and a decomposed umlaut, the macOS file-name form, are
     one letter), invisible characters (zero-width spaces, joiners, BOMs, soft hyphens, controls) removed, and
     surrounding space trimmed. Every grouping, count and leak check sees IDs in this form; case is compared
-    without (:func:`core.io.data.patient_key`)."""
+    without (:func:`core.io.splits.patient_key`)."""
     normal = unicodedata.normalize("NFKC", patient_id)
     return "".join(c for c in normal if unicodedata.category(c) not in ("Cf", "Cc")).strip()
 

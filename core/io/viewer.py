@@ -17,7 +17,8 @@ from PIL import Image
 from plotly.colors import sample_colorscale
 
 from core.common.errors import MemoScopeError
-from core.io.data import discover, read_raw
+from core.io.discover import discover
+from core.io.readers import read_raw
 
 # OHIF's CT presets in Hounsfield units: (width, level).
 CT_PRESETS: dict[str, tuple[float, float]] = {

@@ -16,7 +16,7 @@ from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_dir, atomic_write_text, now_utc, sha256_file, versions
 from core.common.tables import write_csv
-from core.io.data import discover
+from core.io.discover import discover
 from core.study import verdicts
 from core.study.pseudonyms import Pseudonyms
 from core.study.report import build_report

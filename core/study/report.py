@@ -23,7 +23,7 @@ import numpy as np
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_text, now_utc
 from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
-from core.io.data import source_of
+from core.io.load import source_of
 from core.io.viewer import (
     apply_window,
     difference,

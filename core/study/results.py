@@ -35,7 +35,8 @@ from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, i
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
-from core.io.data import SLICE_MARK, discover
+from core.io.discover import discover
+from core.io.load import SLICE_MARK
 from core.io.patients import PatientGrouping
 from core.io.preprocessing import PreprocessSpec
 from core.study.store import DB_NAME, anchor_summary, summary_anchor

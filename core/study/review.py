@@ -34,7 +34,7 @@ from core.detect.metrics import (
 )
 from core.detect.verify import Verifier, VerifyConfig
 from core.generative.sample import MANIFEST, RECORD
-from core.io.data import ImageSet, SliceAxis, load_set, source_of
+from core.io.load import ImageSet, SliceAxis, load_set, source_of
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
 

@@ -37,19 +37,12 @@ from core.detect.metrics import (
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
-from core.io.data import (
-    SLICE_AXES,
-    ImageSet,
-    SliceAxis,
-    check_patient_overlap,
-    discover,
-    discover_patients,
-    load_set,
-    source_of,
-)
+from core.io.discover import discover, discover_patients
 from core.io.headers import largest_side
+from core.io.load import SLICE_AXES, ImageSet, SliceAxis, load_set, source_of
 from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_message
 from core.io.preprocessing import PreprocessSpec, ResizeMode
+from core.io.splits import check_patient_overlap
 from core.study import results
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
 from core.study.store import open_study

@@ -18,8 +18,9 @@ from core.common.errors import MemoScopeError
 from core.common.home import user_home
 from core.common.processes import process_alive
 from core.common.provenance import atomic_write_json, atomic_write_text, now_utc
-from core.io.data import check_record_leaks, discover, discover_patients
+from core.io.discover import discover, discover_patients
 from core.io.patients import PatientGrouping, doubt_message
+from core.io.splits import check_record_leaks
 
 DB_NAME = "study.sqlite"
 DEMO_MARKER = ".memoscope-demo"  # in a committed demo study: the app works on a per-user copy of it
