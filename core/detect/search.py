@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -20,11 +20,9 @@ from core.common.config import Config
 if TYPE_CHECKING:  # faiss and torch load with the first index, not with the results' types
     import faiss
 
-Direction = Literal["synthetic->train", "train->synthetic", "train->val", "val->train"]
-
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(Config):
     """How to search: ``k`` neighbours, queries processed ``chunk_size`` at a time.
 
     Attributes:

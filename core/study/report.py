@@ -154,7 +154,7 @@ def _agreement_rows(scan: ScanResults, pairs: list[Pair], tau: float) -> list[tu
     nearest = {(p.synthetic_id, p.train_id): p.similarity for p in nearest_pairs(pairs)}
     detector = verdicts.detector_calls(nearest, tau)
     rows = []
-    for mode in verdicts.MODES:
+    for mode in (m.value for m in verdicts.ReviewMode):
         by = verdicts.by_reviewer(study, mode, scan)
         names = list(by)
         for k, name in enumerate(names, start=1):

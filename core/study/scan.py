@@ -35,7 +35,7 @@ from core.detect.metrics import (
     wilson_interval,
 )
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
-from core.detect.search import NeighborTables, SearchConfig, search_all
+from core.detect.search import NeighborTables, SearchConfig, SearchReport, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
 from core.io.discover import discover, discover_patients
 from core.io.headers import largest_side
@@ -50,7 +50,7 @@ from core.study.store import open_study
 if TYPE_CHECKING:  # the networks load when a scan runs, not when one is configured (the app's job queue)
     import torch
 
-    from core.detect.detector import Detector
+    from core.detect.detector import Detector, Embeddings
 
 logger = logging.getLogger(__name__)
 STAGES = ("load", "detector", "train detector", "embed", "search", "verify", "calibrate", "write")
@@ -454,144 +454,89 @@ def check_inputs(config: ScanConfig, progress: Progress = silent) -> dict[str, P
     return found
 
 
-def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
-    from core.detect.detector import embed_set, load_detector
+class _Laps:
+    """Seconds per stage (``<stage>_s``) and in all (``total_s``), as the summary records them."""
 
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        self.timings[f"{name}_s"] = time.perf_counter() - self.start - sum(self.timings.values())
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total_s": time.perf_counter() - self.start}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Stage 1: the three sets, read with one spec (a given detector's own, when it has one), checked."""
+
+    sets: dict[str, ImageSet]
+    spec: PreprocessSpec
+    verify_spec: PreprocessSpec | None
+    given: Detector | None
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Stage 3: each set's embeddings, and whether they came from the cache."""
+
+    embeddings: dict[str, Embeddings]
+    cached: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class Matched:
+    """Stage 4: the four neighbour tables (on verified scores for ``verified``), and how the search ran."""
+
+    tables: NeighborTables
+    search: SearchReport | None
+    verified: Verified | None
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """Stage 5: tau, the memorization metrics at it, and the patient-resemblance finding."""
+
+    threshold: Threshold
+    metrics: MemorizationMetrics
+    resemblance: PatientResemblance
+    patient_rows: list[results.PatientRow]
+
+
+def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     """Run the scan and write its results into the study folder ``config.out`` (see :mod:`core.study.results`).
 
-    Steps: 1. load the three sets with one preprocessing spec; 2. load or train the detector;
-    3. embed (cached); 4. exact search in four directions; 5. calibrate tau and compute the
-    metrics; 6. write every output atomically and record the run in the study database.
+    One function per stage, each passing a typed result to the next: :func:`load_stage` (the three sets, every
+    check before any training), the detector (given or trained), :func:`embed_stage` (cached),
+    :func:`match_stage` (exact search in four directions, then verification), :func:`calibrate_stage` (tau and
+    the metrics), and :func:`write_stage` (every output staged, then moved into place with the summary last, and
+    the run recorded in the study database).
     """
-    rule, fixed = config.rule_choice
     device = resolve_device(config.device)
     precision = check_precision(device, config.precision)
     check_inputs(config, progress)
     study = open_study(config.out)
-    out = study.path
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        timings[f"{name}_s"] = time.perf_counter() - clock - sum(timings.values())
-
+    laps = _Laps()
     scan_id = results.new_scan_id()
     with (
         study.exclusive("scan"),
         study.run("scan", {**config.to_dict(), "scan_id": scan_id}) as record,
-        results.staged_scan(out) as stage,
+        results.staged_scan(study.path) as stage,
     ):
-        # 1. data, with the given detector's own preprocessing when it has one; every check before any training
-        given = load_detector(config.detector) if config.detector else None
-        spec = config.spec
-        if given is not None and given.config.preprocessing is not None and given.config.preprocessing != spec:
-            logger.info("using the detector's preprocessing %s", given.config.preprocessing.to_dict())
-            spec = given.config.preprocessing
-        verify_spec = verification_spec(config, spec)
-        if verify_spec is not None:
-            logger.info("verifying on %s (the scans' own resolution, up to the maximum)", verify_spec.spatial_size)
-        sets = _load_sets(config, spec, progress, verify_spec)
-        check_calibration_size(config, sets)
-        lap("load")
-        # 2. detector
-        detector = _detector(config, given, sets, stage, progress, device)
-        lap("detector")
-        # 3. embeddings
-        embeddings, cached = {}, {}
-        for i, (role, images) in enumerate(sets.items()):
-            progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
-            embeddings[role], cached[role] = embed_set(
-                detector,
-                images,
-                config.cache_dir,
-                device=device,
-                ray=config.ray,
-                folder=config.detector or stage / results.DETECTOR,
-                workers=config.workers,
-                precision=precision,
-            )
-            results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
-        progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
-        lap("embed")
-        # 4. search
-        progress(ProgressEvent("search", 0, 1, "nearest-neighbour search"))
-        tables = search_all(
-            embeddings["train"].vectors,
-            embeddings["val"].vectors,
-            embeddings["synthetic"].vectors,
-            SearchConfig(k=config.k, approximate_above=config.approximate_above, device=str(device)),
-            ray=config.ray,
-            shards=config.workers,
+        loaded = load_stage(config, progress)
+        laps.lap("load")
+        detector = _detector(config, loaded.given, loaded.sets, stage, progress, device)
+        laps.lap("detector")
+        embedded = embed_stage(config, detector, loaded.sets, stage, device, precision, progress)
+        laps.lap("embed")
+        matched = match_stage(config, embedded, loaded.sets, device, progress, laps)
+        calibrated = calibrate_stage(config, matched, embedded, loaded.sets, progress)
+        summary = write_stage(
+            config, loaded, embedded, matched, calibrated, detector, stage, laps, scan_id, device, precision, progress
         )
-        search_report = tables.search
-        lap("search")
-        verified = None
-        if config.method == MatchMethod.VERIFIED:
-            checked = verify_tables(
-                {role: e.vectors for role, e in embeddings.items()},
-                {role: images.compared for role, images in sets.items()},
-                config.k,
-                config.verify,
-                str(device),
-                config.ray,
-                config.workers,
-                on_step=lambda done, total, what: progress(ProgressEvent("verify", done, total, what)),
-            )
-            tables, verified = checked.tables, checked.synthetic_to_train
-            lap("verify")
-        # 5. threshold and metrics
-        progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
-        threshold = calibrate(
-            rule,
-            tables.train_to_val.best,
-            tables.val_to_train.best,
-            config.percentile,
-            fixed,
-            sets["val"].patient_ids,
-        )
-        check_near_duplicates(tables, sets["train"], sets["val"], threshold.value)
-        metrics = memorization_metrics(
-            threshold,
-            tables.train_to_synthetic.best,
-            tables.synthetic_to_train.best,
-            tables.train_to_val.best,
-            tables.val_to_train.best,
-            seed=config.seed,
-            train_groups=sets["train"].patient_ids,
-            synthetic_groups=[source_of(i) for i in sets["synthetic"].ids],
-        )
-        resemblance, patient_rows = _patient_resemblance(config, rule, embeddings, sets)
-        # 6. outputs: staged, then moved into place with the summary last
-        progress(ProgressEvent("write", 0, 1, "writing results"))
-        pairs = pair_records(
-            tables, sets["train"], sets["synthetic"], tables.val_to_train.best, verified, config.verify
-        )
-        files = results.write_results(
-            stage,
-            threshold.value,
-            pairs,
-            train_records(tables, sets["train"], sets["synthetic"]),
-            neighbor_arrays(tables, sets["val"].patient_ids),
-            patient_rows,
-        )
-        timings["total_s"] = time.perf_counter() - clock
-        summary = _summary(config, spec, sets, cached, detector, metrics, timings, scan_id, files).replace(
-            method=config.method,
-            verify=config.verify if config.method == MatchMethod.VERIFIED else None,
-            fpr_unseen=labelled(
-                unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids), sets["val"].grouping
-            ),
-            notes=NOTES_BY_METHOD[config.method],
-            patient_resemblance=resemblance,
-            device=device_description(device),
-            search=search_report,
-            precision=precision,
-            verification=verify_spec,
-            diagnostics=calibration_diagnostics(
-                tables.synthetic_to_train.best, tables.val_to_train.best, threshold.value
-            ),
-        )
-        results.commit_scan(out, stage, summary)
+        results.commit_scan(study.path, stage, summary)
         study.set_inputs(
             {
                 "train": config.train,
@@ -603,11 +548,171 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             }
         )
         record.update(summary.to_dict())
+    threshold, metrics = calibrated.threshold, calibrated.metrics
     message = (
-        f"threshold {threshold.value:.4f} ({rule}); memorized {metrics.memorized.count}/{metrics.memorized.total} "
-        f"({metrics.memorized.value:.1%}); copies {metrics.copies.count}/{metrics.copies.total} "
-        f"({metrics.copies.value:.1%})"
+        f"threshold {threshold.value:.4f} ({threshold.rule}); memorized {metrics.memorized.count}/"
+        f"{metrics.memorized.total} ({metrics.memorized.value:.1%}); copies {metrics.copies.count}/"
+        f"{metrics.copies.total} ({metrics.copies.value:.1%})"
     )
     logger.info(message)
     progress(ProgressEvent("write", 1, 1, message))
     return summary
+
+
+def load_stage(config: ScanConfig, progress: Progress) -> Loaded:
+    """The three sets, with a given detector's own preprocessing when it has one, and the validation set checked
+    against the rule's percentile: every check before any training."""
+    from core.detect.detector import load_detector
+
+    given = load_detector(config.detector) if config.detector else None
+    spec = config.spec
+    if given is not None and given.config.preprocessing is not None and given.config.preprocessing != spec:
+        logger.info("using the detector's preprocessing %s", given.config.preprocessing.to_dict())
+        spec = given.config.preprocessing
+    verify_spec = verification_spec(config, spec)
+    if verify_spec is not None:
+        logger.info("verifying on %s (the scans' own resolution, up to the maximum)", verify_spec.spatial_size)
+    sets = _load_sets(config, spec, progress, verify_spec)
+    check_calibration_size(config, sets)
+    return Loaded(sets, spec, verify_spec, given)
+
+
+def embed_stage(
+    config: ScanConfig,
+    detector: Detector,
+    sets: dict[str, ImageSet],
+    stage: Path,
+    device: torch.device,
+    precision: Precision,
+    progress: Progress,
+) -> Embedded:
+    """Each set's embeddings (from the cache when the detector and the images are unchanged), staged."""
+    from core.detect.detector import embed_set
+
+    embeddings, cached = {}, {}
+    for i, (role, images) in enumerate(sets.items()):
+        progress(ProgressEvent("embed", i, len(sets), f"embedding {role}"))
+        embeddings[role], cached[role] = embed_set(
+            detector,
+            images,
+            config.cache_dir,
+            device=device,
+            ray=config.ray,
+            folder=config.detector or stage / results.DETECTOR,
+            workers=config.workers,
+            precision=precision,
+        )
+        results.write_embeddings(stage, role, images.ids, embeddings[role].vectors)
+    progress(ProgressEvent("embed", len(sets), len(sets), "embedded all sets"))
+    return Embedded(embeddings, cached)
+
+
+def match_stage(
+    config: ScanConfig,
+    embedded: Embedded,
+    sets: dict[str, ImageSet],
+    device: torch.device,
+    progress: Progress,
+    laps: _Laps,
+) -> Matched:
+    """Nearest neighbours in four directions by embedding; for ``verified``, each candidate then scored by aligned
+    structure correlation (the tables are then on verified scores)."""
+    vectors = {role: e.vectors for role, e in embedded.embeddings.items()}
+    progress(ProgressEvent("search", 0, 1, "nearest-neighbour search"))
+    tables = search_all(
+        vectors["train"],
+        vectors["val"],
+        vectors["synthetic"],
+        SearchConfig(k=config.k, approximate_above=config.approximate_above, device=str(device)),
+        ray=config.ray,
+        shards=config.workers,
+    )
+    search_report = tables.search
+    laps.lap("search")
+    if config.method != MatchMethod.VERIFIED:
+        return Matched(tables, search_report, None)
+    checked = verify_tables(
+        vectors,
+        {role: images.compared for role, images in sets.items()},
+        config.k,
+        config.verify,
+        str(device),
+        config.ray,
+        config.workers,
+        on_step=lambda done, total, what: progress(ProgressEvent("verify", done, total, what)),
+    )
+    laps.lap("verify")
+    return Matched(checked.tables, search_report, checked.synthetic_to_train)
+
+
+def calibrate_stage(
+    config: ScanConfig, matched: Matched, embedded: Embedded, sets: dict[str, ImageSet], progress: Progress
+) -> Calibrated:
+    """tau by the rule in force on the validation null, a check that no validation scan copies a training one,
+    the memorization metrics at tau, and each sample's resemblance to a training patient."""
+    rule, fixed = config.rule_choice
+    tables = matched.tables
+    progress(ProgressEvent("calibrate", 0, 1, "calibrating the threshold"))
+    threshold = calibrate(
+        rule, tables.train_to_val.best, tables.val_to_train.best, config.percentile, fixed, sets["val"].patient_ids
+    )
+    check_near_duplicates(tables, sets["train"], sets["val"], threshold.value)
+    metrics = memorization_metrics(
+        threshold,
+        tables.train_to_synthetic.best,
+        tables.synthetic_to_train.best,
+        tables.train_to_val.best,
+        tables.val_to_train.best,
+        seed=config.seed,
+        train_groups=sets["train"].patient_ids,
+        synthetic_groups=[source_of(i) for i in sets["synthetic"].ids],
+    )
+    resemblance, patient_rows = _patient_resemblance(config, rule, embedded.embeddings, sets)
+    return Calibrated(threshold, metrics, resemblance, patient_rows)
+
+
+def write_stage(
+    config: ScanConfig,
+    loaded: Loaded,
+    embedded: Embedded,
+    matched: Matched,
+    calibrated: Calibrated,
+    detector: Detector,
+    stage: Path,
+    laps: _Laps,
+    scan_id: str,
+    device: torch.device,
+    precision: Precision,
+    progress: Progress,
+) -> ScanSummary:
+    """The result files, staged, and the summary that names them (the caller commits both, the summary last)."""
+    tables, sets, threshold = matched.tables, loaded.sets, calibrated.threshold
+    progress(ProgressEvent("write", 0, 1, "writing results"))
+    pairs = pair_records(
+        tables, sets["train"], sets["synthetic"], tables.val_to_train.best, matched.verified, config.verify
+    )
+    files = results.write_results(
+        stage,
+        threshold.value,
+        pairs,
+        train_records(tables, sets["train"], sets["synthetic"]),
+        neighbor_arrays(tables, sets["val"].patient_ids),
+        calibrated.patient_rows,
+    )
+    summary = _summary(
+        config, loaded.spec, sets, embedded.cached, detector, calibrated.metrics, laps.total(), scan_id, files
+    )
+    return summary.replace(
+        method=config.method,
+        verify=config.verify if config.method == MatchMethod.VERIFIED else None,
+        fpr_unseen=labelled(
+            unseen_fpr(threshold, tables.val_to_train.best, sets["val"].patient_ids), sets["val"].grouping
+        ),
+        notes=NOTES_BY_METHOD[config.method],
+        patient_resemblance=calibrated.resemblance,
+        device=device_description(device),
+        search=matched.search,
+        precision=precision,
+        verification=loaded.verify_spec,
+        diagnostics=calibration_diagnostics(tables.synthetic_to_train.best, tables.val_to_train.best, threshold.value),
+    )

@@ -15,21 +15,34 @@ import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from core.common.config import parse_option
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_write_text, now_utc
 from core.detect.metrics import Threshold, is_copy
 from core.study.results import PairRef, ScanResults, copies
 from core.study.store import DB_NAME
 
-Verdict = Literal["copy", "not_copy", "unsure"]
-Mode = Literal["open", "blinded"]
-VERDICTS: tuple[str, ...] = ("copy", "not_copy", "unsure")
-MODES: tuple[str, ...] = ("open", "blinded")
+
+class Verdict(StrEnum):
+    """A reviewer's call on a pair."""
+
+    COPY = "copy"
+    NOT_COPY = "not_copy"
+    UNSURE = "unsure"
+
+
+class ReviewMode(StrEnum):
+    """How the pair was shown: the open work list, or the blinded check (no similarity, no call, random order)."""
+
+    OPEN = "open"
+    BLINDED = "blinded"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -176,10 +189,8 @@ def record(study: str | Path, reviewer: str, pair: PairRef, verdict: str, note: 
     reviewer = reviewer.strip()
     if not reviewer:
         raise MemoScopeError("Reviewer name: enter your name before recording verdicts.")
-    if verdict not in VERDICTS:
-        raise MemoScopeError(f"verdict {verdict!r} must be one of {VERDICTS}.")
-    if mode not in MODES:
-        raise MemoScopeError(f"mode {mode!r} must be one of {MODES}.")
+    verdict = parse_option(Verdict, verdict, "verdict").value  # stored and hashed as its text
+    mode = parse_option(ReviewMode, mode, "mode").value
     with _connect(study) as db:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -508,7 +519,7 @@ def agreement(a: dict[tuple[str, str], str], b: dict[tuple[str, str], str]) -> A
 
 
 def precision_recall(
-    similarities: Sequence[float], labels: Sequence[bool], thresholds: Sequence[float]
+    similarities: Sequence[float], labels: Sequence[bool], thresholds: Sequence[float] | np.ndarray
 ) -> dict[str, np.ndarray]:
     """The detector's precision and recall against reviewer labels at each threshold (call: ``similarity > tau``).
 
