@@ -1,9 +1,10 @@
-# MemoScope: `make run` starts the app, `make test` runs the whole suite. Both set up .venv first.
+# MemoScope: `make run` starts the app, `make test` runs the whole suite, `make test-fast` the unit tests only
+# (no lint, no tests marked slow). All set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench demo screenshots clean
+.PHONY: setup run test test-fast lint bench demo screenshots clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ lint: setup
 
 test: setup lint $(CHROMIUM)
 	$(PY) -m pytest -q --durations=10 -m "not compile"
+
+# The quick lane while editing: no lint, no browser, none of the tests marked slow (end-to-end runs, training).
+test-fast: setup
+	$(PY) -m pytest -q --durations=5 -m "not slow and not compile"
 
 demo: setup
 	$(PY) -m tools.demo all --profile full

@@ -98,8 +98,8 @@ with st.sidebar:
         st.query_params["reviewer"] = st.session_state["reviewer"]
     if names:
         if "study_select" not in st.session_state:  # a study may also live outside studies/: then none is selected
-            inside = current is not None and current.parent == STUDIES and current.name in names
-            st.session_state["study_select"] = current.name if inside else None
+            inside = current if current is not None and current.parent == STUDIES and current.name in names else None
+            st.session_state["study_select"] = inside.name if inside is not None else None
         st.selectbox(
             "Study",
             names,

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.common.devices import resolve_device
 from core.study import jobs
 from core.study.results import read_summary, write_summary
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -155,6 +156,7 @@ def test_detector_page_shows_the_loss_curve_and_refuses_a_bad_folder(monkeypatch
     assert "no/such/detector" in at.error[0].value
 
 
+@pytest.mark.slow
 @needs_demo
 def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
@@ -190,9 +192,7 @@ def test_generate_page_runs_a_job_into_a_new_study(tmp_path: Path, monkeypatch: 
     at.button[0].click().run()  # Start generation
     _ok(at)
     job = jobs.list_jobs(study)[0]
-    deadline = time.time() + 120
-    while jobs.read_job(jobs.job_file(study, job.id)).active and time.time() < deadline:
-        time.sleep(0.3)
+    wait_until(lambda: not jobs.read_job(jobs.job_file(study, job.id)).active, 120, "generate job", interval=0.3)
     assert jobs.read_job(jobs.job_file(study, job.id)).status == "done"
     at.run()
     written = list((study / "generated").rglob("*.png"))
@@ -209,6 +209,7 @@ def _copy_demo(tmp_path: Path) -> Path:
     return study
 
 
+@pytest.mark.slow
 @needs_demo
 def test_verdicts_are_recorded_resumed_and_agreement_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.study import verdicts
@@ -268,6 +269,7 @@ def _release_button(at: AppTest):  # noqa: ANN202 - the form's submit button
     return next(b for b in at.button if b.label == "Write release")
 
 
+@pytest.mark.slow
 def test_report_page_builds_html_and_release_refuses_a_full_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -265,6 +265,7 @@ def test_a_pickled_object_in_models_is_refused_without_running_it(tmp_path: Path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_imports_a_bundle(tmp_path: Path) -> None:
     folder = _generative_bundle(tmp_path)
     done = subprocess.run(

@@ -44,6 +44,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_the_whole_chain_of_commands(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # split: whole subjects go to one side
     _run("split", "--input", str(work / "images"), "--out", str(work / "manifest.csv"), "--val-fraction", "0.5")

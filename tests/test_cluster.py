@@ -87,6 +87,7 @@ def test_ray_workers_verify_as_verification_here_does(local_ray: None) -> None:
     assert spread.alignments == here.alignments
 
 
+@pytest.mark.slow
 def test_search_shards_on_ray_merge_into_the_one_machine_neighbours(local_ray: None) -> None:
     from core.detect.search import SearchConfig, make_index, merge_top_k, search_sharded
 

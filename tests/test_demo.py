@@ -38,6 +38,7 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_build_data_is_reproducible_and_split_by_subject(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     counts = demo.build_data(a)
@@ -189,6 +190,7 @@ class TestCommittedDemo:
             "docs/FINDINGS.md is stale: run `python -m tools.demo findings`"
         )
 
+    @pytest.mark.slow
     def test_data_rebuilds_within_the_stated_tolerance(self, tmp_path: Path) -> None:
         """The recipe rebuilds the committed data on any CPU: rebuilt here with torch's kernels pinned to plain
         (unvectorised) code, as on a CPU unlike the build machine, it matches within :mod:`tools.rebuild_check`'s

@@ -119,6 +119,7 @@ def _scan(root: Path, synthetic: Path, capsys: pytest.CaptureFixture[str], *extr
     return root / "study"
 
 
+@pytest.mark.slow
 def test_a_release_writes_only_inside_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Manifest paths with ``..`` and absolute paths once sent released samples to ``--out/../../data/...``
     (overwriting what was there) or failed with SameFileError."""
@@ -147,6 +148,7 @@ def _synthetic(root: Path) -> Path:
     return root / "synthetic"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0.99", "NaN", "-Infinity"])
 def test_an_edited_summary_is_refused_by_every_reader(
     value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -173,6 +175,7 @@ def test_an_edited_summary_is_refused_by_every_reader(
     assert not (tmp_path / "rel").exists() and not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_a_summary_from_elsewhere_is_recorded_only_at_the_users_word(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,6 +187,7 @@ def test_a_summary_from_elsewhere_is_recorded_only_at_the_users_word(
     assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0
 
 
+@pytest.mark.slow
 def test_report_top_zero_still_says_how_many_pairs_are_copies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,6 +208,7 @@ def test_report_top_zero_still_says_how_many_pairs_are_copies(
     assert "must be 0 or more" in capsys.readouterr().err and not (tmp_path / "r2.html").exists()
 
 
+@pytest.mark.slow
 def test_a_second_scan_into_a_study_being_scanned_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -237,6 +242,7 @@ def test_a_damaged_embedding_cache_is_recomputed(tmp_path: Path, capsys: pytest.
     assert "(cached)" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_selftest_on_a_read_only_study_is_refused_before_the_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,6 +320,7 @@ def test_report_and_release_on_the_committed_demo_write_nothing_into_the_reposit
     assert (copy / "report.html").is_file() and (copy / "pseudonyms.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -345,6 +352,7 @@ def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothi
     assert "r.html: No space left on device" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_options_a_given_detector_ignores_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--size, --batch-size and --detector-epochs with --detector once changed nothing without a word."""
     det = str(Path(__file__).resolve().parents[1] / "checkpoints" / "demo-2d-detector")

@@ -14,6 +14,7 @@ from core.common.errors import MemoScopeError
 from core.generative.ldm import build_autoencoder, build_unet, default_config, save_ldm
 from core.study import jobs
 from core.study.results import ScanResults
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,15 +28,14 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def _wait(study: Path, job_id: str, timeout: float = 120.0) -> jobs.Job:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = jobs.read_job(jobs.job_file(study, job_id))
-        if not job.active:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still running after {timeout} s")
+    def finished() -> bool:
+        return not jobs.read_job(jobs.job_file(study, job_id)).active
+
+    wait_until(finished, timeout, f"job {job_id} still running", interval=0.2)
+    return jobs.read_job(jobs.job_file(study, job_id))
 
 
+@pytest.mark.slow
 def test_generate_job_runs_in_the_background_and_finishes(
     tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,9 +86,9 @@ def test_a_killed_worker_is_reported_failed(tmp_path: Path, checkpoint: Path, mo
             "device": "cpu",
         },
     )
-    deadline = time.time() + 60
-    while jobs.read_job(jobs.job_file(study, job.id)).status != "running" and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(
+        lambda: jobs.read_job(jobs.job_file(study, job.id)).status == "running", 60, "job running", fail=False
+    )  # killed after at most a minute whatever its state
     os.kill(job.pid, signal.SIGKILL)  # type: ignore[arg-type]
     done = _wait(study, job.id, 30)
     assert done.status == "failed" and "ended without finishing" in (done.error or "")
@@ -109,6 +109,7 @@ def test_unknown_kind_is_refused(tmp_path: Path) -> None:
         jobs.start_job(tmp_path, "format-disk", {})
 
 
+@pytest.mark.slow
 def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     study = tmp_path / "study"
@@ -166,6 +167,7 @@ def test_a_bad_option_is_refused_before_a_job_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "jobs").exists()
 
 
+@pytest.mark.slow
 def test_a_finished_job_says_what_it_did(tmp_path: Path, checkpoint: Path) -> None:
     study = tmp_path / "study"
     job = jobs.start_job(

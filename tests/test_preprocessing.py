@@ -49,6 +49,7 @@ def test_bad_spec_is_refused(kwargs: dict) -> None:
         PreprocessSpec(**kwargs)
 
 
+@pytest.mark.slow
 def test_the_demo_cubes_do_not_depend_on_the_torch_thread_count() -> None:
     """MONAI's anti-aliased resize of a large volume rounds differently with 1 and 2 threads; the demo data (and
     any loaded set) are made at one thread, so a 1-core machine rebuilds them byte for byte."""

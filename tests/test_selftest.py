@@ -15,6 +15,7 @@ from core.study.selftest import SelfTestConfig, _split_patients, read_selftest, 
 DEMO = Path(__file__).resolve().parents[1] / "studies" / "demo-2d"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO.is_dir(), reason="demo not built")
 def test_selftest_finds_exact_copies_and_belongs_to_its_scan(tmp_path: Path) -> None:
     study = tmp_path / "study"

@@ -25,6 +25,7 @@ def images() -> ImageSet:
     )
 
 
+@pytest.mark.slow
 def test_checkpoints_and_resume_match_an_uninterrupted_run(images: ImageSet, tmp_path: Path) -> None:
     cfg = TrainLDMConfig(ae_epochs=2, epochs=2, batch_size=4, save_every=1, augment=True, adversarial=True)
     full = train_ldm(images, tmp_path / "full", cfg)
@@ -39,6 +40,7 @@ def test_checkpoints_and_resume_match_an_uninterrupted_run(images: ImageSet, tmp
     assert any(not torch.equal(v, torch.zeros_like(v)) for v in ae.values())
 
 
+@pytest.mark.slow
 def test_velocity_prediction_is_trained_against_the_velocity(images: ImageSet, tmp_path: Path) -> None:
     """``"scheduler": {"prediction_type": "v_prediction"}`` in the networks JSON changes the UNet's target (same
     seed, same batches: only the target differs), is recorded in ldm.json and samples through the same step."""

@@ -6,7 +6,6 @@ import multiprocessing as mp
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from core.common.errors import MemoScopeError
 from core.study import verdicts
 from core.study.results import PairRef
 from core.study.store import DB_NAME, open_study
+from tests.helpers import wait_until
 
 
 def _ref(synthetic_id: str, train_id: str, scan_id: str = "scan-1") -> PairRef:
@@ -66,6 +66,7 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
     assert verdicts.decisions(study) == [] and verdicts.audit_trail(study) == []
 
 
+@pytest.mark.slow
 def test_concurrent_reviewers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
     study = str(open_study(tmp_path / "s").path)
     ctx = mp.get_context("spawn")
@@ -84,9 +85,7 @@ def test_a_killed_writer_leaves_a_consistent_database(tmp_path: Path) -> None:
     study = str(open_study(tmp_path / "s").path)
     process = mp.get_context("spawn").Process(target=_endless_writer, args=(study,))
     process.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and len(verdicts.audit_trail(study)) < 30:
-        time.sleep(0.05)
+    wait_until(lambda: len(verdicts.audit_trail(study)) >= 30, 60, "30 verdicts written", interval=0.05, fail=False)
     os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
     process.join(10)
     with sqlite3.connect(Path(study) / DB_NAME) as db:

@@ -33,7 +33,7 @@ def test_a_shifted_rotated_copy_is_aligned_back_and_scores_near_one(slices: dict
     assert np.corrcoef(aligned[crop].ravel(), moved[crop].ravel())[0, 1] > 0.97
 
 
-@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dims", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_zoomed_copies_are_found_with_the_zoom_that_undoes_them(dims: int, slices: dict[str, np.ndarray]) -> None:
     """A generator that reproduces a scan at another field of view: the planted zoom at level 2 (6 %, in or out) and
     level 3 (10 %). Without the zoom search such copies scored 0.50-0.86; with it they score as copies do."""
@@ -55,6 +55,7 @@ def test_zoomed_copies_are_found_with_the_zoom_that_undoes_them(dims: int, slice
         assert all(abs(m[0].scale - 1.0) >= 0.05 for m in moves), [m[0].label() for m in moves]
 
 
+@pytest.mark.slow
 def test_other_subjects_score_far_below_copies(slices: dict[str, np.ndarray]) -> None:
     train, other = slices["mni152"], slices["nibabel-anatomical"]
     blurred_noisy = ndimage.gaussian_filter(train[5:15, 0], (0, 1, 1)) + np.random.default_rng(0).normal(
@@ -76,6 +77,7 @@ def test_scores_do_not_depend_on_the_batch_size(slices: dict[str, np.ndarray]) -
     assert one[2] == many[2]
 
 
+@pytest.mark.slow
 def test_a_3d_copy_rotated_about_one_axis_is_found() -> None:
     by = {v.subject: v for v in REAL_VOLUMES}
     cubes = np.stack([volume_cube(by[s], 32) for s in ("mni152", "nibabel-example4d", "dipy-aniso-vox")])
@@ -163,6 +165,7 @@ def test_own_resolution_sees_fine_detail_the_thumbnail_hides() -> None:
     assert gaps[64] < 0.03 and gaps[256] > 0.05, gaps
 
 
+@pytest.mark.slow
 def test_verification_reports_each_direction_as_it_goes(slices: dict[str, np.ndarray]) -> None:
     """The scan's progress once sat at "verify 0/1" until all four directions were done, while the ETA climbed."""
     from core.detect.verify import verify_tables

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 from PIL import Image
 
 PNG_LEVELS = 1  # grey levels of 65535
@@ -40,7 +41,9 @@ def _png(built: Path, committed: Path) -> str | None:
 
 
 def _nifti(built: Path, committed: Path) -> str | None:
-    a, b = nib.load(built), nib.load(committed)  # type: ignore[attr-defined]
+    a, b = nib.load(built), nib.load(committed)
+    if not isinstance(a, SpatialImage) or not isinstance(b, SpatialImage):  # nib.load is typed as any image file
+        return f"not a NIfTI image: {type(a).__name__} {type(b).__name__}"
     if not np.array_equal(a.affine, b.affine):
         return "affine differs"
     x, y = np.asarray(a.dataobj), np.asarray(b.dataobj)

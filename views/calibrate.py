@@ -64,7 +64,7 @@ def reset_buttons(rule: str, tau: float) -> None:
     """Ways back after trying other thresholds: the one the scan computed, and the study's saved one where that
     differs. They only move the controls."""
     scanned = summary.threshold
-    targets = {"Reset to the scan's threshold": scanned}
+    targets: dict[str, Threshold | verdicts.StudyThreshold] = {"Reset to the scan's threshold": scanned}
     if str(saved.rule) != str(scanned.rule) or abs(saved.value - scanned.value) > 1e-12:
         targets["Back to the saved threshold"] = saved
     row = st.container(horizontal=True)
@@ -84,8 +84,8 @@ def reset_buttons(rule: str, tau: float) -> None:
 
 @st.fragment
 def controls() -> None:
-    cols = st.columns([1, 2])
-    rule = cols[0].radio(
+    rule_col, value_col = st.columns([1, 2])
+    rule = rule_col.radio(
         "Rule",
         choices(ThresholdRule),
         horizontal=True,
@@ -95,11 +95,11 @@ def controls() -> None:
         "a prediction bound for a scan of a new patient (allows for how patients differ); fixed: your value",
     )
     if rule == "fixed":
-        tau = cols[1].slider("Threshold", -1.0, 1.0, step=0.001, key=FIXED)
+        tau = value_col.slider("Threshold", -1.0, 1.0, step=0.001, key=FIXED)
         percentile = None
         note = "fixed by hand"
     else:
-        percentile = cols[1].slider("Percentile", 50.0, 99.9, step=0.1, key=PCT)
+        percentile = value_col.slider("Percentile", 50.0, 99.9, step=0.1, key=PCT)
         try:
             tau = cal.threshold(rule, percentile).value
         except MemoScopeError as exc:

@@ -157,9 +157,9 @@ st.caption(
     "the scan did, and measures what the copy call finds. The Overview page and the report show the result."
 )
 with st.form("selftest"):
-    cols = st.columns(3)
-    per_kind = cols[0].number_input("Copies per change and level", 1, 100, 10)
-    seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0)
+    kinds_col, seed_col, _ = st.columns(3)
+    per_kind = kinds_col.number_input("Copies per change and level", 1, 100, 10)
+    seed = seed_col.number_input("Seed", 0, 2**31 - 1, 0)
     compute = _ui.compute_inputs("selftest")
     if st.form_submit_button("Run the self-test", disabled=summary is None):
         _ui.start(study, "selftest", {"study": str(study), "per_kind": int(per_kind), "seed": int(seed), **compute})

@@ -113,6 +113,6 @@ if not samples.total:
     st.caption("No samples yet.")
 else:
     st.caption(f"{samples.total} samples in {_ui.code(folder)} (first {len(samples.thumbnails)}; each windowed 1-99 %)")
-    cols = st.columns(8)
+    thumbs = st.columns(8)
     for i, (name, png) in enumerate(samples.thumbnails):
-        cols[i % 8].image(png, caption=name, width="stretch")
+        thumbs[i % 8].image(png, caption=name, width="stretch")

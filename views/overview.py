@@ -157,13 +157,13 @@ if summary:
         f"{summary.versions.get('memoscope', '?')}, torch {summary.versions.get('torch', '?')}"
         + (f" on {summary.device}" if summary.device else "")
     )
-    found = summary.search
-    if found is not None and found.sample:
+    searched = summary.search
+    if searched is not None and searched.sample:
         st.warning(
-            f"The training set ({found.database} scans) was searched with an approximate index ({found.index}): it "
-            f"found the exact nearest neighbour for {found.recall_at_1:.1%} of {found.sample} sampled synthetic "
-            f"samples, at most {found.max_shortfall:.3f} correlation short. Rescan with a larger --approximate-above "
-            "for exact search."
+            f"The training set ({searched.database} scans) was searched with an approximate index ({searched.index}): "
+            f"it found the exact nearest neighbour for {searched.recall_at_1:.1%} of {searched.sample} sampled "
+            f"synthetic samples, at most {searched.max_shortfall:.3f} correlation short. Rescan with a larger "
+            "--approximate-above for exact search."
         )
 
 st.subheader("To do")
@@ -182,9 +182,9 @@ else:
     if open_:
         todo.append((f"Review the {open_} flagged copies no reviewer has judged yet.", "views/review.py", "Review"))
 for text, page, label in todo:
-    cols = st.columns([3, 1])
-    cols[0].write(text)
-    cols[1].page_link(page, label=label)
+    text_col, link_col = st.columns([3, 1])
+    text_col.write(text)
+    link_col.page_link(page, label=label)
 running = jobs.active_job(study)
 if running:
     st.info(f"A {running.kind} job is running ({running.fraction:.0%}); its page shows the progress.")

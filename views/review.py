@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import streamlit as st
@@ -127,9 +127,10 @@ if blinded:
 else:
     st.query_params.pop("blind", None)
 PAIR = "bpair" if blinded else "pair"  # a position in the blinded sample is not one in the open list
-scan = _ui.scan(study)
+scan = _ui.require_scan(study)
 mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode, scan)} if reviewer else {}
 
+rows: list[dict[str, Any]]
 if blinded:
     nearest = nearest_pairs(pairs)
     sample = verdicts.blinded_sample(
@@ -315,7 +316,7 @@ def window_caption(window: Window) -> str:
 @st.fragment
 def viewer_2d() -> None:
     window, mode, scale, fit = view_controls("")
-    width = "stretch" if fit else "content"
+    width: Literal["stretch", "content"] = "stretch" if fit else "content"
     wa, wb = apply_window(a, window), apply_window(b, window)
     training_caption = f"nearest training {_ui.shown_scan(study, row['train_id'])}"
     # Three columns in every mode, so that the pair is as large in flicker and checkerboard as side by side and
@@ -350,7 +351,7 @@ ALL_PLANES = "all three"
 @st.fragment
 def viewer_3d() -> None:
     window, mode, scale, fit = view_controls("_3d")
-    width = "stretch" if fit else "content"
+    width: Literal["stretch", "content"] = "stretch" if fit else "content"
     # One plane by default: the pair (synthetic | training | difference) and the verdict buttons then fit on one
     # screen at 1440x900 (nine images came first once); all three planes, with crosshairs, are one choice away.
     controls = st.columns([1, 3], vertical_alignment="bottom")
@@ -418,9 +419,8 @@ st.subheader("Top training neighbours")
 neighbours = sorted((p for p in pairs if p.synthetic_id == row["synthetic_id"]), key=lambda p: p.rank)
 cols = st.columns(max(len(neighbours), 5))  # one thumbnail size whatever the number of neighbours
 for col, p in zip(cols, neighbours, strict=False):
-    image, _ = display_units(train.images[train_index[p.train_id], 0], spec)
-    if image.ndim == 3:
-        image = orthogonal_slice(image, "axial", image.shape[2] // 2)
+    volume, _ = display_units(train.images[train_index[p.train_id], 0], spec)
+    image = orthogonal_slice(volume, "axial", volume.shape[2] // 2) if volume.ndim == 3 else volume
     col.image(
         png_bytes(apply_window(image, percentile_window(image, 1, 99)), 2),
         width="stretch",  # one size for every neighbour (3D volumes of different shapes once differed)
