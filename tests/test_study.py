@@ -20,8 +20,8 @@ def test_runs_are_recorded(tmp_path: Path) -> None:
     runs = study.runs()
     assert [r["status"] for r in runs] == ["done", "failed"]
     assert '"threshold": 0.9' in runs[0]["summary_json"] and "bad input" in runs[1]["error"]
-    study.set_inputs({"train": "t"})
-    assert study.inputs()["train"] == "t"
+    study.set_inputs(train="t")
+    assert study.inputs().train == "t"
 
 
 def test_create_study_checks_inputs_and_names_the_bad_path(tmp_path: Path, image_folder: Path) -> None:
@@ -39,7 +39,7 @@ def test_create_study_checks_inputs_and_names_the_bad_path(tmp_path: Path, image
         create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val), "checkpoint": str(tmp_path)})
     assert not (tmp_path / "s1").exists()
     study = create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val), "synthetic": "", "dims": 2})
-    assert study.inputs()["train"] == str(image_folder) and study.inputs()["synthetic"] is None
+    assert study.inputs().train == str(image_folder) and study.inputs().synthetic is None
     with pytest.raises(MemoScopeError, match="already exists"):
         create_study(tmp_path, "s1", {"train": str(image_folder), "val": str(val)})
 
@@ -86,7 +86,7 @@ def test_the_new_study_form_names_patients_by_its_rule_and_checks_leaks_with_it(
         create_study(tmp_path / "studies", "miss", {**inputs, "patients": r"pattern:^(?P<patient>sub-0[12])_"})
     (tmp_path / "val" / "sub-01_c.npy").unlink()
     study = create_study(tmp_path / "studies", "ok", {**inputs, "patients": rule})
-    assert study.inputs()["patients"] == rule and patient_warnings(study.inputs()) == []
+    assert study.inputs().patients == rule and patient_warnings(study.inputs()) == []
     # the app says so before any scan: on the Overview of a study not scanned yet
     from streamlit.testing.v1 import AppTest
 

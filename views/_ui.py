@@ -25,7 +25,7 @@ from core.study.review import (
     nearer_than_heldout,
     sample_conditioning,
 )
-from core.study.store import Study, working_copy
+from core.study.store import Study, StudyInputs, working_copy
 
 STUDIES = Path("studies")
 CHECKPOINTS = Path("checkpoints")
@@ -226,7 +226,7 @@ def shown_rows(study: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def inputs(study: Path) -> dict[str, Any]:
+def inputs(study: Path) -> StudyInputs:
     return Study(study).inputs()  # reading does not touch the database
 
 

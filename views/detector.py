@@ -21,10 +21,10 @@ summary = _ui.summary(study)
 st.title("Detector")
 
 spec = summary.preprocessing if summary else None
-dims = int(inputs.get("dims") or (spec.spatial_dims if spec else 2))
-size = int(inputs.get("size") or (spec.spatial_size[0] if spec else 64))
-train, val, synthetic = (inputs.get(role) or (summary.source(role) if summary else None) for role in results.ROLES)
-detector = inputs.get("detector") or (summary.detector.path if summary else None)
+dims = int(inputs.dims or (spec.spatial_dims if spec else 2))
+size = int(inputs.size or (spec.spatial_size[0] if spec else 64))
+train, val, synthetic = (inputs.source(role) or (summary.source(role) if summary else None) for role in results.ROLES)
+detector = inputs.detector or (summary.detector.path if summary else None)
 st.caption(
     f"Training {_ui.code(train)} · validation {_ui.code(val)} · synthetic {_ui.code(synthetic)} · "
     f"{dims}D at {size} per axis"
@@ -65,8 +65,8 @@ with train_tab, st.form("train_detector"):
                 "val": val,
                 "dims": dims,
                 "size": size,
-                "slices": inputs.get("slices"),
-                "patients": inputs.get("patients"),
+                "slices": inputs.slices,
+                "patients": inputs.patients,
                 "seed": int(seed),
                 "out": out,
                 "overwrite": True,
@@ -74,14 +74,14 @@ with train_tab, st.form("train_detector"):
                 **compute,
             },
         ):
-            open_study(study).set_inputs({"detector": out})
+            open_study(study).set_inputs(detector=out)
 with load_tab, st.form("load_detector"):
     path = st.text_input("Detector folder", value=detector or "")
     if st.form_submit_button("Use this detector"):
         if not is_detector_folder(path):
             st.error(f"{path}: not a detector folder (needs its config and weights).")
         else:
-            open_study(study).set_inputs({"detector": path})
+            open_study(study).set_inputs(detector=path)
             st.session_state["detector_chosen"] = path
             st.rerun()
 if st.session_state.get("detector_chosen") == detector and detector:
@@ -137,8 +137,8 @@ with st.form("scan"):
                 "detector": folder,
                 "dims": dims,
                 "size": size,
-                "slices": inputs.get("slices"),
-                "patients": inputs.get("patients"),
+                "slices": inputs.slices,
+                "patients": inputs.patients,
                 "method": method,
                 "threshold_rule": "" if rule == "the method's own" else rule,
                 "percentile": float(percentile),

@@ -23,9 +23,9 @@ checkpoints = list_checkpoints(_ui.CHECKPOINTS)
 choice = st.selectbox(
     "Checkpoint",
     [*checkpoints, "other path..."],
-    index=checkpoints.index(inputs["checkpoint"]) if inputs.get("checkpoint") in checkpoints else 0,
+    index=checkpoints.index(inputs.checkpoint) if inputs.checkpoint in checkpoints else 0,
 )
-path = st.text_input("Checkpoint folder", value=inputs.get("checkpoint") or "") if choice == "other path..." else choice
+path = st.text_input("Checkpoint folder", value=inputs.checkpoint or "") if choice == "other path..." else choice
 config = None
 if path:
     try:
@@ -100,14 +100,14 @@ if submitted and config is not None:
     if rules.strip():
         options["condition"] = [line.strip() for line in rules.splitlines() if line.strip()]
     if _ui.start(study, "generate", options):
-        open_study(study).set_inputs({"synthetic": out, "checkpoint": path})
+        open_study(study).set_inputs(synthetic=out, checkpoint=path)
         runs = f"generate_runs::{study}"
         st.session_state[runs] = st.session_state.get(runs, 0) + 1  # the next run offers a new folder
 
 _ui.job_panel(study, "generate")
 
 st.subheader("Gallery")
-folder = Path(inputs.get("synthetic") or study / "synthetic")
+folder = Path(inputs.synthetic or study / "synthetic")
 samples = gallery(folder, limit=24)
 if not samples.total:
     st.caption("No samples yet.")

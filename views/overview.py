@@ -12,7 +12,7 @@ from core.study import jobs, results, verdicts
 from core.study.results import ROLES
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
-from core.study.store import patient_warnings, recorded_groupings
+from core.study.store import patient_warnings
 from views import _ui
 
 study = _ui.require_study()
@@ -126,14 +126,14 @@ else:
 
 st.subheader("Data and models")
 rows = []
-listed = recorded_groupings(inputs)  # before a scan: what the patient rule found when the study was created
+listed = inputs.patient_groupings  # before a scan: what the patient rule found when the study was created
 for role in ROLES:
     info = summary.inputs[role] if summary else None
     found = listed.get(role)
     rows.append(
         {
             "set": role,
-            "source": info.source if info else str(inputs.get(role) or "not set"),
+            "source": info.source if info else str(inputs.source(role) or "not set"),
             "images": info.n if info else (f"{found.files} files" if found else "not scanned yet"),
             "patients": info.n_patients if info else (found.patients if found else None),
             "patients from": info.patient_rule if info else (found.label() if found else ""),
@@ -141,15 +141,15 @@ for role in ROLES:
         }
     )
 st.dataframe(rows, hide_index=True)
-checkpoint = (summary.checkpoint if summary else None) or inputs.get("checkpoint")
+checkpoint = (summary.checkpoint if summary else None) or inputs.checkpoint
 detector = summary.detector if summary else None
 st.markdown(
     f"- LDM checkpoint: {_ui.code(checkpoint or 'none (synthetic images brought in)')}"
     + (f", hash `{str(summary.checkpoint_hash)[:12]}`" if summary and summary.checkpoint_hash else "")
 )
 st.markdown(
-    f"- Detector: {_ui.code(detector.path if detector else inputs.get('detector') or 'not trained yet')}"
-    + (f", {detector.config['arch']}, hash `{detector.hash[:12]}`" if detector else "")
+    f"- Detector: {_ui.code(detector.path if detector else inputs.detector or 'not trained yet')}"
+    + (f", {detector.config.arch}, hash `{detector.hash[:12]}`" if detector else "")
 )
 if summary:
     st.markdown(
@@ -167,11 +167,11 @@ if summary:
         )
 
 st.subheader("To do")
-synthetic = inputs.get("synthetic") or (summary.source("synthetic") if summary else None)
+synthetic = inputs.synthetic or (summary.source("synthetic") if summary else None)
 todo = []
 if not synthetic or not Path(synthetic).exists():
     todo.append(("No synthetic samples yet.", "views/generate.py", "Generate samples"))
-if not (detector or inputs.get("detector") or is_detector_folder(study / results.DETECTOR)):
+if not (detector or inputs.detector or is_detector_folder(study / results.DETECTOR)):
     todo.append(("No detector yet.", "views/detector.py", "Train or load a detector"))
 if summary is None:
     todo.append(("Not embedded and scanned yet.", "views/detector.py", "Embed and scan"))

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ class ConvResEncoder(nn.Module):
     Input ``(B, 1, *S)`` float32 with S divisible by 4 * 2^levels; output ``(B, embed_dim)``.
     """
 
-    def __init__(self, spatial_dims: int, image_size: list[int], embed_dim: int) -> None:
+    def __init__(self, spatial_dims: int, image_size: Sequence[int], embed_dim: int) -> None:
         super().__init__()
         levels = int(math.log2(min(image_size) // 4))
         if levels < 1 or any(s != image_size[0] for s in image_size):

@@ -31,7 +31,7 @@ CONFIG_NAME = "detector.json"
 WEIGHTS_NAME = "detector.safetensors"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetectorConfig(Config):
     """Detector hyper-parameters (defaults follow Dar et al. where they fit a CPU).
 
@@ -51,7 +51,7 @@ class DetectorConfig(Config):
     """
 
     spatial_dims: int
-    image_size: list[int]
+    image_size: tuple[int, ...]
     arch: Arch = Arch.RESNET18
     embed_dim: int = 128
     augmentation: AugmentPolicy = AugmentPolicy.STRONG
@@ -72,7 +72,6 @@ class DetectorConfig(Config):
             raise MemoScopeError(
                 f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree."
             )
-        self.image_size = list(self.image_size)
         check_range("detector embed_dim", self.embed_dim, 1)
         check_range("detector epochs", self.epochs, 1)
         check_range("detector batch_size", self.batch_size, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ class AugmentPolicy(StrEnum):
     STRONG = "strong"
 
 
-def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: list[int]) -> Compose:
+def augmentation(policy: AugmentPolicy, spatial_dims: int, image_size: Sequence[int]) -> Compose:
     """The view-2 transform for one ``(1, *S)`` image in [-1, 1]."""
     from monai.transforms import (
         Compose,

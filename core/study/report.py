@@ -356,8 +356,8 @@ figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-r
 <h2>What was checked</h2>
 <table><tr><th>set</th><th>images</th><th>patients</th><th>patients from</th><th>content hash</th></tr>{rows}</table>
 <ul><li>Generator checkpoint: hash <code>{e(str(summary.checkpoint_hash)[:16])}</code></li>
-<li>Detector: {e(detector.config["arch"])} to {detector.config["embed_dim"]} dimensions,
-{e(detector.config["augmentation"])} augmentation, hash <code>{e(detector.hash[:16])}</code></li>
+<li>Detector: {e(detector.config.arch)} to {detector.config.embed_dim} dimensions,
+{e(detector.config.augmentation)} augmentation, hash <code>{e(detector.hash[:16])}</code></li>
 <li>Preprocessing: {e(summary.preprocessing.describe())} (settings in the appendix)</li>
 <li>Versions: {e(", ".join(f"{k} {val}" for k, val in sorted(v.items())))}</li></ul>
 <h2>Threshold and results</h2>

@@ -32,6 +32,7 @@ from core.common.provenance import atomic_path, atomic_write_json, sha256_file, 
 from core.common.tables import read_csv, write_csv
 from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.detect.record import DetectorConfig
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
@@ -90,7 +91,7 @@ class DetectorRef(Config):
 
     path: str
     hash: str
-    config: dict[str, Any]
+    config: DetectorConfig
     best_epoch: int
 
 

@@ -337,7 +337,7 @@ def _summary(
         detector=DetectorRef(
             str(config.detector or Path(config.out) / results.DETECTOR),
             detector.detector_hash,
-            detector.config.to_dict(),
+            detector.config,
             detector.best_epoch,
         ),
         versions=versions(),
@@ -538,14 +538,12 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         )
         results.commit_scan(study.path, stage, summary)
         study.set_inputs(
-            {
-                "train": config.train,
-                "val": config.val,
-                "synthetic": config.synthetic,
-                "patients": config.patients,
-                "detector": summary.detector.path,
-                "checkpoint": summary.checkpoint,
-            }
+            train=config.train,
+            val=config.val,
+            synthetic=config.synthetic,
+            patients=config.patients,
+            detector=summary.detector.path,
+            checkpoint=summary.checkpoint,
         )
         record.update(summary.to_dict())
     threshold, metrics = calibrated.threshold, calibrated.metrics

@@ -10,10 +10,11 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.home import user_home
 from core.common.processes import process_alive
@@ -58,6 +59,36 @@ CREATE TABLE IF NOT EXISTS summaries (
 
 
 @dataclass(frozen=True)
+class StudyInputs(Config):
+    """``study.json``: what a study works on before and between scans (a scan's summary records what it used).
+
+    Attributes:
+        train, val, synthetic: folders or CSV manifests; ``checkpoint``: the LDM that made the samples;
+            ``detector``: a trained detector folder to reuse.
+        dims, size, slices: the preprocessing the "New study" form chose (2D/3D, size per axis, slicing axis).
+        patients: the ``--patients`` rule.
+        patient_groupings: what that rule found in each set when the study was created (before any scan).
+        updated_at: when the inputs last changed.
+    """
+
+    train: str | None = None
+    val: str | None = None
+    synthetic: str | None = None
+    checkpoint: str | None = None
+    detector: str | None = None
+    dims: int | None = None
+    size: int | None = None
+    slices: str | None = None
+    patients: str | None = None
+    patient_groupings: dict[str, PatientGrouping] = field(default_factory=dict)
+    updated_at: str | None = None
+
+    def source(self, role: str) -> str | None:
+        """The folder or manifest of ``role`` (``train``, ``val`` or ``synthetic``)."""
+        return {"train": self.train, "val": self.val, "synthetic": self.synthetic}[role]
+
+
+@dataclass(frozen=True)
 class Study:
     """A study folder: ``study.json`` (inputs), outputs, and ``study.sqlite`` (runs)."""
 
@@ -80,12 +111,22 @@ class Study:
             ) from exc
         return connection
 
-    def inputs(self) -> dict[str, Any]:
+    def inputs(self) -> StudyInputs:
+        """What ``study.json`` says the study works on (all empty for a study without one)."""
         path = self.path / STUDY_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return StudyInputs()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MemoScopeError(f"{path}: not readable as the study's inputs ({exc}); fix or delete it.") from exc
+        return StudyInputs.from_dict(data, source=str(path))
 
-    def set_inputs(self, inputs: dict[str, Any]) -> None:
-        atomic_write_json(self.path / STUDY_FILE, {**self.inputs(), **inputs, "updated_at": now_utc()})
+    def set_inputs(self, **changes: Any) -> StudyInputs:
+        """Change some of the inputs (a field not named keeps its value; an unknown one is refused by name)."""
+        updated = StudyInputs.from_dict({**self.inputs().to_dict(), **changes, "updated_at": now_utc()})
+        atomic_write_json(self.path / STUDY_FILE, {k: v for k, v in updated.to_dict().items() if v not in (None, {})})
+        return updated
 
     @contextlib.contextmanager
     def run(self, kind: str, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -220,20 +261,12 @@ def open_study(path: str | Path) -> Study:
     return study
 
 
-PATIENT_GROUPINGS = "patient_groupings"  # study.json: what the patient rule found in each set when it was created
-
-
-def patient_warnings(inputs: dict[str, Any]) -> list[str]:
+def patient_warnings(inputs: StudyInputs) -> list[str]:
     """Before any scan: a warning for each set whose patients the rule only guessed (each file its own patient),
     from what :func:`create_study` recorded (a scan's summary then carries the caveat)."""
-    groupings = recorded_groupings(inputs)
-    return [doubt_message(role, str(inputs.get(role)), g) for role, g in groupings.items() if g.doubtful]
-
-
-def recorded_groupings(inputs: dict[str, Any]) -> dict[str, PatientGrouping]:
-    """What the patient rule found in each set when the study was created (files and patients, before any scan)."""
-    found = inputs.get(PATIENT_GROUPINGS) or {}
-    return {role: PatientGrouping.from_dict(g, source=f"{PATIENT_GROUPINGS}.{role}") for role, g in found.items()}
+    return [
+        doubt_message(role, str(inputs.source(role)), g) for role, g in inputs.patient_groupings.items() if g.doubtful
+    ]
 
 
 def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
@@ -249,21 +282,20 @@ def create_study(root: str | Path, name: str, inputs: dict[str, Any]) -> Study:
     folder = Path(root) / name
     if folder.exists():
         raise MemoScopeError(f"{folder} already exists; open it instead or choose another name.")
+    given = StudyInputs.from_dict({key: value or None for key, value in inputs.items()}, source="the new study")
     records, groupings = {}, {}
     for label, role in (("Training", "train"), ("Validation", "val")):
-        if not inputs.get(role):
+        source = given.source(role)
+        if not source:
             raise MemoScopeError(f"{label} images: enter a folder or a CSV manifest.")
-        rule = inputs.get("patients") or "auto"
-        records[role], groupings[role] = discover_patients(inputs[role], role, rule)  # type: ignore[arg-type]
-    check_record_leaks(records["train"], records["val"], inputs["train"], inputs["val"])
-    inputs = {**inputs, PATIENT_GROUPINGS: {role: g.to_dict() for role, g in groupings.items()}}
-    if inputs.get("synthetic"):
-        discover(inputs["synthetic"])
-    checkpoint = inputs.get("checkpoint")
-    if checkpoint and not (Path(checkpoint) / "ldm.json").is_file():
-        raise MemoScopeError(f"{checkpoint}: not a checkpoint folder (no ldm.json).")
+        records[role], groupings[role] = discover_patients(source, role, given.patients or "auto")  # type: ignore[arg-type]
+    check_record_leaks(records["train"], records["val"], str(given.train), str(given.val))
+    if given.synthetic:
+        discover(given.synthetic)
+    if given.checkpoint and not (Path(given.checkpoint) / "ldm.json").is_file():
+        raise MemoScopeError(f"{given.checkpoint}: not a checkpoint folder (no ldm.json).")
     study = open_study(folder)
-    study.set_inputs({key: value or None for key, value in inputs.items()})
+    study.set_inputs(**{**given.to_dict(), "patient_groupings": {r: g.to_dict() for r, g in groupings.items()}})
     return study
 
 
