@@ -10,7 +10,14 @@ import pytest
 from core.common.errors import MemoScopeError
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, ScanResults, read_summary
-from core.study.review import display_units, group_by_training, live_metrics, threshold_curve, worklist
+from core.study.review import (
+    blinded_rows,
+    display_units,
+    group_by_training,
+    live_metrics,
+    threshold_curve,
+    worklist,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,11 +59,21 @@ def test_worklist_sorts_flags_and_groups() -> None:
         Pair("s3", 1, "t3", "p2", 0.4, 0.5, 0.0, None),
     ]
     rows = worklist(pairs, 0.8)
-    assert [r["synthetic_id"] for r in rows] == ["s2", "s1", "s3"]
-    assert [r["copy"] for r in rows] == [True, True, False] and rows[0]["group_size"] == 2
-    assert [r["synthetic_id"] for r in worklist(pairs, 0.8, only_copies=True)] == ["s2", "s1"]
+    assert [r.pair.synthetic_id for r in rows] == ["s2", "s1", "s3"]
+    assert [r.copy for r in rows] == [True, True, False] and rows[0].group_size == 2
+    assert rows[0].pair is pairs[2]  # the row carries its pair: the page never searches the list for it
+    assert [r.pair.synthetic_id for r in worklist(pairs, 0.8, only_copies=True)] == ["s2", "s1"]
     grouped = group_by_training(rows)
-    assert [(g["train_id"], g["samples"]) for g in grouped] == [("t1", 2), ("t3", 1)]
+    assert [(g.pair.train_id, g.samples) for g in grouped] == [("t1", 2), ("t3", 1)]
+    # the table: "your verdict" first (on screen at any width), the same columns in every row of a list
+    table = [g.columns("copy" if i == 0 else "") for i, g in enumerate(grouped)]
+    assert list(table[0])[0] == "your verdict" and table[0]["your verdict"] == "copy"
+    assert list(table[0]) == list(table[1]) and table[0]["samples"] == 2 and "similarity" in table[0]
+    blinded = blinded_rows(pairs, [("s3", "t3"), ("s2", "t1")])
+    assert [b.columns() for b in blinded] == [  # no similarity and no call in the blinded check
+        {"your verdict": "", "item": 1, "synthetic_id": "s3", "train_id": "t3", "patient_id": "p2"},
+        {"your verdict": "", "item": 2, "synthetic_id": "s2", "train_id": "t1", "patient_id": "p1"},
+    ]
 
 
 def test_ct_images_go_back_to_hounsfield_units() -> None:
@@ -86,10 +103,10 @@ def test_the_worklist_says_which_samples_resemble_a_training_patient_without_cha
         Pair("s2", 1, "t2", "p2", 0.50, 0.40, 0.2, None),
     ]
     patients = {"s1": PatientRow("s1", "p1", 0.9, False), "s2": PatientRow("s2", "p2", 0.8, True)}
-    rows = {r["synthetic_id"]: r for r in worklist(pairs, 0.8, patients=patients)}
-    assert rows["s2"]["resembles_patient"] and not rows["s2"]["copy"]
-    assert rows["s1"]["copy"] and not rows["s1"]["resembles_patient"]
-    assert "resembles_patient" not in worklist(pairs, 0.8)[0]
+    rows = {r.pair.synthetic_id: r for r in worklist(pairs, 0.8, patients=patients)}
+    assert rows["s2"].resembles_patient and not rows["s2"].copy
+    assert rows["s1"].copy and not rows["s1"].resembles_patient
+    assert "resembles_patient" not in worklist(pairs, 0.8)[0].columns()
 
 
 @pytest.mark.skipif(not (REPO / "studies" / "demo-2d" / "summary.json").is_file(), reason="demo not built")

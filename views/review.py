@@ -29,7 +29,15 @@ from core.io.viewer import (
 )
 from core.study import verdicts
 from core.study.results import nearest_pairs
-from core.study.review import aligned_training, display_units, group_by_training, load_study_set, worklist
+from core.study.review import (
+    WorklistRow,
+    aligned_training,
+    blinded_rows,
+    display_units,
+    group_by_training,
+    load_study_set,
+    worklist,
+)
 from views import _ui
 
 study = _ui.require_study()
@@ -130,17 +138,13 @@ PAIR = "bpair" if blinded else "pair"  # a position in the blinded sample is not
 scan = _ui.require_scan(study)
 mine = {(d.synthetic_id, d.train_id): d for d in verdicts.decisions(study, reviewer, mode, scan)} if reviewer else {}
 
-rows: list[dict[str, Any]]
+rows: list[WorklistRow]
 if blinded:
     nearest = nearest_pairs(pairs)
     sample = verdicts.blinded_sample(
         [(p.synthetic_id, p.train_id) for p in nearest], [p.similarity for p in nearest], n_blind, blind_seed
     )
-    by_key = {(p.synthetic_id, p.train_id): p for p in nearest}
-    rows = [
-        {"item": i + 1, "synthetic_id": s, "train_id": t, "patient_id": by_key[(s, t)].patient_id}
-        for i, (s, t) in enumerate(sample)
-    ]
+    rows = blinded_rows(pairs, sample)
     st.caption(f"Blinded: {len(rows)} pairs (seed {blind_seed}); similarity and the detector's call are hidden.")
 else:
     rows = worklist(pairs, tau, only_copies, scan.patient_rows())
@@ -149,9 +153,7 @@ else:
 if not rows:
     st.info("No samples above the threshold. Switch off 'Only copies' to browse every sample.")
     st.stop()
-for r in rows:
-    decision = mine.get((r["synthetic_id"], r["train_id"]))
-    r["your verdict"] = decision.verdict if decision else ""
+judged = {r.key: mine[r.key].verdict for r in rows if r.key in mine}  # this reviewer's verdicts in this mode
 
 sel_key = f"sel::{study}::{mode}::{only_copies}::{grouped}::{reviewer}"
 if sel_key not in st.session_state:  # the pair in the URL (a reload, a shared link), else where this reviewer left off
@@ -159,7 +161,7 @@ if sel_key not in st.session_state:  # the pair in the URL (a reload, a shared l
     st.session_state[sel_key] = (
         int(asked) - 1
         if asked.isdigit() and 1 <= int(asked) <= len(rows)
-        else next((i for i, r in enumerate(rows) if not r["your verdict"]), 0)
+        else next((i for i, r in enumerate(rows) if r.key not in judged), 0)
     )
 # The work list is drawn below the images; its selection (kept by Streamlit under the table's key) is read here.
 table_key = f"worklist::{sel_key}"
@@ -178,8 +180,9 @@ if bar.button("Next", disabled=index >= len(rows) - 1, key="next", shortcut="j")
     index += 1
 st.session_state[sel_key] = index
 to_url(PAIR, index + 1)
-row: dict[str, Any] = rows[index]
-current = mine.get((row["synthetic_id"], row["train_id"]))
+row = rows[index]
+pair = row.pair
+current = mine.get(row.key)
 if reviewer:
     for label, value, key in (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")):
         if bar.button(
@@ -191,7 +194,7 @@ if reviewer:
             width="content",
         ):
             note = st.session_state.get(f"note::{sel_key}::{index}", current.note if current else "")
-            verdicts.record(study, reviewer, scan.pair_ref(row["synthetic_id"], row["train_id"]), value, note, mode)
+            verdicts.record(study, reviewer, scan.pair_ref(*row.key), value, note, mode)
             st.session_state[sel_key] = min(index + 1, len(rows) - 1)
             st.rerun()
     bar.text_input(
@@ -204,28 +207,28 @@ if reviewer:
     )
 if blinded:
     st.markdown(
-        f"**{index + 1} / {len(rows)}**: pair {_ui.code(row['synthetic_id'])} vs "
-        f"{_ui.code(_ui.shown_scan(study, row['train_id']))}"
+        f"**{index + 1} / {len(rows)}**: pair {_ui.code(pair.synthetic_id)} vs "
+        f"{_ui.code(_ui.shown_scan(study, pair.train_id))}"
     )
 else:
-    score = "verified score" if "alignment" in row else "similarity"
-    retrieved = f" (embedding {row['retrieval']:.3f})" if row.get("retrieval") is not None else ""
-    scan_name, patient_name = _ui.shown_scan(study, row["train_id"]), _ui.shown_patient(study, row["patient_id"])
+    score = "verified score" if row.verified else "similarity"
+    retrieved = f" (embedding {pair.retrieval:.3f})" if pair.retrieval is not None else ""
+    scan_name, patient_name = _ui.shown_scan(study, pair.train_id), _ui.shown_patient(study, pair.patient_id)
     st.markdown(
-        f"**{index + 1} / {len(rows)}**: {_ui.code(row['synthetic_id'])} vs training {_ui.code(scan_name)} "
-        f"(patient {_ui.code(patient_name)}) · {score} **{row['similarity']:.3f}**{retrieved} · "
-        f"p-value {row['p_value']:.3g} · "
-        f"pixel r {row['pixel_corr']:.3f} · {'**copy**' if row['copy'] else 'not a copy'} at tau {tau:.3f}"
-        + (f" · training scan {row['alignment']} to match" if "alignment" in row else "")
+        f"**{index + 1} / {len(rows)}**: {_ui.code(pair.synthetic_id)} vs training {_ui.code(scan_name)} "
+        f"(patient {_ui.code(patient_name)}) · {score} **{pair.similarity:.3f}**{retrieved} · "
+        f"p-value {pair.p_value:.3g} · "
+        f"pixel r {pair.pixel_corr:.3f} · {'**copy**' if row.copy else 'not a copy'} at tau {tau:.3f}"
+        + (f" · training scan {pair.alignment.label()} to match" if pair.alignment is not None else "")
     )
-done = sum(1 for r in rows if r["your verdict"])
+done = len(judged)
 st.caption(
     f"Recording as **{reviewer}**: {done}/{len(rows)} judged in this list ({mode})"
     + (f"; this pair: {current.verdict} at {current.decided_at}" if current else "")
     if reviewer
     else "Choose or add your name under Review settings in the sidebar to record verdicts."
 )
-if generated_with := _ui.conditioning_text(study, row["synthetic_id"]):
+if generated_with := _ui.conditioning_text(study, pair.synthetic_id):
     st.caption(generated_with)
 
 synthetic = images(str(study), summary.finished_at, "synthetic")
@@ -233,14 +236,12 @@ train = images(str(study), summary.finished_at, "train")
 spec = summary.preprocessing
 syn_index = {s: i for i, s in enumerate(synthetic.ids)}
 train_index = {s: i for i, s in enumerate(train.ids)}
-if row["synthetic_id"] not in syn_index or row["train_id"] not in train_index:
+if pair.synthetic_id not in syn_index or pair.train_id not in train_index:
     st.error("The images of this pair are no longer where the scan found them; rescan the study.")
     st.stop()
-pair = next((p for p in pairs if p.synthetic_id == row["synthetic_id"] and p.train_id == row["train_id"]), None)
-training_image = train.images[train_index[row["train_id"]], 0]
+training_image = train.images[train_index[pair.train_id], 0]
 if (
-    pair is not None
-    and pair.alignment is not None
+    pair.alignment is not None
     and st.sidebar.toggle(  # a setting of the view, beside the others: the main column is for the pair
         "Align the training scan as verified",
         value=True,
@@ -250,7 +251,7 @@ if (
     )
 ):
     training_image = aligned_training(summary, pair, training_image)
-a, unit = display_units(synthetic.images[syn_index[row["synthetic_id"]], 0], spec)
+a, unit = display_units(synthetic.images[syn_index[pair.synthetic_id], 0], spec)
 b, _ = display_units(training_image, spec)
 
 
@@ -318,12 +319,12 @@ def viewer_2d() -> None:
     window, mode, scale, fit = view_controls("")
     width: Literal["stretch", "content"] = "stretch" if fit else "content"
     wa, wb = apply_window(a, window), apply_window(b, window)
-    training_caption = f"nearest training {_ui.shown_scan(study, row['train_id'])}"
+    training_caption = f"nearest training {_ui.shown_scan(study, pair.train_id)}"
     # Three columns in every mode, so that the pair is as large in flicker and checkerboard as side by side and
     # stays above the fold (a flicker two columns wide was cut at 900 px).
     c = st.columns(3)
     if mode == "side by side":
-        c[0].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}", width=width)
+        c[0].image(png_bytes(wa, scale), caption=f"synthetic {pair.synthetic_id}", width=width)
         c[1].image(png_bytes(wb, scale), caption=training_caption, width=width)
         c[2].image(png_bytes(difference(a, b, difference_limit(window)), scale), caption="difference", width=width)
         difference_legend(window)
@@ -337,7 +338,7 @@ def viewer_2d() -> None:
             caption="checkerboard: synthetic and training tiles",
             width=width,
         )
-    c[1].image(png_bytes(wa, scale), caption=f"synthetic {row['synthetic_id']}", width=width)
+    c[1].image(png_bytes(wa, scale), caption=f"synthetic {pair.synthetic_id}", width=width)
     c[2].image(png_bytes(wb, scale), caption=training_caption, width=width)
     below = st.columns([2, 1])
     below[0].caption(window_caption(window))
@@ -402,10 +403,9 @@ if spec.spatial_dims == 2:
 else:
     viewer_3d()
 
-shown = _ui.shown_rows(study, rows)
+shown = _ui.shown_rows(study, [r.columns(judged.get(r.key, "")) for r in rows])
 st.dataframe(
     shown,
-    column_order=["your verdict", *(k for k in shown[0] if k != "your verdict")],  # on screen at any width
     hide_index=True,
     on_select="rerun",
     selection_mode="single-row",
@@ -416,7 +416,7 @@ st.dataframe(
 if blinded:
     st.stop()  # the neighbours show similarities: not in the blinded check
 st.subheader("Top training neighbours")
-neighbours = sorted((p for p in pairs if p.synthetic_id == row["synthetic_id"]), key=lambda p: p.rank)
+neighbours = sorted((p for p in pairs if p.synthetic_id == pair.synthetic_id), key=lambda p: p.rank)
 cols = st.columns(max(len(neighbours), 5))  # one thumbnail size whatever the number of neighbours
 for col, p in zip(cols, neighbours, strict=False):
     volume, _ = display_units(train.images[train_index[p.train_id], 0], spec)

@@ -6,6 +6,7 @@ viewer do no search or model work: the threshold only moves over presorted array
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import Counter
@@ -376,51 +377,101 @@ def calibration_figure(cal: Calibration, tau: float, method: str = "paper", seco
     return fig
 
 
+@dataclass(frozen=True)
+class WorklistRow:
+    """One row of the Review page's work list: a synthetic sample and its nearest training scan (the pair itself),
+    whether that is a copy at the list's threshold, and what the table shows of it.
+
+    Attributes:
+        pair: the sample's nearest pair (rank 1), with its scores and, for a verified scan, its alignment.
+        copy: above the list's tau.
+        group_size: how many samples copy the same training scan at that tau.
+        resembles_patient: the separate patient-resemblance finding (``None`` when the scan did not record it).
+        samples: rows collapsed into this one (:func:`group_by_training`; ``None`` in an ungrouped list).
+        item: the position in a blinded sample (``None`` in the open list).
+    """
+
+    pair: Pair
+    copy: bool
+    group_size: int = 0
+    resembles_patient: bool | None = None
+    samples: int | None = None
+    item: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(synthetic ID, training ID): how verdicts name the pair."""
+        return (self.pair.synthetic_id, self.pair.train_id)
+
+    @property
+    def verified(self) -> bool:
+        """Scored by the verified method (an alignment was searched for)."""
+        return self.pair.alignment is not None
+
+    def columns(self, verdict: str = "") -> dict[str, Any]:
+        """The table's columns: in a blinded sample only the IDs (no similarity, no call); similarity and pixel
+        correlation at 3 decimals, as the pair's heading shows them (0.9945 once read as 0.995 and 0.994)."""
+        p = self.pair
+        ids = {"synthetic_id": p.synthetic_id, "train_id": p.train_id, "patient_id": p.patient_id}
+        if self.item is not None:
+            return {"your verdict": verdict, "item": self.item, **ids}
+        return {
+            "your verdict": verdict,
+            **ids,
+            "similarity": round(p.similarity, 3),
+            "p_value": p.p_value,
+            "pixel_corr": round(p.pixel_corr, 3),
+            "copy": self.copy,
+            "group_size": self.group_size,
+            **(
+                {"retrieval": None if p.retrieval is None else round(p.retrieval, 4), "alignment": p.alignment.label()}
+                if p.alignment is not None
+                else {}
+            ),
+            **({"resembles_patient": self.resembles_patient} if self.resembles_patient is not None else {}),
+            **({"samples": self.samples} if self.samples is not None else {}),
+        }
+
+
 def worklist(
     pairs: list[Pair], tau: float, only_copies: bool = False, patients: dict[str, PatientRow] | None = None
-) -> list[dict[str, Any]]:
+) -> list[WorklistRow]:
     """One row per synthetic sample (its nearest training scan), most similar first.
 
     Each row says whether it is a copy at ``tau`` and how many samples copy the same training
     scan (``group_size``), so that one patient's scan can be judged once. With ``patients`` (the scan's
     ``patients.csv``) each row also says whether the sample resembles a training patient, a separate finding.
     """
-    nearest = nearest_pairs(pairs)
     group = Counter(p.train_id for p in copies(pairs, tau))
     rows = [
-        {
-            "synthetic_id": p.synthetic_id,
-            "train_id": p.train_id,
-            "patient_id": p.patient_id,
-            "similarity": round(p.similarity, 3),  # as the pair's heading shows it (0.9945 read as 0.995 and 0.994)
-            "p_value": p.p_value,
-            "pixel_corr": round(p.pixel_corr, 3),
-            "copy": p.is_copy(tau),
-            "group_size": group[p.train_id],
-            **(
-                {"retrieval": None if p.retrieval is None else round(p.retrieval, 4), "alignment": p.alignment.label()}
-                if p.alignment is not None
-                else {}
-            ),
-            **(
-                {"resembles_patient": patients[p.synthetic_id].resembles}
-                if patients and p.synthetic_id in patients
-                else {}
-            ),
-        }
-        for p in sorted(nearest, key=lambda p: (-p.similarity, p.synthetic_id))
+        WorklistRow(
+            p,
+            p.is_copy(tau),
+            group[p.train_id],
+            patients[p.synthetic_id].resembles if patients and p.synthetic_id in patients else None,
+        )
+        for p in sorted(nearest_pairs(pairs), key=lambda p: (-p.similarity, p.synthetic_id))
     ]
-    return [r for r in rows if r["copy"]] if only_copies else rows
+    return [r for r in rows if r.copy] if only_copies else rows
 
 
-def group_by_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def blinded_rows(pairs: list[Pair], keys: list[tuple[str, str]]) -> list[WorklistRow]:
+    """The blinded sample's rows, in its order (``keys`` from :func:`core.study.verdicts.blinded_sample`)."""
+    by_key = {(p.synthetic_id, p.train_id): p for p in nearest_pairs(pairs)}
+    return [WorklistRow(by_key[key], copy=False, item=i + 1) for i, key in enumerate(keys)]
+
+
+def group_by_training(rows: list[WorklistRow]) -> list[WorklistRow]:
     """Collapse work-list rows to one per training scan (its most similar sample first)."""
-    seen: dict[str, dict[str, Any]] = {}
+    seen: dict[str, WorklistRow] = {}
     for row in rows:
-        if row["train_id"] not in seen:
-            seen[row["train_id"]] = {**row, "samples": 1}
-        else:
-            seen[row["train_id"]]["samples"] += 1
+        train_id = row.pair.train_id
+        first = seen.get(train_id)
+        seen[train_id] = (
+            dataclasses.replace(row, samples=1)
+            if first is None
+            else (dataclasses.replace(first, samples=(first.samples or 1) + 1))
+        )
     return list(seen.values())
 
 
