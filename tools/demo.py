@@ -41,7 +41,7 @@ from core.common.progress import logged, silent
 from core.common.provenance import atomic_dir, atomic_write_json, atomic_write_text, now_utc, sha256_file, versions
 from core.detect.detector import TrainDetectorConfig, train_from_sources
 from core.detect.metrics import MIN_RESAMPLED_GROUPS, BeyondHeldout, Fraction, ThresholdRule
-from core.generative.ldm import networks_config, read_config
+from core.generative.ldm import LDMConfig, networks_config, read_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
 from core.io.load import load_set
@@ -575,7 +575,7 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
 
 
 def _unet_loss(ldm: dict[str, Any]) -> float | None:
-    losses = [h["loss"] for h in ldm.get("provenance", {}).get("history", []) if h.get("phase") == "unet"]
+    losses = LDMConfig.from_dict(ldm).training.unet_losses
     return float(np.mean(losses[-5:])) if losses else None
 
 

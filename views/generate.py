@@ -33,13 +33,15 @@ if path:
     except MemoScopeError as exc:
         st.error(str(exc))
 if config is not None:
-    training = config.provenance.get("training", {})
+    training = config.training
+    unknown = "?"
     st.caption(
         f"{config.spatial_dims}D, image {config.image_size}, latent {list(config.latent_shape)}, "
-        f"UNet epochs {training.get('unet_epochs_done', '?')}, augmentation {training.get('augment', '?')}, seed "
-        f"{training.get('seed', '?')}"
+        f"UNet epochs {unknown if training.unet_epochs is None else training.unet_epochs}, augmentation "
+        f"{unknown if training.augment is None else training.augment}, seed "
+        f"{unknown if training.seed is None else training.seed}"
     )
-    for note in config.provenance.get("notes", []):
+    for note in training.notes:
         st.info(note, icon=":material/info:")  # the trainer's notes: provenance, not a warning
     with st.expander("ldm.json"):
         st.json(config.to_dict(), expanded=False)

@@ -43,6 +43,46 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How a checkpoint was trained, as its ``ldm.json`` provenance says (MemoScope's trainer writes it; an
+    imported bundle has none, and every field is then ``None`` or empty). The one reader of those keys.
+
+    Attributes:
+        unet_epochs: UNet epochs done when the checkpoint was saved.
+        augment: whether the training images were augmented.
+        seed: the training seed.
+        device: where it was trained.
+        notes: the trainer's free-text notes (a known limitation, the demo's recipe).
+        unet_losses: the UNet's loss per epoch, in order.
+    """
+
+    unet_epochs: int | None = None
+    augment: bool | None = None
+    seed: int | None = None
+    device: str | None = None
+    notes: tuple[str, ...] = ()
+    unet_losses: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, provenance: dict[str, Any]) -> TrainingRecord:
+        training = provenance.get("training") or {}
+        history = provenance.get("history") or []
+
+        def optional(key: str, kind: Any) -> Any:
+            value = training.get(key)
+            return None if value is None else kind(value)
+
+        return cls(
+            unet_epochs=optional("unet_epochs_done", int),
+            augment=optional("augment", bool),
+            seed=optional("seed", int),
+            device=optional("device_used", str),
+            notes=tuple(str(n) for n in provenance.get("notes") or ()),
+            unet_losses=tuple(float(h["loss"]) for h in history if h.get("phase") == "unet" and "loss" in h),
+        )
+
+
 @dataclass
 class LDMConfig(Config):
     """Everything needed to rebuild an LDM from its folder (diffusers-style config capture).
@@ -66,6 +106,11 @@ class LDMConfig(Config):
     scale_factor: float = 1.0
     preprocessing: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def training(self) -> TrainingRecord:
+        """How the checkpoint was trained (from :attr:`provenance`)."""
+        return TrainingRecord.of(self.provenance)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -7,7 +7,6 @@ when one was saved (the same numbers the study's Overview shows).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from core.common.errors import MemoScopeError
 from core.detect.metrics import BeyondHeldout, Fraction
+from core.generative.ldm import CONFIG_NAME, read_config
 from core.study import verdicts
 from core.study.results import ScanResults
 from core.study.review import ANATOMY_FLOOR, metrics_at, nearer_than_heldout, sample_quality
@@ -168,15 +168,10 @@ def _frac(f: Fraction) -> str:
 
 def _training(checkpoint: str | None) -> tuple[int | None, bool | None]:
     """UNet epochs and augmentation from the checkpoint's provenance, when the checkpoint is at hand."""
-    if not checkpoint:
+    if not checkpoint or not (Path(checkpoint) / CONFIG_NAME).is_file():
         return None, None
-    path = Path(checkpoint) / "ldm.json"
-    if not path.is_file():
-        return None, None
-    training = json.loads(path.read_text(encoding="utf-8")).get("provenance", {}).get("training", {})
-    epochs = training.get("unet_epochs_done")
-    augment = training.get("augment")
-    return (int(epochs) if epochs is not None else None), (bool(augment) if augment is not None else None)
+    training = read_config(checkpoint).training
+    return training.unet_epochs, training.augment
 
 
 def study_row(folder: str | Path) -> StudyRow:
