@@ -264,6 +264,65 @@ class GenerationResult:
     record: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class GenerationRecord:
+    """``generation.json``, as ``generate`` writes it beside its samples (the one reader of its keys).
+
+    Attributes:
+        checkpoint, checkpoint_hash: the LDM the samples came from.
+        n, seed, steps, scheduler, precision: what was sampled and how (a resume must match them).
+        conditioning: the conditioning's names (empty for an unconditional model) and where the values came from.
+        data: the whole record as written (kept verbatim in a scan's summary).
+    """
+
+    checkpoint: str | None
+    checkpoint_hash: str | None
+    n: int
+    seed: int | None
+    steps: int | None
+    scheduler: str
+    precision: str
+    conditioning: dict[str, Any] | None
+    data: dict[str, Any]
+
+    @property
+    def conditioning_names(self) -> list[str]:
+        return list((self.conditioning or {}).get("names") or [])
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> GenerationRecord:
+        return cls(
+            checkpoint=data.get("checkpoint"),
+            checkpoint_hash=data.get("checkpoint_hash"),
+            n=int(data.get("n", 0)),
+            seed=data.get("seed"),
+            steps=data.get("steps"),
+            scheduler=str(data.get("scheduler", SchedulerName.DDIM)),
+            precision=str(data.get("precision", Precision.FP32)),
+            conditioning=data.get("conditioning"),
+            data=data,
+        )
+
+
+def read_generation(path: str | Path) -> GenerationRecord:
+    """The record at ``path`` (a ``generation.json``, or the folder holding one)."""
+    path = Path(path)
+    path = path / RECORD if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MemoScopeError(f"{path}: not a readable generation record ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise MemoScopeError(f"{path}: a generation record is a JSON object.")
+    return GenerationRecord.of(data)
+
+
+def generation_records(source: str | Path) -> list[GenerationRecord]:
+    """Every generation record under a synthetic folder (none for a manifest or a folder of other images)."""
+    source = Path(source)
+    return [read_generation(path) for path in sorted(source.rglob(RECORD))] if source.is_dir() else []
+
+
 def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationResult:
     """Generate ``config.n`` samples into ``config.out``; samples already written are kept (resume).
 
@@ -294,24 +353,24 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
     del record["out"]
     previous = out / RECORD
     if previous.is_file():
-        old = json.loads(previous.read_text())
+        old = read_generation(previous)
         if (
-            old.get("checkpoint_hash") != ldm.checkpoint_hash
-            or old.get("seed") != seed
-            or old.get("steps") != config.steps
-            or old.get("scheduler", SchedulerName.DDIM) != config.scheduler
-            or old.get("precision", Precision.FP32) != config.precision
-            or old.get("conditioning") != record["conditioning"]
+            old.checkpoint_hash != ldm.checkpoint_hash
+            or old.seed != seed
+            or old.steps != config.steps
+            or old.scheduler != config.scheduler
+            or old.precision != config.precision
+            or old.conditioning != record["conditioning"]
         ):
             raise MemoScopeError(
                 f"{out}: holds samples from another checkpoint, seed, step count, scheduler, precision or "
                 "conditioning; resuming would mix them under one label. Choose an empty folder."
             )
-        if int(old.get("n", 0)) > n:
+        if old.n > n:
             raise MemoScopeError(
-                f"{out}: holds a generation of {old['n']} samples; writing {n} there would replace the set a study may "
+                f"{out}: holds a generation of {old.n} samples; writing {n} there would replace the set a study may "
                 "have scanned (and its manifest) with a smaller one. Choose a new folder, or give --n "
-                f"{old['n']} or more to resume or extend it."
+                f"{old.n} or more to resume or extend it."
             )
     elif out.is_dir():
         foreign = sorted(f for f in out.rglob("*") if f.name.lower().endswith(SUFFIXES))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from core.common.errors import MemoScopeError
 from core.common.tables import read_csv
 from core.detect.diagnostics import CalibrationDiagnostics, calibration_diagnostics
 from core.detect.metrics import (
@@ -34,7 +34,7 @@ from core.detect.metrics import (
     wilson_interval,
 )
 from core.detect.verify import Verifier, VerifyConfig
-from core.generative.sample import MANIFEST, RECORD
+from core.generative.sample import MANIFEST, RECORD, read_generation
 from core.io.load import ImageSet, SliceAxis, load_set, source_of
 from core.io.preprocessing import PreprocessSpec
 from core.study.results import Calibration, Pair, PatientRow, ScanResults, ScanSummary, copies, nearest_pairs
@@ -205,12 +205,11 @@ def sample_conditioning(summary: ScanSummary) -> dict[str, dict[str, float]]:
     source = Path(summary.source("synthetic"))
     folder = source if source.is_dir() else source.parent
     manifest = folder / MANIFEST
-    record = folder / RECORD
-    if not manifest.is_file() or not record.is_file():
+    if not manifest.is_file() or not (folder / RECORD).is_file():
         return {}
     try:
-        names = (json.loads(record.read_text(encoding="utf-8")).get("conditioning") or {}).get("names") or []
-    except (OSError, ValueError):
+        names = read_generation(folder).conditioning_names
+    except MemoScopeError:
         return {}
     if not names:
         return {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from core.detect.metrics import (
 from core.detect.resemblance import PatientResemblance, nearest_patients, patient_resemblance
 from core.detect.search import NeighborTables, SearchConfig, SearchReport, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
+from core.generative.sample import generation_records
 from core.io.discover import discover, discover_patients
 from core.io.headers import largest_side
 from core.io.load import SLICE_AXES, ImageSet, SliceAxis, load_set, source_of
@@ -140,14 +140,12 @@ class ScanConfig(Config):
 
 def _checkpoint_of(synthetic_source: str) -> dict[str, Any]:
     """The generation records (``core generate``) found in the synthetic folder, and their checkpoints."""
-    source = Path(synthetic_source)
-    records = sorted(source.rglob("generation.json")) if source.is_dir() else []
-    generations = [json.loads(path.read_text()) for path in records]
-    hashes = sorted({g.get("checkpoint_hash") for g in generations if g.get("checkpoint_hash")})
+    generations = generation_records(synthetic_source)
+    hashes = sorted({g.checkpoint_hash for g in generations if g.checkpoint_hash})
     return {
-        "checkpoint": generations[0].get("checkpoint") if len(hashes) == 1 else None,
+        "checkpoint": generations[0].checkpoint if len(hashes) == 1 else None,
         "checkpoint_hash": hashes[0] if len(hashes) == 1 else (hashes or None),
-        "generations": generations,
+        "generations": [g.data for g in generations],
     }
 
 
