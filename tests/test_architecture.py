@@ -103,3 +103,46 @@ def test_pages_never_read_study_files() -> None:
             if re.search(needle, text):
                 offenders.append(f"{page.name}: {needle}")
     assert offenders == []
+
+
+# Each file a study, checkpoint, detector, generation or release holds is parsed by the module that owns it, which
+# hands everyone else a typed record (StudyInputs, ScanSummary, ReleaseRecord, GenerationRecord, LDMConfig and its
+# TrainingRecord, DetectorRecord, SelfTest, Job, the audit). Nobody else parses those files or reads their keys.
+RECORD_OWNERS = {
+    "core/generative/sample.py": "generation.json (GenerationRecord)",
+    "core/generative/ldm.py": "ldm.json, weight checksums, --networks overrides (LDMConfig, TrainingRecord)",
+    "core/generative/bundle.py": "a MONAI bundle's configs (read as data, never run)",
+    "core/detect/record.py": "detector.json (DetectorRecord)",
+    "core/detect/detector.py": "detector.json when loading the weights beside it",
+    "core/study/store.py": "study.json (StudyInputs)",
+    "core/study/results.py": "summary.json (ScanSummary)",
+    "core/study/verdicts.py": "threshold.json (StudyThreshold)",
+    "core/study/selftest.py": "selftest.json (SelfTest)",
+    "core/study/release.py": "release.json (ReleaseRecord)",
+    "core/study/jobs.py": "jobs/<id>.json (Job)",
+    "tools/demo.py": "the demo's own build record",
+}
+RECORD_KEYS = re.compile(
+    r"\b(inputs|provenance|training|generation|generations|ldm|summary_json)\.get\(\s*[\"']"
+    r"|\b(provenance|training|generation|ldm)\[\s*[\"']"
+)
+
+
+def test_record_files_are_parsed_only_by_the_module_that_owns_them() -> None:
+    """No page, tool or other module parses a record file or reads a record by string keys: a field renamed in
+    the owner would otherwise break a reader that nothing type-checks (the pages read ``study.json`` with
+    ``.get`` in three places, the Compare page parsed ``ldm.json`` itself)."""
+    offenders = []
+    trees = ("core", "views", "tools", "benchmarks")
+    for path in [REPO / "app.py", *(p for tree in trees for p in sorted((REPO / tree).rglob("*.py")))]:
+        name = path.relative_to(REPO).as_posix()
+        if name in RECORD_OWNERS:
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            called = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if called and isinstance(node.func.value, ast.Name) and node.func.value.id == "json":
+                if node.func.attr in ("load", "loads"):
+                    offenders.append(f"{name}:{node.lineno}: json.{node.func.attr}")
+        offenders += [f"{name}: {m.group(0)}" for m in RECORD_KEYS.finditer(text)]
+    assert offenders == [], "parse records in their owner (RECORD_OWNERS) and pass typed records: " + str(offenders)
