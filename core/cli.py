@@ -144,7 +144,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     for role, found in summary.inputs.items():
         if found.skipped:
             print(
-                f"warning: skipped {len(found.skipped)} unreadable {role} file(s), e.g. {found.skipped[0]['path']}; "
+                f"warning: skipped {len(found.skipped)} unreadable {role} file(s), e.g. {found.skipped[0].path}; "
                 "all are listed in summary.json",
                 file=sys.stderr,
             )

@@ -110,3 +110,15 @@ def test_a_half_committed_rescan_is_refused(tmp_path: Path) -> None:
         with pytest.raises(MemoScopeError, match="does not belong to scan"):
             attempt()
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "release").exists()
+
+
+def test_skipped_files_round_trip_as_typed_records() -> None:
+    """A summary's skipped files are SkippedFile records (they were dicts read by key), written as the same JSON."""
+    from core.io.load import SkippedFile
+    from core.study.results import InputSet
+
+    given = InputSet("data/x", 3, 2, "abc", (SkippedFile("data/x/bad.png", "cannot identify image file"),))
+    data = json.loads(json.dumps(given.to_dict()))
+    assert data["skipped"] == [{"path": "data/x/bad.png", "reason": "cannot identify image file"}]
+    back = InputSet.from_dict(data)
+    assert back == given and back.skipped[0].path == "data/x/bad.png"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.provenance import sha256_array
 from core.io.discover import Role, discover_patients
@@ -40,7 +41,7 @@ SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 @dataclass(frozen=True)
-class SkippedFile:
+class SkippedFile(Config):
     """A file left out by ``--skip-bad``, and why."""
 
     path: str

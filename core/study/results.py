@@ -37,7 +37,7 @@ from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
 from core.io.discover import discover
-from core.io.load import SLICE_MARK
+from core.io.load import SLICE_MARK, SkippedFile
 from core.io.patients import PatientGrouping
 from core.io.preprocessing import PreprocessSpec
 from core.study.store import DB_NAME, anchor_summary, summary_anchor
@@ -72,7 +72,7 @@ class InputSet(Config):
     n: int
     n_patients: int
     content_hash: str
-    skipped: tuple[dict[str, Any], ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
     embeddings_cached: bool = False
     file_hashes: dict[str, str] = field(default_factory=dict)
     patients: PatientGrouping | None = None

@@ -317,7 +317,7 @@ def _summary(
             len(s),
             len(set(s.patient_ids)),
             s.content_hash,
-            tuple(vars(f) for f in s.skipped),
+            tuple(s.skipped),
             cached[role],
             results.file_hashes(s.source, role) if role in results.HASHED_ROLES else {},
             s.grouping,
