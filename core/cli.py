@@ -24,6 +24,7 @@ from core.io.augment import AugmentPolicy
 from core.io.load import SliceAxis
 from core.io.patients import HELP as PATIENTS_HELP
 from core.io.preprocessing import IntensityRule, ResizeMode
+from core.study.formats import ReportFormat
 
 
 def _spec_args(parser: argparse.ArgumentParser) -> None:
@@ -565,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the ethics-board report of a scanned study (self-contained HTML or PDF)")
     p.add_argument("--study", required=True)
-    p.add_argument("--format", choices=("html", "pdf"), default="html")
+    p.add_argument("--format", choices=choices(ReportFormat), default=ReportFormat.HTML.value)
     p.add_argument("--out", help="file to write (default STUDY/report.FORMAT)")
     p.add_argument("--top", type=int, default=8, help="copy pairs shown as images (default 8)")
     p.set_defaults(func=cmd_report)

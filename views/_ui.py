@@ -328,7 +328,7 @@ def job_panel(study: Path, kind: str) -> jobs.Job | None:
             st.progress(latest.fraction, text=f"{latest.kind}: {latest.progress_line()}")
             if latest.message:
                 st.caption(latest.message)
-        elif latest.status == "done":
+        elif latest.status == jobs.JobStatus.DONE:
             took = f" in {jobs.clock(latest.updated - latest.started)}" if latest.updated and latest.started else ""
             when = (latest.finished_at or "")[:19].replace("T", " ")
             st.success(f"{latest.kind} finished{took} ({when} UTC): {latest.message}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.common.errors import MemoScopeError
+from core.study.formats import ReportFormat
 from core.study.release import release, release_folder
 from core.study.report import CHROMIUM, write_report
 from views import _ui
@@ -23,8 +24,10 @@ st.caption(
 )
 cols = st.columns(3)
 top = cols[0].number_input("Copy pairs shown as images", 0, 64, 8, key="report_top")
-for col, fmt in zip(cols[1:], ("html", "pdf"), strict=True):
-    if col.button(f"Build {fmt.upper()}", key=f"build_{fmt}", disabled=fmt == "pdf" and not CHROMIUM.exists()):
+for col, fmt in zip(cols[1:], ReportFormat, strict=True):
+    if col.button(
+        f"Build {fmt.upper()}", key=f"build_{fmt}", disabled=fmt == ReportFormat.PDF and not CHROMIUM.exists()
+    ):
         try:
             with st.spinner(f"Writing the {fmt.upper()} report..."):
                 st.session_state[f"report::{study}::{fmt}"] = str(
@@ -32,15 +35,15 @@ for col, fmt in zip(cols[1:], ("html", "pdf"), strict=True):
                 )
         except MemoScopeError as exc:
             st.error(str(exc))
-for fmt, mime in (("html", "text/html"), ("pdf", "application/pdf")):
-    path = Path(st.session_state.get(f"report::{study}::{fmt}", study / f"report.{fmt}"))
+for kind, mime in ((ReportFormat.HTML, "text/html"), (ReportFormat.PDF, "application/pdf")):
+    path = Path(st.session_state.get(f"report::{study}::{kind}", study / f"report.{kind}"))
     if path.is_file():
         st.download_button(
             f"Download {path.name}",
             path.read_bytes(),
             file_name=f"{study.name}-{path.name}",
             mime=mime,
-            key=f"dl_{fmt}",
+            key=f"dl_{kind}",
         )
 
 st.subheader("Release the samples that are not copies")

@@ -7,6 +7,7 @@ report show the same list, so nobody sees the copy fraction without its limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -21,11 +22,28 @@ PIXEL_DISAGREES = 0.5  # a flagged pair whose pixels correlate below this is not
 ALPHA = 0.05
 
 
+class CaveatKey(StrEnum):
+    """Each caveat's stable key (tests, the report's conclusion and styling refer to them)."""
+
+    HIGH_FPR = "high_fpr"
+    THRESHOLD_TRANSFER = "threshold_transfer"
+    ONE_FILE_ONE_PATIENT = "one_file_one_patient"
+    FEW_PATIENTS = "few_patients"
+    P_VALUES = "p_values"
+    PIXEL_DISAGREES = "pixel_disagrees"
+    NOT_ANATOMY = "not_anatomy"
+    NOT_NEW = "not_new"
+    PAPER_METHOD = "paper_method"
+    TAU_IN_BULK = "tau_in_bulk"
+    SECOND_OPINION = "second_opinion"
+    VAL_UNLIKE_SYNTHETIC = "val_unlike_synthetic"
+
+
 @dataclass(frozen=True)
 class Caveat:
     """One limit of the numbers: ``key`` (stable, for tests and styling) and the sentence."""
 
-    key: str
+    key: CaveatKey
     text: str
 
 
@@ -45,7 +63,7 @@ def caveats(
     if metrics.expected_fpr_copy > HIGH_FPR:
         found.append(
             Caveat(
-                "high_fpr",
+                CaveatKey.HIGH_FPR,
                 f"{metrics.expected_fpr_copy:.0%} of real held-out scans would be called copies at this threshold: "
                 "the copy fraction overstates copying by about that much.",
             )
@@ -54,7 +72,7 @@ def caveats(
     if unseen is not None and unseen.value > HIGH_FPR:
         found.append(
             Caveat(
-                "threshold_transfer",
+                CaveatKey.THRESHOLD_TRANSFER,
                 f"On validation patients left out of the calibration, {unseen.value:.0%} of real scans were called "
                 f"copies (95 % CI {unseen.low:.0%} to {unseen.high:.0%}): the threshold may not transfer to new "
                 "patients.",
@@ -68,7 +86,7 @@ def caveats(
         sets = " and ".join(f"{name} ({g.files} files)" for name, g in doubtful)
         found.append(
             Caveat(
-                "one_file_one_patient",
+                CaveatKey.ONE_FILE_ONE_PATIENT,
                 f"Every {sets} file was taken as its own patient: the folders name no patients. Slices or scans of "
                 "one person then count as different people, so the new-patient threshold bound, the "
                 "leave-one-patient-out check and the patient intervals are optimistic. Rescan with --patients "
@@ -79,7 +97,7 @@ def caveats(
     if val.n_patients < FEW_PATIENTS:
         found.append(
             Caveat(
-                "few_patients",
+                CaveatKey.FEW_PATIENTS,
                 f"The threshold was calibrated on scans of {val.n_patients} validation patient(s) ({val.n} scans): "
                 "patients differ more than scans do, so treat it as provisional until at least "
                 f"{FEW_PATIENTS} are used.",
@@ -89,7 +107,7 @@ def caveats(
     if smallest_p is not None and smallest_p > ALPHA:
         found.append(
             Caveat(
-                "p_values",
+                CaveatKey.P_VALUES,
                 f"With {metrics.threshold.null_size} held-out scans the smallest possible p-value is {smallest_p:.2f}: "
                 f"no single sample can be shown to be a copy at the {ALPHA:g} level.",
             )
@@ -100,7 +118,7 @@ def caveats(
         if len(low) / len(flagged) > 0.2:
             found.append(
                 Caveat(
-                    "pixel_disagrees",
+                    CaveatKey.PIXEL_DISAGREES,
                     f"{len(low)} of {len(flagged)} flagged pairs have pixel correlation below {PIXEL_DISAGREES} "
                     f"(median {np.median([p.pixel_corr for p in flagged]):.2f}): the detector sees a resemblance the "
                     "pixels do not confirm; review them before calling them copies.",
@@ -110,7 +128,7 @@ def caveats(
     if quality is not None and quality < ANATOMY_FLOOR:
         found.append(
             Caveat(
-                "not_anatomy",
+                CaveatKey.NOT_ANATOMY,
                 f"The synthetic samples do not look like scans yet: their median pixel correlation with the nearest "
                 f"training scan is {quality:.2f} (below {ANATOMY_FLOOR}; noise scores about 0). The model cannot make "
                 "anatomy, so neither a low nor a high copy fraction says anything about copying: judge a better-"
@@ -123,7 +141,7 @@ def caveats(
         if nearest and between / len(nearest) > HIGH_FPR:
             found.append(
                 Caveat(
-                    "not_new",
+                    CaveatKey.NOT_NEW,
                     f"{between} of {len(nearest)} samples are not called copies, yet they are nearer to a training "
                     f"scan than any real held-out scan is ({beyond.share.count} in all, {beyond.share.value:.0%}; "
                     f"samples as new as a new patient's scans would give about {beyond.expected:.0%}). Not being "
@@ -135,7 +153,7 @@ def caveats(
     if summary.method == "paper":
         found.append(
             Caveat(
-                "paper_method",
+                CaveatKey.PAPER_METHOD,
                 "Scanned with the paper's copy call (embedding correlation only), which on MemoScope's planted-copy "
                 "benchmark misses most shifted and mixed copies; rescan with the verified call for those.",
             )
@@ -155,7 +173,7 @@ def calibration_caveats(d: CalibrationDiagnostics) -> list[Caveat]:
     if d.tau_in_bulk:
         found.append(
             Caveat(
-                "tau_in_bulk",
+                CaveatKey.TAU_IN_BULK,
                 f"The threshold {d.tau:.3f} sits inside the synthetic samples' scores, not in a gap: {d.near_tau} of "
                 f"{d.n_synthetic} ({d.near_tau / d.n_synthetic:.0%}) lie within {d.band:g} of it, so whether each is "
                 "called a copy hangs on exactly where the threshold is. If those samples are new anatomy that simply "
@@ -170,7 +188,7 @@ def calibration_caveats(d: CalibrationDiagnostics) -> list[Caveat]:
         )
         found.append(
             Caveat(
-                "second_opinion",
+                CaveatKey.SECOND_OPINION,
                 f"A second opinion read from the synthetic scores themselves (the widest gap above the validation "
                 f"patients' median, {d.gap_low:.3f} to {d.gap_high:.3f}) puts the threshold at {d.gap_tau:.3f}, not "
                 f"{d.tau:.3f}, and {direction} ({d.disagree} of {d.n_synthetic} samples called differently). The "
@@ -180,7 +198,7 @@ def calibration_caveats(d: CalibrationDiagnostics) -> list[Caveat]:
     if d.val_unlike_bulk and d.bulk_median is not None:
         found.append(
             Caveat(
-                "val_unlike_synthetic",
+                CaveatKey.VAL_UNLIKE_SYNTHETIC,
                 f"The validation patients are less like the training scans than the synthetic samples read as new are: "
                 f"{d.bulk_above_val95} of those {d.bulk} samples (median score {d.bulk_median:.3f}) score above 95 % "
                 f"of the validation scans ({d.val_p95:.3f}; their median {d.val_median:.3f}). Either the generator "

@@ -17,8 +17,9 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
@@ -34,7 +35,15 @@ from core.study.selftest import STAGES as SELFTEST_STAGES
 from core.study.selftest import SelfTestConfig
 
 JOBS_DIR = "jobs"
-JobStatus = Literal["queued", "running", "done", "failed"]
+
+
+class JobStatus(StrEnum):
+    """queued -> running -> done | failed (a job file stores the text)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Job:
     kind: str
     params: dict[str, Any]
     study: str
-    status: JobStatus = "queued"
+    status: str = JobStatus.QUEUED
     created_at: str = field(default_factory=now_utc)
     finished_at: str | None = None
     pid: int | None = None
@@ -74,7 +83,7 @@ class Job:
     def fraction(self) -> float:
         """Overall progress: finished stages plus the share of the current one."""
         within = min(1.0, self.done / self.total) if self.total else 0.0
-        if self.status == "done":
+        if self.status == JobStatus.DONE:
             return 1.0
         if self.stage in self.stages:
             return (self.stages.index(self.stage) + within) / len(self.stages)
@@ -82,12 +91,12 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.status in ("queued", "running")
+        return self.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Seconds left at the overall rate so far (``None`` until some progress is made)."""
         share = self.fraction
-        if self.status != "running" or not self.started or share <= 0:
+        if self.status != JobStatus.RUNNING or not self.started or share <= 0:
             return None
         elapsed = (now or time.time()) - self.started
         return max(0.0, elapsed / share * (1.0 - share))
@@ -137,7 +146,7 @@ def read_job(path: str | Path) -> Job:
             pass
         if job.active:
             job.status, job.error, job.finished_at = (
-                "failed",
+                JobStatus.FAILED.value,
                 "the worker process ended without finishing (killed?)",
                 now_utc(),
             )
@@ -191,7 +200,7 @@ def start_job(study: str | Path, kind: str, options: dict[str, Any]) -> Job:
         )
     job.pid = process.pid
     current = read_job(path)
-    if current.status == "queued":  # the worker may already have moved it on
+    if current.status == JobStatus.QUEUED:  # the worker may already have moved it on
         current.pid = process.pid
         _write(path, current)
     return job
@@ -225,17 +234,17 @@ def run_job(path: str | Path) -> Job:
     """The worker: run the job described in ``path`` and record its outcome there."""
     path = Path(path)
     job = read_job(path)
-    job.status, job.pid, job.started = "running", os.getpid(), time.time()
+    job.status, job.pid, job.started = JobStatus.RUNNING.value, os.getpid(), time.time()
     reporter = _Reporter(path, job)
     reporter(ProgressEvent(job.stages[0] if job.stages else job.kind, 0, 1, f"{job.kind} started"))
     try:
         kind = KINDS[job.kind]
         job.result = kind.run(kind.config.from_dict(job.params, source=f"{path} params"), reporter)
-        job.status = "done"
+        job.status = JobStatus.DONE.value
         outcome = "; ".join(f"{k.replace('_', ' ')} {_short(v)}" for k, v in job.result.items())
         reporter(ProgressEvent(job.stage, job.total or 1, job.total or 1, outcome or "done"))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded for the page
-        job.status = "failed"
+        job.status = JobStatus.FAILED.value
         job.error = str(exc) if isinstance(exc, MemoScopeError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     job.finished_at = now_utc()

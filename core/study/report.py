@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.common.config import parse_option
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_text, now_utc
 from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
@@ -34,7 +35,8 @@ from core.io.viewer import (
     png_bytes,
 )
 from core.study import verdicts
-from core.study.caveats import Caveat, caveats
+from core.study.caveats import Caveat, CaveatKey, caveats
+from core.study.formats import ReportFormat
 from core.study.pseudonyms import Pseudonyms
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import (
@@ -183,7 +185,8 @@ def _audit_sentence(audit: verdicts.AuditCheck, n_stale: int) -> str:
     return verified
 
 
-UNCONFIRMED = {"not_anatomy", "pixel_disagrees"}  # caveats under which a flag is not yet evidence of a copy
+# caveats under which a flag is not yet evidence of a copy
+UNCONFIRMED = {CaveatKey.NOT_ANATOMY, CaveatKey.PIXEL_DISAGREES}
 
 
 HIGH_COPY_FRACTION = 0.10  # a copy fraction at or above this is the generator's habit, not an accident
@@ -209,7 +212,7 @@ def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset
     the flagged pairs, the flags are reported as unconfirmed, not as copies of patient data.
     """
     copies, mem, fpr = metrics.copies, metrics.memorized, metrics.expected_fpr_copy
-    if "not_anatomy" in warned:
+    if CaveatKey.NOT_ANATOMY in warned:
         text = (
             f"The detector flags {copies.count} of {copies.total} synthetic samples, but the samples do not look like "
             "scans yet (see the caveats): this generator cannot make anatomy, so these numbers say nothing about "
@@ -537,13 +540,12 @@ def _strata_html(scan: ScanResults, tau: float, conditioned: dict[str, dict[str,
     return "".join(parts)
 
 
-def write_report(study: str | Path, out: str | Path, fmt: str = "html", top: int = 8) -> Path:
-    """Write the report as ``fmt`` (html or pdf) to ``out``."""
+def write_report(study: str | Path, out: str | Path, fmt: str = ReportFormat.HTML, top: int = 8) -> Path:
+    """Write the report as ``fmt`` (:class:`ReportFormat`) to ``out``."""
     out = Path(out)
-    if fmt not in ("html", "pdf"):
-        raise MemoScopeError(f"--format {fmt!r} must be html or pdf.")
+    fmt = parse_option(ReportFormat, fmt, "--format")
     text = build_report(study, top)
-    if fmt == "html":
+    if fmt == ReportFormat.HTML:
         atomic_write_text(out, text)
         return out
     with tempfile.TemporaryDirectory() as folder:
