@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.common.config import choices
 from core.common.errors import MemoScopeError
-from core.detect.metrics import Threshold, ThresholdRule
+from core.detect.metrics import Threshold, ThresholdRule, rule_help
 from core.study import verdicts
 from core.study.caveats import calibration_caveats
 from core.study.review import calibration_figure
@@ -90,9 +90,7 @@ def controls() -> None:
         choices(ThresholdRule),
         horizontal=True,
         key=RULE,
-        help="paper: percentile of training->nearest validation; heldout: of validation->nearest training (the "
-        "null built like the test); heldout-ucb: a 95 % upper confidence bound on that percentile; heldout-patient: "
-        "a prediction bound for a scan of a new patient (allows for how patients differ); fixed: your value",
+        help=rule_help(),  # every rule and what it does, from the rules table
     )
     if rule == "fixed":
         tau = value_col.slider("Threshold", -1.0, 1.0, step=0.001, key=FIXED)

@@ -31,7 +31,7 @@ from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_json, sha256_file, sha256_files
 from core.common.tables import read_csv, write_csv
 from core.detect.diagnostics import CalibrationDiagnostics
-from core.detect.metrics import Fraction, Threshold, ThresholdRule, calibrate, is_copy
+from core.detect.metrics import Fraction, MemorizationMetrics, Threshold, ThresholdRule, calibrate, is_copy
 from core.detect.record import DetectorConfig
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
@@ -178,6 +178,14 @@ class ScanSummary(Config):
     def compared_spec(self) -> PreprocessSpec:
         """The preprocessing of the images pairs were compared on (and alignments are stated in)."""
         return self.verification or self.preprocessing
+
+    @property
+    def metrics(self) -> MemorizationMetrics:
+        """The scan's memorization metrics at its own threshold, as one record (stored flat in ``summary.json``,
+        the layout every committed study has)."""
+        return MemorizationMetrics(
+            self.threshold, self.memorized, self.copies, self.expected_fpr_copy, self.expected_fpr_memorized
+        )
 
     def source(self, role: str) -> str:
         """The folder or manifest the ``role`` set was read from."""

@@ -80,13 +80,7 @@ def metrics_at(scan: ScanResults, value: float, rule: str, percentile: float | N
     """
     summary = scan.summary
     if value == summary.tau:
-        return MemorizationMetrics(
-            summary.threshold,
-            summary.memorized,
-            summary.copies,
-            summary.expected_fpr_copy,
-            summary.expected_fpr_memorized,
-        )
+        return summary.metrics
     cal = scan.calibration()
     kind = ThresholdRule(rule)
     null = cal.val_to_train if kind.uses_heldout_null else cal.train_to_val
