@@ -121,6 +121,7 @@ RECORD_OWNERS = {
     "core/study/release.py": "release.json (ReleaseRecord)",
     "core/study/jobs.py": "jobs/<id>.json (Job)",
     "tools/demo.py": "the demo's own build record",
+    "tools/findings.py": "the demo's build record (how long each part took)",
 }
 RECORD_KEYS = re.compile(
     r"\b(inputs|provenance|training|generation|generations|ldm|summary_json)\.get\(\s*[\"']"

@@ -20,11 +20,12 @@ from core.common.provenance import sha256_file
 from core.detect.metrics import Fraction
 from core.generative.ldm import checkpoint_hash, load_ldm
 from core.io.preprocessing import PreprocessSpec
+from core.study.compare import compare
 from core.study.results import ScanResults, read_summary
 from core.study.review import ANATOMY_FLOOR
 from core.study.scan import ScanConfig
 from core.study.store import DEMO_MARKER
-from tools import demo, rebuild_check
+from tools import demo, findings, rebuild_check
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = (REPO / "docs" / "FINDINGS.md").is_file()
@@ -92,11 +93,11 @@ def test_compare_respects_intervals() -> None:
         return Fraction(0, 1, value, low, high, "test")
 
     low, high, near = f(0.1, 0.05, 0.15), f(0.5, 0.4, 0.6), f(0.12, 0.07, 0.2)
-    assert demo.compare(low, high).startswith("clearly higher")
-    assert demo.compare(high, low).startswith("clearly lower")
-    assert demo.compare(low, near).startswith("higher, within overlapping")
-    assert demo.compare(near, low).startswith("lower, within overlapping")
-    assert demo.compare(low, f(0.1, 0.05, 0.15)) == "the same as"
+    assert compare(low, high).startswith("clearly higher")
+    assert compare(high, low).startswith("clearly lower")
+    assert compare(low, near).startswith("higher, within overlapping")
+    assert compare(near, low).startswith("lower, within overlapping")
+    assert compare(low, f(0.1, 0.05, 0.15)) == "the same as"
 
 
 def test_verdict_names_each_fraction_it_counts() -> None:
@@ -116,7 +117,7 @@ def test_verdict_names_each_fraction_it_counts() -> None:
         for i, variant in enumerate(("noaug", "aug"))
         for stage in demo.STAGES
     }
-    text = demo.verdict(by_key)  # type: ignore[arg-type]
+    text = findings.verdict(by_key)  # type: ignore[arg-type]
     assert "a lower memorized fraction at 3 of 3 training lengths" in text
     assert "a lower copy fraction at 2 of 3 training lengths" in text
     assert "cannot be told from chance" in text
@@ -149,7 +150,7 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     assert checkpoint_hash(paths.checkpoints / "demo-2d-noaug-e0001") != checkpoint_hash(
         paths.checkpoints / "demo-2d-aug-e0001"
     )
-    assert paths.findings.read_text() == demo.findings_markdown(tmp_path, profile)
+    assert paths.findings.read_text() == findings.findings_markdown(tmp_path, profile)
     assert (paths.studies / "demo-2d" / "synthetic" / "generation.json").is_file()
 
     # a 3D-only rebuild leaves every 2D file as it was and is listed in the record beside the full build
@@ -186,7 +187,7 @@ class TestCommittedDemo:
     paths = demo.DemoPaths(REPO)
 
     def test_findings_match_the_committed_studies(self) -> None:
-        assert self.paths.findings.read_text() == demo.findings_markdown(REPO, self.profile), (
+        assert self.paths.findings.read_text() == findings.findings_markdown(REPO, self.profile), (
             "docs/FINDINGS.md is stale: run `python -m tools.demo findings`"
         )
 
@@ -218,7 +219,7 @@ class TestCommittedDemo:
 
     def test_the_3d_demo_shows_real_memorization(self) -> None:
         """Issue 14: the over-trained 3D stage's copy calls are copies a pixel check confirms, not noise blobs."""
-        over = demo.read_result(self.paths, demo.demo_models(self.profile, (3,))[-1])
+        over = findings.read_result(self.paths, demo.demo_models(self.profile, (3,))[-1])
         assert over.model.stage == "over-trained" and over.quality is not None and over.quality >= ANATOMY_FLOOR
         assert over.summary.copies.count > 0 and over.copy_pixel_corr is not None and over.copy_pixel_corr >= 0.95
 

@@ -9,7 +9,7 @@
    detector per data set (``train-detector``);
 3. ``studies/demo-*``: samples of every checkpoint (``generate``, the same seeds for all) and their
    scans (``scan``, one detector per data set so that checkpoints are compared on one scale);
-4. ``docs/FINDINGS.md`` from the committed studies (:func:`findings_markdown`).
+4. ``docs/FINDINGS.md`` from the committed studies (:mod:`tools.findings`).
 
 Every step calls the engine's own functions with the same configs the command line builds, so the
 demo is built exactly as a user would build it. Each step is a function of the paths it is given;
@@ -22,9 +22,7 @@ import csv
 import io
 import json
 import logging
-import math
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,16 +38,12 @@ from core.common.errors import MemoScopeError
 from core.common.progress import logged, silent
 from core.common.provenance import atomic_dir, atomic_write_json, atomic_write_text, now_utc, sha256_file, versions
 from core.detect.detector import TrainDetectorConfig, train_from_sources
-from core.detect.metrics import MIN_RESAMPLED_GROUPS, BeyondHeldout, Fraction, ThresholdRule
-from core.generative.ldm import LDMConfig, networks_config, read_config
+from core.generative.ldm import networks_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
 from core.io.load import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
-from core.study.compare import compare
-from core.study.results import ScanResults, ScanSummary, is_scanned, nearest_pairs
-from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, nearer_than_heldout, sample_quality
 from core.study.scan import ScanConfig, run_scan
 from core.study.store import DEMO_MARKER, mark_demo
 
@@ -507,376 +501,13 @@ def build_all(
         record["rebuilds"] = [r for r in record.get("rebuilds", []) if {k: r.get(k, True) for k in again} != again]
         record["rebuilds"].append({**again, **run})
     atomic_write_json(paths.record, record)
+    from tools.findings import write_findings  # the writer reads this recipe: imported here, never the reverse
+
     write_findings(paths.root, profile)
     return record
 
 
 # ---------------------------------------------------------------- findings
-
-
-@dataclass(frozen=True)
-class ModelResult:
-    """What FINDINGS.md reports for one checkpoint, read back from its study and checkpoint."""
-
-    model: DemoModel
-    summary: ScanSummary
-    ldm: dict[str, Any]
-    copy_pixel_corr: float | None  # median pixel correlation of flagged copies and their nearest training scan
-    novel_pixel_corr: float | None
-    by_patient: ByPatient  # the same numbers with patients as the unit
-    quality: float | None  # median pixel r of each sample with its nearest training scan (does it make anatomy?)
-    beyond: BeyondHeldout  # samples nearer to training than any validation scan (new anatomy would rarely be)
-    between: int  # samples nearer to training than any validation scan, yet not called copies
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
-    study = paths.studies / model.study
-    if not is_scanned(study):
-        raise MemoScopeError(f"{study}: not scanned; run `python -m tools.demo all` (or `make demo`) first.")
-    scan = ScanResults.open(study)
-    ldm = read_config(paths.checkpoints / model.checkpoint).to_dict()
-    pairs = scan.pairs()
-    nearest = nearest_pairs(pairs)
-    copies: list[float] = []
-    novel: list[float] = []
-    for pair in nearest:
-        (copies if pair.is_copy(scan.summary.tau) else novel).append(pair.pixel_corr)
-    patients = by_patient(scan, scan.summary.tau)
-    beyond = nearer_than_heldout(scan, pairs)
-    between = sum(beyond.heldout_max < p.similarity <= scan.summary.tau for p in nearest)
-    return ModelResult(
-        model,
-        scan.summary,
-        ldm,
-        _median(copies),
-        _median(novel),
-        patients,
-        sample_quality(pairs),
-        beyond,
-        between,
-    )
-
-
-def _frac(f: Fraction) -> str:
-    return f"{f.value:.1%} ({f.count}/{f.total}; 95 % CI {f.low:.1%} to {f.high:.1%})"
-
-
-def _patients(found: ByPatient) -> str:
-    p = found.patients_memorized
-    return f"{p.count}/{p.total} (95 % CI {p.low:.0%} to {p.high:.0%})"
-
-
-def _num(x: float | None, fmt: str = ".3f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-def _unet_loss(ldm: dict[str, Any]) -> float | None:
-    losses = LDMConfig.from_dict(ldm).training.unet_losses
-    return float(np.mean(losses[-5:])) if losses else None
-
-
-def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
-    """FINDINGS.md, computed only from the committed studies, checkpoints and data manifests."""
-    paths = DemoPaths(Path(root))
-    results = [read_result(paths, m) for m in demo_models(profile)]
-    by_key = {(r.model.dims, r.model.variant, r.model.stage): r for r in results}
-    two_d = [r for r in results if r.model.dims == 2]
-    first = two_d[0].summary
-    inputs = first.inputs
-    build = json.loads(paths.record.read_text()) if paths.record.is_file() else {}
-    lines = [
-        "# Findings on the embedded demo",
-        "",
-        f"Generated by `python -m tools.demo findings` from `studies/demo-*` and `checkpoints/demo-*` "
-        f"({profile.name} profile). Do not edit by hand: rerun the command.",
-        "",
-        "## What was checked",
-        "",
-        f"- 2D: {first.inputs['train'].n} axial brain-MR slices of {inputs['train'].n_patients} training subjects; "
-        f"{first.inputs['val'].n} slices of {inputs['val'].n_patients} other subjects for calibration; "
-        f"{first.inputs['synthetic'].n} samples per checkpoint ({profile.steps} DDIM steps, seeds "
-        f"0..{first.inputs['synthetic'].n - 1}, "
-        "the same for every checkpoint).",
-        f"- LDMs trained by `python -m core train-ldm` with the same seed, {profile.ae_epochs_2d} autoencoder epochs, "
-        f"then the UNet saved after {profile.stages_2d[0]} (early), {profile.stages_2d[1]} (converged) and "
-        f"{profile.stages_2d[2]} (over-trained) epochs; once without and once with augmentation (rotation +-5 deg, "
-        "flip).",
-        f"- One detector for all 2D checkpoints (`checkpoints/demo-2d-detector`, the paper's conv-residual encoder, "
-        f"{profile.detector_epochs} epochs, hash `{first.detector.hash[:12]}`), so all checkpoints are measured on one "
-        "scale.",
-        f"- Copy call `{first.method}`; threshold: rule `{first.threshold.rule}` at percentile "
-        f"{_num(first.threshold.percentile, 'g')}: {_rule_meaning(first)}.",
-        "",
-        "## 2D: memorization across training length and augmentation",
-        "",
-        "| study (in the app) | checkpoint | augmentation | UNet epochs | UNet loss (last 5) | tau | memorized "
-        "training (CI over subjects) | training patients with a memorized slice | copies among samples | "
-        "nearer than any validation slice (new anatomy: about) | expected FPR (copy) | median pixel r, copies / "
-        "others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in two_d:
-        s = r.summary
-        lines.append(
-            f"| `{r.model.study}` | `{r.model.checkpoint}` ({r.model.stage}) | "
-            f"{'yes' if r.model.variant == 'aug' else 'no'} | "
-            f"{r.model.epoch} | "
-            f"{_num(_unet_loss(r.ldm), '.4f')} | {s.tau:.3f} | {_frac(s.memorized)} | {_patients(r.by_patient)} | "
-            f"{_frac(s.copies)} | {_beyond(r.beyond)} | "
-            f"{s.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
-        )
-    lines += ["", "### What the numbers show", ""]
-    for variant, label in (("noaug", "Without augmentation"), ("aug", "With augmentation")):
-        early = by_key[(2, variant, "early")].summary
-        over = by_key[(2, variant, "over-trained")].summary
-        lines.append(
-            f"- {label}, over-training: the memorized-training fraction after {profile.stages_2d[2]} epochs "
-            f"({over.memorized.value:.1%}) is {compare(early.memorized, over.memorized)} after {profile.stages_2d[0]} "
-            f"({early.memorized.value:.1%}); the copy fraction ({over.copies.value:.1%}) is "
-            f"{compare(early.copies, over.copies)} {early.copies.value:.1%}."
-        )
-    for stage in STAGES:
-        plain = by_key[(2, "noaug", stage)].summary
-        aug = by_key[(2, "aug", stage)].summary
-        lines.append(
-            f"- Augmentation, {stage}: memorized training {aug.memorized.value:.1%} with vs "
-            f"{plain.memorized.value:.1%} without (with is {compare(plain.memorized, aug.memorized)} without); copies "
-            f"{aug.copies.value:.1%} vs {plain.copies.value:.1%} (with is {compare(plain.copies, aug.copies)} without)."
-        )
-    lines += ["", verdict(by_key), ""]
-    note = anatomy_note(by_key)
-    if note:
-        lines += [note, ""]
-    lines += three_d_section(results, profile)
-    lines += [
-        "## How small the demo is",
-        "",
-        f"- {inputs['train'].n_patients} training subjects. Neighbouring slices of one volume are nearly the same "
-        "image, so the effective sample size is the number of subjects, not of slices: the memorized-training "
-        f"intervals resample subjects (with fewer than {MIN_RESAMPLED_GROUPS}, Wilson with the subjects as the "
-        "sample size; `python -m core scan`, the Overview and the report give the same intervals), which is why they "
-        "are wide. Read differences as indications, not as results.",
-        "- The validation subjects were scanned differently from the training subjects (other scanners, "
-        "resolutions and contrasts), so their best correlation to training, and with it the threshold, may be "
-        "lower than for a validation set from the same source; `expected FPR (copy)` is the share of real "
-        "validation slices that the threshold itself would call copies.",
-        "- The autoencoder is small (16 to 32 channels, 16x16 latents), so samples are blurred versions of what they "
-        "copy, and pixel correlation is dominated by the brain outline; the images on the Review page show both.",
-        "- The detector is small and trained on the same few slices; the README's planted-copy benchmark shows what "
-        "such detectors catch (exact, noisy and intensity-changed copies) and miss (shifted copies).",
-        "- Dar et al. trained on thousands of scans per data set; this demo shows the workflow and the direction "
-        "of effects on data anyone can rebuild, not a replication.",
-        "",
-    ]
-    if build:
-        lines += [
-            "## Build",
-            "",
-            f"`{build['command']}` took {build['total_seconds'] / 60:.1f} min on this machine "
-            f"({', '.join(f'{k.replace(chr(95), chr(32))} {v / 60:.1f} min' for k, v in build['seconds'].items())}); "
-            f"torch {build['versions'].get('torch', '?')}, monai {build['versions'].get('monai', '?')}."
-            + "".join(
-                f" The {' and '.join(f'{d}D' for d in again['dims'])} "
-                f"{'parts were' if len(again['dims']) > 1 else 'part was'} "
-                f"{'rebuilt' if again.get('retrained', True) else 'sampled and scanned again'} since with "
-                f"`{again['command']}` "
-                f"in {again['total_seconds'] / 60:.1f} min."
-                for again in build.get("rebuilds", [])
-            ),
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def augmentation_effect(by_key: dict[tuple[int, str, str], ModelResult], which: str) -> tuple[str, int]:
-    """What augmentation did to one fraction (``memorized`` or ``copies``) across the training lengths, in words,
-    and at how many lengths it lowered the fraction beyond the intervals."""
-
-    def frac(variant: str, stage: str) -> Fraction:
-        return getattr(by_key[(2, variant, stage)].summary, which)  # type: ignore[no-any-return]
-
-    n = len(STAGES)
-    lowers = sum(frac("aug", s).value < frac("noaug", s).value for s in STAGES)
-    clear = sum(compare(frac("noaug", s), frac("aug", s)).startswith("clearly lower") for s in STAGES)
-    name = "memorized fraction" if which == "memorized" else "copy fraction"
-    if clear == n:
-        text = f"a clearly lower {name} at all {n} training lengths"
-    elif lowers and not clear:
-        text = f"a lower {name} at {lowers} of {n} training lengths, never beyond the overlapping intervals"
-    elif lowers:
-        text = f"a lower {name} at {lowers} of {n} training lengths ({clear} beyond the intervals)"
-    else:
-        text = f"a lower {name} at none of the {n} training lengths"
-    return text, clear
-
-
-def verdict(by_key: dict[tuple[int, str, str], ModelResult]) -> str:
-    """One paragraph: do the demo numbers agree with Dar et al.'s two findings, and how clearly? Each comparison
-    names the fraction it is about."""
-
-    def mem(variant: str, stage: str) -> Fraction:
-        return by_key[(2, variant, stage)].summary.memorized
-
-    rises = [mem(v, "over-trained").value > mem(v, "early").value for v in VARIANTS]
-    clear_rises = [compare(mem(v, "early"), mem(v, "over-trained")).startswith("clearly higher") for v in VARIANTS]
-    if all(clear_rises):
-        training = "Over-training clearly raised the memorized fraction in both runs, as Dar et al. report"
-    elif all(rises):
-        clear = sum(clear_rises)
-        training = "Over-training raised the memorized fraction in both runs, as Dar et al. report, " + (
-            "though in neither beyond the overlapping intervals" if not clear else f"beyond the intervals in {clear}"
-        )
-    elif any(rises):
-        training = "Over-training raised the memorized fraction in one of the two runs only"
-    else:
-        training = "Over-training did not raise the memorized fraction here, unlike Dar et al.'s report"
-    (memorized, clear_m), (copies, clear_c) = (augmentation_effect(by_key, w) for w in ("memorized", "copies"))
-    if clear_m == clear_c == len(STAGES):
-        tail = ", as they report"
-    elif clear_m == clear_c == 0:
-        tail = "; on this demo augmentation's effect cannot be told from chance"
-    else:
-        tail = ""
-    return f"**In short:** {training}; augmentation gave {memorized}, and {copies}{tail}."
-
-
-def anatomy_note(by_key: dict[tuple[int, str, str], ModelResult]) -> str | None:
-    """A sentence on stages whose samples do not look like the training anatomy (too poor to judge), or None."""
-    poor = [r for r in by_key.values() if r.model.dims == 2 and r.quality is not None and r.quality < ANATOMY_FLOOR]
-    if not poor:
-        return None
-    named = [f"`{r.model.checkpoint}` ({r.quality:.2f})" for r in poor]
-    names = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-    return (
-        f"- Sample quality: the samples of {names} do not resemble any training slice (median pixel correlation of "
-        f"a sample with its nearest training slice, below {ANATOMY_FLOOR}; the Compare page shows the same measure):"
-        " they are not yet brains. Their low memorization says that these "
-        "models cannot make anatomy yet, not that stopping early prevents copying: such stages are too poor to "
-        "judge."
-    )
-
-
-def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[str]:
-    """FINDINGS.md's 3D section: each stage's sample quality beside its memorization, in sentences from the numbers."""
-    three = [r for r in results if r.model.dims == 3]
-    if not three:
-        return []
-    s = three[-1].summary
-    lines = [
-        "## 3D",
-        "",
-        f"- {s.inputs['train'].n} training volumes ({', '.join(f'`{x}`' for x in TRAIN_SUBJECTS_3D)}), "
-        f"{s.inputs['val'].n} validation volumes ({', '.join(f'`{x}`' for x in VAL_SUBJECTS_3D)}), "
-        f"{s.inputs['synthetic'].n} samples per checkpoint; one LDM ({profile.ae_epochs_3d} autoencoder epochs) saved "
-        f"after {profile.stages_3d[0]} (early) and {profile.stages_3d[1]} (over-trained) UNet epochs; copy call "
-        f"`{s.method}`, rule `{s.threshold.rule}` at percentile {_num(s.threshold.percentile, 'g')}: "
-        f"{_rule_meaning(s)}.",
-        "",
-        "| study (in the app) | checkpoint | UNet epochs | UNet loss (last 5) | sample quality | tau | memorized "
-        "training | copies among samples | nearer than any validation volume (new anatomy: about) | expected FPR "
-        "(copy) | median pixel r, copies / others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in three:
-        m = r.summary
-        lines.append(
-            f"| `{r.model.study}` | `{r.model.checkpoint}` ({r.model.stage}) | {r.model.epoch} | "
-            f"{_num(_unet_loss(r.ldm), '.4f')} | "
-            f"{_num(r.quality, '.2f')} | {m.tau:.3f} | {_frac(m.memorized)} | {_frac(m.copies)} | "
-            f"{_beyond(r.beyond)} | "
-            f"{m.expected_fpr_copy:.1%} | {_num(r.copy_pixel_corr, '.2f')} / {_num(r.novel_pixel_corr, '.2f')} |"
-        )
-    lines += ["", "Sample quality is the median pixel correlation of a sample with its nearest training volume.", ""]
-    for r in three:
-        if r.quality is None or r.quality < ANATOMY_FLOOR:
-            lines.append(
-                f"- `{r.model.checkpoint}` ({r.model.stage}): its samples do not resemble any training volume (quality "
-                f"{_num(r.quality, '.2f')}, below {ANATOMY_FLOOR}): they are not yet heads, so this stage is too poor "
-                "to judge; its copy calls say nothing about memorization."
-            )
-        else:
-            lines.append(
-                f"- `{r.model.checkpoint}` ({r.model.stage}): copies {r.summary.copies.value:.1%}, memorized training "
-                f"{r.summary.memorized.value:.1%}. " + _pixel_check(r.copy_pixel_corr) + " " + _novelty(r)
-            )
-    if len(three) == 2 and all(r.quality is not None and r.quality >= ANATOMY_FLOOR for r in three):
-        early, over = three
-        lines.append(
-            f"- Over-training: the copy fraction after {over.model.epoch} epochs ({over.summary.copies.value:.1%}) is "
-            f"{compare(early.summary.copies, over.summary.copies)} after {early.model.epoch} "
-            f"({early.summary.copies.value:.1%})."
-        )
-    lines += [
-        f"- With {s.inputs['train'].n} training volumes these numbers illustrate the 3D pipeline and are not evidence "
-        "about 3D LDMs.",
-        "",
-    ]
-    return lines
-
-
-def _rule_meaning(summary: ScanSummary) -> str:
-    """The threshold rule in words, with what it rests on (how many validation subjects)."""
-    rule = ThresholdRule(summary.threshold.rule)
-    patients = summary.inputs["val"].n_patients
-    rests = f"set on {summary.inputs['val'].n} scans of {patients} validation subjects"
-    if rule == ThresholdRule.HELDOUT_PATIENT:
-        rests += f"; with {patients} subjects the bound is wide (Student t on {patients - 1} degrees of freedom)"
-    return f"{rule.meaning}, {rests}"
-
-
-def _beyond(found: BeyondHeldout) -> str:
-    return f"{_frac(found.share)} ({found.expected:.0%})"
-
-
-def _novelty(r: ModelResult) -> str:
-    """Whether the samples that are not called copies are as new as new subjects' scans (:class:`BeyondHeldout`)."""
-    b = r.beyond
-    if not b.clearly_above_expected:
-        return (
-            f"{b.share.count} of {b.share.total} samples are nearer to a training volume than any validation volume "
-            f"is (about {b.expected:.0%} expected of new anatomy): by this measure its samples are as new as new "
-            "subjects' volumes."
-        )
-    if not r.between:
-        return ""
-    found = (
-        f"{r.between} of the {b.share.total - r.summary.copies.count} samples not called copies are nearer to a "
-        f"training volume than any validation volume is ({b.share.count} of {b.share.total} in all, 95 % CI "
-        f"{b.share.low:.0%} to {b.share.high:.0%}; samples as new as a new subject's volume would give about "
-        f"{b.expected:.0%})"
-    )
-    if r.summary.copies.count == 0:
-        return f"Yet {found}: this stage draws variations of the training heads, not new anatomy."
-    return f"{found}: they too are nearer to the training heads than new anatomy would be."
-
-
-def _pixel_check(median_r: float | None) -> str:
-    """Whether the pixel-space cross-check supports the detector's copy calls."""
-    if median_r is None:
-        return "Nothing was flagged."
-    if median_r >= 0.95:
-        return "The pixel-space cross-check supports the calls: the flagged samples reproduce their sources."
-    if median_r >= 0.8:
-        return (
-            "The pixel-space cross-check supports the calls only in part: the flagged samples resemble their sources "
-            "(a shared head outline alone correlates highly at 32^3) without reproducing them, as blurred copies "
-            "would; look at the pairs on the Review page before calling them copies."
-        )
-    return (
-        "The pixel-space cross-check does not support the calls: the flagged samples do not reproduce their sources "
-        "pixel by pixel, so treat them as unconfirmed (a threshold calibrated on three volumes is not one a scientist "
-        "could defend)."
-    )
-
-
-def write_findings(root: str | Path, profile: DemoProfile) -> Path:
-    paths = DemoPaths(Path(root))
-    atomic_write_text(paths.findings, findings_markdown(root, profile))
-    return paths.findings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -910,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"of {len(counts)} subjects -> {paths.data}"
             )
         elif args.action == "findings":
+            from tools.findings import write_findings
+
             print(f"wrote {write_findings(paths.root, profile)}")
         else:
             retrain = args.action == "all"
