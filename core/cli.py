@@ -406,12 +406,7 @@ def cmd_run_job(args: argparse.Namespace) -> None:
         raise MemoScopeError(f"job {job.id} failed: {job.error}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m core", description="MemoScope: find patient-data copies among synthetic images."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _scan_parser(sub: Any) -> None:
     p = sub.add_parser("scan", help="the whole job: detector, embeddings, search, calibrated metrics")
     p.add_argument("--ray", help="embed and verify on Ray workers: local, auto or ray://host:port (default: here)")
     p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
@@ -447,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_args(p)
     p.set_defaults(func=cmd_scan)
 
+
+def _selftest_parser(sub: Any) -> None:
     p = sub.add_parser("selftest", help="plant changed copies of the study's training scans and measure the call")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
@@ -456,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_selftest)
 
+
+def _generate_parser(sub: Any) -> None:
     p = sub.add_parser("generate", help="sample images from an LDM checkpoint")
     p.add_argument("--ray", help="fan batches out over Ray: local, auto or ray://host:port (default: run here)")
     p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster)")
@@ -487,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_generate)
 
+
+def _train_ldm_parser(sub: Any) -> None:
     p = sub.add_parser("train-ldm", help="train an autoencoder + diffusion UNet (resumes from --out)")
     p.add_argument("--data", required=True, help="training images: folder or manifest")
     p.add_argument("--out", required=True)
@@ -517,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.set_defaults(func=cmd_train_ldm)
 
+
+def _train_detector_parser(sub: Any) -> None:
     p = sub.add_parser("train-detector", help="train the contrastive copy detector")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
@@ -530,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     _detector_args(p)
     p.set_defaults(func=cmd_train_detector)
 
+
+def _embed_parser(sub: Any) -> None:
     p = sub.add_parser("embed", help="embed a folder or manifest with a detector (cached)")
     p.add_argument("--detector", required=True)
     p.add_argument("--input", required=True)
@@ -540,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.set_defaults(func=cmd_embed)
 
+
+def _import_checkpoint_parser(sub: Any) -> None:
     p = sub.add_parser(
         "import-checkpoint",
         help="import a MONAI bundle, or plain state dicts (.pt/.pth/.safetensors) with a kwargs JSON",
@@ -556,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_import)
 
+
+def _split_parser(sub: Any) -> None:
     p = sub.add_parser("split", help="write a manifest with a patient-level train/val split")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help="manifest CSV to write")
@@ -564,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_split)
 
+
+def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="the ethics-board report of a scanned study (self-contained HTML or PDF)")
     p.add_argument("--study", required=True)
     p.add_argument("--format", choices=choices(ReportFormat), default=ReportFormat.HTML.value)
@@ -571,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8, help="copy pairs shown as images (default 8)")
     p.set_defaults(func=cmd_report)
 
+
+def _release_parser(sub: Any) -> None:
     p = sub.add_parser(
         "release", help="write the synthetic samples that are not copies, with manifest, record and report"
     )
@@ -580,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-confirmed", action="store_true", help="also drop samples a reviewer marked as copies")
     p.set_defaults(func=cmd_release)
 
+
+def _upgrade_study_parser(sub: Any) -> None:
     p = sub.add_parser(
         "upgrade-study",
         help="rewrite an older study's summary.json in the current schema (numbers unchanged) and record its hash",
@@ -587,17 +602,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True)
     p.set_defaults(func=cmd_upgrade_study)
 
+
+def _verify_audit_parser(sub: Any) -> None:
     p = sub.add_parser("verify-audit", help="re-walk a study's verdict audit chain; exit 2 if any row was altered")
     p.add_argument("--study", required=True)
     p.set_defaults(func=cmd_verify_audit)
 
+
+def _run_job_parser(sub: Any) -> None:
     p = sub.add_parser("run-job", help="run a background job recorded by the app (jobs/<id>.json in a study)")
     p.add_argument("job", help="the job's JSON file")
     p.set_defaults(func=cmd_run_job)
 
+
+def _info_parser(sub: Any) -> None:
     p = sub.add_parser("info", help="show a checkpoint's config and hash")
     p.add_argument("--checkpoint", required=True)
     p.set_defaults(func=cmd_info)
+
+
+# one builder per command, in --help order
+COMMANDS = (
+    _scan_parser,
+    _selftest_parser,
+    _generate_parser,
+    _train_ldm_parser,
+    _train_detector_parser,
+    _embed_parser,
+    _import_checkpoint_parser,
+    _split_parser,
+    _report_parser,
+    _release_parser,
+    _upgrade_study_parser,
+    _verify_audit_parser,
+    _run_job_parser,
+    _info_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per builder in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="MemoScope: find patient-data copies among synthetic images."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

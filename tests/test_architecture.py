@@ -147,3 +147,19 @@ def test_record_files_are_parsed_only_by_the_module_that_owns_them() -> None:
                     offenders.append(f"{name}:{node.lineno}: json.{node.func.attr}")
         offenders += [f"{name}: {m.group(0)}" for m in RECORD_KEYS.finditer(text)]
     assert offenders == [], "parse records in their owner (RECORD_OWNERS) and pass typed records: " + str(offenders)
+
+
+LONG_FUNCTION = 60  # lines
+
+
+def test_a_long_function_in_core_says_why_it_is_one() -> None:
+    """A function of more than 60 lines in core/ states why it is one function (a paragraph starting "One
+    function:" in its docstring); otherwise it is split into stages (``run_scan`` and ``build_parser`` were)."""
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > LONG_FUNCTION and "One function:" not in (ast.get_docstring(node) or ""):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
+    assert offenders == []

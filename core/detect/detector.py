@@ -168,6 +168,9 @@ def train_detector(
     Steps: 1. seed everything; 2. each epoch, shuffle, embed each batch and its augmented
     view, minimise NT-Xent; 3. compute the validation loss with a fixed augmentation seed;
     4. keep a copy of the best weights.
+
+    One function: the epochs, the validation loss and the best-epoch checkpoint share one training state; its parts
+    (augmentation, the loss, the encoder) are built by the helpers above.
     """
     if len(train) < 2 or len(val) < 2:
         raise MemoScopeError("detector training needs at least 2 training and 2 validation images.")

@@ -247,6 +247,9 @@ def read_bundle(
         folder: the bundle folder (``configs/``, ``models/``).
         image_size: the image size, when the config states no latent shape (a list, one value per axis).
         autoencoder, unet: weight files (relative to the bundle) when ``models/`` does not make them clear.
+
+    One function: one bundle's files are read in order and each step refuses, by name, what it cannot read; split
+    up, the half-read bundle would be passed between the steps.
     """
     folder = Path(folder)
     path, data = _load_config(folder)

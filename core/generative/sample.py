@@ -328,6 +328,9 @@ def generate(config: GenerateConfig, progress: Progress = silent) -> GenerationR
 
     Writes each image atomically, ``manifest.csv`` (path, patient_id, split, index, seed) and
     ``generation.json`` (checkpoint hash, settings, versions) after every batch.
+
+    One function: the resume checks, the batches and the manifest rewritten after every batch share one generation
+    record.
     """
     given = conditioning_values(config.n, config.seed, config.conditioning, config.condition)
     check_against_model(given, read_config(config.checkpoint).conditioning, config.checkpoint)  # before any work

@@ -128,6 +128,9 @@ def train_ldm(
 
     Returns:
         The ``last`` checkpoint folder.
+
+    One function: the autoencoder and UNet phases share the optimizers, the schedule and the resumable state saved
+    every epoch.
     """
     out = Path(out)
     dims = images.spec.spatial_dims

@@ -57,7 +57,11 @@ def caveats(
     """The caveats that apply to a study judged at ``metrics.threshold`` (see the module docstring); ``beyond``
     (:func:`core.study.review.nearer_than_heldout`) adds the one about samples between the held-out scores and tau,
     ``diagnostics`` (:func:`core.study.review.diagnostics_at`, at the same tau) those about where tau sits in the
-    synthetic scores."""
+    synthetic scores.
+
+    One function: a flat list of independent checks of a few lines each, kept together in the order the pages show
+    them.
+    """
     found: list[Caveat] = []
     tau = metrics.threshold.value
     if metrics.expected_fpr_copy > HIGH_FPR:

@@ -141,6 +141,9 @@ def release(
     A sample is removed when its nearest training similarity is above the threshold (the scan's,
     unless given) or, with ``exclude_confirmed``, when any reviewer marked its pair a copy.
     Refuses a non-empty ``out``; writes everything into a temporary folder renamed at the end.
+
+    One function: the staged release folder is written in order (samples, manifest, record, report) inside one
+    atomic rename.
     """
     study, out = Path(study), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -210,6 +210,8 @@ def conclusion(metrics: MemorizationMetrics, n_confirmed: int, warned: frozenset
 
     ``warned``: the keys of the study's caveats; when the samples are not anatomy yet, or the pixels do not confirm
     the flagged pairs, the flags are reported as unconfirmed, not as copies of patient data.
+
+    One function: the conclusion's sentences, in the order a board reads them.
     """
     copies, mem, fpr = metrics.copies, metrics.memorized, metrics.expected_fpr_copy
     if CaveatKey.NOT_ANATOMY in warned:
@@ -281,6 +283,8 @@ def build_report(
 
     ``threshold``: the threshold the report judges at (default: the study's, saved or the scan's).
     ``release_note``: for a report written with a release, what the release did (kept, removed, its threshold).
+
+    One function: the report's HTML in one template, in reading order; each section is computed by a helper above.
     """
     if top < 0:
         raise MemoScopeError(f"--top {top}: the number of copy pairs shown as images must be 0 or more.")

@@ -121,7 +121,11 @@ def _split_patients(patients: list[str], seed: int, calibrate: int = 1) -> tuple
 
 
 def run_selftest(config: SelfTestConfig, progress: Progress = silent) -> SelfTest:
-    """Run the self-test on a scanned study and write ``selftest.json`` into it."""
+    """Run the self-test on a scanned study and write ``selftest.json`` into it.
+
+    One function: planting, embedding and calling share the split of the validation patients into calibration and
+    planting halves.
+    """
     from sklearn.metrics import roc_auc_score
 
     from core.detect.detector import embed, load_detector
