@@ -184,13 +184,13 @@ row = rows[index]
 pair = row.pair
 current = mine.get(row.key)
 if reviewer:
-    for label, value, key in (("Copy", "copy", "y"), ("Not a copy", "not_copy", "n"), ("Unsure", "unsure", "u")):
+    for value in verdicts.Verdict:
         if bar.button(
-            f"{label} ({key})",
+            f"{value.label} ({value.shortcut})",
             key=f"verdict_{value}",
-            shortcut=key,
+            shortcut=value.shortcut,
             type="primary" if current is not None and current.verdict == value else "secondary",
-            help=f"record '{label}' as {reviewer}",
+            help=f"record '{value.label}' as {reviewer}",
             width="content",
         ):
             note = st.session_state.get(f"note::{sel_key}::{index}", current.note if current else "")

@@ -36,6 +36,16 @@ class Verdict(StrEnum):
     NOT_COPY = "not_copy"
     UNSURE = "unsure"
 
+    @property
+    def label(self) -> str:
+        """As a reviewer reads it (buttons, tables)."""
+        return {Verdict.COPY: "Copy", Verdict.NOT_COPY: "Not a copy", Verdict.UNSURE: "Unsure"}[self]
+
+    @property
+    def shortcut(self) -> str:
+        """The Review page's key for it."""
+        return {Verdict.COPY: "y", Verdict.NOT_COPY: "n", Verdict.UNSURE: "u"}[self]
+
 
 class ReviewMode(StrEnum):
     """How the pair was shown: the open work list, or the blinded check (no similarity, no call, random order)."""
