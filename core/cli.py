@@ -21,6 +21,7 @@ from core.detect.verify import MatchMethod
 from core.generative.ldm import SchedulerName
 from core.generative.sample import ImageFormat
 from core.io.augment import AugmentPolicy
+from core.io.discover import Role
 from core.io.load import SliceAxis
 from core.io.patients import HELP as PATIENTS_HELP
 from core.io.preprocessing import IntensityRule, ResizeMode
@@ -187,7 +188,7 @@ def cmd_train_ldm(args: argparse.Namespace) -> None:
     resolve_device(args.device or "auto")  # a missing GPU is reported before the data loads
     spec = PreprocessSpec.from_options(vars(args))
     networks = networks_config(args.networks, spec.spatial_dims, spec.spatial_size) if args.networks else None
-    images = load_set(args.data, spec, role="train", slices=args.slices, skip_bad=args.skip_bad)
+    images = load_set(args.data, spec, role=Role.TRAIN, slices=args.slices, skip_bad=args.skip_bad)
     cfg = TrainLDMConfig.from_dict({**_options(args, *(set(vars(args)) - set(TRAIN_LDM_FLAGS))), "notes": args.note})
     bars = StageBars()
     last = train_ldm(images, args.out, cfg, networks, progress=bars)

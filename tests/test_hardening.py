@@ -328,7 +328,7 @@ def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothi
     written. (The disk fills where the release copies its third sample and where the report is written.)"""
     import errno
 
-    from core.study import report
+    from core.study import release, report
 
     study = _scan(tmp_path, _synthetic(tmp_path), capsys)
     copies = []
@@ -342,7 +342,7 @@ def test_a_full_disk_during_release_or_report_is_a_clear_error_that_leaves_nothi
     def write_nothing(path: object, text: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(report.shutil, "copy2", copy_until_full)
+    monkeypatch.setattr(release.shutil, "copy2", copy_until_full)
     assert main(["release", "--study", str(study), "--out", str(tmp_path / "rel"), "--threshold", "1"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device; free space" in err and "Traceback" not in err

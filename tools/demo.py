@@ -41,6 +41,7 @@ from core.detect.detector import TrainDetectorConfig, train_from_sources
 from core.generative.ldm import networks_config
 from core.generative.sample import GenerateConfig, generate, to_uint16
 from core.generative.train import TrainLDMConfig, train_ldm
+from core.io.discover import Role
 from core.io.load import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
@@ -311,7 +312,7 @@ def _rel(path: Path, root: Path) -> str:
 def _train_ldm(manifest: Path, out: Path, dims: int, networks: Path, options: dict[str, Any]) -> None:
     spec = PreprocessSpec.for_dims(dims)
     logger.info("train-ldm %s -> %s", manifest, out)
-    images = load_set(manifest, spec, role="train")
+    images = load_set(manifest, spec, role=Role.TRAIN)
     config = TrainLDMConfig.from_dict({"seed": 0, **options})
     train_ldm(images, out, config, networks_config(networks, dims, spec.spatial_size), progress=logged(logger, silent))
 

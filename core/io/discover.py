@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from core.common.errors import MemoScopeError
 from core.common.tables import unescape_cell
@@ -17,7 +17,14 @@ from core.io.patients import PatientGrouping, PatientRule, assign_patients, fold
 from core.io.readers import SUFFIXES
 from core.io.records import ImageRecord, canonical_patient
 
-Role = Literal["train", "val", "synthetic"]
+
+class Role(StrEnum):
+    """What a set is to a scan: the generator's training scans, held-out real scans, or its samples."""
+
+    TRAIN = "train"
+    VAL = "val"
+    SYNTHETIC = "synthetic"
+
 
 _ROLE_NAMES: dict[str, set[str]] = {
     "train": {"train", "training"},

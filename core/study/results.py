@@ -36,7 +36,7 @@ from core.detect.record import DetectorConfig
 from core.detect.resemblance import PatientResemblance
 from core.detect.search import SearchReport
 from core.detect.verify import Alignment, MatchMethod, VerifyConfig
-from core.io.discover import discover
+from core.io.discover import Role, discover
 from core.io.load import SLICE_MARK, SkippedFile
 from core.io.patients import PatientGrouping
 from core.io.preprocessing import PreprocessSpec
@@ -50,7 +50,7 @@ NEIGHBORS = "neighbors.npz"
 PATIENTS = "patients.csv"
 EMBEDDINGS = "embeddings"
 DETECTOR = "detector"
-ROLES = ("train", "val", "synthetic")
+ROLES = tuple(Role)  # in the order a scan loads them
 NOTES = (
     "Intervals resample training patients (memorized) and generated volumes (copies, when the samples are their "
     "slices), otherwise samples, with the threshold held fixed; they omit calibration uncertainty.",
@@ -697,7 +697,7 @@ def upgrade_study(folder: str | Path) -> bool:
     return True
 
 
-HASHED_ROLES = ("train", "synthetic")
+HASHED_ROLES = (Role.TRAIN, Role.SYNTHETIC)
 
 
 def file_hashes(source: str | Path, role: str | None = None) -> dict[str, str]:

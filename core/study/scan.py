@@ -37,7 +37,7 @@ from core.detect.resemblance import PatientResemblance, nearest_patients, patien
 from core.detect.search import NeighborTables, SearchConfig, SearchReport, search_all
 from core.detect.verify import MatchMethod, Verified, Verifier, VerifyConfig, verify_tables
 from core.generative.sample import generation_records
-from core.io.discover import discover, discover_patients
+from core.io.discover import Role, discover, discover_patients
 from core.io.headers import largest_side
 from core.io.load import SLICE_AXES, ImageSet, SliceAxis, load_set, source_of
 from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_message
@@ -232,12 +232,12 @@ def verification_spec(config: ScanConfig, spec: PreprocessSpec) -> PreprocessSpe
     if config.slices is not None:
         axes = tuple(a for a in range(3) if a != SLICE_AXES[config.slices])
     sides = {
-        role: largest_side(discover(getattr(config, role), role if role != "synthetic" else None), axes)  # type: ignore[arg-type]
+        role: largest_side(discover(getattr(config, role), role if role != Role.SYNTHETIC else None), axes)
         for role in results.ROLES
     }
     # never finer than the synthetic samples: an LDM's 64 px samples upsampled onto 256 px training scans would lose
     # to their own source the detail they never had, and copies would score low
-    native = min(max(sides["train"], sides["val"]), sides["synthetic"])
+    native = min(max(sides[Role.TRAIN], sides[Role.VAL]), sides[Role.SYNTHETIC])
     embedding = max(spec.spatial_size)
     side = config.verify.grid_side(spec.spatial_dims, embedding, native)
     if side <= embedding:
