@@ -128,6 +128,13 @@ def test_review_3d_has_three_synchronised_planes(monkeypatch: pytest.MonkeyPatch
     at.radio(key="compare_mode_3d").set_value("flicker").run()
     _ok(at)
     assert at.slider(key="slice_axial").value == 3
+    # a plane's position survives being hidden (it once fell back to the middle)
+    at.selectbox(key="plane_3d").set_value("coronal").run()
+    at.slider(key="slice_coronal").set_value(4).run()
+    at.selectbox(key="plane_3d").set_value("axial").run()
+    at.selectbox(key="plane_3d").set_value("coronal").run()
+    _ok(at)
+    assert at.slider(key="slice_coronal").value == 4
 
 
 @needs_demo
@@ -320,6 +327,11 @@ def test_a_saved_threshold_sticks_across_pages(tmp_path: Path, monkeypatch: pyte
     assert any("saved by Dr Ada" in c.value for c in at.caption)
     at.switch_page("views/calibrate.py").run()
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"  # Calibrate starts from it
+    # passing through "fixed" keeps the percentile (the slider once fell back to 50 when drawn again)
+    at.radio(key=f"rule::{study}").set_value("fixed").run()
+    at.radio(key=f"rule::{study}").set_value(saved.rule).run()
+    assert at.slider(key=f"pct::{study}").value == 85.0
+    assert {m.label: m.value for m in at.metric}["Threshold"] == f"{tau:.3f}"
     # ways back after trying thresholds (there was none): the scan's own threshold, then the saved one
     at.radio(key=f"rule::{study}").set_value("fixed").run()
     at.slider(key=f"fixed::{study}").set_value(0.2).run()

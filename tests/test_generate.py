@@ -122,3 +122,14 @@ def test_a_compiled_denoiser_draws_the_same_samples(checkpoint_2d: Path, tmp_pat
     written = np.stack([np.load(out / f"sample_{i:06d}.npy") for i in range(3)])
     eager = sample(load_ldm(checkpoint_2d), [sample_seed(0, i) for i in range(3)], 3)
     np.testing.assert_allclose(written.reshape(eager.shape), eager, atol=1e-4)
+
+
+def test_a_generation_record_with_a_wrong_field_is_a_clear_error(tmp_path: Path) -> None:
+    """A hand-edited generation.json whose n is not a number is named, not a traceback; the conditioning strata
+    then read as none (they are optional), as they did before the record was typed."""
+    from core.common.errors import MemoScopeError
+    from core.generative.sample import RECORD, read_generation
+
+    (tmp_path / RECORD).write_text('{"n": "many", "checkpoint_hash": "abc"}')
+    with pytest.raises(MemoScopeError, match=r"generation.json: a field of the generation record"):
+        read_generation(tmp_path)

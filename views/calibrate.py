@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import streamlit as st
 
@@ -49,14 +51,25 @@ def save_form(rule: str, percentile: float | None, tau: float) -> None:
 RULE, PCT, FIXED = f"rule::{study}", f"pct::{study}", f"fixed::{study}"
 
 
+def _set(key: str, value: object) -> None:
+    """A control's value and its copy: Streamlit forgets a widget's value in a run that does not draw it (the
+    percentile slider while the rule is fixed), so each slider starts from the copy when drawn again."""
+    st.session_state[key] = st.session_state[f"{key}::kept"] = value
+
+
+def _restore(key: str) -> None:
+    if key not in st.session_state and f"{key}::kept" in st.session_state:
+        st.session_state[key] = st.session_state[f"{key}::kept"]
+
+
 def show_threshold(rule: str, percentile: float | None, value: float) -> None:
     """Put the controls at a threshold (widget callback: runs before the widgets are drawn again)."""
-    st.session_state[RULE] = str(rule)
-    st.session_state[PCT] = float(percentile or summary.threshold.percentile or 95.0)
-    st.session_state[FIXED] = float(value)
+    _set(RULE, str(rule))
+    _set(PCT, float(percentile or summary.threshold.percentile or 95.0))
+    _set(FIXED, float(value))
 
 
-if RULE not in st.session_state:  # the controls start at the study threshold
+if RULE not in st.session_state:  # entering the page: the controls start at the study threshold
     show_threshold(saved.rule, saved.percentile, saved.value)
 
 
@@ -85,6 +98,8 @@ def reset_buttons(rule: str, tau: float) -> None:
 @st.fragment
 def controls() -> None:
     rule_col, value_col = st.columns([1, 2])
+    for key in (RULE, PCT, FIXED):
+        _restore(key)
     rule = rule_col.radio(
         "Rule",
         choices(ThresholdRule),
@@ -92,16 +107,20 @@ def controls() -> None:
         key=RULE,
         help=rule_help(),  # every rule and what it does, from the rules table
     )
+    st.session_state[f"{RULE}::kept"] = rule
     if rule == "fixed":
         tau = value_col.slider("Threshold", -1.0, 1.0, step=0.001, key=FIXED)
+        st.session_state[f"{FIXED}::kept"] = tau
         percentile = None
         note = "fixed by hand"
     else:
         percentile = value_col.slider("Percentile", 50.0, 99.9, step=0.1, key=PCT)
+        st.session_state[f"{PCT}::kept"] = percentile
         try:
             tau = cal.threshold(rule, percentile).value
         except MemoScopeError as exc:
             st.error(str(exc))
+            reset_buttons(rule, math.nan)  # a way back from a rule this study cannot use
             return
         note = f"{rule} rule at the {percentile:g}th percentile"
     save_form(rule, percentile, tau)

@@ -183,6 +183,14 @@ to_url(PAIR, index + 1)
 row = rows[index]
 pair = row.pair
 current = mine.get(row.key)
+synthetic = images(str(study), summary.finished_at, "synthetic")
+train = images(str(study), summary.finished_at, "train")
+spec = summary.preprocessing
+syn_index = {s: i for i, s in enumerate(synthetic.ids)}
+train_index = {s: i for i, s in enumerate(train.ids)}
+if pair.synthetic_id not in syn_index or pair.train_id not in train_index:
+    st.error("The images of this pair are no longer where the scan found them; rescan the study.")
+    st.stop()  # before the verdict buttons: a pair whose images cannot be shown cannot be judged
 if reviewer:
     for value in verdicts.Verdict:
         if bar.button(
@@ -231,14 +239,6 @@ st.caption(
 if generated_with := _ui.conditioning_text(study, pair.synthetic_id):
     st.caption(generated_with)
 
-synthetic = images(str(study), summary.finished_at, "synthetic")
-train = images(str(study), summary.finished_at, "train")
-spec = summary.preprocessing
-syn_index = {s: i for i, s in enumerate(synthetic.ids)}
-train_index = {s: i for i, s in enumerate(train.ids)}
-if pair.synthetic_id not in syn_index or pair.train_id not in train_index:
-    st.error("The images of this pair are no longer where the scan found them; rescan the study.")
-    st.stop()
 training_image = train.images[train_index[pair.train_id], 0]
 if (
     pair.alignment is not None
@@ -369,8 +369,8 @@ def viewer_3d() -> None:
         if plane in planes:
             position[plane] = sliders[planes.index(plane)].slider(f"{plane} slice", 0, n - 1, key=f"slice_{plane}")
             to_url(plane, position[plane])
-        else:  # not drawn: where the URL (or the middle) says, for the crosshair of the shown planes
-            position[plane] = int(st.session_state[f"slice_{plane}"])
+        else:  # not drawn: where the URL (or the middle) says; no entry left behind that would later outrank the URL
+            position[plane] = int(st.session_state.pop(f"slice_{plane}"))
     cross = len(planes) > 1 and st.toggle(
         "Crosshair", value=True, key="crosshair", help="Where the other two planes cut each plane"
     )

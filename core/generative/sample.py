@@ -314,7 +314,10 @@ def read_generation(path: str | Path) -> GenerationRecord:
         raise MemoScopeError(f"{path}: not a readable generation record ({exc}).") from exc
     if not isinstance(data, dict):
         raise MemoScopeError(f"{path}: a generation record is a JSON object.")
-    return GenerationRecord.of(data)
+    try:
+        return GenerationRecord.of(data)
+    except (TypeError, ValueError) as exc:
+        raise MemoScopeError(f"{path}: a field of the generation record has the wrong type ({exc}).") from exc
 
 
 def generation_records(source: str | Path) -> list[GenerationRecord]:

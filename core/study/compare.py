@@ -170,7 +170,10 @@ def _training(checkpoint: str | None) -> tuple[int | None, bool | None]:
     """UNet epochs and augmentation from the checkpoint's provenance, when the checkpoint is at hand."""
     if not checkpoint or not (Path(checkpoint) / CONFIG_NAME).is_file():
         return None, None
-    training = read_config(checkpoint).training
+    try:
+        training = read_config(checkpoint).training
+    except MemoScopeError:  # the training columns are optional: a checkpoint this version cannot read leaves them empty
+        return None, None
     return training.unet_epochs, training.augment
 
 

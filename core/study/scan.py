@@ -535,14 +535,17 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
             config, loaded, embedded, matched, calibrated, detector, stage, laps, scan_id, device, precision, progress
         )
         results.commit_scan(study.path, stage, summary)
-        study.set_inputs(
-            train=config.train,
-            val=config.val,
-            synthetic=config.synthetic,
-            patients=config.patients,
-            detector=summary.detector.path,
-            checkpoint=summary.checkpoint,
-        )
+        try:  # the results are committed: a study.json this version cannot read is said, not a failed scan
+            study.set_inputs(
+                train=config.train,
+                val=config.val,
+                synthetic=config.synthetic,
+                patients=config.patients,
+                detector=summary.detector.path,
+                checkpoint=summary.checkpoint,
+            )
+        except MemoScopeError as exc:
+            logger.warning("the scan is complete, but its inputs were not recorded in study.json: %s", exc)
         record.update(summary.to_dict())
     threshold, metrics = calibrated.threshold, calibrated.metrics
     message = (
