@@ -109,6 +109,7 @@ def test_pages_never_read_study_files() -> None:
 # hands everyone else a typed record (StudyInputs, ScanSummary, ReleaseRecord, GenerationRecord, LDMConfig and its
 # TrainingRecord, DetectorRecord, SelfTest, Job, the audit). Nobody else parses those files or reads their keys.
 RECORD_OWNERS = {
+    "core/common/provenance.py": "read_json_record, the one JSON reader the owners below call",
     "core/generative/sample.py": "generation.json (GenerationRecord)",
     "core/generative/ldm.py": "ldm.json, weight checksums, --networks overrides (LDMConfig, TrainingRecord)",
     "core/generative/bundle.py": "a MONAI bundle's configs (read as data, never run)",

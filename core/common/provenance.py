@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from core.common.errors import MemoScopeError
+
 _CHUNK = 1 << 20
 
 
@@ -110,6 +112,18 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(target: str | os.PathLike[str], value: Any) -> None:
     """Write a JSON document (indented, sorted keys) to ``target`` atomically."""
     atomic_write_text(target, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json_record(path: str | os.PathLike[str], what: str, remedy: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``; an unreadable file, bad JSON or another JSON value is an error that names the
+    file, ``what`` it should hold and the ``remedy`` (the counterpart of :func:`atomic_write_json`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MemoScopeError(f"{path}: not a readable {what} ({exc}){'; ' + remedy if remedy else ''}.") from exc
+    if not isinstance(data, dict):
+        raise MemoScopeError(f"{path}: a {what} is a JSON object{'; ' + remedy if remedy else ''}.")
+    return data
 
 
 def _remove_orphans(target: Path) -> None:

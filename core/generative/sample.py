@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from core.common.config import Config, check_range
 from core.common.devices import Precision, device_description, resolve_device
 from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
-from core.common.provenance import atomic_path, atomic_write_json, now_utc, versions
+from core.common.provenance import atomic_path, atomic_write_json, now_utc, read_json_record, versions
 from core.common.tables import write_csv
 from core.generative.conditioning import Conditioning, check_against_model, conditioning_values
 from core.generative.ldm import LDM, SchedulerName, build_scheduler, load_ldm, read_config
@@ -308,12 +307,7 @@ def read_generation(path: str | Path) -> GenerationRecord:
     """The record at ``path`` (a ``generation.json``, or the folder holding one)."""
     path = Path(path)
     path = path / RECORD if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MemoScopeError(f"{path}: not a readable generation record ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise MemoScopeError(f"{path}: a generation record is a JSON object.")
+    data = read_json_record(path, "generation record")
     try:
         return GenerationRecord.of(data)
     except (TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.common.config import Config
 from core.common.errors import MemoScopeError
-from core.common.provenance import atomic_dir, atomic_write_text, now_utc, sha256_file, versions
+from core.common.provenance import atomic_dir, atomic_write_text, now_utc, read_json_record, sha256_file, versions
 from core.common.tables import write_csv
 from core.io.discover import discover
 from core.study import verdicts
@@ -52,11 +52,7 @@ class ReleaseRecord(Config):
 def read_release_record(folder: str | Path) -> ReleaseRecord:
     """The record of the release in ``folder`` (refuses unknown or missing fields by name)."""
     path = Path(folder) / RELEASE_RECORD
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MemoScopeError(f"{path}: cannot read the release record ({exc}).") from exc
-    return ReleaseRecord.from_dict(data, source=str(path))
+    return ReleaseRecord.from_dict(read_json_record(path, "release record"), source=str(path))
 
 
 @dataclass(frozen=True)

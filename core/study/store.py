@@ -18,7 +18,7 @@ from core.common.config import Config
 from core.common.errors import MemoScopeError
 from core.common.home import user_home
 from core.common.processes import process_alive
-from core.common.provenance import atomic_write_json, atomic_write_text, now_utc
+from core.common.provenance import atomic_write_json, atomic_write_text, now_utc, read_json_record
 from core.io.discover import discover, discover_patients
 from core.io.patients import PatientGrouping, doubt_message
 from core.io.splits import check_record_leaks
@@ -116,10 +116,7 @@ class Study:
         path = self.path / STUDY_FILE
         if not path.is_file():
             return StudyInputs()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MemoScopeError(f"{path}: not readable as the study's inputs ({exc}); fix or delete it.") from exc
+        data = read_json_record(path, "record of the study's inputs", "fix or delete it")
         return StudyInputs.from_dict(data, source=str(path))
 
     def set_inputs(self, **changes: Any) -> StudyInputs:
