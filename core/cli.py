@@ -48,7 +48,15 @@ def _spec_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _detector_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--detector-epochs", type=int, help="detector training epochs (default 100)")
+    parser.add_argument(
+        "--detector-epochs", type=int, help="detector training epochs at most (default 100; see --detector-steps)"
+    )
+    parser.add_argument(
+        "--detector-steps",
+        type=int,
+        help="detector training budget in optimizer steps (default 1000): training stops at the epochs or the "
+        "steps, whichever come first, or earlier when the validation loss stops improving",
+    )
     parser.add_argument(
         "--augmentation", choices=choices(AugmentPolicy), help="detector augmentation policy (default strong)"
     )
@@ -66,6 +74,7 @@ def _options(args: argparse.Namespace, *skip: str) -> dict[str, Any]:
 def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
         "epochs": args.detector_epochs,
+        "max_steps": args.detector_steps,
         "augmentation": args.augmentation,
         "arch": args.arch,
         "batch_size": args.batch_size,
@@ -73,7 +82,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-DETECTOR_FLAGS = ("detector_epochs", "augmentation", "arch", "batch_size")
+DETECTOR_FLAGS = ("detector_epochs", "detector_steps", "augmentation", "arch", "batch_size")
 VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift", "max_scale", "max_size")
 
 
@@ -204,7 +213,8 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
     bars = StageBars()
     detector = train_from_sources(config_from_options(TrainDetectorConfig, options), progress=bars)
     bars.close()
-    print(f"detector {args.out} (best epoch {detector.best_epoch + 1}, sha256 {detector.detector_hash[:12]})")
+    best = detector.history[detector.best_epoch] if detector.history else {}
+    print(f"detector {args.out} (kept step {best.get('step', '?')}, sha256 {detector.detector_hash[:12]})")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.detect.detector as detector_module
 from core.common.errors import MemoScopeError
 from core.detect.detector import (
     DetectorConfig,
@@ -17,6 +18,7 @@ from core.detect.detector import (
     load_detector,
     save_detector,
     train_detector,
+    training_schedule,
 )
 from core.io.load import ImageSet
 from core.io.preprocessing import PreprocessSpec
@@ -55,6 +57,49 @@ def _set(n: int, seed: int) -> ImageSet:
     )
 
 
+def test_the_training_budget_bounds_the_steps_whatever_the_set_size() -> None:
+    """Epochs or max_steps, whichever is fewer; a long epoch is split so the validation loss is still taken about
+    `evaluations` times; the demo's 147 images x 100 epochs keep their once-per-epoch schedule."""
+    config = DetectorConfig.for_dims(2, [64, 64])
+    assert (config.max_steps, config.evaluations) == (1000, 100)
+    demo = training_schedule(147, config)
+    assert (demo.per_epoch, demo.steps, demo.period, demo.periods, demo.patience) == (5, 500, 5, 100, 30)
+    for n in (1_000, 16_000, 100_000, 1_000_000):
+        schedule = training_schedule(n, config)
+        assert schedule.steps == config.max_steps and schedule.periods == config.evaluations, n
+    assert training_schedule(16_000, config).period == 10
+    assert training_schedule(33, config.replace(epochs=1)).steps == 1  # a last batch of one image has no negatives
+    assert training_schedule(34, config.replace(epochs=1)).steps == 2
+    assert training_schedule(147, config.replace(stop_after=0.0)).patience == 0
+
+
+def test_training_stops_at_the_budget_or_early_and_records_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = DetectorConfig.for_dims(
+        2, [16, 16], arch="convres", embed_dim=16, epochs=50, batch_size=4, max_steps=7, evaluations=7, stop_after=0
+    )
+    train, val = _set(16, 0), _set(8, 1)
+    detector = train_detector(train, val, config)
+    assert [h["step"] for h in detector.history] == list(range(1, 8))  # 7 steps, not 50 epochs x 4
+    assert detector.provenance["schedule"] == {
+        "steps_planned": 7,
+        "steps_trained": 7,
+        "steps_per_epoch": 4,
+        "evaluation_every": 1,
+        "stopped_early": False,
+    }
+    # a validation loss that only rises after the first evaluation: training stops after patience = ceil(0.3 * 20)
+    # = 6 further evaluations and keeps the first evaluation's weights
+    rising = iter(np.arange(100.0))
+    monkeypatch.setattr(detector_module, "validation_loss", lambda *a, **k: float(next(rising)))
+    frozen = train_detector(train, val, config.replace(max_steps=20, evaluations=20, stop_after=0.3))
+    assert frozen.provenance["schedule"]["stopped_early"] and frozen.provenance["schedule"]["steps_trained"] == 7
+    assert frozen.best_epoch == 0 and len(frozen.history) == 7
+    # without early stopping it runs the whole budget
+    rising = iter(np.arange(100.0))
+    longer = train_detector(train, val, config.replace(max_steps=20, evaluations=20, stop_after=0))
+    assert longer.provenance["schedule"]["steps_trained"] == 20 and longer.best_epoch == 0
+
+
 def test_train_save_load_and_cached_embeddings(tmp_path: Path) -> None:
     config = DetectorConfig.for_dims(
         2,
@@ -67,7 +112,9 @@ def test_train_save_load_and_cached_embeddings(tmp_path: Path) -> None:
     )
     train, val = _set(16, 0), _set(8, 1)
     detector = train_detector(train, val, config)
-    assert len(detector.history) == 3 and detector.best_epoch == int(
+    schedule = training_schedule(len(train), config)
+    assert (schedule.per_epoch, schedule.steps, schedule.period) == (2, 6, 1)  # 3 short epochs: evaluated every step
+    assert len(detector.history) == 6 and detector.best_epoch == int(
         np.argmin([h["val_loss"] for h in detector.history])
     )
     again = train_detector(train, val, config)

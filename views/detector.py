@@ -45,15 +45,23 @@ archs = list(choices(Arch)) if dims == 2 else [Arch.CONVRES.value, Arch.RESNET18
 policies = list(choices(AugmentPolicy))
 train_tab, load_tab = st.tabs(["Train a detector", "Use an existing detector"])
 with train_tab, st.form("train_detector"):
-    cols = st.columns(4)
+    cols = st.columns(5)
     arch = cols[0].selectbox(
         "Encoder", archs, index=archs.index(current.arch) if current and current.arch in archs else 0
     )
-    epochs = cols[1].number_input("Epochs", 1, 1000, current.epochs if current else 100)
-    augmentation = cols[2].selectbox(
+    epochs = cols[1].number_input("Epochs (at most)", 1, 1000, current.epochs if current else 100)
+    steps = cols[2].number_input(
+        "Steps (at most)",
+        1,
+        1_000_000,
+        current.max_steps if current else 1000,
+        help="The training budget in optimizer steps: training stops at the epochs or the steps, whichever come "
+        "first, or earlier when the validation loss has stopped improving.",
+    )
+    augmentation = cols[3].selectbox(
         "Augmentation", policies, index=policies.index(current.augmentation if current else "strong")
     )
-    seed = cols[3].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
+    seed = cols[4].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
     compute = _ui.compute_inputs("train_detector")
     if st.form_submit_button("Train", disabled=not (train and val)):
         out = str(study / results.DETECTOR)
@@ -70,7 +78,12 @@ with train_tab, st.form("train_detector"):
                 "seed": int(seed),
                 "out": out,
                 "overwrite": True,
-                "overrides": {"arch": arch, "epochs": int(epochs), "augmentation": augmentation},
+                "overrides": {
+                    "arch": arch,
+                    "epochs": int(epochs),
+                    "max_steps": int(steps),
+                    "augmentation": augmentation,
+                },
                 **compute,
             },
         ):
@@ -91,16 +104,21 @@ _ui.job_panel(study, "train-detector")
 if record is not None:
     history = record.history
     st.subheader("Training and validation loss (NT-Xent)")
+    by_step = bool(history) and all("step" in h for h in history)  # detectors trained before step budgets: epochs
+    unit = "step" if by_step else "epoch"
+    x = [h["step"] if by_step else h["epoch"] + 1 for h in history]
+    kept = x[record.best_epoch] if 0 <= record.best_epoch < len(x) else None
     if history:
         fig = go.Figure()
         for key, name in (("train_loss", "training"), ("val_loss", "validation")):
-            fig.add_scatter(x=[h["epoch"] + 1 for h in history], y=[h[key] for h in history], mode="lines", name=name)
-        fig.add_vline(x=record.best_epoch + 1, line_dash="dot", annotation_text="kept (best validation)")
-        fig.update_layout(xaxis_title="epoch", yaxis_title="loss", height=320, margin=dict(t=30, b=40))
+            fig.add_scatter(x=x, y=[h[key] for h in history], mode="lines", name=name)
+        if kept is not None:
+            fig.add_vline(x=kept, line_dash="dot", annotation_text="kept (best validation)")
+        fig.update_layout(xaxis_title=unit, yaxis_title="loss", height=320, margin=dict(t=30, b=40))
         st.plotly_chart(fig, key="loss_curve")
     st.caption(
         f"{_ui.code(record.folder)}: {record.config.arch} -> {record.config.embed_dim}, "
-        f"{record.config.augmentation} augmentation, best epoch {record.best_epoch + 1}"
+        f"{record.config.augmentation} augmentation, kept the weights of {unit} {kept}"
     )
 
 st.subheader("Embed all sets and scan")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,47 +107,144 @@ class Detector:
     detector_hash: str = ""
 
 
-def _epoch_loss(
+@dataclass(frozen=True)
+class Schedule:
+    """How long a detector trains on a set and when its validation loss is taken (see :class:`DetectorConfig`).
+
+    Attributes:
+        per_epoch: optimizer steps in one pass over the training set (a last batch of one image is skipped: it
+            has no negatives).
+        steps: steps planned: ``epochs`` epochs or ``max_steps``, whichever is fewer.
+        period: steps between two validation losses (and two learning-rate updates): one epoch, or
+            ``steps // evaluations`` when that is sooner.
+        patience: evaluations without a better validation loss after which training stops (0: never).
+    """
+
+    per_epoch: int
+    steps: int
+    period: int
+    patience: int
+
+    @property
+    def periods(self) -> int:
+        return math.ceil(self.steps / self.period)
+
+
+def training_schedule(n_train: int, config: DetectorConfig) -> Schedule:
+    """The schedule of ``config`` on ``n_train`` images: its cost is at most ``max_steps`` steps of ``batch_size``
+    images, whatever ``n_train``."""
+    full, rest = divmod(n_train, config.batch_size)
+    per_epoch = max(1, full + (rest >= 2))
+    steps = min(config.epochs * per_epoch, config.max_steps)
+    period = max(1, min(per_epoch, steps // config.evaluations))
+    periods = math.ceil(steps / period)
+    patience = math.ceil(config.stop_after * periods) if config.stop_after > 0 else 0
+    return Schedule(per_epoch, steps, period, patience)
+
+
+def batch_stream(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[npt.NDArray[np.int64]]:
+    """Shuffled batches of ``range(n)``, epoch after epoch, without end (one reshuffle per epoch; a last batch of
+    one image is skipped: it has no negatives)."""
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) >= 2:
+                yield idx
+
+
+def _views(batch: torch.Tensor, transform: Compose, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch on ``device`` and its augmented views. MONAI's transforms run on the batch's device; their random
+    draws stay on the CPU, so a seed augments alike everywhere."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()  # lets the copy overlap with the work already queued on the GPU
+    batch = batch.to(device, non_blocking=True)
+    return batch, augment_batch(transform, batch)
+
+
+def train_step(
     model: nn.Module,
-    images: torch.Tensor,
-    order: npt.NDArray[np.int64],
+    batch: torch.Tensor,
     transform: Compose,
     loss_fn: NTXentLoss,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: torch.optim.Optimizer,
     device: torch.device,
     precision: str = Precision.FP32,
     scaler: torch.amp.GradScaler | None = None,
 ) -> float:
+    """One optimizer step of NT-Xent on ``batch`` and its augmented views; returns the loss."""
+    batch, views = _views(batch, transform, device)
+    with autocast(device, precision):
+        loss = nt_xent(model, batch, views, loss_fn)
+    optimizer.zero_grad()
+    if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def validation_images(val: ImageSet, config: DetectorConfig) -> torch.Tensor:
+    """The validation images the loss is taken on: all, or ``config.val_images`` evenly spaced ones."""
+    n = len(val)
+    keep = np.arange(n) if n <= config.val_images else np.unique(np.linspace(0, n - 1, config.val_images).round())
+    return torch.from_numpy(np.ascontiguousarray(val.images[keep.astype(np.int64)]))
+
+
+def validation_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    config: DetectorConfig,
+    loss_fn: NTXentLoss,
+    device: torch.device,
+    precision: str = Precision.FP32,
+) -> float:
+    """Mean NT-Xent over the validation images in order, with a fixed augmentation seed (``config.seed + 1``), so
+    two evaluations differ only by the weights."""
+    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
+    transform.set_random_state(seed=config.seed + 1)
     total, batches = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2:  # a single image has no negatives
+    for start in range(0, len(images), config.batch_size):
+        batch = images[start : start + config.batch_size]
+        if len(batch) < 2:  # a single image has no negatives
             continue
-        batch = images[idx]
-        if device.type == "cuda":
-            batch = batch.pin_memory()  # lets the copy overlap with the work already queued on the GPU
-        batch = batch.to(device, non_blocking=True)
-        # MONAI's transforms run on the batch's device; their random draws stay on the CPU, so a seed augments alike
-        # everywhere
-        views = augment_batch(transform, batch)
-        if optimizer is None:
-            with torch.no_grad(), autocast(device, precision):
-                loss = nt_xent(model, batch, views, loss_fn)
-        else:
-            with autocast(device, precision):
-                loss = nt_xent(model, batch, views, loss_fn)
-            optimizer.zero_grad()
-            if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-        total += float(loss.detach())
+        batch, views = _views(batch, transform, device)
+        with torch.no_grad(), autocast(device, precision):
+            total += float(nt_xent(model, batch, views, loss_fn))
         batches += 1
     return total / max(batches, 1)
+
+
+def check_training_sets(train: ImageSet, val: ImageSet, config: DetectorConfig) -> None:
+    if len(train) < 2 or len(val) < 2:
+        raise MemoScopeError("detector training needs at least 2 training and 2 validation images.")
+    if list(train.images.shape[2:]) != list(config.image_size):
+        raise MemoScopeError(
+            f"training images are {list(train.images.shape[2:])} but the detector expects {config.image_size}."
+        )
+
+
+def training_provenance(
+    train: ImageSet, val: ImageSet, schedule: Schedule, trained: int, device: torch.device, precision: str
+) -> dict[str, Any]:
+    return {
+        "trained_at": now_utc(),
+        "device": device_description(device),
+        "precision": str(precision),
+        "schedule": {
+            "steps_planned": schedule.steps,
+            "steps_trained": trained,
+            "steps_per_epoch": schedule.per_epoch,
+            "evaluation_every": schedule.period,
+            "stopped_early": trained < schedule.steps,
+        },
+        "train_set": {"source": train.source, "n": len(train), "content_hash": train.content_hash},
+        "val_set": {"source": val.source, "n": len(val), "content_hash": val.content_hash},
+        "versions": versions(),
+    }
 
 
 def train_detector(
@@ -157,7 +255,8 @@ def train_detector(
     device: torch.device | str = "cpu",
     precision: str = Precision.FP32,
 ) -> Detector:
-    """Train the encoder on ``train`` on ``device``; keep the epoch with the lowest validation NT-Xent loss.
+    """Train the encoder on ``train`` on ``device`` for at most ``config.max_steps`` steps; keep the evaluation
+    with the lowest validation NT-Xent loss.
 
     ``precision``: the forward passes' autocast dtype (bf16, or fp16 with a gradient scaler, on a GPU); the loss,
     the weights and the optimizer stay float32.
@@ -165,76 +264,60 @@ def train_detector(
     The weights are initialised and the batches shuffled and augmented on the CPU from ``config.seed``, so a
     GPU starts from exactly the CPU's network and sees the same batches.
 
-    Steps: 1. seed everything; 2. each epoch, shuffle, embed each batch and its augmented
-    view, minimise NT-Xent; 3. compute the validation loss with a fixed augmentation seed;
-    4. keep a copy of the best weights.
+    Steps (:func:`training_schedule`): 1. seed everything; 2. each period (an epoch, or a part of a long one),
+    minimise NT-Xent over shuffled batches and their augmented views; 3. take the validation loss with a fixed
+    augmentation seed; 4. keep a copy of the best weights; 5. stop at the budget, or early when the validation loss
+    has not improved for ``schedule.patience`` evaluations.
 
-    One function: the epochs, the validation loss and the best-epoch checkpoint share one training state; its parts
-    (augmentation, the loss, the encoder) are built by the helpers above.
+    One function: the periods, the validation loss, early stopping and the best-evaluation checkpoint share one
+    training state; its parts (the step, the loss, the schedule, the encoder) are the helpers above.
     """
-    if len(train) < 2 or len(val) < 2:
-        raise MemoScopeError("detector training needs at least 2 training and 2 validation images.")
-    if list(train.images.shape[2:]) != list(config.image_size):
-        raise MemoScopeError(
-            f"training images are {list(train.images.shape[2:])} but the detector expects {config.image_size}."
-        )
+    check_training_sets(train, val, config)
     device = torch.device(device)
     precision = check_precision(device, precision)
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
+    schedule = training_schedule(len(train), config)
     torch.manual_seed(config.seed)
     model = build_encoder(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.periods, eta_min=config.lr_min)
     loss_fn = NTXentLoss(temperature=config.temperature)
     transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
     transform.set_random_state(seed=config.seed)
-    rng = np.random.default_rng(config.seed)
-    x_train, x_val = torch.from_numpy(train.images), torch.from_numpy(val.images)
+    batches = batch_stream(len(train), config.batch_size, np.random.default_rng(config.seed))
+    x_train, x_val = torch.from_numpy(train.images), validation_images(val, config)
     history: list[dict[str, float]] = []
-    best_loss, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), -1
-    for epoch in range(config.epochs):
+    best_loss, best_state, best = math.inf, copy.deepcopy(model.state_dict()), -1
+    done = 0
+    for period in range(schedule.periods):
         model.train()
-        train_loss = _epoch_loss(
-            model,
-            x_train,
-            rng.permutation(len(train)),
-            transform,
-            loss_fn,
-            config.batch_size,
-            optimizer,
-            device,
-            precision,
-            scaler,
-        )
+        losses = [
+            train_step(model, x_train[idx], transform, loss_fn, optimizer, device, precision, scaler)
+            for idx in itertools.islice(batches, min(schedule.period, schedule.steps - done))
+        ]
+        done += len(losses)
         scheduler.step()
         model.eval()
-        val_transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
-        val_transform.set_random_state(seed=config.seed + 1)
-        val_loss = _epoch_loss(
-            model, x_val, np.arange(len(val)), val_transform, loss_fn, config.batch_size, None, device, precision
-        )
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        val_loss = validation_loss(model, x_val, config, loss_fn, device, precision)
+        history.append({"epoch": period, "step": done, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
         if val_loss < best_loss:
-            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
+            best_loss, best_state, best = val_loss, copy.deepcopy(model.state_dict()), period
         progress(
             ProgressEvent(
                 "train detector",
-                epoch + 1,
-                config.epochs,
-                f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} val {val_loss:.4f}",
+                done,
+                schedule.steps,
+                f"step {done}/{schedule.steps}: train {history[-1]['train_loss']:.4f} val {val_loss:.4f}",
             )
         )
+        if schedule.patience and period - best >= schedule.patience:
+            logger.info("validation loss not better for %d evaluations: stopped at step %d", schedule.patience, done)
+            progress(ProgressEvent("train detector", schedule.steps, schedule.steps, f"stopped early at step {done}"))
+            break
     model.load_state_dict(best_state)
     model.cpu().eval()
-    provenance = {
-        "trained_at": now_utc(),
-        "device": device_description(device),
-        "precision": str(precision),
-        "train_set": {"source": train.source, "n": len(train), "content_hash": train.content_hash},
-        "val_set": {"source": val.source, "n": len(val), "content_hash": val.content_hash},
-        "versions": versions(),
-    }
-    return Detector(config, model, history, best_epoch, provenance)
+    provenance = training_provenance(train, val, schedule, done, device, precision)
+    return Detector(config, model, history, best, provenance)
 
 
 def train_and_save(

@@ -47,6 +47,16 @@ class DetectorConfig(Config):
             translation, intensity scale/shift, gamma, blur and noise).
         temperature: NT-Xent temperature (0.07).
         epochs, batch_size, lr, lr_min: Adam with cosine annealing from lr to lr_min.
+        max_steps: the training budget in optimizer steps: training stops at ``epochs`` epochs or ``max_steps``
+            steps, whichever comes first, so its cost is bounded whatever the training set's size
+            (``benchmarks/detector_budget.py`` measured the default).
+        evaluations: how often the validation loss is computed: every epoch, or ``max(1, steps // evaluations)``
+            steps when that is sooner (a long epoch of a large set is split); the learning rate anneals at the same
+            points.
+        stop_after: early stopping: training ends when the validation loss has not improved over this fraction of
+            the planned evaluations (0: never); the weights of the best evaluation are kept either way.
+        val_images: the validation loss is taken on at most this many validation images (evenly spaced), so an
+            evaluation's cost is bounded too.
         seed: initialisation, shuffling and augmentation.
     """
 
@@ -60,6 +70,10 @@ class DetectorConfig(Config):
     batch_size: int = 32
     lr: float = 1e-4
     lr_min: float = 5e-5
+    max_steps: int = 1000
+    evaluations: int = 100
+    stop_after: float = 0.3
+    val_images: int = 256
     seed: int = 0
     preprocessing: PreprocessSpec | None = None
 
@@ -78,6 +92,10 @@ class DetectorConfig(Config):
         check_range("detector temperature", self.temperature, 1e-6)
         check_range("detector lr", self.lr, 1e-12)
         check_range("detector lr_min", self.lr_min, 0.0, self.lr)
+        check_range("detector max_steps", self.max_steps, 1)
+        check_range("detector evaluations", self.evaluations, 1)
+        check_range("detector stop_after", self.stop_after, 0.0, 1.0)
+        check_range("detector val_images", self.val_images, 2)
 
     @classmethod
     def for_dims(cls, spatial_dims: int, image_size: list[int], **overrides: Any) -> DetectorConfig:
