@@ -82,6 +82,7 @@ def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+NO_DETECTOR = "none"
 DETECTOR_FLAGS = ("detector_epochs", "detector_steps", "augmentation", "arch", "batch_size")
 VERIFY_FLAGS = ("candidates", "pixel_candidates", "max_angle", "max_shift", "max_scale", "max_size")
 
@@ -131,11 +132,14 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from core.io.preprocessing import config_from_options
     from core.study.scan import ScanConfig, check_inputs, run_scan
 
+    overrides = _detector_overrides(args)
+    if args.detector == NO_DETECTOR:  # no training: blurred pixels retrieve, and verification decides
+        if overrides.get("arch", Arch.PIXELS) != Arch.PIXELS:
+            raise MemoScopeError(f"--detector none and --arch {overrides['arch']} disagree; give one of them.")
+        args.detector, overrides = None, {**overrides, "arch": Arch.PIXELS}
     options = _options(args, *DETECTOR_FLAGS, *VERIFY_FLAGS)
     verify = {k: getattr(args, k) for k in VERIFY_FLAGS if getattr(args, k) is not None}
-    config = config_from_options(
-        ScanConfig, {**options, "detector_overrides": _detector_overrides(args), "verify": verify}
-    )
+    config = config_from_options(ScanConfig, {**options, "detector_overrides": overrides, "verify": verify})
     if args.detector:  # a given detector is used as trained: what would train one changes nothing
         ignored = [f"--{k.replace('_', '-')}" for k in DETECTOR_FLAGS if getattr(args, k, None) is not None]
         ignored += ["--size"] if args.size is not None else []
@@ -428,7 +432,11 @@ def _scan_parser(sub: Any) -> None:
     p.add_argument("--synthetic", required=True, help="generated images: folder or CSV manifest")
     p.add_argument("--patients", help=PATIENTS_HELP + " (default auto)")
     p.add_argument("--out", required=True, help="study folder for the outputs")
-    p.add_argument("--detector", help="a trained detector folder (default: train one on --train)")
+    p.add_argument(
+        "--detector",
+        help="a trained detector folder (default: train one on --train), or 'none': train nothing, retrieve by "
+        "blurred pixels (the same as --arch pixels; with the verified call, alignment still decides)",
+    )
     p.add_argument(
         "--threshold-rule",
         help=f"{RULE_CHOICES} (default: the method's own: paper for paper, heldout-patient for verified). "

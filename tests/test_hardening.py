@@ -359,3 +359,29 @@ def test_options_a_given_detector_ignores_are_named(tmp_path: Path, capsys: pyte
     _scan(tmp_path, _synthetic(tmp_path), capsys, "--detector", det, "--batch-size", "8")
     err = capsys.readouterr().err
     assert "warning: --detector-epochs, --batch-size, --size ignored: --detector" in err, err
+
+
+def test_a_scan_without_a_detector_trains_nothing_finds_an_exact_copy_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--detector none``: no training; blurred pixels retrieve, verification decides, and the summary and the
+    report say that no detector was trained."""
+    from core.detect.detector import load_detector
+    from core.study.results import ScanResults
+
+    for i in range(1, 4):
+        _png(tmp_path / "synthetic" / f"s{i}.png", 300 + i)
+    _png(tmp_path / "synthetic" / "s0.png", 3)  # the training image of seed 3 (train/P1/3.png), copied exactly
+    study = _scan(tmp_path, tmp_path / "synthetic", capsys, "--detector", "none")
+    results = ScanResults.open(study)
+    assert results.summary.detector.config.arch == "pixels" and results.summary.detector.config.embed_dim == 256
+    detector = load_detector(study / "detector")
+    assert sum(p.numel() for p in detector.model.parameters()) == 0 and detector.history == []
+    assert detector.provenance["schedule"]["steps_trained"] == 0
+    flagged = {p.synthetic_id for p in results.pairs() if p.nearest and p.is_copy(results.summary.tau)}
+    assert flagged == {"s0.png"}, flagged
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0
+    assert "no detector was trained for this scan" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    argv = ["scan", "--train", "t", "--val", "v", "--synthetic", "s", "--out", "o", "--detector", "none"]
+    assert main([*argv, "--arch", "resnet18"]) == 2
+    assert "--detector none and --arch resnet18 disagree" in capsys.readouterr().err

@@ -76,7 +76,24 @@ class ConvResEncoder(nn.Module):
         return self.head(self.features(x))
 
 
+class PixelEncoder(nn.Module):
+    """The untrained encoder: the image average-pooled to a ``side^d`` grid, flattened (no parameters).
+
+    Correlating these is correlating blurred images, the same retrieval the verified call's pixel search does;
+    with the verified call, alignment then decides, so a scan can skip detector training altogether.
+    """
+
+    def __init__(self, spatial_dims: int, side: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(side) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1)
+
+
 def build_encoder(config: DetectorConfig) -> nn.Module:
+    if config.arch == Arch.PIXELS:
+        return PixelEncoder(config.spatial_dims, config.pixel_side)
     if config.arch == "convres":
         return ConvResEncoder(config.spatial_dims, config.image_size, config.embed_dim)
     factory = {Arch.RESNET18: resnet18, Arch.RESNET50: resnet50}[config.arch]
@@ -275,6 +292,8 @@ def train_detector(
     check_training_sets(train, val, config)
     device = torch.device(device)
     precision = check_precision(device, precision)
+    if not config.arch.trained:
+        return untrained_detector(train, val, config, device, precision, progress)
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
     schedule = training_schedule(len(train), config)
     torch.manual_seed(config.seed)
@@ -318,6 +337,20 @@ def train_detector(
     model.cpu().eval()
     provenance = training_provenance(train, val, schedule, done, device, precision)
     return Detector(config, model, history, best, provenance)
+
+
+def untrained_detector(
+    train: ImageSet,
+    val: ImageSet,
+    config: DetectorConfig,
+    device: torch.device,
+    precision: str = Precision.FP32,
+    progress: Progress = silent,
+) -> Detector:
+    """A detector with nothing to learn (``pixels``): built, not trained; its provenance says so."""
+    progress(ProgressEvent("train detector", 1, 1, f"{config.arch}: nothing to train"))
+    provenance = training_provenance(train, val, Schedule(0, 0, 1, 0), 0, device, precision)
+    return Detector(config, build_encoder(config).eval(), [], -1, provenance)
 
 
 def train_and_save(

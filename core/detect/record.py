@@ -25,8 +25,14 @@ class Arch(StrEnum):
     RESNET18 = "resnet18"
     RESNET50 = "resnet50"
     CONVRES = "convres"
+    PIXELS = "pixels"  # no training: blurred, downsampled pixels (the scan's --detector none)
+
+    @property
+    def trained(self) -> bool:
+        return self is not Arch.PIXELS
 
 
+PIXEL_GRID = {2: 16, 3: 8}  # the pixels encoder's default grid: as coarse as the verification's pixel retrieval
 CONFIG_NAME = "detector.json"
 WEIGHTS_NAME = "detector.safetensors"
 
@@ -41,7 +47,9 @@ class DetectorConfig(Config):
         arch: ``resnet18``/``resnet50`` (MONAI ResNet, 1 input channel, last layer -> embed_dim;
             the paper's 2D choice is ResNet-50) or ``convres`` (the paper's 3D encoder: stride-2
             conv + residual GroupNorm blocks down to a 4-voxel grid, 1x1 conv to 8 channels,
-            Linear -> 128, ReLU, Dropout 0.5, Linear -> embed_dim).
+            Linear -> 128, ReLU, Dropout 0.5, Linear -> embed_dim), or ``pixels``: no network to train, the
+            image average-pooled to a ``side^d`` grid (embed_dim = side^d: 16 x 16 in 2D, 8^3 in 3D); the scan's
+            ``--detector none``, for sets too large to train a detector on (verification still decides).
         embed_dim: embedding size (paper: 128 in 2D, 32 in 3D).
         augmentation: ``paper`` (rotation +-5 deg and a flip, p = 0.5) or ``strong`` (adds
             translation, intensity scale/shift, gamma, blur and noise).
@@ -87,6 +95,14 @@ class DetectorConfig(Config):
                 f"detector spatial_dims {self.spatial_dims} and image_size {self.image_size} disagree."
             )
         check_range("detector embed_dim", self.embed_dim, 1)
+        if self.arch == Arch.PIXELS and (
+            self.pixel_side**self.spatial_dims != self.embed_dim or any(s < self.pixel_side for s in self.image_size)
+        ):
+            raise MemoScopeError(
+                f"detector embed_dim {self.embed_dim}: the pixels encoder needs a whole grid side^{self.spatial_dims} "
+                f"no finer than the image {tuple(self.image_size)} (e.g. {PIXEL_GRID[self.spatial_dims]}^"
+                f"{self.spatial_dims})."
+            )
         check_range("detector epochs", self.epochs, 1)
         check_range("detector batch_size", self.batch_size, 2)
         check_range("detector temperature", self.temperature, 1e-6)
@@ -103,7 +119,14 @@ class DetectorConfig(Config):
         base: dict[str, Any] = {"arch": Arch.RESNET18, "embed_dim": 128}
         if spatial_dims == 3:
             base = {"arch": Arch.CONVRES, "embed_dim": 32, "batch_size": 8}
+        if overrides.get("arch") == Arch.PIXELS and "embed_dim" not in overrides:
+            base["embed_dim"] = PIXEL_GRID[spatial_dims] ** spatial_dims
         return cls.from_dict({"spatial_dims": spatial_dims, "image_size": list(image_size), **base, **overrides})
+
+    @property
+    def pixel_side(self) -> int:
+        """The ``pixels`` encoder's grid side (``embed_dim`` = side^d)."""
+        return round(self.embed_dim ** (1 / self.spatial_dims))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from core.common.config import parse_option
 from core.common.errors import MemoScopeError
 from core.common.provenance import atomic_path, atomic_write_text, now_utc
 from core.detect.metrics import Fraction, MemorizationMetrics, ThresholdRule, crossfit_needs
+from core.detect.record import Arch
 from core.io.load import source_of
 from core.io.viewer import (
     apply_window,
@@ -192,9 +193,19 @@ UNCONFIRMED = {CaveatKey.NOT_ANATOMY, CaveatKey.PIXEL_DISAGREES}
 HIGH_COPY_FRACTION = 0.10  # a copy fraction at or above this is the generator's habit, not an accident
 
 
+def _untrained(summary: ScanSummary) -> bool:
+    """Whether the scan ran without a trained detector (``--detector none``: blurred pixels retrieve)."""
+    return not Arch(summary.detector.config.arch).trained
+
+
 def _method_header(summary: ScanSummary) -> str:
     """The method line under the title: the copy call this scan used, not always the paper's."""
     base = "after Dar et al. (arXiv 2402.01054): a self-supervised contrastive encoder"
+    if _untrained(summary):
+        base = (
+            "after Dar et al. (arXiv 2402.01054), without their trained encoder (no detector was trained for this "
+            "scan): blurred, downsampled pixels"
+        )
     if summary.method == "verified":
         call = (
             "proposes the nearest training scans, each is aligned to the sample (rotation, zoom, shift) and the "
@@ -467,11 +478,21 @@ def _caveats_html(found: list[Caveat]) -> str:
 
 def _method_sentence(summary: ScanSummary) -> str:
     if summary.method == "verified":
+        proposes = (
+            "Blurred, downsampled pixels (no detector was trained for this scan) propose"
+            if _untrained(summary)
+            else "The contrastive embedding (and a blurred-pixel search) proposes"
+        )
         return (
-            "Copy call: verified. The contrastive embedding (and a blurred-pixel search) proposes training scans; "
+            f"Copy call: verified. {proposes} training scans; "
             "each is aligned to the synthetic sample by a small rotation and shift, and the correlation of the "
             "aligned fine structure is the score above. The threshold is calibrated on the same score between "
             "real scans of different patients."
+        )
+    if _untrained(summary):
+        return (
+            "Copy call: the correlation of blurred, downsampled pixels is the score above (no detector was trained "
+            "for this scan, so this is not Dar et al.'s contrastive call)."
         )
     return "Copy call: as in Dar et al., the correlation of the contrastive embeddings is the score above."
 
