@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -174,8 +175,15 @@ def _rows(
 
 
 def run_dims(
-    dims: int, epochs: int, per_kind: int, seed: int, background: bool = False
+    dims: int,
+    epochs: int,
+    per_kind: int,
+    seed: int,
+    background: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[list[list[str]], list[list[str]], str]:
+    """The headline rows, the sweep rows and a line describing the sets and the detector (``overrides``: of
+    :class:`DetectorConfig`, e.g. a step budget or the untrained ``pixels`` encoder)."""
     spec = PreprocessSpec((64, 64) if dims == 2 else (32, 32, 32))
     x_train, p_train = _items(TRAIN, dims)
     x_val, p_val = _items(VAL, dims)
@@ -183,10 +191,11 @@ def run_dims(
     train = ImageSet([f"t{i}" for i in range(len(x_train))], p_train, x_train, spec, "train")
     val = ImageSet([f"v{i}" for i in range(len(x_val))], p_val, x_val, spec, "val")
     planted = {level: plant_copies(x_train, x_unseen, per_kind, seed=seed + level, level=level) for level in LEVELS}
-    config = DetectorConfig.for_dims(dims, list(spec.spatial_size), epochs=epochs, seed=seed)
+    config = DetectorConfig.for_dims(dims, list(spec.spatial_size), epochs=epochs, seed=seed, **(overrides or {}))
     start = time.perf_counter()
     detector = train_detector(train, val, config)
     train_s = time.perf_counter() - start
+    trained = detector.steps_trained
     vectors = {"train": embed(detector.model, x_train), "val": embed(detector.model, x_val)}
     images = {"train": x_train, "val": x_val}
     planted_vectors = {level: embed(detector.model, p.images) for level, p in planted.items()}
@@ -194,7 +203,8 @@ def run_dims(
     info = (
         f"{dims}D: {len(x_train)} training / {len(x_val)} validation items of {len(set(p_train))}/"
         f"{len(set(p_val))} subjects; {int(n.is_copy.sum())} planted copies per level among "
-        f"{int((~n.is_copy).sum())} unseen-subject items; detector {config.arch}, {epochs} epochs, {train_s:.0f} s"
+        f"{int((~n.is_copy).sum())} unseen-subject items; detector {config.arch}, {trained} steps (at most {epochs} "
+        f"epochs, {config.max_steps} steps), {train_s:.0f} s"
     )
     print(info, flush=True)
     headline, sweep_rows = [], []

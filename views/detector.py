@@ -41,13 +41,17 @@ if is_detector_folder(folder):
     except MemoScopeError as exc:
         st.error(str(exc))
 current = record.config if record is not None else None  # the form starts from the study's detector
-archs = list(choices(Arch)) if dims == 2 else [Arch.CONVRES.value, Arch.RESNET18.value]
+archs = list(choices(Arch)) if dims == 2 else [Arch.CONVRES.value, Arch.RESNET18.value, Arch.PIXELS.value]
 policies = list(choices(AugmentPolicy))
 train_tab, load_tab = st.tabs(["Train a detector", "Use an existing detector"])
 with train_tab, st.form("train_detector"):
     cols = st.columns(5)
     arch = cols[0].selectbox(
-        "Encoder", archs, index=archs.index(current.arch) if current and current.arch in archs else 0
+        "Encoder",
+        archs,
+        index=archs.index(current.arch) if current and current.arch in archs else 0,
+        help="pixels: nothing to train; blurred, downsampled pixels retrieve the nearest training scans and the "
+        "verified call's alignment decides (the scan's --detector none, for sets too large to train on).",
     )
     epochs = cols[1].number_input("Epochs (at most)", 1, 1000, current.epochs if current else 100)
     steps = cols[2].number_input(

@@ -150,6 +150,7 @@ st.markdown(
 st.markdown(
     f"- Detector: {_ui.code(detector.path if detector else inputs.detector or 'not trained yet')}"
     + (f", {detector.config.arch}, hash `{detector.hash[:12]}`" if detector else "")
+    + (" (no detector was trained: blurred pixels retrieve)" if detector and detector.config.arch == "pixels" else "")
 )
 if summary:
     st.markdown(

@@ -123,6 +123,12 @@ class Detector:
     provenance: dict[str, Any] = field(default_factory=dict)
     detector_hash: str = ""
 
+    @property
+    def steps_trained(self) -> int | None:
+        """Optimizer steps it was trained for (0: nothing to train; None: trained before step budgets)."""
+        schedule = self.provenance.get("schedule")
+        return int(schedule["steps_trained"]) if isinstance(schedule, dict) else None
+
 
 @dataclass(frozen=True)
 class Schedule:
