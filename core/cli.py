@@ -445,6 +445,13 @@ def _scan_parser(sub: Any) -> None:
     p.add_argument("--percentile", type=float, help="percentile for the percentile rules (default 95)")
     p.add_argument("--k", type=int, help="neighbours kept per synthetic sample (default 5)")
     p.add_argument(
+        "--train-budget",
+        type=float,
+        metavar="MINUTES",
+        help="when training the detector here would take longer (timed on a few steps), train none and retrieve by "
+        "blurred pixels instead, as --detector none, and say so in the summary and the report (default: no limit)",
+    )
+    p.add_argument(
         "--approximate-above",
         type=int,
         help="training sets larger than this are searched with an HNSW index, its recall@1 recorded (default 1e6)",

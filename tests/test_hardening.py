@@ -381,7 +381,37 @@ def test_a_scan_without_a_detector_trains_nothing_finds_an_exact_copy_and_says_s
     flagged = {p.synthetic_id for p in results.pairs() if p.nearest and p.is_copy(results.summary.tau)}
     assert flagged == {"s0.png"}, flagged
     assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0
-    assert "no detector was trained for this scan" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    report = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "no detector was trained for this scan" in report and "--detector none" in report  # method and caveat
+    assert results.summary.detector.choice.startswith("No detector was trained for this scan (--detector none)")
+
+
+def test_a_training_budget_too_small_for_the_detector_scans_with_none_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--train-budget: a few timed steps estimate the training; over the budget, no detector is trained and the
+    summary, the caveats and the report say why (0.00001 min = 0.6 ms: no machine trains a step and a validation
+    pass that fast)."""
+    from core.study.caveats import CaveatKey, caveats
+    from core.study.results import ScanResults
+
+    for i in range(4):
+        _png(tmp_path / "synthetic" / f"s{i}.png", 300 + i)
+    study = _scan(tmp_path, tmp_path / "synthetic", capsys, "--train-budget", "0.00001")
+    results = ScanResults.open(study)
+    detector = results.summary.detector
+    assert detector.config.arch == "pixels"
+    assert "more than the 1e-05 min budget (--train-budget)" in detector.choice, detector.choice
+    found = caveats(results.summary, results.summary.metrics, results.pairs())
+    assert [c.text for c in found if c.key == CaveatKey.NO_DETECTOR] == [
+        f"{detector.choice} A copy changed so much that its blurred pixels no longer resemble its source can be "
+        "missed; the contrastive detector of Dar et al. is one option away (rescan without --detector none or with "
+        "a larger --train-budget)."
+    ]
+    # a budget the training fits in trains the detector as usual
+    again = _scan(tmp_path / "roomy", tmp_path / "synthetic", capsys, "--train-budget", "600")
+    assert ScanResults.open(again).summary.detector.config.arch == "resnet18"
+    assert ScanResults.open(again).summary.detector.choice == ""
     argv = ["scan", "--train", "t", "--val", "v", "--synthetic", "s", "--out", "o", "--detector", "none"]
     assert main([*argv, "--arch", "resnet18"]) == 2
     assert "--detector none and --arch resnet18 disagree" in capsys.readouterr().err

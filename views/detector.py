@@ -45,16 +45,16 @@ archs = list(choices(Arch)) if dims == 2 else [Arch.CONVRES.value, Arch.RESNET18
 policies = list(choices(AugmentPolicy))
 train_tab, load_tab = st.tabs(["Train a detector", "Use an existing detector"])
 with train_tab, st.form("train_detector"):
-    cols = st.columns(5)
-    arch = cols[0].selectbox(
+    fields = st.columns(5)
+    arch = fields[0].selectbox(
         "Encoder",
         archs,
         index=archs.index(current.arch) if current and current.arch in archs else 0,
         help="pixels: nothing to train; blurred, downsampled pixels retrieve the nearest training scans and the "
         "verified call's alignment decides (the scan's --detector none, for sets too large to train on).",
     )
-    epochs = cols[1].number_input("Epochs (at most)", 1, 1000, current.epochs if current else 100)
-    steps = cols[2].number_input(
+    epochs = fields[1].number_input("Epochs (at most)", 1, 1000, current.epochs if current else 100)
+    steps = fields[2].number_input(
         "Steps (at most)",
         1,
         1_000_000,
@@ -62,10 +62,10 @@ with train_tab, st.form("train_detector"):
         help="The training budget in optimizer steps: training stops at the epochs or the steps, whichever come "
         "first, or earlier when the validation loss has stopped improving.",
     )
-    augmentation = cols[3].selectbox(
+    augmentation = fields[3].selectbox(
         "Augmentation", policies, index=policies.index(current.augmentation if current else "strong")
     )
-    seed = cols[4].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
+    seed = fields[4].number_input("Seed", 0, 2**31 - 1, current.seed if current else 0)
     compute = _ui.compute_inputs("train_detector")
     if st.form_submit_button("Train", disabled=not (train and val)):
         out = str(study / results.DETECTOR)

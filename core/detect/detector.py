@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -343,6 +344,41 @@ def train_detector(
     model.cpu().eval()
     provenance = training_provenance(train, val, schedule, done, device, precision)
     return Detector(config, model, history, best, provenance)
+
+
+def estimate_training_seconds(
+    train: ImageSet,
+    val: ImageSet,
+    config: DetectorConfig,
+    device: torch.device | str = "cpu",
+    precision: str = Precision.FP32,
+    probe: int = 3,
+) -> float:
+    """How long :func:`train_detector` would take here: ``probe`` timed steps (after one untimed warm-up) and one
+    timed validation loss on these sets, scaled to the schedule's steps and evaluations. Nothing is kept."""
+    check_training_sets(train, val, config)
+    if not config.arch.trained:
+        return 0.0
+    device = torch.device(device)
+    schedule = training_schedule(len(train), config)
+    model = build_encoder(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = NTXentLoss(temperature=config.temperature)
+    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
+    transform.set_random_state(seed=config.seed)
+    batches = batch_stream(len(train), config.batch_size, np.random.default_rng(config.seed))
+    x_train = torch.from_numpy(train.images)
+    model.train()
+    train_step(model, x_train[next(batches)], transform, loss_fn, optimizer, device, precision)
+    start = time.perf_counter()
+    for idx in itertools.islice(batches, probe):
+        train_step(model, x_train[idx], transform, loss_fn, optimizer, device, precision)
+    per_step = (time.perf_counter() - start) / probe
+    model.eval()
+    start = time.perf_counter()
+    validation_loss(model, validation_images(val, config), config, loss_fn, device, precision)
+    per_evaluation = time.perf_counter() - start
+    return schedule.steps * per_step + schedule.periods * per_evaluation
 
 
 def untrained_detector(

@@ -13,6 +13,7 @@ import numpy as np
 
 from core.detect.diagnostics import CalibrationDiagnostics
 from core.detect.metrics import BeyondHeldout, MemorizationMetrics
+from core.detect.record import Arch
 from core.study.results import Pair, ScanSummary, copies, nearest_pairs
 from core.study.review import ANATOMY_FLOOR, sample_quality
 
@@ -37,6 +38,7 @@ class CaveatKey(StrEnum):
     TAU_IN_BULK = "tau_in_bulk"
     SECOND_OPINION = "second_opinion"
     VAL_UNLIKE_SYNTHETIC = "val_unlike_synthetic"
+    NO_DETECTOR = "no_detector"
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,18 @@ def caveats(
                 CaveatKey.PAPER_METHOD,
                 "Scanned with the paper's copy call (embedding correlation only), which on MemoScope's planted-copy "
                 "benchmark misses most shifted and mixed copies; rescan with the verified call for those.",
+            )
+        )
+    if not Arch(summary.detector.config.arch).trained:
+        why = summary.detector.choice or (
+            "No detector was trained for this scan: blurred, downsampled pixels retrieved the nearest training scans."
+        )
+        found.append(
+            Caveat(
+                CaveatKey.NO_DETECTOR,
+                f"{why} A copy changed so much that its blurred pixels no longer resemble its "
+                "source can be missed; the contrastive detector of Dar et al. is one option away (rescan without "
+                "--detector none or with a larger --train-budget).",
             )
         )
     return found

@@ -87,12 +87,14 @@ class InputSet(Config):
 
 @dataclass(frozen=True)
 class DetectorRef(Config):
-    """The detector a scan used: its folder, content hash, config and kept epoch."""
+    """The detector a scan used: its folder, content hash, config and kept evaluation, and ``choice``: why this
+    detector (empty: given or trained as asked; else the sentence saying why none was trained)."""
 
     path: str
     hash: str
     config: DetectorConfig
     best_epoch: int
+    choice: str = ""
 
 
 @dataclass(frozen=True)

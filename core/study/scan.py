@@ -78,6 +78,9 @@ class ScanConfig(Config):
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
         ray, workers: ``local`` or a Ray cluster address to embed and verify on Ray workers (one per GPU unless
             ``workers``); empty: here.
+        train_budget: minutes; when training the detector here would take longer (estimated from a few timed steps
+            on these sets), the scan trains none and retrieves by blurred pixels (the ``pixels`` encoder), and says
+            so in the summary and the report; 0: no limit. A given detector is used whatever its cost.
         approximate_above: training sets larger than this are searched with an HNSW index; its recall@1
             against exact search, measured on a sample of the synthetic samples, goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
@@ -106,6 +109,7 @@ class ScanConfig(Config):
     device: str = "auto"
     precision: Precision = Precision.FP32
     approximate_above: int = 1_000_000
+    train_budget: float = 0.0
     ray: str = ""
     workers: int = 0
     patients: str = PatientSource.AUTO
@@ -133,6 +137,7 @@ class ScanConfig(Config):
             raise MemoScopeError("--out is empty; give the study folder to write (new or existing).")
         check_range("k", self.k, 1)
         check_range("patient_top", self.patient_top, 1)
+        check_range("train_budget", self.train_budget, 0.0)
         object.__setattr__(self, "patients", str(PatientRule.parse(self.patients)))
         if self.slices and self.spec.spatial_dims != 2:
             raise MemoScopeError("slices takes 2D slices of 3D files; use it with 2D preprocessing (--dims 2).")
@@ -273,6 +278,20 @@ def _load_sets(
     return sets
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The scan's detector and, when none was trained, the sentence saying why (``DetectorRef.choice``)."""
+
+    detector: Detector
+    choice: str = ""
+
+
+NO_DETECTOR_ASKED = (
+    "No detector was trained for this scan (--detector none): blurred, downsampled pixels retrieved the nearest "
+    "training scans."
+)
+
+
 def _detector(
     config: ScanConfig,
     given: Detector | None,
@@ -280,24 +299,46 @@ def _detector(
     stage: Path,
     progress: Progress,
     device: torch.device,
-) -> Detector:
-    from core.detect.detector import train_and_save
+) -> Chosen:
+    """The given detector, or one trained with ``config.detector_overrides``, or none (the ``pixels`` encoder) when
+    asked for or when training would exceed ``config.train_budget``."""
+    from core.detect.detector import DetectorConfig, estimate_training_seconds, train_and_save, training_schedule
 
     if given is not None:
         progress(ProgressEvent("detector", 1, 1, f"using {config.detector}"))
-        return given
-    progress(ProgressEvent("detector", 0, 1, "training a detector"))
-    return train_and_save(
-        sets["train"],
-        sets["val"],
+        return Chosen(given)
+    overrides, choice = dict(config.detector_overrides), ""
+    train, val = sets["train"], sets["val"]
+    planned = DetectorConfig.for_dims(
+        train.spec.spatial_dims, list(train.spec.spatial_size), seed=config.seed, **overrides
+    )
+    if not planned.arch.trained:
+        choice = NO_DETECTOR_ASKED
+    elif config.train_budget > 0:
+        progress(ProgressEvent("detector", 0, 1, "timing a few training steps"))
+        seconds = estimate_training_seconds(train, val, planned, device, config.precision)
+        if seconds > config.train_budget * 60:
+            overrides, choice = (
+                {"arch": "pixels"},
+                f"No detector was trained for this scan: training one ({planned.arch}, "
+                f"{training_schedule(len(train), planned).steps} steps) would take about {seconds / 60:.0f} min on "
+                f"{device.type}, more than the {config.train_budget:g} min budget (--train-budget); blurred, "
+                "downsampled pixels retrieved the nearest training scans instead.",
+            )
+            logger.warning("%s", choice)
+    progress(ProgressEvent("detector", 0, 1, "building the pixels encoder" if choice else "training a detector"))
+    detector = train_and_save(
+        train,
+        val,
         stage / results.DETECTOR,
         config.seed,
-        config.detector_overrides,
+        overrides,
         overwrite=True,
         device=device,
         progress=progress,
         precision=config.precision,
     )
+    return Chosen(detector, choice)
 
 
 def _summary(
@@ -525,7 +566,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     ):
         loaded = load_stage(config, progress)
         laps.lap("load")
-        detector = _detector(config, loaded.given, loaded.sets, stage, progress, device)
+        chosen = _detector(config, loaded.given, loaded.sets, stage, progress, device)
+        detector = chosen.detector
         laps.lap("detector")
         embedded = embed_stage(config, detector, loaded.sets, stage, device, precision, progress)
         laps.lap("embed")
@@ -534,6 +576,7 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         summary = write_stage(
             config, loaded, embedded, matched, calibrated, detector, stage, laps, scan_id, device, precision, progress
         )
+        summary = summary.replace(detector=summary.detector.replace(choice=chosen.choice))
         results.commit_scan(study.path, stage, summary)
         try:  # the results are committed: a study.json this version cannot read is said, not a failed scan
             study.set_inputs(
