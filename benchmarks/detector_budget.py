@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 150, 400, 1000], help="budgets to train for")
     parser.add_argument("--per-kind", type=int, default=10, help="planted copies per change and level")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help="write benchmarks/results/detector_budget.md")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/results/detector_budget_<dims>d.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
     header = ["dims", "detector", "steps trained", "train s", "call", "recall", "unseen flagged", "F1", "tau"]
@@ -59,7 +59,8 @@ def main() -> None:
             f"{' '.join(map(str, args.dims))} --steps {' '.join(map(str, args.steps))} --per-kind {args.per_kind}"
         )
         notes = "\n" + "\n".join(f"- {i}" for i in infos) + f"\n- machine: {platform.machine()}, 2 torch threads\n"
-        print(f"wrote {write_result('detector_budget', markdown_table(header, rows) + notes, command)}")
+        name = f"detector_budget_{''.join(map(str, args.dims))}d"
+        print(f"wrote {write_result(name, markdown_table(header, rows) + notes, command)}")
 
 
 if __name__ == "__main__":
