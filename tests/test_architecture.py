@@ -14,7 +14,7 @@ CORE = REPO / "core"
 
 # Lower number = lower layer. A module may import its own package and anything of a lower layer.
 # `detect` and `generative` share a level but are independent: neither may import the other.
-LAYERS = {"common": 0, "io": 1, "detect": 2, "generative": 2, "study": 3, "cli": 4, "__main__": 5}
+LAYERS = {"common": 0, "io": 1, "detect": 2, "generative": 2, "privacy": 3, "study": 4, "cli": 5, "__main__": 6}
 
 
 def _package(module: str) -> str | None:

@@ -1,0 +1,1 @@
+"""Privacy beyond copies: membership inference through a checkpoint, and distribution-level copying tests."""
