@@ -23,7 +23,7 @@ import numpy.typing as npt
 from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
 
-DEFAULT_TIMESTEPS = (100, 200, 300)  # chosen on the demo checkpoints: see benchmarks/privacy_timesteps.py
+DEFAULT_TIMESTEPS = (25, 50, 100, 200)  # chosen on the demo checkpoints: see benchmarks/privacy_timesteps.py
 
 
 @dataclass(frozen=True)
