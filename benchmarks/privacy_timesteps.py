@@ -18,6 +18,7 @@ import time
 import torch
 
 from core.generative.ldm import load_ldm
+from core.io.discover import Role
 from core.io.load import load_set
 from core.io.preprocessing import PreprocessSpec
 from core.privacy.membership import DEFAULT_TIMESTEPS, MembershipConfig, denoising_errors, membership_test
@@ -42,7 +43,7 @@ def main() -> None:
         ldm = load_ldm(f"checkpoints/{name}")
         spec = PreprocessSpec.from_dict(ldm.config.preprocessing)
         manifest = f"data/demo/{ldm.config.spatial_dims}d/manifest.csv"
-        train, val = load_set(manifest, spec, role="train"), load_set(manifest, spec, role="val")
+        train, val = load_set(manifest, spec, role=Role.TRAIN), load_set(manifest, spec, role=Role.VAL)
         sets = {"train": train, "val": val}
         errors = {role: denoising_errors(ldm, images.images, config) for role, images in sets.items()}
         cells = []

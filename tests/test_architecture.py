@@ -120,6 +120,7 @@ RECORD_OWNERS = {
     "core/study/verdicts.py": "threshold.json (StudyThreshold)",
     "core/study/selftest.py": "selftest.json (SelfTest)",
     "core/study/release.py": "release.json (ReleaseRecord)",
+    "core/study/privacy.py": "privacy.json (PrivacyReport)",
     "core/study/jobs.py": "jobs/<id>.json (Job)",
     "tools/demo.py": "the demo's own build record",
     "tools/findings.py": "the demo's build record (how long each part took)",

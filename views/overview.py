@@ -9,6 +9,7 @@ import streamlit as st
 from core.detect.metrics import ThresholdRule, crossfit_needs
 from core.detect.record import is_detector_folder
 from core.study import jobs, results, verdicts
+from core.study.privacy import read_privacy
 from core.study.results import ROLES
 from core.study.review import copies_by_condition, interval_note, metrics_at
 from core.study.selftest import read_selftest
@@ -123,6 +124,26 @@ else:
             "(a copy counts when flagged and matched to its source):"
         )
         st.dataframe(tested.recall_table(), hide_index=True)
+    st.subheader("Beyond copies: what the weights and the samples reveal")
+    privacy = read_privacy(study)
+    if privacy is None or privacy.scan_id != summary.scan_id:
+        st.caption(
+            ("These results belong to an earlier scan. " if privacy is not None else "")
+            + "Three questions a board asks beyond single copies: could someone holding the weights tell who was "
+            "in the training set (membership through the checkpoint's denoising error), and do the samples as a "
+            "whole stay closer to the training scans than new patients' scans do (C_T, authenticity, nearest "
+            "record)? No threshold to tune; `python -m core privacy --study ...` or:"
+        )
+        if st.button("Run the privacy tests", key="privacy_run"):
+            _ui.start(study, "privacy", {"study": str(study), "device": "auto"})
+        _ui.job_panel(study, "privacy")
+    else:
+        for sentence in privacy.sentences():
+            st.markdown(f"- {sentence}")
+        st.caption(
+            f"Run {privacy.finished_at} on {privacy.device}; per-patient membership scores under pseudonyms in "
+            f"{_ui.code(study / 'privacy_patients.csv')}. A negative result on a small set is weak evidence."
+        )
 
 st.subheader("Data and models")
 rows = []

@@ -29,6 +29,8 @@ from core.common.provenance import atomic_write_json, now_utc
 from core.detect.record import TrainDetectorConfig
 from core.generative.sample import GenerateConfig
 from core.io.preprocessing import config_from_options
+from core.study.privacy import STAGES as PRIVACY_STAGES
+from core.study.privacy import PrivacyConfig
 from core.study.scan import STAGES as SCAN_STAGES
 from core.study.scan import ScanConfig
 from core.study.selftest import STAGES as SELFTEST_STAGES
@@ -288,6 +290,15 @@ def _run_selftest(config: Any, progress: Progress) -> dict[str, Any]:
     return {"unseen_flagged": result.unseen_fpr.count, "f1": round(result.f1, 3), "auroc": round(result.auroc, 3)}
 
 
+def _run_privacy(config: Any, progress: Progress) -> dict[str, Any]:
+    from core.common.devices import resolve_device
+    from core.study.privacy import run_privacy
+
+    report = run_privacy(config.study, config.membership(), str(resolve_device(config.device)), progress)
+    auroc = None if report.membership is None else round(report.membership.auroc, 3)
+    return {"ct": round(report.ct.value, 2), "membership_auroc": auroc}
+
+
 @dataclass(frozen=True)
 class JobKind:
     """A kind of background job: its config class, its ordered stages (for the bar) and its runner."""
@@ -302,4 +313,5 @@ KINDS: dict[str, JobKind] = {
     "train-detector": JobKind(TrainDetectorConfig, ("train detector",), _run_train_detector),
     "scan": JobKind(ScanConfig, SCAN_STAGES, _run_scan),
     "selftest": JobKind(SelfTestConfig, SELFTEST_STAGES, _run_selftest),
+    "privacy": JobKind(PrivacyConfig, PRIVACY_STAGES, _run_privacy),
 }

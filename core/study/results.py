@@ -450,6 +450,18 @@ def write_embeddings(folder: str | Path, role: str, ids: list[str], vectors: npt
         np.savez(handle, ids=np.array(ids), vectors=vectors)
 
 
+def read_embeddings(folder: str | Path, role: str) -> tuple[list[str], npt.NDArray[np.float32]]:
+    """A scanned study's embeddings of one set (as :func:`write_embeddings` wrote them): IDs and ``(N, D)``."""
+    path = Path(folder) / EMBEDDINGS / f"{role}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return [str(i) for i in stored["ids"]], np.asarray(stored["vectors"], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MemoScopeError(
+            f"{path}: the scan's {role} embeddings are missing or unreadable ({exc}); rescan."
+        ) from exc
+
+
 def _check_version(data: dict[str, Any], path: Path) -> None:
     version = data.get("schema_version", 1)
     if version == SCHEMA_VERSION:
