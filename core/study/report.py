@@ -38,6 +38,7 @@ from core.io.viewer import (
 from core.study import verdicts
 from core.study.caveats import Caveat, CaveatKey, caveats
 from core.study.formats import ReportFormat
+from core.study.privacy import read_privacy
 from core.study.pseudonyms import Pseudonyms
 from core.study.results import ROLES, Pair, ScanResults, ScanSummary, copies, nearest_pairs
 from core.study.review import (
@@ -370,6 +371,7 @@ figure{{display:inline-block;margin:6px}}img{{image-rendering:pixelated;margin-r
 <h1>Memorization check: {e(study.name)}</h1>
 <p>Generated {now_utc()} by MemoScope {e(v.get("memoscope", "?"))}. Method: {e(_method_header(summary))}</p>
 <h2>Conclusion</h2><p class="key">{e(text)}</p><p><b>Recommendation.</b> {e(advice)}</p>
+{_privacy_html(study, summary)}
 {f"<h2>This release</h2><p>{e(release_note)}</p>" if release_note else ""}
 <h2>What was checked</h2>
 <table><tr><th>set</th><th>images</th><th>patients</th><th>patients from</th><th>content hash</th></tr>{rows}</table>
@@ -444,6 +446,32 @@ perfect, 0.5 is chance).</dd>
 falls in one class, chance agreement is already high, so kappa can be near 0 (or undefined) even when the raters
 agree on most pairs.</dd>
 </dl>"""
+
+
+def _privacy_html(study: Path, summary: ScanSummary) -> str:
+    """The three questions a board asks and how this study answers each (copies above; membership and set-level
+    copying from ``privacy.json`` when it belongs to this scan)."""
+    privacy = read_privacy(study)
+    if privacy is None or privacy.scan_id != summary.scan_id:
+        return (
+            "<h2>Beyond single copies</h2><p>Not tested for this scan: whether someone holding the weights could "
+            "tell who was in the training set, and whether the samples as a whole stay closer to the training scans "
+            "than new patients' scans do (<code>python -m core privacy --study</code>).</p>"
+        )
+    membership, ct, auth, near = privacy.sentences()
+    items = (
+        ("Did any sample copy a training scan?", "The conclusion above (the copy call, with human review)."),
+        ("Could someone holding the weights tell who was in the training set?", membership),
+        (
+            "Do the samples as a whole stay closer to the training scans than new patients' scans do?",
+            f"{ct} {auth} {near}",
+        ),
+    )
+    rows = "".join(f"<li><b>{html.escape(q)}</b> {html.escape(a)}</li>" for q, a in items)
+    return (
+        f"<h2>Three questions</h2><ol>{rows}</ol><p>These tests need no threshold. A negative result on a small set "
+        "(few patients, few samples) is weak evidence, not proof that nothing leaks.</p>"
+    )
 
 
 def _selftest_html(study: Path, summary: ScanSummary) -> str:
