@@ -138,8 +138,14 @@ class MembershipResult(Config):
         )
         if self.auroc_low <= 0.5:
             head += " The interval includes chance: no membership leak was shown."
-        if small < 20:
-            head += f" With {small} patients on the smaller side this test is weak: a negative result is not a proof."
+            if small < 20:
+                head += f" With {small} patients on the smaller side this is weak evidence, not proof of no leak."
+        elif small < 20:
+            head += (
+                f" With {small} patients on the smaller side the interval is wide, and patients of another scanner or "
+                "site than the training patients would also score apart: check that the held-out patients come from "
+                "the training patients' source."
+            )
         return head
 
 
