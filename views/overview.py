@@ -184,7 +184,7 @@ if summary:
         st.warning(
             f"The training set ({searched.database} scans) was searched with an approximate index ({searched.index}): "
             f"it found the exact nearest neighbour for {searched.recall_at_1:.1%} of {searched.sample} sampled "
-            f"synthetic samples, at most {searched.max_shortfall:.3f} correlation short. Rescan with a larger "
+            f"queries, at most {searched.max_shortfall:.3f} correlation short. Rescan with a larger "
             "--approximate-above for exact search."
         )
 

@@ -81,8 +81,9 @@ class ScanConfig(Config):
         train_budget: minutes; when training the detector here would take longer (estimated from a few timed steps
             on these sets), the scan trains none and retrieves by blurred pixels (the ``pixels`` encoder), and says
             so in the summary and the report; 0: no limit. A given detector is used whatever its cost.
-        approximate_above: training sets larger than this are searched with an HNSW index; its recall@1
-            against exact search, measured on a sample of the synthetic samples, goes into the summary.
+        approximate_above: training sets larger than this are searched with an IVF index widened until its recall@1
+            on a sample of the queries reaches 0.99 (else exactly; see :mod:`core.detect.search`); its recall@1
+            against exact search (the lowest over the synthetic and validation query sets) goes into the summary.
         patient_top: patient resemblance averages each query's best ``patient_top`` matches among one patient's
             scans (see :mod:`core.detect.resemblance`).
         patients: where the training and validation scans' patients come from (:mod:`core.io.patients`):
@@ -108,7 +109,7 @@ class ScanConfig(Config):
     patient_top: int = 3
     device: str = "auto"
     precision: Precision = Precision.FP32
-    approximate_above: int = 1_000_000
+    approximate_above: int = 10_000_000
     train_budget: float = 0.0
     ray: str = ""
     workers: int = 0
