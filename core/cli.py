@@ -401,6 +401,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {write_report(args.study, out, args.format, args.top)}")
 
 
+def cmd_privacy(args: argparse.Namespace) -> None:
+    from core.common.devices import resolve_device
+    from core.study.privacy import PrivacyConfig, run_privacy
+
+    study = _work_in(args.study)
+    options = {"study": study, "seed": args.seed, "device": args.device}
+    config = PrivacyConfig.from_dict(options | ({"timesteps": tuple(args.timesteps)} if args.timesteps else {}))
+    device = str(resolve_device(config.device))  # a missing GPU before any work
+    bars = StageBars()
+    report = run_privacy(study, config.membership(), device, progress=bars)
+    bars.close()
+    for sentence in report.sentences():
+        print(f"- {sentence}")
+    print(f"wrote {Path(study) / 'privacy.json'}")
+
+
 def cmd_release(args: argparse.Namespace) -> None:
     from core.study.release import release
 
@@ -454,7 +470,8 @@ def _scan_parser(sub: Any) -> None:
     p.add_argument(
         "--approximate-above",
         type=int,
-        help="training sets larger than this are searched with an HNSW index, its recall@1 recorded (default 1e6)",
+        help="training sets larger than this are searched with an IVF index widened until its recall@1 on a sample of "
+        "the queries is at least 0.99, else exactly; what was used is recorded (default 1e7)",
     )
     p.add_argument(
         "--patient-top",
@@ -547,6 +564,12 @@ def _train_ldm_parser(sub: Any) -> None:
 
 def _train_detector_parser(sub: Any) -> None:
     p = sub.add_parser("train-detector", help="train the contrastive copy detector")
+    p.add_argument(
+        "--ray",
+        help="train on Ray Train workers (DDP, the same optimisation as one process): local, auto or ray://host:port "
+        "(default: here)",
+    )
+    p.add_argument("--workers", type=int, help="Ray workers (default 0: one per GPU in the cluster, or 2 on CPUs)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=choices(Precision), help=PRECISION_HELP)
     p.add_argument("--train", required=True)
@@ -609,6 +632,21 @@ def _report_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _privacy_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "privacy",
+        help="beyond copies: can the weights tell who was in training (membership), and do the samples stay closer "
+        "to training than new scans (C_T, authenticity, nearest record)",
+    )
+    p.add_argument("--study", required=True, help="a scanned study (its checkpoint, when recorded, is tested too)")
+    p.add_argument(
+        "--timesteps", type=int, nargs="+", help="diffusion timesteps of the membership test (default 25 50 100 200)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the membership test's noise and the tests' resampling")
+    p.add_argument("--device", default="auto", help="where the checkpoint runs: auto, cpu, cuda[:i] or mps")
+    p.set_defaults(func=cmd_privacy)
+
+
 def _release_parser(sub: Any) -> None:
     p = sub.add_parser(
         "release", help="write the synthetic samples that are not copies, with manifest, record and report"
@@ -658,6 +696,7 @@ COMMANDS = (
     _import_checkpoint_parser,
     _split_parser,
     _report_parser,
+    _privacy_parser,
     _release_parser,
     _upgrade_study_parser,
     _verify_audit_parser,

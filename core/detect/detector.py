@@ -405,26 +405,41 @@ def train_and_save(
     progress: Progress = silent,
     device: torch.device | str = "cpu",
     precision: str = Precision.FP32,
+    ray: str = "",
+    workers: int = 0,
 ) -> Detector:
     """Train a detector with the default config for these sets (plus ``overrides``) and save it to ``out``.
 
     The one place a detector config is derived from data: ``train-detector``, the app's job and
-    ``scan`` (when no detector is given) all come here.
+    ``scan`` (when no detector is given) all come here. With ``ray`` (``local`` or a cluster address) it trains on
+    ``workers`` Ray Train workers (:func:`core.detect.train_ray.train_detector_on_ray`; ``device`` then says
+    which devices the workers take).
     """
     check_patient_overlap(train, val)
     spec = train.spec
     config = DetectorConfig.for_dims(
         spec.spatial_dims, list(spec.spatial_size), seed=seed, preprocessing=spec.to_dict(), **(overrides or {})
     )
-    detector = train_detector(train, val, config, progress=progress, device=device, precision=precision)
+    if ray:
+        from core.detect.train_ray import train_detector_on_ray
+
+        detector = train_detector_on_ray(train, val, config, ray, workers, progress, device, precision)
+    else:
+        detector = train_detector(train, val, config, progress=progress, device=device, precision=precision)
     save_detector(detector, out, overwrite=overwrite)
     return detector
 
 
 def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent) -> Detector:
     """Load both sets with ``config.spec`` (patients must not overlap), then :func:`train_and_save`."""
-    device = resolve_device(config.device)  # a missing GPU or an unsupported precision, before any data loads
-    check_precision(device, config.precision)
+    device: torch.device | str = config.device
+    if config.ray:  # the workers' devices are the cluster's: an unreachable cluster is reported before data loads
+        from core.common.cluster import connect
+
+        connect(config.ray)
+    else:
+        device = resolve_device(config.device)  # a missing GPU or an unsupported precision, before any data loads
+        check_precision(device, config.precision)
     sets = {
         role: load_set(
             getattr(config, role),
@@ -438,7 +453,17 @@ def train_from_sources(config: TrainDetectorConfig, progress: Progress = silent)
     }
     train, val = sets["train"], sets["val"]
     return train_and_save(
-        train, val, config.out, config.seed, config.overrides, config.overwrite, progress, device, config.precision
+        train,
+        val,
+        config.out,
+        config.seed,
+        config.overrides,
+        config.overwrite,
+        progress,
+        device,
+        config.precision,
+        config.ray,
+        config.workers,
     )
 
 

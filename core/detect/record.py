@@ -131,7 +131,11 @@ class DetectorConfig(Config):
 
 @dataclass(frozen=True)
 class TrainDetectorConfig(Config):
-    """``train-detector``: both sets, the output folder, preprocessing and :class:`DetectorConfig` overrides."""
+    """``train-detector``: both sets, the output folder, preprocessing and :class:`DetectorConfig` overrides.
+
+    ``ray``: ``local`` or a Ray cluster address to train on Ray Train workers (DDP, the same optimisation as one
+    process: :mod:`core.detect.train_ray`); ``workers``: how many (0: one per GPU in the cluster, or 2 on CPUs).
+    """
 
     train: str
     val: str
@@ -145,6 +149,8 @@ class TrainDetectorConfig(Config):
     device: str = "auto"
     precision: Precision = Precision.FP32
     patients: str = "auto"  # the --patients rule: training and validation must not share a patient by it
+    ray: str = ""
+    workers: int = 0
 
 
 def is_detector_folder(folder: str | Path) -> bool:

@@ -76,8 +76,8 @@ class ScanConfig(Config):
         cache_dir: the embedding cache.
         device: where the detector trains and embeds and pairs are verified: ``auto`` (CUDA, then MPS, then CPU),
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
-        ray, workers: ``local`` or a Ray cluster address to embed and verify on Ray workers (one per GPU unless
-            ``workers``); empty: here.
+        ray, workers: ``local`` or a Ray cluster address to train the detector (Ray Train, DDP: the same optimisation
+            as one process), embed and verify on Ray workers (one per GPU unless ``workers``); empty: here.
         train_budget: minutes; when training the detector here would take longer (estimated from a few timed steps
             on these sets), the scan trains none and retrieves by blurred pixels (the ``pixels`` encoder), and says
             so in the summary and the report; 0: no limit. A given detector is used whatever its cost.
@@ -338,6 +338,8 @@ def _detector(
         device=device,
         progress=progress,
         precision=config.precision,
+        ray=config.ray if planned.arch.trained and not choice else "",  # nothing to train: nothing to send
+        workers=config.workers,
     )
     return Chosen(detector, choice)
 
