@@ -415,3 +415,25 @@ def test_a_training_budget_too_small_for_the_detector_scans_with_none_and_says_w
     argv = ["scan", "--train", "t", "--val", "v", "--synthetic", "s", "--out", "o", "--detector", "none"]
     assert main([*argv, "--arch", "resnet18"]) == 2
     assert "--detector none and --arch resnet18 disagree" in capsys.readouterr().err
+
+
+def test_the_privacy_tests_of_a_study_without_a_checkpoint_answer_two_questions_and_say_why_not_the_third(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``privacy --study``: C_T, authenticity and the nearest-record share from the scan's embeddings; membership
+    needs the checkpoint, and the summary, the report and the CLI say so; the result belongs to its scan."""
+    from core.study.privacy import NO_CHECKPOINT, PRIVACY_PATIENTS, read_privacy
+
+    for i in range(12):
+        _png(tmp_path / "synthetic" / f"s{i}.png", 300 + i)
+    study = _scan(tmp_path, tmp_path / "synthetic", capsys)
+    assert main(["privacy", "--study", str(study), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    report = read_privacy(study)
+    assert report is not None and report.membership is None and report.membership_note == NO_CHECKPOINT
+    assert NO_CHECKPOINT in out and "C_T = " in out and report.ct.cells_total == 1  # 12 samples: one cell
+    assert report.authenticity.n == 12 and 0 <= report.nearest_record.value <= 1
+    assert not (study / PRIVACY_PATIENTS).read_text(encoding="utf-8").strip().splitlines()[1:]  # no patients scored
+    assert main(["report", "--study", str(study), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Three questions" in page and "records no checkpoint" in page

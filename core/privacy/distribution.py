@@ -67,8 +67,8 @@ class CTResult(Config):
 def ct_test(
     train: npt.ArrayLike, heldout: npt.ArrayLike, synthetic: npt.ArrayLike, seed: int = 0, cells: int = 0
 ) -> CTResult:
-    """C_T over a k-means partition of the training embeddings (``cells``: 0 = one cell per ~20 held-out scans,
-    at most 50)."""
+    """C_T over a k-means partition of the training embeddings (``cells``: 0 = one cell per ~20 held-out scans and
+    ~20 samples, at most 50)."""
     import faiss
     from scipy.stats import mannwhitneyu, norm
 
@@ -78,7 +78,7 @@ def ct_test(
             f"C_T needs at least {MIN_SYNTHETIC_IN_CELL} training, held-out and synthetic embeddings; got "
             f"{len(t)}, {len(p)}, {len(q)}."
         )
-    k = cells or max(1, min(50, len(p) // MIN_PER_CELL, len(t)))
+    k = cells or max(1, min(50, len(p) // MIN_PER_CELL, len(q) // MIN_PER_CELL, len(t)))
     kmeans = faiss.Kmeans(t.shape[1], k, niter=25, seed=seed, min_points_per_centroid=1)
     kmeans.train(t)
     cell_p, cell_q = kmeans.index.search(p, 1)[1][:, 0], kmeans.index.search(q, 1)[1][:, 0]
