@@ -9,7 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
+
+# Hypothesis's per-example deadline (200 ms by default) is a timed assert: on a loaded or slower machine an example
+# that is correct but slow would fail. The properties are about values, so no deadline.
+settings.register_profile("memoscope", deadline=None)
+settings.load_profile("memoscope")
 
 torch.set_num_threads(2)
 
