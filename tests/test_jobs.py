@@ -129,7 +129,7 @@ def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest
     )
     done = _wait(study, job.id, 300)
     assert done.status == "done", done.error
-    assert (done.done, done.total) == (1, 1) and len(done.result["hash"]) == 64
+    assert done.done == done.total >= 1 and len(done.result["hash"]) == 64  # progress counts training steps
     assert (study / "detector" / "detector.json").is_file()
 
     # the scan job with that detector: stages advance in order, results land in the study
