@@ -629,6 +629,7 @@ class Scanned:
     fpr_unseen_scan: str
     device: str
     load_average: tuple[float, float]  # the machine's 1-minute load average as the scan began and ended
+    choice: str = ""  # the summary's word on why no detector was trained ("" when one was)
 
 
 def _stage_printer() -> Callable[[Any], None]:
@@ -643,7 +644,7 @@ def _stage_printer() -> Callable[[Any], None]:
     return show
 
 
-def scan_stage(sets: BuiltSets, overrides: dict[str, Any]) -> Scanned:
+def scan_stage(sets: BuiltSets, overrides: dict[str, Any], train_budget: float | None = None) -> Scanned:
     """``python -m core scan --train T --val V --synthetic S --out O --dims D`` as the CLI builds it, timed."""
     import torch  # noqa: F401  (imported before the baseline is read: the scan's own memory is what follows)
 
@@ -664,6 +665,8 @@ def scan_stage(sets: BuiltSets, overrides: dict[str, Any]) -> Scanned:
         "detector_overrides": overrides,
         "verify": {},
     }
+    if train_budget is not None:
+        options["train_budget"] = train_budget
     config = config_from_options(ScanConfig, options)
     baseline = resident()["VmRSS"]
     load = os.getloadavg()[0]
@@ -692,6 +695,7 @@ def scan_stage(sets: BuiltSets, overrides: dict[str, Any]) -> Scanned:
         "-" if fpr is None else f"{fpr.value:.3f} [{fpr.low:.3f}, {fpr.high:.3f}]",
         summary.device,
         (load, os.getloadavg()[0]),
+        summary.detector.choice,
     )
 
 
@@ -871,6 +875,8 @@ def scan_row(dims: int, runs: Sequence[SizeRun], i: int) -> list[str]:
     run, s = runs[i], runs[i].scanned
     before = runs[i - 1] if i else None
     steps = "-" if s.steps is None else f"{s.steps} of {s.steps_planned} ({s.steps / s.per_epoch:.1f} epochs)"
+    if s.choice:
+        steps = "none (pixels)"
     return [
         f"{dims}D",
         f"{run.n} + {run.built.sets.n['val']} + {run.built.sets.n['synthetic']}",
@@ -926,7 +932,7 @@ def detail(dims: int, run: SizeRun) -> str:
         f"{s.peak_mib:.0f} MiB (sampled: anonymous {anon:.0f}, file-backed {file:.0f}), {s.baseline_mib:.0f} before "
         f"run_scan, largest loader worker {s.worker_peak_mib:.0f}; the scan's own cross-fit unseen FPR "
         f"{s.fpr_unseen_scan}; found by change: {kinds}; load average {s.load_average[0]:.1f} -> "
-        f"{s.load_average[1]:.1f}"
+        f"{s.load_average[1]:.1f}" + (f'; the summary: "{s.choice}"' if s.choice else "")
     )
 
 
@@ -952,7 +958,7 @@ def run_scans(args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
             root = work / f"{dims}d-{n}"
             built, _ = in_fresh_process(build_stage, str(root), n, dims, args.seed, args.copy_fraction, True)
             print(f"{dims}D N={n}: built {built.sets.n} in {built.seconds:.1f} s", flush=True)
-            scanned, sampled = in_fresh_process(scan_stage, built.sets, args.detector_overrides)
+            scanned, sampled = in_fresh_process(scan_stage, built.sets, args.detector_overrides, args.train_budget)
             runs.append(SizeRun(n, built, scanned, sampled))
             print(" | ".join(scan_row(dims, runs, len(runs) - 1)), flush=True)
             print(detail(dims, runs[-1]), flush=True)
@@ -1046,6 +1052,12 @@ def main() -> None:
         help="JSON of DetectorConfig keys for short development runs, e.g. '{\"epochs\": 2}' (default: none, the "
         "scan's own detector)",
     )
+    parser.add_argument(
+        "--train-budget",
+        type=float,
+        metavar="MINUTES",
+        help="the scan's --train-budget (default: the scan's own; 0 trains the contrastive detector whatever it costs)",
+    )
     parser.add_argument("--search-only", type=int, metavar="N", help="embed, search and verify alone at N training")
     parser.add_argument("--detector", help="--search-only: a trained detector folder (default: train one on 1,000)")
     parser.add_argument("--workdir", help="where the sets are written (default: a temporary folder)")
@@ -1066,6 +1078,7 @@ def main() -> None:
         from tools.readme_tables import write_result
 
         name = "scale_scan_search" if args.search_only else "scale_scan" + ("_3d" if args.dims == [3] else "")
+        name += "_trained" if args.train_budget == 0 and not args.search_only else ""
         print(f"wrote {write_result(name, text, command)}")
 
 

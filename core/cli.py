@@ -464,8 +464,9 @@ def _scan_parser(sub: Any) -> None:
         "--train-budget",
         type=float,
         metavar="MINUTES",
-        help="when training the detector here would take longer (timed on a few steps), train none and retrieve by "
-        "blurred pixels instead, as --detector none, and say so in the summary and the report (default: no limit)",
+        help="when training the detector here would take longer (projected from its first evaluation), train none "
+        "and retrieve by blurred pixels instead, as --detector none, and say so in the summary and the report "
+        "(default 20; 0: no limit)",
     )
     p.add_argument(
         "--approximate-above",

@@ -45,6 +45,11 @@ def test_augmentation_is_seeded_and_keeps_shape(policy: str) -> None:
     np.testing.assert_array_equal(outs[0], np.asarray(b(x)))
 
 
+def _renamed(images: ImageSet, prefix: str) -> ImageSet:
+    """The same images under other patients' IDs (train_and_save refuses a patient in both sets)."""
+    return ImageSet(images.ids, [prefix + p for p in images.patient_ids], images.images, images.spec, images.source)
+
+
 def _set(n: int, seed: int) -> ImageSet:
     rng = np.random.default_rng(seed)
     x = np.stack([smooth_image(rng, (1, 16, 16)) for _ in range(n)])
@@ -98,6 +103,28 @@ def test_training_stops_at_the_budget_or_early_and_records_which(monkeypatch: py
     rising = iter(np.arange(100.0))
     longer = train_detector(train, val, config.replace(max_steps=20, evaluations=20, stop_after=0))
     assert longer.provenance["schedule"]["steps_trained"] == 20 and longer.best_epoch == 0
+
+
+def test_a_time_budget_stops_training_at_its_first_evaluation_and_otherwise_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The projection is the first evaluation's time x the planned steps / the steps done; a clock that advances
+    10 s per reading makes it exact to state: readings at the start and after the first period, 3 steps of 12."""
+    small = {"arch": "convres", "embed_dim": 16, "epochs": 50, "batch_size": 4, "max_steps": 12, "evaluations": 4}
+    config = DetectorConfig.for_dims(2, [16, 16], **small)
+    train, val = _set(16, 0), _set(8, 1)
+    free = train_detector(train, val, config)
+    roomy = train_detector(train, val, config, budget=3600.0)
+    for a, b in zip(free.model.state_dict().values(), roomy.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # within the budget the check changes nothing
+    assert roomy.history == free.history
+    clock = iter(np.arange(0.0, 1000.0, 10.0))
+    monkeypatch.setattr(detector_module.time, "perf_counter", lambda: float(next(clock)))
+    over_budget = "about 1 min \\(12 steps\\), more than its 0.5 min budget"
+    with pytest.raises(detector_module.TrainingOverBudget, match=over_budget) as over:
+        detector_module.train_and_save(train, _renamed(val, "v"), tmp_path / "det", overrides=small, budget=30.0)
+    assert over.value.projected == pytest.approx(40.0)  # 10 s for 3 steps, 12 planned
+    assert not (tmp_path / "det").exists()  # nothing half written
 
 
 def test_train_save_load_and_cached_embeddings(tmp_path: Path) -> None:

@@ -389,9 +389,9 @@ def test_a_scan_without_a_detector_trains_nothing_finds_an_exact_copy_and_says_s
 def test_a_training_budget_too_small_for_the_detector_scans_with_none_and_says_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--train-budget: a few timed steps estimate the training; over the budget, no detector is trained and the
-    summary, the caveats and the report say why (0.00001 min = 0.6 ms: no machine trains a step and a validation
-    pass that fast)."""
+    """--train-budget: the training's first evaluation projects its time; over the budget, no detector is kept and
+    the summary, the caveats and the report say why (0.00001 min = 0.6 ms: no machine trains a step and a
+    validation pass that fast)."""
     from core.study.caveats import CaveatKey, caveats
     from core.study.results import ScanResults
 

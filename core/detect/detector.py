@@ -271,6 +271,18 @@ def training_provenance(
     }
 
 
+class TrainingOverBudget(MemoScopeError):
+    """Training stopped at its first evaluation because the whole schedule, projected from that evaluation's time,
+    would take longer than its budget (``projected`` seconds of ``steps`` planned)."""
+
+    def __init__(self, projected: float, budget: float, steps: int) -> None:
+        self.projected, self.budget, self.steps = projected, budget, steps
+        super().__init__(
+            f"training the detector would take about {projected / 60:.0f} min ({steps} steps), more than its "
+            f"{budget / 60:g} min budget."
+        )
+
+
 def train_detector(
     train: ImageSet,
     val: ImageSet,
@@ -278,6 +290,7 @@ def train_detector(
     progress: Progress = silent,
     device: torch.device | str = "cpu",
     precision: str = Precision.FP32,
+    budget: float = 0.0,
 ) -> Detector:
     """Train the encoder on ``train`` on ``device`` for at most ``config.max_steps`` steps; keep the evaluation
     with the lowest validation NT-Xent loss.
@@ -292,6 +305,11 @@ def train_detector(
     minimise NT-Xent over shuffled batches and their augmented views; 3. take the validation loss with a fixed
     augmentation seed; 4. keep a copy of the best weights; 5. stop at the budget, or early when the validation loss
     has not improved for ``schedule.patience`` evaluations.
+
+    ``budget``: seconds (0: none). At the first evaluation the whole schedule's time is projected from the time
+    so far (steps and evaluations in proportion; an upper bound, since early stopping can only shorten it); over
+    the budget, :class:`TrainingOverBudget` is raised and nothing is kept. Within it, training goes on exactly as
+    without a budget: the check draws no random numbers.
 
     One function: the periods, the validation loss, early stopping and the best-evaluation checkpoint share one
     training state; its parts (the step, the loss, the schedule, the encoder) are the helpers above.
@@ -314,7 +332,7 @@ def train_detector(
     x_train, x_val = torch.from_numpy(train.images), validation_images(val, config)
     history: list[dict[str, float]] = []
     best_loss, best_state, best = math.inf, copy.deepcopy(model.state_dict()), -1
-    done = 0
+    done, start = 0, time.perf_counter()
     for period in range(schedule.periods):
         model.train()
         losses = [
@@ -326,6 +344,10 @@ def train_detector(
         model.eval()
         val_loss = validation_loss(model, x_val, config, loss_fn, device, precision)
         history.append({"epoch": period, "step": done, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+        if period == 0 and budget > 0:
+            projected = (time.perf_counter() - start) * schedule.steps / done
+            if projected > budget:
+                raise TrainingOverBudget(projected, budget, schedule.steps)
         if val_loss < best_loss:
             best_loss, best_state, best = val_loss, copy.deepcopy(model.state_dict()), period
         progress(
@@ -344,41 +366,6 @@ def train_detector(
     model.cpu().eval()
     provenance = training_provenance(train, val, schedule, done, device, precision)
     return Detector(config, model, history, best, provenance)
-
-
-def estimate_training_seconds(
-    train: ImageSet,
-    val: ImageSet,
-    config: DetectorConfig,
-    device: torch.device | str = "cpu",
-    precision: str = Precision.FP32,
-    probe: int = 3,
-) -> float:
-    """How long :func:`train_detector` would take here: ``probe`` timed steps (after one untimed warm-up) and one
-    timed validation loss on these sets, scaled to the schedule's steps and evaluations. Nothing is kept."""
-    check_training_sets(train, val, config)
-    if not config.arch.trained:
-        return 0.0
-    device = torch.device(device)
-    schedule = training_schedule(len(train), config)
-    model = build_encoder(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = NTXentLoss(temperature=config.temperature)
-    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
-    transform.set_random_state(seed=config.seed)
-    batches = batch_stream(len(train), config.batch_size, np.random.default_rng(config.seed))
-    x_train = torch.from_numpy(train.images)
-    model.train()
-    train_step(model, x_train[next(batches)], transform, loss_fn, optimizer, device, precision)
-    start = time.perf_counter()
-    for idx in itertools.islice(batches, probe):
-        train_step(model, x_train[idx], transform, loss_fn, optimizer, device, precision)
-    per_step = (time.perf_counter() - start) / probe
-    model.eval()
-    start = time.perf_counter()
-    validation_loss(model, validation_images(val, config), config, loss_fn, device, precision)
-    per_evaluation = time.perf_counter() - start
-    return schedule.steps * per_step + schedule.periods * per_evaluation
 
 
 def untrained_detector(
@@ -407,13 +394,15 @@ def train_and_save(
     precision: str = Precision.FP32,
     ray: str = "",
     workers: int = 0,
+    budget: float = 0.0,
 ) -> Detector:
     """Train a detector with the default config for these sets (plus ``overrides``) and save it to ``out``.
 
     The one place a detector config is derived from data: ``train-detector``, the app's job and
     ``scan`` (when no detector is given) all come here. With ``ray`` (``local`` or a cluster address) it trains on
     ``workers`` Ray Train workers (:func:`core.detect.train_ray.train_detector_on_ray`; ``device`` then says
-    which devices the workers take).
+    which devices the workers take). ``budget``: seconds, as :func:`train_detector` (one process only; nothing is
+    saved when it is exceeded).
     """
     check_patient_overlap(train, val)
     spec = train.spec
@@ -425,7 +414,7 @@ def train_and_save(
 
         detector = train_detector_on_ray(train, val, config, ray, workers, progress, device, precision)
     else:
-        detector = train_detector(train, val, config, progress=progress, device=device, precision=precision)
+        detector = train_detector(train, val, config, progress, device, precision, budget)
     save_detector(detector, out, overwrite=overwrite)
     return detector
 
