@@ -60,7 +60,7 @@ def main() -> None:
             val.patient_ids,
             config,
         )
-        mean = f"{result.auroc:.2f} [{result.auroc_low:.2f}, {result.auroc_high:.2f}]"
+        mean = f"{result.interval()}, p = {result.p_value:.2g}"
         rows.append([name, *cells, mean, f"{time.perf_counter() - start:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
     if args.write:
@@ -69,8 +69,8 @@ def main() -> None:
         )
         notes = (
             f"\n- {len(train)} training scans of {len(set(train.patient_ids))} subjects, {len(val)} validation scans "
-            f"of {len(set(val.patient_ids))} subjects; AUROC of the negated denoising error, interval: bootstrap "
-            "over patients.\n"
+            f"of {len(set(val.patient_ids))} subjects; AUROC of the negated denoising error; p: one-sided, from "
+            "permuting the subjects' labels (exact).\n"
         )
         print(f"wrote {write_result('privacy_timesteps', markdown_table(header, rows) + notes, command)}")
 

@@ -178,6 +178,12 @@ def cmd_scan(args: argparse.Namespace) -> None:
     for caveat in caveats(summary, metrics, pairs, nearer_than_heldout(scan, pairs), summary.diagnostics):
         print(f"caveat: {caveat.text}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json, pairs.csv, train_nn.csv (scan {summary.scan_id})")
+    from core.study.privacy import current_privacy
+
+    if privacy := current_privacy(args.out, summary.scan_id):
+        print("beyond copies (the privacy tests, privacy.json):")
+        for sentence in privacy.sentences():
+            print(f"- {sentence}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -467,6 +473,14 @@ def _scan_parser(sub: Any) -> None:
         help="when training the detector here would take longer (projected from its first evaluation), train none "
         "and retrieve by blurred pixels instead, as --detector none, and say so in the summary and the report "
         "(default 20; 0: no limit)",
+    )
+    p.add_argument(
+        "--no-privacy",
+        dest="privacy",
+        action="store_false",
+        default=None,
+        help="do not run the privacy tests after the scan (they run when the samples name their checkpoint: "
+        "membership through the checkpoint, C_T, authenticity, nearest record; `privacy` runs them later)",
     )
     p.add_argument(
         "--approximate-above",

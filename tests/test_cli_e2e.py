@@ -13,6 +13,7 @@ from core.cli import main
 from core.generative.ldm import checkpoint_hash, load_ldm
 from core.generative.sample import to_uint16
 from core.io.sample_data import REAL_VOLUMES, axial_slices
+from core.study.privacy import read_privacy
 from core.study.results import SCHEMA_VERSION, ScanResults
 
 SUBJECTS = ("mni152", "nibabel-example4d", "nibabel-anatomical", "dipy-aniso-vox")
@@ -163,6 +164,13 @@ def test_the_whole_chain_of_commands(work: Path, capsys: pytest.CaptureFixture[s
     scan = ScanResults.open(study)
     assert scan.summary.schema_version == SCHEMA_VERSION and scan.summary.inputs["synthetic"].n == 3
     assert scan.summary.checkpoint_hash == checkpoint_hash(checkpoint) and len(scan.pairs()) == 6
+    # the samples name their checkpoint, so the scan ran the privacy tests as its last step; 3 samples are too few
+    # to rank for C_T, which is said, while membership and the two shares answer
+    privacy = read_privacy(study)
+    assert privacy is not None and privacy.scan_id == scan.summary.scan_id
+    assert privacy.checkpoint_hash == scan.summary.checkpoint_hash and privacy.membership is not None
+    assert privacy.ct is None and privacy.ct_note.startswith("C_T needs at least 5")
+    assert privacy.nearest_record.n == 3 and set(privacy.timings) == {"distribution tests", "membership"}
     capsys.readouterr()
     _run("upgrade-study", "--study", str(study))
     assert "already at schema" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -105,11 +106,12 @@ def test_training_stops_at_the_budget_or_early_and_records_which(monkeypatch: py
     assert longer.provenance["schedule"]["steps_trained"] == 20 and longer.best_epoch == 0
 
 
-def test_a_time_budget_stops_training_at_its_first_evaluation_and_otherwise_changes_nothing(
+def test_a_time_budget_stops_training_at_its_second_evaluation_and_otherwise_changes_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The projection is the first evaluation's time x the planned steps / the steps done; a clock that advances
-    10 s per reading makes it exact to state: readings at the start and after the first period, 3 steps of 12."""
+    """The projection at the second evaluation is the time so far plus the second period's for each period left; a
+    clock that advances 10 s per reading makes it exact to state: readings at the start (0) and at the first two
+    evaluations (10, 20) of 4 periods of 3 steps: 20 + 10 x 2 = 40 s."""
     small = {"arch": "convres", "embed_dim": 16, "epochs": 50, "batch_size": 4, "max_steps": 12, "evaluations": 4}
     config = DetectorConfig.for_dims(2, [16, 16], **small)
     train, val = _set(16, 0), _set(8, 1)
@@ -119,11 +121,11 @@ def test_a_time_budget_stops_training_at_its_first_evaluation_and_otherwise_chan
         assert torch.equal(a, b)  # within the budget the check changes nothing
     assert roomy.history == free.history
     clock = iter(np.arange(0.0, 1000.0, 10.0))
-    monkeypatch.setattr(detector_module.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(detector_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     over_budget = "about 1 min \\(12 steps\\), more than its 0.5 min budget"
     with pytest.raises(detector_module.TrainingOverBudget, match=over_budget) as over:
         detector_module.train_and_save(train, _renamed(val, "v"), tmp_path / "det", overrides=small, budget=30.0)
-    assert over.value.projected == pytest.approx(40.0)  # 10 s for 3 steps, 12 planned
+    assert over.value.projected == pytest.approx(40.0)
     assert not (tmp_path / "det").exists()  # nothing half written
 
 

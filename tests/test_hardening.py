@@ -389,15 +389,15 @@ def test_a_scan_without_a_detector_trains_nothing_finds_an_exact_copy_and_says_s
 def test_a_training_budget_too_small_for_the_detector_scans_with_none_and_says_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--train-budget: the training's first evaluation projects its time; over the budget, no detector is kept and
+    """--train-budget: the training's second evaluation projects its time; over the budget, no detector is kept and
     the summary, the caveats and the report say why (0.00001 min = 0.6 ms: no machine trains a step and a
-    validation pass that fast)."""
+    validation pass that fast; 3 epochs of one step each, so that there is a run left to project)."""
     from core.study.caveats import CaveatKey, caveats
     from core.study.results import ScanResults
 
     for i in range(4):
         _png(tmp_path / "synthetic" / f"s{i}.png", 300 + i)
-    study = _scan(tmp_path, tmp_path / "synthetic", capsys, "--train-budget", "0.00001")
+    study = _scan(tmp_path, tmp_path / "synthetic", capsys, "--train-budget", "0.00001", "--detector-epochs", "3")
     results = ScanResults.open(study)
     detector = results.summary.detector
     assert detector.config.arch == "pixels"

@@ -147,6 +147,7 @@ def test_train_detector_job_saves_a_detector(tmp_path: Path, monkeypatch: pytest
             "detector": str(study / "detector"),
             "percentile": 90.0,
             "k": 2,
+            "privacy": False,  # the samples name the demo checkpoint; its privacy step is tested in test_cli_e2e
         },
     )
     assert job.params["spec"]["spatial_size"] == [32, 32]  # the options became a validated config

@@ -64,11 +64,48 @@ def test_membership_statistics_on_known_scores() -> None:
     patients_a = [f"a{i // 6}" for i in range(60)]
     patients_b = [f"b{i // 6}" for i in range(60)]
     result, by_patient = membership_test(members, patients_a, others, patients_b, config)
+    assert result.auroc_low is not None and result.auroc_high is not None  # 10 patients a side: an interval
     assert 0.65 < result.auroc < 0.9 and result.auroc_low < result.auroc < result.auroc_high
     assert (result.n_train_patients, result.n_heldout_patients) == (10, 10) and len(by_patient) == 20
-    assert "better than chance" in result.sentence() and "interval is wide" in result.sentence()  # 10 a side
+    assert not result.exact and result.p_value < 0.01 and result.leak_shown  # C(20, 10) > 2000: sampled
+    assert "The weights leak who was in training" in result.sentence()
     same, _ = membership_test(others[:30], patients_a[:30], others[30:], patients_b[30:], config)
-    assert same.auroc_low < 0.5 < same.auroc_high and "includes chance" in same.sentence()
-    assert "weak evidence, not proof" in same.sentence()
+    # 5 patients a side: no interval, an exact p-value over the C(10, 5) = 252 arrangements
+    assert same.auroc_low is None and same.exact and same.p_value > 0.05 and not same.leak_shown
+    assert "No membership leak was shown" in same.sentence() and "weak evidence, not proof" in same.sentence()
+    # patients move as groups: 2 + 2 perfectly separated patients reach only p = 1 / C(4, 2), and say so
+    tiny, _ = membership_test([5.0, 6, 7, 8], ["a", "a", "b", "b"], [0.0, 1, 2, 3], ["c", "c", "d", "d"], config)
+    assert tiny.auroc == 1.0 and tiny.p_value == pytest.approx(1 / 6) and tiny.exact
+    assert "cannot show a leak here" in tiny.sentence()
     with pytest.raises(MemoScopeError, match="both in training and held out"):
         membership_test(members, patients_a, others, patients_a, config)
+
+
+@pytest.mark.slow
+def test_the_committed_checkpoints_leak_membership_when_over_trained_and_not_when_early() -> None:
+    """Known answers through real weights: the demo LDM trained 2,000 UNet epochs without augmentation reproduces its
+    training slices (FINDINGS.md), so their denoising error is lower than the validation subjects': the AUROC is
+    near 1 and the permutation p-value the smallest 3 + 3 subjects allow (1 / C(6, 3) = 0.05); after 25 epochs
+    (noise, not anatomy yet) no leak is shown. One timestep (t = 100, among the defaults) and every 4th slice keep
+    it to seconds."""
+    from core.generative.ldm import load_ldm
+    from core.io.load import load_set
+    from core.io.preprocessing import PreprocessSpec
+    from core.privacy.membership import denoising_errors
+
+    config = MembershipConfig(timesteps=(100,), seed=0)
+    found = {}
+    for epochs in ("e0025", "e2000"):
+        ldm = load_ldm(f"checkpoints/demo-2d-noaug-{epochs}")
+        spec = PreprocessSpec.from_dict(ldm.config.preprocessing)
+        scores, patients = [], []
+        for role in ("train", "val"):
+            images = load_set("data/demo/2d/manifest.csv", spec, role=role)
+            keep = np.arange(0, len(images), 4)
+            errors = denoising_errors(ldm, np.asarray(images.images)[keep], config, "cpu")
+            scores.append(-errors.mean(1))
+            patients.append([images.patient_ids[i] for i in keep])
+        found[epochs], _ = membership_test(scores[0], patients[0], scores[1], patients[1], config)
+    over, early = found["e2000"], found["e0025"]
+    assert over.auroc >= 0.9 and over.p_value == over.smallest_p == pytest.approx(0.05), over  # 3 + 3 subjects
+    assert over.leak_shown and not early.leak_shown and early.p_value > 0.05, early

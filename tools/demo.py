@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from core.io.discover import Role
 from core.io.load import load_set
 from core.io.preprocessing import PreprocessSpec, config_from_options
 from core.io.sample_data import REAL_VOLUMES, RealVolume, axial_slices, volume_cube
+from core.privacy.membership import DEFAULT_TIMESTEPS
 from core.study.scan import ScanConfig, run_scan
 from core.study.store import DEMO_MARKER, mark_demo
 
@@ -508,6 +510,78 @@ def build_all(
     return record
 
 
+def privacy_tests(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) -> list[tuple[str, Any]]:
+    """The privacy tests of every demo study, in place, on the committed scans (seed 0, on the CPU): what a rescan's
+    own privacy step writes, without sampling and scanning anew. The denoising errors are computed afresh (a
+    temporary cache), so the recorded seconds are a first run's. Returns (study, report) pairs."""
+    import tempfile
+
+    from core.privacy.membership import MembershipConfig
+    from core.study.privacy import run_privacy
+
+    done = []
+    with tempfile.TemporaryDirectory(prefix="memoscope-privacy-") as cache:
+        before = os.environ.get("MEMOSCOPE_CACHE_DIR")
+        os.environ["MEMOSCOPE_CACHE_DIR"] = cache
+        try:
+            for model in demo_models(profile, dims):
+                study = _rel(paths.studies / model.study, paths.root)
+                logger.info("privacy -> %s", study)
+                report = run_privacy(study, MembershipConfig(seed=0), "cpu", progress=logged(logger, silent))
+                done.append((study, report))
+        finally:
+            if before is None:
+                os.environ.pop("MEMOSCOPE_CACHE_DIR", None)
+            else:
+                os.environ["MEMOSCOPE_CACHE_DIR"] = before
+    return done
+
+
+PRIVACY_TESTS = (
+    (
+        "Could someone holding the weights tell who was in training?",
+        "membership: each scan's denoising error through the checkpoint at timesteps "
+        f"{', '.join(map(str, DEFAULT_TIMESTEPS))} with fixed seeded noise; AUROC training vs held-out scans, "
+        "p-value from permuting the patients' labels, interval by a bootstrap over patients (from 10 a side), TPR "
+        "at 1 % and 5 % FPR",
+        "Carlini et al. 2023; SecMI (Duan et al. 2023); PIA (Kong et al. 2024)",
+        "membership",
+    ),
+    (
+        "Do the samples as a whole stay closer to training than new scans do?",
+        "C_T over k-means cells of the training embeddings (strongly negative: copying); authenticity (share of "
+        "samples farther from their nearest training scan than it is from its own neighbour, against held-out "
+        "scans' share); nearest-record share against an equal-sized holdout (about 1/2 when samples are new)",
+        "Meehan, Chaudhuri and Dasgupta 2020; Alaa et al. 2022; sdmetrics DCROverfittingProtection",
+        "distribution tests",
+    ),
+)
+
+
+def privacy_cost_table(done: list[tuple[str, Any]]) -> str:
+    """What each privacy test answers, its anchor and what it cost per demo study here (the range of seconds over
+    the 2D studies, and over the 3D ones, with the sets' sizes: the same data in every study of one kind)."""
+    from core.study.results import read_summary
+    from tools.readme_tables import markdown_table
+
+    def cost(key: str, dims: int) -> str:
+        runs = [(r, read_summary(study)) for study, r in done if Path(study).name.startswith(f"demo-{dims}d")]
+        if not runs:
+            return ""
+        seconds = sorted(r.timings.get(key, 0.0) for r, _ in runs)
+        sizes = {(s.inputs["train"].n, s.inputs["val"].n, s.inputs["synthetic"].n) for _, s in runs}
+        train, val, synthetic = (" or ".join(sorted({str(x[i]) for x in sizes})) for i in range(3))
+        what = f"{train} + {val} scans" if key == "membership" else f"{synthetic} samples"
+        span = f"{seconds[0]:.1f}" if len(seconds) == 1 else f"{seconds[0]:.1f}-{seconds[-1]:.1f}"
+        return f"{dims}D: {span} s ({what}; {len(seconds)} studies)"
+
+    rows = [
+        [question, test, anchor, "; ".join(c for c in (cost(key, 2), cost(key, 3)) if c)]
+        for question, test, anchor, key in PRIVACY_TESTS
+    ]
+    return markdown_table(["question", "test", "anchor", "cost per demo study on this CPU"], rows)
+
+
 # ---------------------------------------------------------------- findings
 
 
@@ -519,9 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description="Rebuild MemoScope's embedded demo.")
     parser.add_argument(
         "action",
-        choices=("all", "rescan", "build-data", "findings"),
+        choices=("all", "rescan", "build-data", "privacy", "findings"),
         help="all: everything from nothing; rescan: new samples and scans from the committed checkpoints; "
-        "build-data: data/demo only; findings: docs/FINDINGS.md",
+        "build-data: data/demo only; privacy: the privacy tests of the committed scans (run from the repository "
+        "root); findings: docs/FINDINGS.md",
     )
     parser.add_argument(
         "--profile", choices=tuple(PROFILES), default="full", help="full: the committed demo; quick: a CI-sized check"
@@ -541,6 +616,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sum(c['slices_2d'] for c in counts.values())} slices and {len(counts)} volumes "
                 f"of {len(counts)} subjects -> {paths.data}"
             )
+        elif args.action == "privacy":
+            from tools.findings import write_findings
+            from tools.readme_tables import write_result
+
+            done = privacy_tests(paths, profile, args.dims)
+            dims = "" if sorted(args.dims) == [2, 3] else f" --dims {' '.join(map(str, args.dims))}"
+            command = f"python -m tools.demo privacy{dims}"
+            cost = write_result("privacy_tests", privacy_cost_table(done), command, "One process on the CPU.")
+            print(f"wrote privacy.json in each demo study, {cost} and {write_findings(paths.root, profile)}")
         elif args.action == "findings":
             from tools.findings import write_findings
 

@@ -17,6 +17,7 @@ from core.common.provenance import atomic_write_text
 from core.detect.metrics import MIN_RESAMPLED_GROUPS, BeyondHeldout, Fraction, ThresholdRule
 from core.generative.ldm import LDMConfig, read_config
 from core.study.compare import compare
+from core.study.privacy import PrivacyReport, current_privacy
 from core.study.results import ScanResults, ScanSummary, is_scanned, nearest_pairs
 from core.study.review import ANATOMY_FLOOR, ByPatient, by_patient, nearer_than_heldout, sample_quality
 from tools.demo import (
@@ -44,6 +45,7 @@ class ModelResult:
     quality: float | None  # median pixel r of each sample with its nearest training scan (does it make anatomy?)
     beyond: BeyondHeldout  # samples nearer to training than any validation scan (new anatomy would rarely be)
     between: int  # samples nearer to training than any validation scan, yet not called copies
+    privacy: PrivacyReport | None = None  # the privacy tests of this scan (None: not run on it)
 
 
 def _median(values: list[float]) -> float | None:
@@ -75,6 +77,7 @@ def read_result(paths: DemoPaths, model: DemoModel) -> ModelResult:
         sample_quality(pairs),
         beyond,
         between,
+        current_privacy(study, scan.summary.scan_id),
     )
 
 
@@ -169,6 +172,7 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
     if note:
         lines += [note, ""]
     lines += three_d_section(results, profile)
+    lines += privacy_section(results)
     lines += [
         "## How small the demo is",
         "",
@@ -333,6 +337,84 @@ def three_d_section(results: list[ModelResult], profile: DemoProfile) -> list[st
         "",
     ]
     return lines
+
+
+def privacy_section(results: list[ModelResult]) -> list[str]:
+    """FINDINGS.md's "beyond copies" section: each checkpoint's membership test and distribution-level tests
+    (``privacy.json``, written by the scan's privacy step or ``python -m tools.demo privacy``)."""
+    lines = [
+        "## Beyond copies: membership through the weights, and the samples as a whole",
+        "",
+        "Membership AUROC: training against validation slices (volumes) by their denoising error through the "
+        "checkpoint (0.50: this test cannot tell them apart, though a stronger attack might; p: from permuting the "
+        "subjects' labels, whose smallest possible value with 3 + 3 subjects is 0.05; interval: a bootstrap over "
+        "subjects, given from 10 a side). "
+        "C_T (Meehan et al.): about 0 when samples are as far from the training scans as new scans are, below -3 "
+        "when they sit closer. Authenticity: samples farther from their nearest training scan than that scan is "
+        "from its own nearest neighbour, beside the validation scans' own share. Nearest record: samples nearer a "
+        "training than a validation scan with the two sets the same size (about 50 % for new anatomy).",
+        "",
+        "| study | checkpoint | augmentation | UNet epochs | membership AUROC (permutation p) | TPR at 5 % FPR | C_T | "
+        "authenticity: samples / validation | nearest a training scan (p) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        head = (
+            f"| `{r.model.study}` | `{r.model.checkpoint}` ({r.model.stage}) | "
+            f"{'yes' if r.model.variant == 'aug' else 'no'} | {r.model.epoch} |"
+        )
+        p = r.privacy
+        if p is None:
+            lines.append(f"{head} not run (`python -m tools.demo privacy`) | | | | |")
+            continue
+        m, near, auth = p.membership, p.nearest_record, p.authenticity
+        membership = "no checkpoint | " if m is None else f"{m.interval()}, p = {m.p_value:.2g} | {m.tpr_at_5:.0%}"
+        lines.append(
+            f"{head} {membership} | {_ct(p)} | {auth.value:.0%} / "
+            f"{p.authenticity_heldout:.0%} | {near.value:.0%} [{near.low:.0%}, {near.high:.0%}] ({near.p_value:.2g}) |"
+        )
+    lines += ["", *privacy_reading(results), ""]
+    return lines
+
+
+def _ct(report: PrivacyReport) -> str:
+    return "not tested" if report.ct is None else f"{report.ct.value:.1f} (p {report.ct.p_value:.2g})"
+
+
+def privacy_reading(results: list[ModelResult]) -> list[str]:
+    """Sentences from the numbers: each data set's early against its most trained checkpoint, per test."""
+    out = []
+    for dims, variant in ((2, "noaug"), (2, "aug"), (3, "noaug")):
+        runs = [r for r in results if (r.model.dims, r.model.variant) == (dims, variant) and r.privacy is not None]
+        if len(runs) < 2:
+            continue
+        first, last = runs[0], runs[-1]
+        a, b = first.privacy, last.privacy
+        assert a is not None and b is not None
+        label = f"{dims}D{' with augmentation' if variant == 'aug' else ''}"
+        if a.membership is not None and b.membership is not None:
+            out.append(
+                f"- {label}: membership AUROC {a.membership.auroc:.2f} after {first.model.epoch} UNet epochs and "
+                f"{b.membership.auroc:.2f} after {last.model.epoch} ({b.membership.n_train_patients} training "
+                f"against {b.membership.n_heldout_patients} validation subjects). {b.membership.sentence()}"
+            )
+        ct = (
+            f"C_T not tested ({b.ct_note})"
+            if a.ct is None and b.ct is None
+            else f"C_T {_ct(a)} after {first.model.epoch} epochs and {_ct(b)} after {last.model.epoch}"
+        )
+        out.append(
+            f"- {label}: {ct}; nearest a training scan {a.nearest_record.value:.0%} after {first.model.epoch} "
+            f"epochs and {b.nearest_record.value:.0%} after {last.model.epoch}."
+        )
+    if out:
+        out.append(
+            "- The validation subjects come from other scanners than the training subjects, so some of a membership "
+            "AUROC above 0.50 at the early stage can be the scanner, not the patient (CopyMark's warning). A rise "
+            "from the early to the over-trained checkpoint comes from training longer on the same subjects, but "
+            "with three subjects a side it cannot tell fitting the subjects from fitting their scanners."
+        )
+    return out
 
 
 def _rule_meaning(summary: ScanSummary) -> str:

@@ -184,7 +184,7 @@ def compare_rows(names: tuple[str, ...]) -> list[StudyRow]:
     """The studies ``names`` (under ``studies/``; a demo study through its working copy, where its saved threshold
     lives) as comparison rows; cached until one is rescanned or its threshold is saved."""
     folders = tuple(working_copy(STUDIES / n) for n in names)
-    mtimes = tuple(m for f in folders for m in (_scan_mtime(f), _mtime(f / "study.sqlite")))
+    mtimes = tuple(m for f in folders for m in (_scan_mtime(f), _mtime(f / "study.sqlite"), _mtime(f / "privacy.json")))
     return _compare_rows(tuple(str(f) for f in folders), mtimes)
 
 

@@ -39,7 +39,12 @@ st.caption(
     "and that stage's memorization numbers say nothing about copying. Nearer than any held-out scan: samples whose "
     "best score against training exceeds every real held-out scan's; samples as new as new patients' scans would "
     "give about the share after 'new:' (1 / (held-out scans + 1)), so a stage far above it reproduces training "
-    "anatomy even where nothing is called a copy."
+    "anatomy even where nothing is called a copy. Membership AUROC: how well someone holding the checkpoint tells "
+    "its training patients from held-out ones by denoising error (0.50: this test cannot, a stronger attack might; "
+    "p from permuting the patients' labels; a 95 % interval over patients from 10 patients a side). C_T: "
+    "near 0 when samples are as far from training as new patients' scans, strongly negative (below -3) when they sit "
+    "closer. Nearest a training scan: about 50 % for samples as new as held-out scans. The Overview says what each "
+    "can and cannot show; 'not run': `python -m core privacy --study ...` or the Overview's button."
 )
 poor = [r.study for r in rows if r.too_poor_to_judge]
 if poor:

@@ -145,6 +145,13 @@ with st.form("scan"):
         "Percentile", 50.0, 99.9, float((summary.threshold.percentile if summary else None) or 95.0)
     )
     k = cols[3].number_input("Neighbours kept", 1, 50, int(summary.k if summary else 5))
+    privacy = st.checkbox(
+        "Then run the privacy tests",
+        value=True,
+        help="When the samples name their checkpoint: could someone holding the weights tell who was in training "
+        "(each training and validation scan denoised through the checkpoint at 4 timesteps), and do the samples as "
+        "a whole stay closer to training than new scans do. The Overview shows the answers.",
+    )
     compute = _ui.compute_inputs("scan")
     ready = bool(train and val and synthetic and record is not None)
     if st.form_submit_button("Embed and scan", disabled=not ready):
@@ -165,6 +172,7 @@ with st.form("scan"):
                 "threshold_rule": "" if rule == "the method's own" else rule,
                 "percentile": float(percentile),
                 "k": int(k),
+                "privacy": privacy,
                 **compute,
             },
         )

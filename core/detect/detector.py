@@ -272,8 +272,8 @@ def training_provenance(
 
 
 class TrainingOverBudget(MemoScopeError):
-    """Training stopped at its first evaluation because the whole schedule, projected from that evaluation's time,
-    would take longer than its budget (``projected`` seconds of ``steps`` planned)."""
+    """Training stopped at its second evaluation because the whole schedule, projected from the time so far and the
+    second period's, would take longer than its budget (``projected`` seconds of ``steps`` planned)."""
 
     def __init__(self, projected: float, budget: float, steps: int) -> None:
         self.projected, self.budget, self.steps = projected, budget, steps
@@ -306,10 +306,12 @@ def train_detector(
     augmentation seed; 4. keep a copy of the best weights; 5. stop at the budget, or early when the validation loss
     has not improved for ``schedule.patience`` evaluations.
 
-    ``budget``: seconds (0: none). At the first evaluation the whole schedule's time is projected from the time
-    so far (steps and evaluations in proportion; an upper bound, since early stopping can only shorten it); over
-    the budget, :class:`TrainingOverBudget` is raised and nothing is kept. Within it, training goes on exactly as
-    without a budget: the check draws no random numbers.
+    ``budget``: seconds (0: none). At the second evaluation the whole schedule's time is projected: the time so
+    far plus the second period's (steps and its evaluation; the first period also pays the warm-up of kernels
+    and caches) for each period left. The projection ignores early stopping, which can only shorten the run.
+    Over the budget, :class:`TrainingOverBudget` is raised and nothing is kept; within it, training goes on
+    exactly as without a budget (the check draws no random numbers). It depends on this machine's speed and
+    load at the time, so two runs near the budget can decide differently; the caller records the decision.
 
     One function: the periods, the validation loss, early stopping and the best-evaluation checkpoint share one
     training state; its parts (the step, the loss, the schedule, the encoder) are the helpers above.
@@ -332,7 +334,7 @@ def train_detector(
     x_train, x_val = torch.from_numpy(train.images), validation_images(val, config)
     history: list[dict[str, float]] = []
     best_loss, best_state, best = math.inf, copy.deepcopy(model.state_dict()), -1
-    done, start = 0, time.perf_counter()
+    done, start, lap = 0, time.perf_counter(), 0.0
     for period in range(schedule.periods):
         model.train()
         losses = [
@@ -344,10 +346,12 @@ def train_detector(
         model.eval()
         val_loss = validation_loss(model, x_val, config, loss_fn, device, precision)
         history.append({"epoch": period, "step": done, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
-        if period == 0 and budget > 0:
-            projected = (time.perf_counter() - start) * schedule.steps / done
-            if projected > budget:
+        if budget > 0 and period < 2:
+            elapsed = time.perf_counter() - start
+            projected = elapsed + (elapsed - lap) * (schedule.periods - 2)  # at period 1: the second period's time
+            if period == 1 and schedule.periods > 2 and projected > budget:  # two periods: already done
                 raise TrainingOverBudget(projected, budget, schedule.steps)
+            lap = elapsed
         if val_loss < best_loss:
             best_loss, best_state, best = val_loss, copy.deepcopy(model.state_dict()), period
         progress(

@@ -5,8 +5,11 @@ noise for every scan, so scans differ only by themselves), and denoised once by 
 training target (the noise, or the velocity for a v-prediction model) is the membership score (Carlini et al.
 2023; the loss attack SecMI and PIA refine). A model that has memorised its training scans denoises them better than
 new scans of the same source. Errors are averaged per scan over the timesteps and per patient over the scans; the
-test is AUROC of training patients against held-out patients (negated error: lower error = "member"), with a
-bootstrap interval over patients, and the true-positive rate at 1 % and 5 % false-positive rate.
+test is AUROC of training scans against held-out scans (negated error: lower error = "member"), with a one-sided
+p-value from permuting the patients' labels (a patient's scans move together; exact when the arrangements are
+few), a bootstrap interval over patients when each side has at least ``MIN_RESAMPLED_GROUPS`` of them (with fewer,
+resampling bounds nothing and no interval is given), and the true-positive rate at 1 % and 5 % false-positive
+rate.
 
 Calibrate only on held-out scans of the same source as the training scans (CopyMark, arXiv 2410.03640: such
 attacks look strong against another data set for the wrong reason).
@@ -14,7 +17,9 @@ attacks look strong against another data set for the wrong reason).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,7 @@ import numpy.typing as npt
 
 from core.common.config import Config, check_range
 from core.common.errors import MemoScopeError
+from core.detect.metrics import MIN_RESAMPLED_GROUPS
 
 DEFAULT_TIMESTEPS = (25, 50, 100, 200)  # chosen on the demo checkpoints: see benchmarks/privacy_timesteps.py
 
@@ -35,12 +41,15 @@ class MembershipConfig(Config):
         seed: the noise.
         batch_size: scans per forward pass.
         bootstrap: resamples of the patients for the AUROC interval.
+        permutations: arrangements of the patients' labels for the p-value (all of them when there are at most
+            this many).
     """
 
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
     seed: int = 0
     batch_size: int = 16
     bootstrap: int = 1000
+    permutations: int = 2000
 
     def validate(self) -> None:
         if not self.timesteps:
@@ -49,6 +58,7 @@ class MembershipConfig(Config):
             check_range("membership timestep", t, 0)
         check_range("membership batch_size", self.batch_size, 1)
         check_range("membership bootstrap", self.bootstrap, 10)
+        check_range("membership permutations", self.permutations, 10)
 
 
 def denoising_errors(
@@ -104,48 +114,73 @@ class MembershipResult(Config):
     """The membership test's result.
 
     Attributes:
-        auroc: training scans against held-out scans by denoising error (0.5: cannot tell).
-        auroc_low, auroc_high: 95 % bootstrap interval over patients.
+        auroc: training scans against held-out scans by denoising error (0.5: this test cannot tell them apart).
+        auroc_low, auroc_high: 95 % bootstrap interval over patients; ``None`` when a side has fewer than
+            ``MIN_RESAMPLED_GROUPS`` patients.
+        p_value: one-sided, from permuting the patients' labels: how often an arrangement of the same patients
+            into two sets of these sizes scores an AUROC at least this high (``exact``: all arrangements).
         tpr_at_1, tpr_at_5: training scans found at a 1 % and a 5 % false-positive rate on held-out scans.
         n_train_patients, n_heldout_patients: the patients compared.
         timesteps, seed: how the scans were noised.
     """
 
     auroc: float
-    auroc_low: float
-    auroc_high: float
+    auroc_low: float | None
+    auroc_high: float | None
     tpr_at_1: float
     tpr_at_5: float
     n_train_patients: int
     n_heldout_patients: int
     timesteps: tuple[int, ...]
     seed: int
+    p_value: float = 1.0
+    exact: bool = False
 
     @property
-    def advantage(self) -> float:
-        """How much better than chance a holder of the weights tells training patients from others: 2 * AUROC - 1
-        (0: chance, 1: always), clipped at 0."""
-        return max(0.0, 2 * self.auroc - 1)
+    def smallest_p(self) -> float:
+        """The smallest p-value these patient counts allow (one arrangement of all): with few patients even a
+        perfect separation cannot reach 0.05."""
+        return 1.0 / math.comb(self.n_train_patients + self.n_heldout_patients, self.n_train_patients)
+
+    @property
+    def leak_shown(self) -> bool:
+        """A leak at the 5 % level: p <= 0.05 and, where there is an interval, its low end above chance."""
+        return self.p_value <= 0.05 and (self.auroc_low is None or self.auroc_low > 0.5)
+
+    def interval(self) -> str:
+        """The AUROC with its interval, or the reason it has none."""
+        if self.auroc_low is None or self.auroc_high is None:
+            return f"{self.auroc:.2f} (no interval: fewer than {MIN_RESAMPLED_GROUPS} patients a side)"
+        return f"{self.auroc:.2f} [{self.auroc_low:.2f}, {self.auroc_high:.2f}]"
 
     def sentence(self) -> str:
         """The plain-language reading a board can act on."""
         small = min(self.n_train_patients, self.n_heldout_patients)
-        head = (
-            f"Someone holding the weights could tell a training scan from a new patient's scan of the same source "
-            f"{self.advantage:.0%} of the time better than chance (AUROC {self.auroc:.2f}, 95 % interval over "
-            f"patients {self.auroc_low:.2f}-{self.auroc_high:.2f}; at a 1 % false-alarm rate {self.tpr_at_1:.0%} of "
-            f"training scans are found, at 5 % {self.tpr_at_5:.0%})."
+        patients = f"{self.n_train_patients} training and {self.n_heldout_patients} held-out patients"
+        interval = (
+            f"95 % interval over patients {self.auroc_low:.2f}-{self.auroc_high:.2f}"
+            if self.auroc_low is not None and self.auroc_high is not None
+            else "too few patients for an interval"
         )
-        if self.auroc_low <= 0.5:
-            head += " The interval includes chance: no membership leak was shown."
+        head = (
+            f"Given one training scan and one held-out patient's scan, someone holding the weights picks the training "
+            f"scan {self.auroc:.0%} of the time by how well the model denoises it (AUROC {self.auroc:.2f}, 50 % is "
+            f"guessing; {interval}; p = {self.p_value:.2g} from permuting {patients}; at a 1 % false-alarm rate "
+            f"{self.tpr_at_1:.0%} of training scans are found, at 5 % {self.tpr_at_5:.0%})."
+        )
+        if self.leak_shown:
+            head += " The weights leak who was in training."
             if small < 20:
+                head += (
+                    " Held-out patients scanned elsewhere than the training patients would also score apart: check "
+                    "that they come from the training patients' source."
+                )
+        else:
+            head += " No membership leak was shown by this test (a stronger attack might show one)."
+            if self.smallest_p > 0.05:
+                head += f" With {patients}, no arrangement can reach p = 0.05: this test cannot show a leak here."
+            elif small < 20:
                 head += f" With {small} patients on the smaller side this is weak evidence, not proof of no leak."
-        elif small < 20:
-            head += (
-                f" With {small} patients on the smaller side the interval is wide, and patients of another scanner or "
-                "site than the training patients would also score apart: check that the held-out patients come from "
-                "the training patients' source."
-            )
         return head
 
 
@@ -184,6 +219,34 @@ def _by_patient(scores: npt.NDArray[np.float64], patients: Sequence[str]) -> lis
     return [scores[labels == p] for p in order]
 
 
+def _permutation_p(
+    scores: npt.NDArray[np.float64],
+    patient_of: npt.NDArray[np.int64],
+    n_members: int,
+    observed: float,
+    config: MembershipConfig,
+) -> tuple[float, bool]:
+    """One-sided p-value of ``observed`` (AUROC) when the patients' labels are permuted: ``patient_of`` gives each
+    scan's patient index (the first ``n_members`` patients are the members). Exact over all arrangements when
+    there are at most ``config.permutations`` of them, else ``config.permutations`` random ones (+1 smoothing)."""
+    n_patients = int(patient_of.max()) + 1
+    total = math.comb(n_patients, n_members)
+    exact = total <= config.permutations
+    if exact:
+        arrangements: Iterable[Sequence[int]] = itertools.combinations(range(n_patients), n_members)
+    else:
+        rng = np.random.default_rng(config.seed)
+        arrangements = (rng.choice(n_patients, n_members, replace=False).tolist() for _ in range(config.permutations))
+    hits = count = 0
+    for members in arrangements:
+        chosen = np.zeros(n_patients, bool)
+        chosen[list(members)] = True
+        member = chosen[patient_of]
+        hits += auroc(scores[member], scores[~member]) >= observed - 1e-12
+        count += 1
+    return (hits / count, True) if exact else ((hits + 1) / (count + 1), False)
+
+
 def membership_test(
     train_scores: npt.ArrayLike,
     train_patients: Sequence[str],
@@ -191,24 +254,31 @@ def membership_test(
     heldout_patients: Sequence[str],
     config: MembershipConfig,
 ) -> tuple[MembershipResult, dict[str, float]]:
-    """AUROC of training against held-out scans, its interval by a bootstrap over patients (a patient's scans are
-    resampled together: scans of one person are not independent), TPR at 1 % / 5 % FPR, from per-scan scores
-    where higher = more likely a member (the negated denoising error); also each patient's mean score (for the
-    pseudonymous per-patient table)."""
+    """AUROC of training against held-out scans, its one-sided p-value from permuting the patients' labels, its
+    interval by a bootstrap over patients (a patient's scans are resampled together: scans of one person are not
+    independent; only with at least ``MIN_RESAMPLED_GROUPS`` patients a side), TPR at 1 % / 5 % FPR, from per-scan
+    scores where higher = more likely a member (the negated denoising error); also each patient's mean score (for
+    the pseudonymous per-patient table)."""
     a, b = np.asarray(train_scores, np.float64), np.asarray(heldout_scores, np.float64)
     if set(train_patients) & set(heldout_patients):
         raise MemoScopeError("a patient is both in training and held out; the membership test needs them apart.")
     value = auroc(a, b)
     groups_a, groups_b = _by_patient(a, train_patients), _by_patient(b, heldout_patients)
-    rng = np.random.default_rng(config.seed)
-    boot = [
-        auroc(
-            np.concatenate([groups_a[i] for i in rng.integers(0, len(groups_a), len(groups_a))]),
-            np.concatenate([groups_b[i] for i in rng.integers(0, len(groups_b), len(groups_b))]),
-        )
-        for _ in range(config.bootstrap)
-    ]
-    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    low = high = None
+    if min(len(groups_a), len(groups_b)) >= MIN_RESAMPLED_GROUPS:
+        rng = np.random.default_rng(config.seed)
+        boot = [
+            auroc(
+                np.concatenate([groups_a[i] for i in rng.integers(0, len(groups_a), len(groups_a))]),
+                np.concatenate([groups_b[i] for i in rng.integers(0, len(groups_b), len(groups_b))]),
+            )
+            for _ in range(config.bootstrap)
+        ]
+        low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    groups = [*groups_a, *groups_b]
+    scores = np.concatenate(groups)
+    patient_of = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    p_value, exact = _permutation_p(scores, patient_of, len(groups_a), value, config)
     result = MembershipResult(
         value,
         low,
@@ -219,6 +289,8 @@ def membership_test(
         len(groups_b),
         tuple(config.timesteps),
         config.seed,
+        p_value,
+        exact,
     )
     train_ids, train_mean = per_patient(a, train_patients)
     held_ids, held_mean = per_patient(b, heldout_patients)

@@ -18,6 +18,7 @@ from core.common.errors import MemoScopeError
 from core.detect.metrics import BeyondHeldout, Fraction
 from core.generative.ldm import CONFIG_NAME, read_config
 from core.study import verdicts
+from core.study.privacy import PrivacyReport, current_privacy
 from core.study.results import ScanResults
 from core.study.review import ANATOMY_FLOOR, metrics_at, nearer_than_heldout, sample_quality
 from core.study.selftest import read_selftest
@@ -44,6 +45,7 @@ class StudyRow:
     sample_quality: float | None = None  # median pixel r of each sample with its nearest training scan
     beyond_heldout: BeyondHeldout | None = None  # samples nearer to training than every held-out scan
     train_patients: int | None = None  # what the memorized interval rests on
+    privacy: PrivacyReport | None = None  # the privacy tests of this scan, when run
 
     @property
     def too_poor_to_judge(self) -> bool:
@@ -80,7 +82,21 @@ class StudyRow:
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
             "self-test F1": "not run" if self.selftest_f1 is None else f"{self.selftest_f1:.3f}",
+            **self.privacy_columns(),
             "copy call": self.method,
+        }
+
+    def privacy_columns(self) -> dict[str, str]:
+        """The three privacy answers as table cells ("not run" until ``python -m core privacy`` has run on this
+        scan)."""
+        p = self.privacy
+        if p is None:
+            return dict.fromkeys(("membership AUROC", "C_T", "nearest a training scan"), "not run")
+        m, near = p.membership, p.nearest_record
+        return {
+            "membership AUROC": "no checkpoint" if m is None else f"{m.interval()}; p = {m.p_value:.2g}",
+            "C_T": "not tested" if p.ct is None else f"{p.ct.value:.1f}",
+            "nearest a training scan": f"{near.value:.0%} [{near.low:.0%}, {near.high:.0%}]",
         }
 
 
@@ -207,6 +223,7 @@ def study_row(folder: str | Path) -> StudyRow:
         sample_quality(pairs),
         nearer_than_heldout(scan, pairs),
         summary.inputs["train"].n_patients,
+        current_privacy(folder, summary.scan_id),
     )
 
 

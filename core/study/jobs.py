@@ -296,7 +296,7 @@ def _run_privacy(config: Any, progress: Progress) -> dict[str, Any]:
 
     report = run_privacy(config.study, config.membership(), str(resolve_device(config.device)), progress)
     auroc = None if report.membership is None else round(report.membership.auroc, 3)
-    return {"ct": round(report.ct.value, 2), "membership_auroc": auroc}
+    return {"ct": None if report.ct is None else round(report.ct.value, 2), "membership_auroc": auroc}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.common.config import Config
+from core.common.errors import MemoScopeError
 from core.common.progress import Progress, ProgressEvent, silent
 from core.common.provenance import atomic_path, atomic_write_json, now_utc, read_json_record, sha256_json, versions
 from core.common.tables import write_csv
@@ -43,6 +45,10 @@ PRIVACY_KEY = "privacy_key.csv"
 NO_CHECKPOINT = (
     "Membership through the weights: not tested, because this study records no checkpoint (its samples were brought "
     "in); give the checkpoint to the scan to answer it."
+)
+SEVERAL_CHECKPOINTS = (
+    "Membership through the weights: not tested, because this study's samples came from several checkpoints; "
+    "scan each checkpoint's samples in its own study to test it."
 )
 CHUNK = 256  # scans whose denoising errors are computed, then cached, at a time (the unit of resumption)
 
@@ -72,14 +78,17 @@ class PrivacyReport(Config):
 
     Attributes:
         ct, authenticity, authenticity_heldout, nearest_record: the distribution-level tests on the scan's
-            embeddings (see :mod:`core.privacy.distribution`).
+            embeddings (see :mod:`core.privacy.distribution`); ``ct`` is ``None`` when the sets are too small to
+            rank (``notes`` says why).
         membership: the membership test through the checkpoint; ``None`` when the study has no checkpoint
             (``membership_note`` says why).
         scan_id: the scan whose embeddings were used; checkpoint_hash: the checkpoint tested.
         inputs: content hash of each set used.
+        timings: seconds of each stage (``distribution tests``, ``membership``; denoising errors read from the
+            cache cost nothing, so a resumed or repeated run is faster than a first one).
     """
 
-    ct: CTResult
+    ct: CTResult | None
     authenticity: ShareResult
     authenticity_heldout: float
     nearest_record: ShareResult
@@ -94,6 +103,7 @@ class PrivacyReport(Config):
     finished_at: str
     seed: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def sentences(self) -> list[str]:
         """The three answers in plain language, membership first."""
@@ -101,7 +111,7 @@ class PrivacyReport(Config):
         auth, near = self.authenticity, self.nearest_record
         return [
             first,
-            self.ct.sentence(),
+            self.ct.sentence() if self.ct else f"C_T: not tested ({self.ct_note}).",
             f"Authenticity: {auth.value:.0%} of samples are farther from their nearest training scan than that scan "
             f"is from its own nearest neighbour (95 % interval {auth.low:.0%}-{auth.high:.0%}); real new scans: "
             f"{self.authenticity_heldout:.0%} (p = {auth.p_value:.2g} for a difference). Lower than real scans means "
@@ -111,6 +121,11 @@ class PrivacyReport(Config):
             f"new to training as held-out scans; p = {near.p_value:.2g}).",
         ]
 
+    @property
+    def ct_note(self) -> str:
+        """Why C_T was not computed (empty when it was)."""
+        return next((n.removeprefix("C_T: ").rstrip(".") for n in self.notes if n.startswith("C_T: ")), "")
+
 
 def read_privacy(folder: str | Path) -> PrivacyReport | None:
     """The study's privacy results, or ``None`` when the tests have not been run."""
@@ -119,6 +134,13 @@ def read_privacy(folder: str | Path) -> PrivacyReport | None:
         return None
     data = read_json_record(path, "privacy record", "rerun `python -m core privacy --study`")
     return PrivacyReport.from_dict(data, source=str(path))
+
+
+def current_privacy(folder: str | Path, scan_id: str) -> PrivacyReport | None:
+    """The study's privacy results when they belong to scan ``scan_id``; ``None`` when not run, or run on an
+    earlier scan (whose embeddings, and perhaps checkpoint, were others)."""
+    report = read_privacy(folder)
+    return report if report is not None and report.scan_id == scan_id else None
 
 
 def _cache_dir() -> Path:
@@ -176,7 +198,15 @@ def _membership(
 
     if not summary.checkpoint:
         return None, NO_CHECKPOINT, [], {}
+    if not isinstance(summary.checkpoint, str):
+        return None, SEVERAL_CHECKPOINTS, [], {}
     ldm = load_ldm(summary.checkpoint)
+    if isinstance(summary.checkpoint_hash, str) and ldm.checkpoint_hash != summary.checkpoint_hash:
+        raise MemoScopeError(
+            f"{summary.checkpoint}: its weights (hash {ldm.checkpoint_hash[:12]}) are not the ones that made this "
+            f"study's samples ({str(summary.checkpoint_hash)[:12]}); restore that checkpoint, or rescan with samples "
+            "of this one."
+        )
     spec = PreprocessSpec.from_dict(ldm.config.preprocessing) if ldm.config.preprocessing else summary.preprocessing
     patients = open_study(folder).inputs().patients or "auto"
     sets = {
@@ -199,15 +229,24 @@ def run_privacy(
     folder = Path(folder)
     config = config or MembershipConfig()
     summary = read_summary(folder)
+    start = time.perf_counter()
     vectors = {role: read_embeddings(folder, role)[1] for role in ("train", "val", "synthetic")}
     progress(ProgressEvent("distribution tests", 0, 3, "C_T"))
-    ct = ct_test(vectors["train"], vectors["val"], vectors["synthetic"], seed=config.seed)
+    notes: list[str] = []
+    try:  # a set too small to rank leaves C_T out, said; the other two tests still answer
+        ct: CTResult | None = ct_test(vectors["train"], vectors["val"], vectors["synthetic"], seed=config.seed)
+    except MemoScopeError as exc:
+        ct = None
+        notes.append(f"C_T: {str(exc).removeprefix('C_T: ')}")
     progress(ProgressEvent("distribution tests", 1, 3, "authenticity"))
     auth, auth_real = authenticity(vectors["train"], vectors["val"], vectors["synthetic"])
     progress(ProgressEvent("distribution tests", 2, 3, "nearest record"))
     near = nearest_record_share(vectors["train"], vectors["val"], vectors["synthetic"], seed=config.seed)
     progress(ProgressEvent("distribution tests", 3, 3, "done"))
+    timings = {"distribution tests": time.perf_counter() - start}
+    start = time.perf_counter()
     membership, note, patient_rows, hashes = _membership(folder, summary, config, device, progress)
+    timings["membership"] = time.perf_counter() - start
     report = PrivacyReport(
         ct=ct,
         authenticity=auth,
@@ -226,6 +265,8 @@ def run_privacy(
         versions=versions(),
         finished_at=now_utc(),
         seed=config.seed,
+        notes=tuple(notes),
+        timings={k: round(v, 3) for k, v in timings.items()},
     )
     _write_patients(folder, patient_rows)
     atomic_write_json(folder / PRIVACY, report.to_dict())

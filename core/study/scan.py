@@ -44,6 +44,7 @@ from core.io.patients import PatientGrouping, PatientRule, PatientSource, doubt_
 from core.io.preprocessing import PreprocessSpec, ResizeMode
 from core.io.splits import check_patient_overlap
 from core.study import results
+from core.study.privacy import STAGES as PRIVACY_STAGES
 from core.study.results import DetectorRef, InputSet, Pair, ScanSummary, TrainRow
 from core.study.store import open_study
 
@@ -53,7 +54,8 @@ if TYPE_CHECKING:  # the networks load when a scan runs, not when one is configu
     from core.detect.detector import Detector, Embeddings
 
 logger = logging.getLogger(__name__)
-STAGES = ("load", "detector", "train detector", "embed", "search", "verify", "calibrate", "write")
+STAGES = ("load", "detector", "train detector", "embed", "search", "verify", "calibrate", "write", *PRIVACY_STAGES)
+DEFAULT_TRAIN_BUDGET = 20.0  # minutes of detector training a verified scan spends before it retrieves by pixels
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,12 @@ class ScanConfig(Config):
             ``cpu``, ``cuda[:i]`` or ``mps``; the one used is recorded in the summary.
         ray, workers: ``local`` or a Ray cluster address to train the detector (Ray Train, DDP: the same optimisation
             as one process), embed and verify on Ray workers (one per GPU unless ``workers``); empty: here.
-        train_budget: minutes (default 20; 0: no limit); when training the detector here would take longer
-            (projected from its first evaluation, which is all that is spent finding out), the scan trains none and
-            retrieves by blurred pixels (the ``pixels`` encoder), and says so in the summary and the report. The
+        train_budget: minutes (0: no limit; unset: 20 with the verified call, none with the paper's, whose call
+            rests on the trained embedding); when training the detector here would take longer (projected at its
+            second evaluation, which is all that is spent finding out), the scan trains none and retrieves by
+            blurred pixels (the ``pixels`` encoder), and says so in the summary and the report. The projection
+            depends on this machine's speed and load, so the decision is recorded; ``--train-budget 0`` or
+            ``--detector none`` fix it for runs that must repeat. The
             verified call kept its recall and unseen-patient FPR on the planted-copy benchmarks with no detector
             at all (``benchmarks/detector_budget.py``), so past the budget it is the paper's call that loses; on a
             GPU, or at the demo's size on a CPU, the contrastive detector fits. A given detector is used whatever
@@ -93,6 +98,9 @@ class ScanConfig(Config):
             scans (see :mod:`core.detect.resemblance`).
         patients: where the training and validation scans' patients come from (:mod:`core.io.patients`):
             ``auto``, ``folder``, ``dicom``, ``manifest`` or ``pattern:REGEX``.
+        privacy: when the samples record their checkpoint, run the privacy tests after the scan
+            (:func:`core.study.privacy.run_privacy`: membership through the checkpoint, C_T, authenticity, nearest
+            record) with the scan's seed; ``python -m core privacy`` runs them later or with other settings.
     """
 
     train: str
@@ -115,10 +123,18 @@ class ScanConfig(Config):
     device: str = "auto"
     precision: Precision = Precision.FP32
     approximate_above: int = 10_000_000
-    train_budget: float = 20.0
+    train_budget: float | None = None
     ray: str = ""
     workers: int = 0
     patients: str = PatientSource.AUTO
+    privacy: bool = True
+
+    @property
+    def budget_minutes(self) -> float:
+        """:attr:`train_budget` in force: as given, else 20 with the verified call and none with the paper's."""
+        if self.train_budget is not None:
+            return self.train_budget
+        return 0.0 if self.method == MatchMethod.PAPER else DEFAULT_TRAIN_BUDGET
 
     @property
     def rule(self) -> str:
@@ -143,7 +159,8 @@ class ScanConfig(Config):
             raise MemoScopeError("--out is empty; give the study folder to write (new or existing).")
         check_range("k", self.k, 1)
         check_range("patient_top", self.patient_top, 1)
-        check_range("train_budget", self.train_budget, 0.0)
+        if self.train_budget is not None:
+            check_range("train_budget", self.train_budget, 0.0)
         object.__setattr__(self, "patients", str(PatientRule.parse(self.patients)))
         if self.slices and self.spec.spatial_dims != 2:
             raise MemoScopeError("slices takes 2D slices of 3D files; use it with 2D preprocessing (--dims 2).")
@@ -307,7 +324,7 @@ def _detector(
     device: torch.device,
 ) -> Chosen:
     """The given detector, or one trained with ``config.detector_overrides``, or none (the ``pixels`` encoder) when
-    asked for or when training would exceed ``config.train_budget`` (projected at its first evaluation)."""
+    asked for or when training would exceed ``config.budget_minutes`` (projected at its second evaluation)."""
     from core.detect.detector import DetectorConfig, TrainingOverBudget, train_and_save
 
     if given is not None:
@@ -340,12 +357,12 @@ def _detector(
         return Chosen(save(config.detector_overrides, "", 0.0), NO_DETECTOR_ASKED)
     progress(ProgressEvent("detector", 0, 1, "training a detector"))
     try:  # the budget is checked in one process; a Ray cluster is asked for because it is affordable
-        return Chosen(save(config.detector_overrides, config.ray, 0.0 if config.ray else config.train_budget * 60))
+        return Chosen(save(config.detector_overrides, config.ray, 0.0 if config.ray else config.budget_minutes * 60))
     except TrainingOverBudget as over:
         choice = (
             f"No detector was trained for this scan: training one ({planned.arch}, {over.steps} steps) would take "
-            f"about {over.projected / 60:.0f} min on {device.type} (projected from its first evaluation), more than "
-            f"the {config.train_budget:g} min budget (--train-budget); blurred, downsampled pixels retrieved the "
+            f"about {over.projected / 60:.0f} min on {device.type} (projected from its first steps), more than "
+            f"the {config.budget_minutes:g} min budget (--train-budget); blurred, downsampled pixels retrieved the "
             "nearest training scans instead."
         )
         logger.warning("%s", choice)
@@ -603,6 +620,8 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
         except MemoScopeError as exc:
             logger.warning("the scan is complete, but its inputs were not recorded in study.json: %s", exc)
         record.update(summary.to_dict())
+    if config.privacy and summary.checkpoint:
+        _privacy_step(study.path, config.seed, device, progress)
     threshold, metrics = calibrated.threshold, calibrated.metrics
     message = (
         f"threshold {threshold.value:.4f} ({threshold.rule}); memorized {metrics.memorized.count}/"
@@ -612,6 +631,24 @@ def run_scan(config: ScanConfig, progress: Progress = silent) -> ScanSummary:
     logger.info(message)
     progress(ProgressEvent("write", 1, 1, message))
     return summary
+
+
+def _privacy_step(folder: Path, seed: int, device: torch.device, progress: Progress) -> None:
+    """The privacy tests of a scan whose samples name their checkpoint. The scan is committed first, so a failure
+    here (a checkpoint moved or changed since the samples were made, memory) is said, not a failed scan."""
+    from core.privacy.membership import MembershipConfig
+    from core.study.privacy import run_privacy
+
+    try:
+        with open_study(folder).exclusive("privacy"):
+            run_privacy(folder, MembershipConfig(seed=seed), str(device), progress)
+    except Exception as exc:  # noqa: BLE001  (the scan's results stand whatever stopped its last step)
+        logger.warning(
+            "the scan is complete, but its privacy tests did not run: %s (rerun: python -m core privacy --study %s)",
+            exc,
+            folder,
+            exc_info=not isinstance(exc, MemoScopeError),
+        )
 
 
 def load_stage(config: ScanConfig, progress: Progress) -> Loaded:
