@@ -34,6 +34,34 @@ def test_rows_carry_each_studys_own_numbers_and_training_length() -> None:
         assert row.table_row()["nearer than any held-out scan"].endswith("(new: ~2%)")
 
 
+@pytest.mark.skipif(not DEMOS, reason="the committed demo studies are needed")
+def test_rows_carry_the_privacy_answers_of_their_own_scan_only(tmp_path: Path) -> None:
+    """Each demo study's privacy.json belongs to its scan, so its row shows it; a privacy.json of another scan (a
+    rescan since) is not shown as this scan's."""
+    import shutil
+
+    from core.study.privacy import read_privacy
+
+    rows = {r.study: r for r in compare_studies(DEMOS)}
+    for name, row in rows.items():
+        report = read_privacy(ROOT / "studies" / name)
+        assert report is not None and row.privacy == report
+        assert report.membership is not None and report.ct is not None
+        cells = row.privacy_columns()
+        assert cells["membership AUROC"].startswith(f"{report.membership.auroc:.2f} (no interval")  # 3 + 3 subjects
+        assert cells["C_T"] == f"{report.ct.value:.1f}"
+    early, over = rows["demo-2d-aug-early"].privacy, rows["demo-2d-aug-overtrained"].privacy
+    assert early is not None and over is not None and early.ct is not None and over.ct is not None
+    assert early.ct.value > -3 > over.ct.value  # the samples hug training only after long training
+    stale = tmp_path / "demo-2d"
+    shutil.copytree(ROOT / "studies" / "demo-2d", stale)
+    text = (stale / "privacy.json").read_text()
+    scan_id = read_summary(stale).scan_id
+    (stale / "privacy.json").write_text(text.replace(scan_id, "20000101-000000-00000000"))
+    (row,) = compare_studies([stale])
+    assert row.privacy is None and set(row.privacy_columns().values()) == {"not run"}
+
+
 def test_an_unscanned_study_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "fresh").mkdir()
     with pytest.raises(MemoScopeError, match="cannot compare fresh"):

@@ -30,6 +30,11 @@ if sentence := augmentation_sentence(rows):
 if note := threshold_note(rows):
     st.warning(note)
 st.dataframe([r.table_row() for r in rows], hide_index=True)
+st.markdown(
+    "**Beyond copies:** could someone holding the weights tell who was in training, and do the samples "
+    "as a whole stay closer to training than new scans do?"
+)
+st.dataframe([{"study": r.study, **r.privacy_columns()} for r in rows], hide_index=True)
 st.caption(
     "Fractions: value [95 % interval]. Expected FPR: the share of real held-out scans the threshold calls copies. "
     "Unseen-patient FPR: the same for patients the threshold was not calibrated on (verified scans). Copies and "

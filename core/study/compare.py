@@ -82,7 +82,6 @@ class StudyRow:
             "unseen-patient FPR": pct(self.unseen_fpr),
             "resemble a patient": pct(self.resemble_patient),
             "self-test F1": "not run" if self.selftest_f1 is None else f"{self.selftest_f1:.3f}",
-            **self.privacy_columns(),
             "copy call": self.method,
         }
 
