@@ -18,7 +18,6 @@ How close, and why (see :mod:`core.detect.train_ray`):
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,7 +51,7 @@ from core.detect.train_ray import shard_bounds, shard_layers, sharded_nt_xent, t
 from core.io.augment import augment_batch, augmentation
 from core.io.discover import Role
 from core.io.load import ImageSet, load_set
-from core.io.preprocessing import PreprocessSpec
+from core.io.preprocessing import PreprocessSpec, one_torch_thread
 
 ray = pytest.importorskip("ray")
 
@@ -115,7 +114,7 @@ def test_one_rank_trains_exactly_as_train_detector(monkeypatch: pytest.MonkeyPat
     schedule, learning rates, validation, best weights and early stopping (Ray runs it on each rank)."""
     config = _config("convres").replace(batch_size=4, epochs=50, max_steps=5, evaluations=5, stop_after=0)
     train, val = _set(10, 0, "p1"), _set(6, 1, "p2")
-    with _one_thread():
+    with one_torch_thread():
         one = train_detector(train, val, config)
         shard = train_shard(train.images, validation_images(val, config), config, 0, 1, torch.device("cpu"))
         assert shard is not None and shard["history"] == one.history and shard["best"] == one.best_epoch
@@ -156,17 +155,6 @@ def _one_step(arch: str, n: int, rank: int, world: int, dtype: torch.dtype) -> t
     loss = sharded_nt_xent(model, batch, views, NTXentLoss(temperature=config.temperature), shard, rank)
     loss.backward()
     return float(loss.detach()), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """One torch thread, as each rank has (two threads on two busy cores are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _float64_steps(arch: str, rank: int, world: int) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -234,14 +222,14 @@ def test_ranks_take_one_process_gradient(ranks: dict[str, Any], arch: str, n: in
     both sides, bounded by a share of the largest gradient anywhere.
     """
     loss, grads = ranks["step"][(arch, n, dtype)]
-    with _one_thread():
+    with one_torch_thread():
         one_loss, one = _one_step(arch, n, 0, 1, dtype)
     # nt_xent, what train_detector steps on, is this one-rank loss exactly in float32
     if dtype == torch.float32:
         torch.manual_seed(_config(arch).seed)
         model = build_encoder(_config(arch)).train()
         loss_fn = NTXentLoss(temperature=_config(arch).temperature)
-        with _one_thread():
+        with one_torch_thread():
             assert float(nt_xent(model, _images(n, 0), _images(n, 1), loss_fn).detach()) == one_loss
     loss_rel, grad_rel, noise = (1e-4, 2e-3, 1e-6) if dtype == torch.float32 else (1e-10, 1e-8, 1e-12)
     assert loss == pytest.approx(one_loss, rel=loss_rel)
@@ -257,7 +245,7 @@ def test_ranks_train_as_one_process_in_float64(ranks: dict[str, Any], arch: str)
     """Without float32 rounding to amplify, several steps of the sharded training (seeded batches, augmentation,
     BatchNorm or dropout, Adam) are one process's training up to the order of float64 sums."""
     losses, state = ranks["float64"][arch]
-    with _one_thread():
+    with one_torch_thread():
         one_losses, one_state = _float64_steps(arch, 0, 1)
     np.testing.assert_allclose(losses, one_losses, rtol=0, atol=1e-11)
     assert max(float((state[k].double() - one_state[k].double()).abs().max()) for k in state) < 1e-9
@@ -285,7 +273,7 @@ def trained(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     train, val = _demo(Role.TRAIN), _demo(Role.VAL)
     overrides = {"batch_size": 16, "max_steps": 4, "evaluations": 4, "stop_after": 0, "val_images": 32}
     start = time.perf_counter()
-    with _one_thread():  # as each worker has
+    with one_torch_thread():  # as each worker has
         one = train_and_save(train, val, folder / "one", seed=5, overrides=overrides)
     seconds_one = time.perf_counter() - start
     start = time.perf_counter()

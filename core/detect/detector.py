@@ -271,6 +271,28 @@ def training_provenance(
     }
 
 
+def start_training(
+    model: nn.Module, n_train: int, config: DetectorConfig
+) -> tuple[
+    Schedule,
+    torch.optim.Optimizer,
+    torch.optim.lr_scheduler.LRScheduler,
+    NTXentLoss,
+    Any,
+    Iterator[npt.NDArray[np.int64]],
+]:
+    """What a training run steps, from ``config`` alone (one process and every Ray rank start alike): the
+    schedule, Adam with its cosine learning rate over the evaluation periods, the NT-Xent loss, the seeded
+    augmentation and the seeded stream of batches."""
+    schedule = training_schedule(n_train, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.periods, eta_min=config.lr_min)
+    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
+    transform.set_random_state(seed=config.seed)
+    batches = batch_stream(n_train, config.batch_size, np.random.default_rng(config.seed))
+    return schedule, optimizer, scheduler, NTXentLoss(temperature=config.temperature), transform, batches
+
+
 class TrainingOverBudget(MemoScopeError):
     """Training stopped at its second evaluation because the whole schedule, projected from the time so far and the
     second period's, would take longer than its budget (``projected`` seconds of ``steps`` planned)."""
@@ -322,15 +344,9 @@ def train_detector(
     if not config.arch.trained:
         return untrained_detector(train, val, config, device, precision, progress)
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
-    schedule = training_schedule(len(train), config)
     torch.manual_seed(config.seed)
     model = build_encoder(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.periods, eta_min=config.lr_min)
-    loss_fn = NTXentLoss(temperature=config.temperature)
-    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
-    transform.set_random_state(seed=config.seed)
-    batches = batch_stream(len(train), config.batch_size, np.random.default_rng(config.seed))
+    schedule, optimizer, scheduler, loss_fn, transform, batches = start_training(model, len(train), config)
     x_train, x_val = torch.from_numpy(train.images), validation_images(val, config)
     history: list[dict[str, float]] = []
     best_loss, best_state, best = math.inf, copy.deepcopy(model.state_dict()), -1

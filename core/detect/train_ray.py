@@ -64,16 +64,15 @@ from core.detect.detector import (
     Detector,
     DetectorConfig,
     _views,
-    batch_stream,
     build_encoder,
     check_training_sets,
+    start_training,
     training_provenance,
     training_schedule,
     untrained_detector,
     validation_images,
     validation_loss,
 )
-from core.io.augment import augmentation
 from core.io.load import ImageSet
 
 logger = logging.getLogger(__name__)
@@ -278,18 +277,12 @@ def train_shard(
     """
     precision = check_precision(device, precision)
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
-    schedule = training_schedule(len(images), config)
     torch.manual_seed(config.seed)
     module = build_encoder(config)
     shard = shard_layers(module)
     shard.world = world
     model = wrap(module)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.periods, eta_min=config.lr_min)
-    loss_fn = NTXentLoss(temperature=config.temperature)
-    transform = augmentation(config.augmentation, config.spatial_dims, config.image_size)
-    transform.set_random_state(seed=config.seed)
-    batches = batch_stream(len(images), config.batch_size, np.random.default_rng(config.seed))
+    schedule, optimizer, scheduler, loss_fn, transform, batches = start_training(model, len(images), config)
     history: list[dict[str, float]] = []
     best_loss, best_state, best = math.inf, copy.deepcopy(module.state_dict()), -1
     done = 0
