@@ -178,3 +178,16 @@ def test_verification_reports_each_direction_as_it_goes(slices: dict[str, np.nda
         vectors, images, 2, VerifyConfig(candidates=2, pixel_candidates=1), on_step=lambda d, t, w: steps.append((d, t))
     )
     assert steps == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_pixel_retrieval_proposes_the_source_of_a_shifted_copy(slices: dict[str, np.ndarray]) -> None:
+    """A copy moved by a few pixels keeps its pixel descriptor (centred on its centre of mass), so its source stays
+    among the default 5 pixel candidates of 70 similar slices of two heads: the verifier searches shifts, but only
+    among the candidates retrieval proposes. (Uncentred descriptors kept 28 of these 70 sources.)"""
+    from core.detect.search import SearchConfig, make_index
+
+    database = np.concatenate([slices["mni152"], slices["nibabel-anatomical"]])
+    queries = np.stack([ndimage.shift(x, (0, 4, 4), order=1, mode="nearest") for x in database])
+    k = VerifyConfig().pixel_candidates
+    found = make_index(pixel_descriptors(database), SearchConfig(k=k)).search(pixel_descriptors(queries)).index
+    assert all(row in found[row] for row in range(len(database)))

@@ -197,10 +197,30 @@ def _ucb_tau(null: npt.ArrayLike, percentile: float, patients: Sequence[object] 
     return float(values[r - 1])
 
 
+def patient_percentile(null: npt.ArrayLike, patients: Sequence[object], percentile: float) -> float:
+    """The null score that a scan of a new patient exceeds with probability at most ``1 - percentile/100``, counted
+    rather than modelled: each validation patient weighs the same, shared among its scans, and tau is the smallest
+    null score with at most that weight strictly above it.
+
+    It needs no shape for the scores, but many patients: with few its upper tail is a handful of scans.
+    """
+    values = np.asarray(null, dtype=np.float64)
+    labels = np.asarray([str(p) for p in patients])
+    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / (counts[codes] * len(counts))
+    order = np.argsort(-values, kind="stable")
+    above = np.concatenate([[0.0], np.cumsum(weights[order])[:-1]])  # weight strictly above each, from the top
+    allowed = 1.0 - percentile / 100.0
+    return float(values[order][np.flatnonzero(above <= allowed + 1e-12)[-1]])
+
+
 def _patient_tau(null: npt.ArrayLike, percentile: float, patients: Sequence[object] | None) -> float:
+    """The larger of the modelled bound (:func:`patient_bound`, right with few patients) and the counted one
+    (:func:`patient_percentile`, right when the scores' upper tail is heavier than the model's normal one: on the
+    16k-image scale benchmark the model alone left 7.6 % of new patients' scans above tau for a stated 5 %)."""
     if patients is None:
         raise MemoScopeError("the heldout-patient rule needs the patient of each validation scan.")
-    return patient_bound(null, patients, percentile)
+    return max(patient_bound(null, patients, percentile), patient_percentile(null, patients, percentile))
 
 
 @dataclass(frozen=True)

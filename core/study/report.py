@@ -435,7 +435,8 @@ calibrated on (each held out in turn): how the threshold carries over to new peo
 a little) and the correlation of their aligned structure is the similarity: a copy that was shifted or blurred still
 scores as a copy.</dd>
 <dt>heldout-patient rule</dt><dd>The threshold a scan of a new patient would exceed only 5 % of the time, allowing
-for how much patients differ from each other, not only scans.</dd>
+for how much patients differ from each other, not only scans (the larger of a modelled bound and the validation
+patients' own 95th percentile).</dd>
 <dt>Wilson interval, bootstrap</dt><dd>Two ways to put a 95 % interval on a fraction: Wilson from the count itself;
 the bootstrap by recomputing the fraction on resampled patients or volumes (used when several scans come from one
 person, which are not independent).</dd>
