@@ -172,6 +172,14 @@ def test_quick_profile_builds_everything(tmp_path: Path) -> None:
     again = json.loads(paths.record.read_text())["rebuilds"]
     assert [(r["dims"], r.get("retrained", True)) for r in again] == [([3], True), ([3], False)]
     assert "sampled and scanned again" in paths.findings.read_text()
+    # a rescore keeps the samples too (byte for byte) and scans them into a fresh study
+    samples = {p: h for p, h in _tree_hashes(paths.studies).items() if "3d" in p and "/synthetic/" in p}
+    old_scan = read_summary(paths.studies / "demo-3d").scan_id
+    demo.build_all(tmp_path, profile, dims=(3,), retrain=False, regenerate=False)
+    assert {p: h for p, h in _tree_hashes(paths.studies).items() if "3d" in p and "/synthetic/" in p} == samples
+    assert read_summary(paths.studies / "demo-3d").scan_id != old_scan
+    assert (paths.studies / "demo-3d" / DEMO_MARKER).is_file()
+    assert "scanned again (same samples)" in paths.findings.read_text()
 
 
 def test_partial_rebuild_needs_a_full_build_first(tmp_path: Path) -> None:

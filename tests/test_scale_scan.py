@@ -68,3 +68,12 @@ def test_builder_writes_disjoint_distinct_sets_that_the_scan_loads_with_their_tr
     assert scores.argmax(axis=1).tolist() == [sets.source[i] for i in rows]
     assert all(sets.source_id(i) == sets.ids["train"][sets.source[i]] for i in rows)
     assert all(sets.patients["synthetic"][i] == f"copy-of-{sets.patients['train'][sets.source[i]]}" for i in rows)
+
+
+def test_queries_set_the_validation_and_synthetic_sizes(tmp_path: Path) -> None:
+    """``--search-only --queries N``: the training set at full size, N validation and N synthetic images, one copy of
+    each change among them."""
+    sets = build_sets(tmp_path / "arrays", 64, dims=2, seed=3, files=False, queries=12)
+    assert sets.n == {"train": 64, "val": 12, "synthetic": 12}
+    assert sorted(np.asarray(sets.kind)[sets.is_copy].tolist()) == sorted(CHANGES)
+    assert np.load(sets.paths["synthetic"], mmap_mode="r").shape[0] == 12

@@ -391,46 +391,73 @@ def train_detectors(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] 
         train_from_sources(config, progress=logged(logger, silent))
 
 
-def generate_and_scan(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) -> None:
-    """Samples of every checkpoint (seed 0 for all: common random numbers) and their scans."""
+def generate_and_scan(
+    paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3), regenerate: bool = True
+) -> None:
+    """Samples of every checkpoint (seed 0 for all: common random numbers) and their scans. ``regenerate=False``
+    keeps each study's committed samples and scans them again into a fresh study (after a change to the scan
+    alone: sampling on another CPU differs in the last bits, which would change every sample file)."""
+    import tempfile
+
     r = paths.root
     for model in demo_models(profile, dims):
         study = paths.studies / model.study
-        if study.exists():
-            shutil.rmtree(study)
         synthetic = _rel(study / "synthetic", r)
-        generate(
-            GenerateConfig(
-                checkpoint=_rel(paths.checkpoints / model.checkpoint, r),
-                out=synthetic,
-                n=profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d,
-                steps=profile.steps,
-                batch_size=16,
-                seed=0,
-                device="cpu",
-            ),
-            progress=logged(logger, silent),
-        )
-        manifest = _rel(paths.manifest(model.dims), r)
-        run_scan(
-            config_from_options(
-                ScanConfig,
-                {
-                    "train": manifest,
-                    "val": manifest,
-                    "synthetic": synthetic,
-                    "out": _rel(study, r),
-                    "dims": model.dims,
-                    "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r),
-                    "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d,
-                    "k": 5,
-                    "seed": 0,
-                    "cache_dir": _rel(paths.build / "embeddings", r),
-                },
-            ),
-            progress=logged(logger, silent),
-        )
+        if not regenerate:
+            if not (study / "synthetic").is_dir():
+                raise MemoScopeError(f"{study / 'synthetic'}: no committed samples to scan again; run rescan.")
+            with tempfile.TemporaryDirectory(dir=paths.studies) as keep:
+                shutil.move(str(study / "synthetic"), keep)
+                shutil.rmtree(study)
+                study.mkdir()
+                shutil.move(str(Path(keep) / "synthetic"), study)
+        elif study.exists():
+            shutil.rmtree(study)
+        if regenerate:
+            _generate(paths, profile, model, synthetic)
+        _scan(paths, profile, model, synthetic, study)
         mark_demo(study)
+
+
+def _generate(paths: DemoPaths, profile: DemoProfile, model: DemoModel, synthetic: str) -> None:
+    """One checkpoint's samples into ``synthetic`` (seed 0, on the CPU)."""
+    r = paths.root
+    generate(
+        GenerateConfig(
+            checkpoint=_rel(paths.checkpoints / model.checkpoint, r),
+            out=synthetic,
+            n=profile.n_samples_2d if model.dims == 2 else profile.n_samples_3d,
+            steps=profile.steps,
+            batch_size=16,
+            seed=0,
+            device="cpu",
+        ),
+        progress=logged(logger, silent),
+    )
+
+
+def _scan(paths: DemoPaths, profile: DemoProfile, model: DemoModel, synthetic: str, study: Path) -> None:
+    """The scan of one demo study, with the demo's detector and settings."""
+    r = paths.root
+    manifest = _rel(paths.manifest(model.dims), r)
+    run_scan(
+        config_from_options(
+            ScanConfig,
+            {
+                "train": manifest,
+                "val": manifest,
+                "synthetic": synthetic,
+                "out": _rel(study, r),
+                "dims": model.dims,
+                "detector": _rel(paths.checkpoints / f"demo-{model.dims}d-detector", r),
+                "percentile": profile.percentile_2d if model.dims == 2 else profile.percentile_3d,
+                "k": 5,
+                "seed": 0,
+                "cache_dir": _rel(paths.build / "embeddings", r),
+            },
+        ),
+        progress=logged(logger, silent),
+    )
 
 
 def clean(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) -> None:
@@ -455,13 +482,19 @@ def clean(paths: DemoPaths, profile: DemoProfile, dims: Sequence[int] = (2, 3)) 
 
 
 def build_all(
-    root: str | Path, profile: DemoProfile, fresh: bool = True, dims: Sequence[int] = (2, 3), retrain: bool = True
+    root: str | Path,
+    profile: DemoProfile,
+    fresh: bool = True,
+    dims: Sequence[int] = (2, 3),
+    retrain: bool = True,
+    regenerate: bool = True,
 ) -> dict[str, Any]:
     """Rebuild data, checkpoints, studies and FINDINGS.md under ``root``; returns the build record.
 
     With ``dims=(3,)`` only the 3D part is rebuilt (the data again, byte-identical); the record keeps the last
     full build and lists the partial rebuild under ``rebuilds``. ``retrain=False`` keeps the checkpoints and
-    detectors and only generates and scans again (after a change to the scan), listed the same way."""
+    detectors and only generates and scans again, listed the same way; ``regenerate=False`` (with ``retrain=False``)
+    also keeps the committed samples and only scans them again (after a change to the scan alone)."""
     paths = DemoPaths(Path(root))
     dims = tuple(sorted(dims))
     if dims not in ((2, 3), (3,), (2,)):
@@ -478,7 +511,7 @@ def build_all(
             ("ldm_training", lambda: train_models(paths, profile, dims)),
             ("detector_training", lambda: train_detectors(paths, profile, dims)),
         ]
-    steps.append(("generate_and_scan", lambda: generate_and_scan(paths, profile, dims)))
+    steps.append(("generate_and_scan", lambda: generate_and_scan(paths, profile, dims, regenerate or retrain)))
     started = now_utc()
     for name, step in steps:
         clock = time.perf_counter()
@@ -486,8 +519,8 @@ def build_all(
         step()
         timings[name] = round(time.perf_counter() - clock, 1)
     run = {
-        "command": f"python -m tools.demo {'all' if retrain else 'rescan'} --profile {profile.name}"
-        + ("" if dims == (2, 3) else f" --dims {' '.join(map(str, dims))}"),
+        "command": f"python -m tools.demo {'all' if retrain else 'rescan' if regenerate else 'rescore'} "
+        f"--profile {profile.name}" + ("" if dims == (2, 3) else f" --dims {' '.join(map(str, dims))}"),
         "started_at": started,
         "finished_at": now_utc(),
         "seconds": timings,
@@ -500,7 +533,7 @@ def build_all(
     else:
         record = json.loads(paths.record.read_text())
         record.update(profile=asdict(profile), data_manifests=manifests)
-        again = {"dims": list(dims), "retrained": retrain}
+        again = {"dims": list(dims), "retrained": retrain, "regenerated": regenerate or retrain}
         record["rebuilds"] = [r for r in record.get("rebuilds", []) if {k: r.get(k, True) for k in again} != again]
         record["rebuilds"].append({**again, **run})
     atomic_write_json(paths.record, record)
@@ -593,8 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description="Rebuild MemoScope's embedded demo.")
     parser.add_argument(
         "action",
-        choices=("all", "rescan", "build-data", "privacy", "findings"),
+        choices=("all", "rescan", "rescore", "build-data", "privacy", "findings"),
         help="all: everything from nothing; rescan: new samples and scans from the committed checkpoints; "
+        "rescore: new scans of the committed samples (after a change to the scan alone); "
         "build-data: data/demo only; privacy: the privacy tests of the committed scans (run from the repository "
         "root); findings: docs/FINDINGS.md",
     )
@@ -631,7 +665,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_findings(paths.root, profile)}")
         else:
             retrain = args.action == "all"
-            record = build_all(paths.root, profile, fresh=not args.resume, dims=args.dims, retrain=retrain)
+            record = build_all(
+                paths.root, profile, not args.resume, args.dims, retrain, regenerate=args.action != "rescore"
+            )
             run = record["rebuilds"][-1] if tuple(sorted(args.dims)) != (2, 3) or not retrain else record
             print(f"demo built in {run['total_seconds'] / 60:.1f} min; findings in {paths.findings}")
     except MemoScopeError as exc:

@@ -99,6 +99,13 @@ def _unet_loss(ldm: dict[str, Any]) -> float | None:
     return float(np.mean(losses[-5:])) if losses else None
 
 
+def _again(rebuild: dict[str, Any]) -> str:
+    """What a partial rebuild in the record did, in words."""
+    if rebuild.get("retrained", True):
+        return "rebuilt"
+    return "sampled and scanned again" if rebuild.get("regenerated", True) else "scanned again (same samples)"
+
+
 def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
     """FINDINGS.md, computed only from the committed studies, checkpoints and data manifests."""
     paths = DemoPaths(Path(root))
@@ -203,7 +210,7 @@ def findings_markdown(root: str | Path, profile: DemoProfile) -> str:
             + "".join(
                 f" The {' and '.join(f'{d}D' for d in again['dims'])} "
                 f"{'parts were' if len(again['dims']) > 1 else 'part was'} "
-                f"{'rebuilt' if again.get('retrained', True) else 'sampled and scanned again'} since with "
+                f"{_again(again)} since with "
                 f"`{again['command']}` "
                 f"in {again['total_seconds'] / 60:.1f} min."
                 for again in build.get("rebuilds", [])

@@ -80,8 +80,9 @@ class ConvResEncoder(nn.Module):
 class PixelEncoder(nn.Module):
     """The untrained encoder: the image average-pooled to a ``side^d`` grid, flattened (no parameters).
 
-    Correlating these is correlating blurred images, the same retrieval the verified call's pixel search does;
-    with the verified call, alignment then decides, so a scan can skip detector training altogether.
+    Correlating these is correlating blurred images as they lie; the verified call's pixel search adds the same
+    pixels centred on each image's centre of mass (robust to shifts), so the two propose different candidates.
+    With the verified call, alignment then decides, so a scan can skip detector training altogether.
     """
 
     def __init__(self, spatial_dims: int, side: int) -> None:

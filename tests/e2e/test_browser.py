@@ -122,6 +122,39 @@ def _settled(page) -> None:  # noqa: ANN001
     page.wait_for_function(f"() => {state} === 'notRunning'")
 
 
+def _choose_study(page, name: str) -> None:  # noqa: ANN001
+    """Pick ``name`` in the sidebar's study selector. On a loaded machine a click that lands while the sidebar is
+    redrawn opens nothing: the selector is opened again (up to three times) until the option shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    option = page.get_by_role("option", name=name, exact=True)
+    for _ in range(3):
+        _settled(page)
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+        try:
+            option.wait_for(timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    option.click()
+
+
+def _click_until(page, button, shown) -> None:  # noqa: ANN001
+    """Click ``button`` until ``shown`` appears (up to three tries, 20 s each): for a click whose effect is the
+    same when repeated (an error message), lost when it lands during a rerun."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        _settled(page)
+        button.click()
+        try:
+            shown.wait_for(timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"clicking {button} never showed {shown}")
+
+
 def _show_all_if_no_copies(page) -> None:  # noqa: ANN001
     none = page.get_by_text("No samples above the threshold")
     none.or_(page.get_by_text(re.compile(r"^\d+ / \d+:"))).first.wait_for()
@@ -144,16 +177,18 @@ def test_new_study_form_names_a_bad_path_then_creates_the_study(page) -> None:  
     sidebar.get_by_label("Name", exact=True).fill("from-browser")
     sidebar.get_by_role("textbox", name="Training images (folder or manifest)").fill("nowhere/train.csv")
     sidebar.get_by_role("textbox", name="Validation images (other patients)").fill("nowhere/val.csv")
-    sidebar.get_by_role("button", name="Create study").click()
-    sidebar.get_by_text(re.compile(r"nowhere/train\.csv: no such file")).wait_for()
+    _click_until(
+        page,
+        sidebar.get_by_role("button", name="Create study"),
+        sidebar.get_by_text(re.compile(r"nowhere/train\.csv: no such file")),
+    )
     sidebar.get_by_role("textbox", name="Training images (folder or manifest)").fill("data/demo/2d/manifest.csv")
     sidebar.get_by_role("textbox", name="Validation images (other patients)").fill("data/demo/2d/manifest.csv")
     sidebar.get_by_role("button", name="Create study").click()
     page.get_by_text("Study: from-browser").wait_for()
     page.get_by_text("No synthetic samples yet.").wait_for()
     page.screenshot(path=SHOTS / "new-study.png", full_page=True)
-    sidebar.get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="demo-2d", exact=True).click()
+    _choose_study(page, "demo-2d")
     try:
         page.get_by_text("Study: demo-2d").wait_for()
     except Exception:
@@ -195,8 +230,7 @@ def test_review_select_a_pair_and_change_the_window(page) -> None:  # noqa: ANN0
 
 
 def test_3d_slice_moves(page) -> None:  # noqa: ANN001
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="demo-3d", exact=True).click()
+    _choose_study(page, "demo-3d")
     _go(page, "Review")
     _show_all_if_no_copies(page)
     slider = page.locator(".st-key-slice_axial").get_by_role("slider")
@@ -235,8 +269,7 @@ def _reviewer(page, name: str) -> None:  # noqa: ANN001
 
 def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
     _settled(page)
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="demo-2d", exact=True).click()
+    _choose_study(page, "demo-2d")
     _go(page, "Review")
     _show_all_if_no_copies(page)
     _reviewer(page, "e2e rater")
@@ -255,8 +288,7 @@ def test_three_verdicts_survive_a_reload(page) -> None:  # noqa: ANN001
 
 
 def test_generation_job_runs_and_finishes(page) -> None:  # noqa: ANN001
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="demo-2d", exact=True).click()
+    _choose_study(page, "demo-2d")
     _go(page, "Generate")
     page.get_by_test_id("stSelectbox").filter(has_text="Device").click()  # the job runs where the user says
     page.get_by_role("option", name="cpu", exact=True).click()
@@ -308,8 +340,7 @@ def test_every_page_renders_without_an_error(browser, server: str, size: tuple[i
     page.goto(server)
     page.get_by_text("Study: demo-2d").wait_for()
     for study, pages in (("demo-2d", PAGES), ("demo-3d", PAGES), ("demo-3d-early", ("Overview", "Compare"))):
-        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-        page.get_by_role("option", name=study, exact=True).click()
+        _choose_study(page, study)
         for name in pages:
             _go(page, name)
             page.get_by_test_id("stHeading").first.wait_for()
@@ -397,8 +428,7 @@ def test_verdicts_go_into_the_study_on_screen(browser, server: str) -> None:  # 
         page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-2d")).wait_for()
         _reviewer(page, "url rater")
         _pick_row(page, 3)
-        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
-        page.get_by_role("option", name="demo-3d", exact=True).click()
+        _choose_study(page, "demo-3d")
         page.get_by_role("heading", name=re.compile(r"^Review pairs: demo-3d")).wait_for()
         _show_all_if_no_copies(page)
         page.get_by_text(re.compile(r"^1 / \d+:")).first.wait_for()  # not demo-2d's pair 3
