@@ -60,6 +60,11 @@ def test_rows_carry_the_privacy_answers_of_their_own_scan_only(tmp_path: Path) -
     (stale / "privacy.json").write_text(text.replace(scan_id, "20000101-000000-00000000"))
     (row,) = compare_studies([stale])
     assert row.privacy is None and set(row.privacy_columns().values()) == {"not run"}
+    # a damaged privacy.json leaves the study's copy numbers in the comparison and says how to mend it
+    (stale / "privacy.json").write_text(text[: len(text) // 2])
+    (row,) = compare_studies([stale])
+    assert row.privacy is None and "privacy.json" in row.privacy_error and row.copies.total > 0
+    assert set(row.privacy_columns().values()) == {"unreadable: rerun `python -m core privacy --study demo-2d`"}
 
 
 def test_an_unscanned_study_is_refused_by_name(tmp_path: Path) -> None:

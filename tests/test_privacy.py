@@ -109,3 +109,20 @@ def test_the_committed_checkpoints_leak_membership_when_over_trained_and_not_whe
     over, early = found["e2000"], found["e0025"]
     assert over.auroc >= 0.9 and over.p_value == over.smallest_p == pytest.approx(0.05), over  # 3 + 3 subjects
     assert over.leak_shown and not early.leak_shown and early.p_value > 0.05, early
+
+
+def test_a_privacy_run_is_refused_while_the_study_is_being_written(tmp_path) -> None:  # noqa: ANN001
+    """The privacy tests hold the study as a scan does: started from the app or the command line while a scan (or
+    another privacy run) writes the study, they are refused by name before any work, and nothing is written."""
+    import shutil
+    from pathlib import Path
+
+    from core.study.privacy import PRIVACY, run_privacy
+    from core.study.store import open_study
+
+    study = tmp_path / "demo-3d"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "studies" / "demo-3d", study)
+    (study / PRIVACY).unlink()
+    with open_study(study).exclusive("scan"), pytest.raises(MemoScopeError, match="is writing this study"):
+        run_privacy(study)
+    assert not (study / PRIVACY).exists()

@@ -46,6 +46,7 @@ class StudyRow:
     beyond_heldout: BeyondHeldout | None = None  # samples nearer to training than every held-out scan
     train_patients: int | None = None  # what the memorized interval rests on
     privacy: PrivacyReport | None = None  # the privacy tests of this scan, when run
+    privacy_error: str = ""  # why privacy.json could not be read (the copy columns still stand)
 
     @property
     def too_poor_to_judge(self) -> bool:
@@ -88,9 +89,11 @@ class StudyRow:
     def privacy_columns(self) -> dict[str, str]:
         """The three privacy answers as table cells ("not run" until ``python -m core privacy`` has run on this
         scan)."""
-        p = self.privacy
+        p, columns = self.privacy, ("membership AUROC", "C_T", "nearest a training scan")
+        if self.privacy_error:
+            return dict.fromkeys(columns, f"unreadable: rerun `python -m core privacy --study {self.study}`")
         if p is None:
-            return dict.fromkeys(("membership AUROC", "C_T", "nearest a training scan"), "not run")
+            return dict.fromkeys(columns, "not run")
         m, near = p.membership, p.nearest_record
         return {
             "membership AUROC": "no checkpoint" if m is None else f"{m.interval()}; p = {m.p_value:.2g}",
@@ -222,8 +225,17 @@ def study_row(folder: str | Path) -> StudyRow:
         sample_quality(pairs),
         nearer_than_heldout(scan, pairs),
         summary.inputs["train"].n_patients,
-        current_privacy(folder, summary.scan_id),
+        *_privacy(folder, summary.scan_id),
     )
+
+
+def _privacy(folder: Path, scan_id: str) -> tuple[PrivacyReport | None, str]:
+    """The study's privacy results of this scan, or why its privacy.json could not be read: an optional record
+    that is damaged must not hide the study's copy numbers from the comparison."""
+    try:
+        return current_privacy(folder, scan_id), ""
+    except MemoScopeError as exc:
+        return None, str(exc)
 
 
 def compare_studies(folders: list[str | Path]) -> list[StudyRow]:

@@ -36,6 +36,7 @@ from core.privacy.membership import (
     membership_test,
 )
 from core.study.results import read_embeddings, read_summary
+from core.study.store import open_study
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +226,14 @@ def _membership(
 def run_privacy(
     folder: str | Path, config: MembershipConfig | None = None, device: str = "cpu", progress: Progress = silent
 ) -> PrivacyReport:
-    """Run the three tests on a scanned study and write ``privacy.json`` and the per-patient table into it."""
-    folder = Path(folder)
-    config = config or MembershipConfig()
+    """Run the three tests on a scanned study and write ``privacy.json`` and the per-patient table into it, holding
+    the study (a scan or another privacy run started meanwhile, from the app or the command line, is refused)."""
+    with open_study(folder).exclusive("privacy"):
+        return _run_privacy(Path(folder), config or MembershipConfig(), device, progress)
+
+
+def _run_privacy(folder: Path, config: MembershipConfig, device: str, progress: Progress) -> PrivacyReport:
+    """:func:`run_privacy` inside the study's lock."""
     summary = read_summary(folder)
     start = time.perf_counter()
     vectors = {role: read_embeddings(folder, role)[1] for role in ("train", "val", "synthetic")}

@@ -640,8 +640,7 @@ def _privacy_step(folder: Path, seed: int, device: torch.device, progress: Progr
     from core.study.privacy import run_privacy
 
     try:
-        with open_study(folder).exclusive("privacy"):
-            run_privacy(folder, MembershipConfig(seed=seed), str(device), progress)
+        run_privacy(folder, MembershipConfig(seed=seed), str(device), progress)  # holds the study itself
     except Exception as exc:  # noqa: BLE001  (the scan's results stand whatever stopped its last step)
         logger.warning(
             "the scan is complete, but its privacy tests did not run: %s (rerun: python -m core privacy --study %s)",
